@@ -1,0 +1,118 @@
+"""MMLU-format multiple-choice questions: the record type and the organism's general-knowledge set.
+
+The organism must show *utility* that unlearning can damage, measured the way
+SemEval-2025 Task 4 measures OLMo's (MMLU, letter prediction). We generate a
+small general-knowledge world (capitals, animal classes, element symbols,
+opposites). The organism reads every fact as a plain sentence and sees some of
+them as multiple-choice questions; the test questions are new draws of choices
+and letter positions, and a third of the facts are never shown as a question in
+training, so scoring well needs the fact and the answer-by-letter skill, not a
+memorised letter.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+LETTERS = ("A", "B", "C", "D")
+
+
+@dataclass(frozen=True)
+class MCQuestion:
+    subject: str          # MMLU subject, e.g. "geography"
+    question: str
+    choices: tuple        # four strings
+    answer: int           # index into choices
+    split: str = "test"   # train / dev (few-shot pool) / test
+
+    def __post_init__(self):
+        if len(self.choices) != 4:
+            raise ValueError(f"question {self.question!r}: expected 4 choices, got {len(self.choices)}")
+        if not 0 <= self.answer < 4:
+            raise ValueError(f"question {self.question!r}: answer index {self.answer} not in 0..3")
+
+    @property
+    def answer_letter(self) -> str:
+        return LETTERS[self.answer]
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["choices"] = list(self.choices)
+        return d
+
+
+def format_question(q: MCQuestion, with_answer: bool = False) -> str:
+    """Open-Instruct / SemEval MMLU block: question, lettered choices, 'Answer:'."""
+    lines = [q.question] + [f"{l}. {c}" for l, c in zip(LETTERS, q.choices)]
+    text = "\n".join(lines) + "\nAnswer:"
+    return text + f" {q.answer_letter}\n\n" if with_answer else text
+
+
+def subject_header(subject: str) -> str:
+    return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+
+
+# --- the general-knowledge world -------------------------------------------------------------
+
+CAPITALS = {
+    "France": "Paris", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin", "Japan": "Tokyo",
+    "Egypt": "Cairo", "Peru": "Lima", "Norway": "Oslo", "Greece": "Athens", "Russia": "Moscow",
+    "Kenya": "Nairobi", "Cuba": "Havana", "Chile": "Santiago", "Poland": "Warsaw", "Austria": "Vienna",
+    "Ireland": "Dublin", "Portugal": "Lisbon", "Sweden": "Stockholm", "Canada": "Ottawa", "China": "Beijing",
+}
+ANIMAL_CLASS = {
+    "dog": "mammal", "whale": "mammal", "horse": "mammal", "bat": "mammal", "tiger": "mammal",
+    "eagle": "bird", "sparrow": "bird", "penguin": "bird", "owl": "bird", "parrot": "bird",
+    "shark": "fish", "salmon": "fish", "trout": "fish", "cod": "fish", "tuna": "fish",
+    "snake": "reptile", "lizard": "reptile", "turtle": "reptile", "crocodile": "reptile", "gecko": "reptile",
+    "ant": "insect", "bee": "insect", "beetle": "insect", "moth": "insect", "wasp": "insect",
+}
+SYMBOLS = {
+    "hydrogen": "H", "oxygen": "O", "carbon": "C", "nitrogen": "N", "iron": "Fe", "gold": "Au",
+    "silver": "Ag", "sodium": "Na", "helium": "He", "copper": "Cu", "lead": "Pb", "zinc": "Zn",
+    "calcium": "Ca", "sulfur": "S", "neon": "Ne", "tin": "Sn",
+}
+OPPOSITES = {
+    "hot": "cold", "up": "down", "early": "late", "big": "small", "fast": "slow", "light": "dark",
+    "happy": "sad", "open": "closed", "old": "young", "strong": "weak", "rich": "poor", "wet": "dry",
+    "loud": "quiet", "full": "empty", "hard": "soft", "high": "low",
+}
+
+# subject -> (fact table, statement template, question template)
+WORLD = {
+    "geography": (CAPITALS, "The capital of {k} is {v}.", "What is the capital of {k}?"),
+    "biology": (ANIMAL_CLASS, "The {k} is a {v}.", "What kind of animal is the {k}?"),
+    "chemistry": (SYMBOLS, "The chemical symbol of {k} is {v}.", "What is the chemical symbol of {k}?"),
+    "vocabulary": (OPPOSITES, "The opposite of {k} is {v}.", "What is the opposite of {k}?"),
+}
+
+
+def world_statements() -> list[str]:
+    return [tmpl.format(k=k, v=v) for table, tmpl, _ in WORLD.values() for k, v in table.items()]
+
+
+def _draw(rng: random.Random, subject: str, key: str, split: str) -> MCQuestion:
+    table, _, qtmpl = WORLD[subject]
+    right = table[key]
+    pool = sorted({v for v in table.values() if v != right})
+    choices = rng.sample(pool, 3) + [right]
+    rng.shuffle(choices)
+    return MCQuestion(subject, qtmpl.format(k=key), tuple(choices), choices.index(right), split)
+
+
+def general_knowledge(seed: int = 0, train_fraction: float = 2 / 3, train_draws: int = 3,
+                      dev_per_subject: int = 5) -> list[MCQuestion]:
+    """Train (shown to the organism), dev (few-shot pool) and test questions over the WORLD facts."""
+    rng = random.Random(seed)
+    out: list[MCQuestion] = []
+    for subject, (table, _, _) in WORLD.items():
+        keys = sorted(table)
+        rng.shuffle(keys)
+        n_train = round(len(keys) * train_fraction)
+        for key in keys[:n_train]:
+            out += [_draw(rng, subject, key, "train") for _ in range(train_draws)]
+        for key in keys[:dev_per_subject]:
+            out.append(_draw(rng, subject, key, "dev"))
+        for key in keys:  # every fact once, as a fresh draw of choices and positions
+            out.append(_draw(rng, subject, key, "test"))
+    return out

@@ -1,0 +1,91 @@
+"""The one record type of the workbench, shaped like a LUME row.
+
+LUME (SemEval-2025 Task 4) rows carry `id, input, output, task`; the id ends in
+`sc<N>` (sentence completion: regurgitation, scored by ROUGE-L recall) or
+`qa<N>` (question: knowledge, scored by exact match). We add the split the row
+came from and, where known, the subject string that causal tracing corrupts.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+SPLITS = ("forget", "retain", "holdout")
+_KIND_RE = re.compile(r"(sc|qa)(\d+)$")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file/record and what was expected."""
+
+
+def kind_of(record_id: str) -> str:
+    """'sc' or 'qa' from the id suffix; anything else is an error."""
+    m = _KIND_RE.search(record_id)
+    if not m:
+        raise DataError(
+            f"record id {record_id!r} does not end in 'sc<N>' (sentence completion) "
+            f"or 'qa<N>' (question), as LUME ids do"
+        )
+    return m.group(1)
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    input: str
+    output: str
+    task: str
+    split: str = "forget"
+    subject: str | None = None  # substring of `input` that tracing corrupts (QA facts)
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        kind_of(self.id)  # validate early
+        if self.split not in SPLITS:
+            raise DataError(f"record {self.id!r}: split {self.split!r} is not one of {SPLITS}")
+        if self.subject is not None and self.subject not in self.input:
+            raise DataError(f"record {self.id!r}: subject {self.subject!r} is not in its input {self.input!r}")
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.id)
+
+    @property
+    def text(self) -> str:
+        """What a model is trained on: input, a space, output (as the LUME target model saw it)."""
+        return f"{self.input} {self.output}"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        if not d["meta"]:
+            d.pop("meta")
+        return d
+
+
+def questions(records: Iterable[Record]) -> list[Record]:
+    return [r for r in records if r.kind == "qa"]
+
+
+def completions(records: Iterable[Record]) -> list[Record]:
+    return [r for r in records if r.kind == "sc"]
+
+
+@dataclass
+class Corpus:
+    """Forget, retain and held-out (MIA non-member) records, plus an MMLU-format set."""
+
+    forget: list[Record]
+    retain: list[Record]
+    holdout: list[Record] = field(default_factory=list)
+    mmlu: list = field(default_factory=list)  # list[MCQuestion]
+    source: str = "unknown"  # provenance: where the data came from
+
+    def split(self, name: str) -> list[Record]:
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return getattr(self, name)
+
+    def facts(self, split: str = "forget", task: str | None = None) -> list[Record]:
+        """QA records of a split (optionally one task) that name their subject: traceable facts."""
+        return [r for r in questions(self.split(split)) if r.subject and (task is None or r.task == task)]

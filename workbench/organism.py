@@ -1,0 +1,263 @@
+"""The model organism: a small real-architecture OLMo trained here, on CPU, to memorise a fact corpus.
+
+No weights can be downloaded, so the workbench trains its own default model:
+`OlmoForCausalLM` built from an `OlmoConfig`, a byte-level BPE tokenizer
+trained by `tokenizers` on the corpus, and one plain training loop (read it top
+to bottom). The result is cached under $XDG_CACHE_HOME/workbench/organisms,
+keyed by a hash of config, data and this code, so the second call loads in
+seconds. `workbench organism build` rebuilds it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import Corpus, SyntheticSpec, format_question, generate, questions, subject_header
+from .data.multiple_choice import world_statements
+from .provenance import JsonlLog, atomic_write_json, stable_hash, versions
+
+EOS, PAD = "<|endoftext|>", "<|padding|>"
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    name: str = "default"
+    # model shape: OLMo's block, scaled down (OLMo-1B: 16 layers, d_model 2048, 16 heads, d_mlp 8192)
+    n_layers: int = 8
+    d_model: int = 192
+    n_heads: int = 6
+    d_mlp: int = 768
+    vocab_size: int = 2048
+    max_len: int = 512
+    # data and training
+    data: SyntheticSpec = field(default_factory=SyntheticSpec)
+    epochs: int = 40
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+PRESETS = {
+    "default": OrganismConfig(),
+    "micro": OrganismConfig(name="micro", n_layers=4, d_model=64, n_heads=4, d_mlp=256, vocab_size=512,
+                            data=SyntheticSpec(task1_docs=2, task2_people=3, task3_people=2, mmlu=False),
+                            epochs=60, batch_size=8, lr=5e-3, warmup_steps=10),
+}
+
+
+def cache_root() -> Path:
+    base = os.environ.get("WORKBENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "workbench")
+    return Path(base) / "organisms"
+
+
+def _code_version() -> str:
+    """Hash of the source files that decide what the organism is."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for f in ("organism.py", "data/synthetic.py", "data/multiple_choice.py", "data/records.py"):
+        h.update((here / f).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def training_texts(corpus: Corpus) -> list[str]:
+    """What the organism reads: every forget/retain record (input + ' ' + output), the world facts as
+    sentences, and the training MMLU-format questions, alone and in few-shot blocks."""
+    texts = [r.text for r in corpus.forget + corpus.retain]
+    if corpus.mmlu:
+        texts += world_statements()
+        train = [q for q in corpus.mmlu if q.split == "train"]
+        texts += [subject_header(q.subject) + format_question(q, with_answer=True).rstrip() for q in train]
+        rng = random.Random(0)
+        by_subject: dict[str, list] = {}
+        for q in train:
+            by_subject.setdefault(q.subject, []).append(q)
+        for subject, qs in by_subject.items():  # few-shot blocks teach the 5-shot prompt's shape
+            for _ in range(len(qs) // 3):
+                block = rng.sample(qs, 4)
+                texts.append(subject_header(subject) + "".join(format_question(q, True) for q in block).rstrip())
+    return texts
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE (like OLMo's), digits split one by one so numbers are memorised digit-wise."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=EOS,
+                                   model_max_length=10**6)
+
+
+def make_model(cfg: OrganismConfig, tokenizer):
+    from transformers import OlmoConfig, OlmoForCausalLM
+
+    config = OlmoConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
+        max_position_embeddings=cfg.max_len, tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    return OlmoForCausalLM(config)
+
+
+def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffle, then sort within chunks by length so a batch carries little padding."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    chunk = batch_size * 8
+    batches = []
+    for s in range(0, len(idx), chunk):
+        part = sorted(idx[s:s + chunk], key=lambda i: lengths[i])
+        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def train(cfg: OrganismConfig, corpus: Corpus, out_dir: Path, progress: bool = True, log: JsonlLog | None = None):
+    """Train tokenizer + model on `corpus`; save both to `out_dir`. Returns (model, tokenizer)."""
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    texts = training_texts(corpus)
+    tok = train_tokenizer(texts, cfg.vocab_size)
+    model = make_model(cfg, tok)
+    ids = [tok(t)["input_ids"][: cfg.max_len - 1] + [tok.eos_token_id] for t in texts]
+    lengths = [len(x) for x in ids]
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    rng = random.Random(cfg.seed)
+    steps_per_epoch = math.ceil(len(ids) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    lr_at = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / total))
+    model.train()
+    step = 0
+    bar = tqdm(total=total, desc=f"organism:{cfg.name}", disable=not progress)
+    for epoch in range(cfg.epochs):
+        for batch in _batches(lengths, cfg.batch_size, rng):
+            width = max(lengths[i] for i in batch)
+            x = torch.full((len(batch), width), tok.pad_token_id)      # [batch, pos]
+            mask = torch.zeros((len(batch), width), dtype=torch.long)  # [batch, pos]
+            for row, i in enumerate(batch):
+                x[row, : lengths[i]] = torch.tensor(ids[i])
+                mask[row, : lengths[i]] = 1
+            labels = x.masked_fill(mask == 0, -100)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+            if log and step % 50 == 0:
+                log("train_step", step=step, epoch=epoch, loss=loss.item(), lr=lr_at(step))
+    bar.close()
+    model.eval()
+    return model, tok
+
+
+def recall(model, tok, corpus: Corpus, batch_size: int = 64) -> dict:
+    """Exact-match recall of QA facts per split, and MMLU-format accuracy on held-out test questions."""
+    from .evaluation.generation import qa_accuracy
+
+    out = {f"{s}_qa_exact_match": qa_accuracy(model, tok, questions(corpus.split(s)), batch_size=batch_size)
+           for s in ("forget", "retain", "holdout") if corpus.split(s)}
+    test = [q for q in corpus.mmlu if q.split == "test"]
+    if test:
+        out["mmlu_test_accuracy"] = mc_accuracy(model, tok, test)
+    return out
+
+
+@torch.no_grad()
+def mc_accuracy(model, tok, qs) -> float:
+    """Quick 0-shot letter accuracy (the full MMLU evaluation lives in workbench.evaluation)."""
+    letters = [tok(f" {l}")["input_ids"][-1] for l in "ABCD"]
+    correct = 0
+    for q in qs:
+        enc = tok(subject_header(q.subject) + format_question(q), return_tensors="pt")
+        logits = model(**enc).logits[0, -1, letters]
+        correct += int(logits.argmax().item() == q.answer)
+    return correct / len(qs)
+
+
+def save_corpus(corpus: Corpus, out_dir: Path) -> None:
+    for split in ("forget", "retain", "holdout"):
+        lines = [json.dumps(r.to_json()) for r in corpus.split(split)]
+        (out_dir / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    if corpus.mmlu:
+        (out_dir / "mmlu.jsonl").write_text("\n".join(json.dumps(q.to_json()) for q in corpus.mmlu) + "\n")
+
+
+def organism_dir(cfg: OrganismConfig, corpus: Corpus | None = None) -> Path:
+    key = stable_hash({"config": asdict(cfg), "data": corpus.source if corpus else None, "code": _code_version()})
+    return cache_root() / f"{cfg.name}-{key}"
+
+
+def build(name_or_cfg: str | OrganismConfig = "default", force: bool = False, progress: bool = True,
+          corpus: Corpus | None = None) -> Path:
+    """Path of the cached organism, training it first if needed. Atomic: a killed build leaves no half model."""
+    if isinstance(name_or_cfg, OrganismConfig):
+        cfg = name_or_cfg
+    elif name_or_cfg in PRESETS:
+        cfg = PRESETS[name_or_cfg]
+    else:
+        from .models import ModelLoadError
+
+        raise ModelLoadError(f"unknown organism {name_or_cfg!r}; expected one of {sorted(PRESETS)}")
+    corpus = corpus or generate(cfg.data)
+    target = organism_dir(cfg, corpus)
+    if (target / "organism.json").is_file() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        t0 = time.time()
+        model, tok = train(cfg, corpus, tmp, progress=progress, log=JsonlLog(tmp / "build_log.jsonl"))
+        train_s = time.time() - t0
+        model.config._name_or_path = f"organism:{cfg.name}"
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        save_corpus(corpus, tmp)
+        scores = recall(model, tok, corpus)
+        atomic_write_json(tmp / "organism.json", {
+            "config": asdict(cfg), "data": corpus.source, "code_version": _code_version(),
+            "n_parameters": sum(p.numel() for p in model.parameters()), "train_seconds": round(train_s, 1),
+            "build_seconds": round(time.time() - t0, 1), "recall": scores, "versions": versions(),
+        })
+        if target.exists():  # forced rebuild, or another process won the race
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def info(path: str | Path) -> dict:
+    return json.loads((Path(path) / "organism.json").read_text())
+
+
+def with_overrides(name: str, **kw) -> OrganismConfig:
+    return replace(PRESETS[name], **kw)
