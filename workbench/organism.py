@@ -261,3 +261,25 @@ def info(path: str | Path) -> dict:
 
 def with_overrides(name: str, **kw) -> OrganismConfig:
     return replace(PRESETS[name], **kw)
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """The corpus an organism was trained on (saved beside its weights)."""
+    from .data import MCQuestion, load_lume
+
+    path = Path(path)
+    corpus = load_lume(path)
+    corpus.source = info(path)["data"] if (path / "organism.json").is_file() else corpus.source
+    mmlu = path / "mmlu.jsonl"
+    if mmlu.is_file():
+        corpus.mmlu = [MCQuestion(**{**d, "choices": tuple(d["choices"])})
+                       for d in map(json.loads, mmlu.read_text().splitlines()) if d]
+    return corpus
+
+
+def load(name: str = "default"):
+    """(model, tokenizer, corpus) of a built-in organism, building it if needed."""
+    from .models import load_model
+
+    model, tok = load_model(f"organism:{name}")
+    return model, tok, load_corpus(build(name, progress=False))
