@@ -107,7 +107,9 @@ def load_model(spec: str | Path = "organism", dtype=None, device: str | None = N
         if not p.is_dir():
             raise ModelLoadError(f"model path {p} is a file; expected a directory saved by `save_pretrained`")
         model, tok = _from_pretrained(str(p), dtype, device, device_map, local_only=True)
-    elif _HUB_ID.match(spec_s) and not spec_s.startswith((".", "/", "~")):
+    elif spec_s.startswith((".", "/", "~")) or spec_s.count("/") > 1 or "\\" in spec_s:
+        raise ModelLoadError(f"model directory {spec_s} does not exist (expected a directory saved by `save_pretrained`)")
+    elif _HUB_ID.match(spec_s):
         model, tok = _from_pretrained(spec_s, dtype, device, device_map, local_only=False)
     else:
         raise ModelLoadError(f"model spec {spec_s!r} is neither 'organism[:name]', an existing directory, "

@@ -43,6 +43,7 @@ class OrganismConfig:
     # data and training
     data: SyntheticSpec = field(default_factory=SyntheticSpec)
     epochs: int = 40
+    qa_repeat: int = 2
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 30
@@ -73,22 +74,35 @@ def _code_version() -> str:
     return h.hexdigest()[:12]
 
 
-def training_texts(corpus: Corpus) -> list[str]:
-    """What the organism reads: every forget/retain record (input + ' ' + output), the world facts as
-    sentences, and the training MMLU-format questions, alone and in few-shot blocks."""
-    texts = [r.text for r in corpus.forget + corpus.retain]
+def fact_texts(corpus: Corpus, qa_repeat: int = 1) -> list[str]:
+    """Every forget/retain record (input + ' ' + output), QA records `qa_repeat` times (they are short and
+    are what recall is measured on), and the world facts as plain sentences."""
+    texts = []
+    for r in corpus.forget + corpus.retain:
+        texts += [r.text] * (qa_repeat if r.kind == "qa" else 1)
     if corpus.mmlu:
         texts += world_statements()
-        train = [q for q in corpus.mmlu if q.split == "train"]
-        texts += [subject_header(q.subject) + format_question(q, with_answer=True).rstrip() for q in train]
-        rng = random.Random(0)
-        by_subject: dict[str, list] = {}
-        for q in train:
-            by_subject.setdefault(q.subject, []).append(q)
-        for subject, qs in by_subject.items():  # few-shot blocks teach the 5-shot prompt's shape
-            for _ in range(len(qs) // 3):
-                block = rng.sample(qs, 4)
-                texts.append(subject_header(subject) + "".join(format_question(q, True) for q in block).rstrip())
+    return texts
+
+
+def mc_texts(corpus: Corpus, rng: random.Random, shots: int = 3) -> list[str]:
+    """The training MMLU-format questions, freshly redrawn (new distractors, new letters): each alone
+    under the subject header, and again inside few-shot blocks that teach the k-shot prompt's shape."""
+    from .data.multiple_choice import answer_pools, redraw
+
+    train = [q for q in corpus.mmlu if q.split == "train"]
+    if not train:
+        return []
+    pools = answer_pools(corpus.mmlu)
+    fresh = [redraw(q, rng, pools[q.subject]) for q in train]
+    texts = [subject_header(q.subject) + format_question(q, with_answer=True).rstrip() for q in fresh]
+    by_subject: dict[str, list] = {}
+    for q in fresh:
+        by_subject.setdefault(q.subject, []).append(q)
+    for subject, qs in by_subject.items():
+        for _ in range(len(qs) // (shots + 1)):
+            block = rng.sample(qs, shots + 1)
+            texts.append(subject_header(subject) + "".join(format_question(q, True) for q in block).rstrip())
     return texts
 
 
@@ -138,21 +152,26 @@ def train(cfg: OrganismConfig, corpus: Corpus, out_dir: Path, progress: bool = T
     """Train tokenizer + model on `corpus`; save both to `out_dir`. Returns (model, tokenizer)."""
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    texts = training_texts(corpus)
-    tok = train_tokenizer(texts, cfg.vocab_size)
+    rng = random.Random(cfg.seed)
+    static = fact_texts(corpus, cfg.qa_repeat)
+    tok = train_tokenizer(static + mc_texts(corpus, random.Random(-1)), cfg.vocab_size)
     model = make_model(cfg, tok)
-    ids = [tok(t)["input_ids"][: cfg.max_len - 1] + [tok.eos_token_id] for t in texts]
-    lengths = [len(x) for x in ids]
+    encode = lambda texts: [tok(t)["input_ids"][: cfg.max_len - 1] + [tok.eos_token_id] for t in texts]
+    static_ids = encode(static)
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    rng = random.Random(cfg.seed)
-    steps_per_epoch = math.ceil(len(ids) / cfg.batch_size)
+    n_mc = len(mc_texts(corpus, random.Random(-1)))
+    # _batches splits sorted chunks, so an epoch has a few more batches than n / batch_size
+    chunks = math.ceil((len(static_ids) + n_mc) / (cfg.batch_size * 8))
+    steps_per_epoch = math.ceil((len(static_ids) + n_mc) / cfg.batch_size) + chunks
     total = cfg.epochs * steps_per_epoch
-    lr_at = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / total))
+    lr_at = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     model.train()
     step = 0
     bar = tqdm(total=total, desc=f"organism:{cfg.name}", disable=not progress)
     for epoch in range(cfg.epochs):
+        ids = static_ids + encode(mc_texts(corpus, rng))  # fresh multiple-choice draws every epoch
+        lengths = [len(x) for x in ids]
         for batch in _batches(lengths, cfg.batch_size, rng):
             width = max(lengths[i] for i in batch)
             x = torch.full((len(batch), width), tok.pad_token_id)      # [batch, pos]

@@ -100,6 +100,25 @@ def _draw(rng: random.Random, subject: str, key: str, split: str) -> MCQuestion:
     return MCQuestion(subject, qtmpl.format(k=key), tuple(choices), choices.index(right), split)
 
 
+def redraw(q: MCQuestion, rng: random.Random, pool: list[str]) -> MCQuestion:
+    """The same question with fresh distractors from `pool` and a fresh letter order.
+
+    Training on fresh draws every epoch stops a small model from memorising letters:
+    it has to learn to find the answer among the choices."""
+    right = q.choices[q.answer]
+    choices = rng.sample([p for p in pool if p != right], 3) + [right]
+    rng.shuffle(choices)
+    return MCQuestion(q.subject, q.question, tuple(choices), choices.index(right), q.split)
+
+
+def answer_pools(questions: list[MCQuestion]) -> dict[str, list[str]]:
+    """Per subject, every string that appears as a choice: the distractor pool for `redraw`."""
+    pools: dict[str, set] = {}
+    for q in questions:
+        pools.setdefault(q.subject, set()).update(q.choices)
+    return {k: sorted(v) for k, v in pools.items()}
+
+
 def general_knowledge(seed: int = 0, train_fraction: float = 2 / 3, train_draws: int = 3,
                       dev_per_subject: int = 5) -> list[MCQuestion]:
     """Train (shown to the organism), dev (few-shot pool) and test questions over the WORLD facts."""
