@@ -1,0 +1,189 @@
+"""Aggregate many traced facts: mean layer importance with bootstrap intervals, and ROME's token-role grouping.
+
+A single fact's trace is noisy; the claim "the fact lives in layers 1-2" is a
+statement about a fact *set*. `aggregate` gives the mean normalised effect per
+layer with a 95% percentile bootstrap interval over facts (resampling facts,
+not noise samples, since facts are the unit we generalise over).
+`token_roles` groups token positions as ROME's averaged figures do.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, TraceError
+from .provenance import atomic_write_json, provenance, stable_hash, to_jsonable
+from .results import TraceResult
+
+POSITIONS = ("max", "last_subject", "last", "mean")
+ROLES = ("first subject", "middle subject", "last subject", "first subsequent", "further tokens", "last token")
+
+
+def _check(results, kind: str) -> list[TraceResult]:
+    results = list(results)
+    if not results:
+        raise TraceError("aggregate: no trace results given; expected at least one TraceResult")
+    for i, r in enumerate(results):
+        if kind not in r.effects:
+            raise TraceError(f"aggregate: result {i} ({r.prompt!r}) has no kind {kind!r}; it has {r.kinds}")
+    n_layers = {r.effects[kind].shape[0] for r in results}
+    if len(n_layers) != 1:
+        raise TraceError(f"aggregate: results come from models of different depth (layers: {sorted(n_layers)}); "
+                         "aggregate results of one model only")
+    return results
+
+
+def bootstrap_mean(per_fact: np.ndarray, n_boot: int = 1000, seed: int = 0, ci: float = 0.95):
+    """Mean over axis 0 and its percentile bootstrap interval (resampling rows).  per_fact: [n_facts, n_layers]"""
+    n = per_fact.shape[0]
+    mean = per_fact.mean(axis=0)
+    if n == 1:  # nothing to resample: the interval collapses to the single value
+        return mean, mean.copy(), mean.copy()
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))           # [n_boot, n_facts]
+    boots = per_fact[idx].mean(axis=1)                   # [n_boot, n_layers]
+    a = (1 - ci) / 2
+    lo, hi = np.quantile(boots, [a, 1 - a], axis=0)      # [n_layers] each
+    return mean, lo, hi
+
+
+@dataclass
+class LayerImportance:
+    """Mean normalised effect per layer over a fact set, with a bootstrap 95% interval."""
+
+    kind: str                   # "resid" | "mlp" | "attn" | a patching site
+    position: str               # how one fact's [layer, pos] map became a per-layer score
+    mean: np.ndarray            # [n_layers] mean normalised effect over facts
+    lo: np.ndarray              # [n_layers] 2.5% bootstrap percentile
+    hi: np.ndarray              # [n_layers] 97.5% bootstrap percentile
+    per_fact: np.ndarray        # [n_facts, n_layers] normalised per-layer score of each fact
+    method: str = "causal_trace"
+    metric: str = "prob"
+    n_boot: int = 1000
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def n_facts(self) -> int:
+        return self.per_fact.shape[0]
+
+    @property
+    def n_layers(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def peak(self) -> dict:
+        """The layer with the largest mean effect, with its interval."""
+        l = int(np.argmax(self.mean))
+        return {"layer": l, "mean": float(self.mean[l]), "lo": float(self.lo[l]), "hi": float(self.hi[l])}
+
+    def summary(self) -> dict:
+        return {"kind": self.kind, "position": self.position, "n_facts": self.n_facts, "peak": self.peak,
+                "mean": self.mean.round(4).tolist(), "lo": self.lo.round(4).tolist(), "hi": self.hi.round(4).tolist()}
+
+    def to_json(self) -> dict:
+        return to_jsonable({"type": "LayerImportance", "kind": self.kind, "position": self.position,
+                            "n_facts": self.n_facts, "mean": self.mean, "lo": self.lo, "hi": self.hi,
+                            "per_fact": self.per_fact, "method": self.method, "metric": self.metric,
+                            "n_boot": self.n_boot, "config": self.config, "provenance": self.provenance})
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LayerImportance":
+        if d.get("type") != "LayerImportance":
+            raise ConfigError(f"not a LayerImportance JSON (type={d.get('type')!r}); "
+                              "expected a file written by LayerImportance.save")
+        arrays = {k: np.asarray(d[k], dtype=float) for k in ("mean", "lo", "hi")}
+        per_fact = np.asarray(d["per_fact"], dtype=float).reshape(-1, len(arrays["mean"]))
+        return cls(kind=d["kind"], position=d["position"], per_fact=per_fact, method=d.get("method", "causal_trace"),
+                   metric=d.get("metric", "prob"), n_boot=d.get("n_boot", 0), config=d.get("config", {}),
+                   provenance=d.get("provenance", {}), **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LayerImportance":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no layer-importance file at {path}")
+        return cls.from_json(json.loads(path.read_text()))
+
+
+def _source_provenance(results: list[TraceResult], **config) -> dict:
+    first = results[0].provenance or {}
+    return provenance(config=config, seed=config.get("seed"),
+                      data={"n_facts": len(results), "prompts_hash": stable_hash([r.prompt for r in results]),
+                            "source": first.get("data")},
+                      source_model=first.get("model"))
+
+
+def aggregate(results, kind: str, position: str = "max", n_boot: int = 1000, seed: int = 0) -> LayerImportance:
+    """Mean normalised per-layer effect of `kind` over facts, with a 95% percentile bootstrap interval over facts.
+
+    position: "max" (best position of each layer), "last_subject", "last" or "mean" over positions.
+    """
+    if position not in POSITIONS:
+        raise ConfigError(f"aggregate: position {position!r} is not one of {POSITIONS}")
+    if n_boot < 1:
+        raise ConfigError(f"aggregate: n_boot must be >= 1, got {n_boot}")
+    results = _check(results, kind)
+    per_fact = np.stack([r.layer_importance(kind, position) for r in results]).astype(float)  # [n_facts, n_layers]
+    mean, lo, hi = bootstrap_mean(per_fact, n_boot=n_boot, seed=seed)
+    cfg = {"kind": kind, "position": position, "n_boot": n_boot, "seed": seed}
+    return LayerImportance(kind=kind, position=position, mean=mean, lo=lo, hi=hi, per_fact=per_fact,
+                           method=results[0].method, metric=results[0].metric, n_boot=n_boot,
+                           config=cfg, provenance=_source_provenance(results, **cfg))
+
+
+def role_positions(subject_range: tuple[int, int], n_pos: int) -> list[list[int]]:
+    """Token positions of each ROME role (see ROLES) for one prompt; a role may be empty.
+
+    Tokens before the subject belong to no role (ROME's averaged figures leave them out).
+    """
+    s, e = subject_range
+    if not (0 <= s < e <= n_pos):
+        raise TraceError(f"subject range {subject_range} does not fit a prompt of {n_pos} tokens")
+    last = n_pos - 1
+    after = list(range(e, last))             # tokens after the subject, excluding the last token
+    return [[s], list(range(s + 1, e - 1)), [e - 1], after[:1], after[1:], [last]]
+
+
+@dataclass
+class TokenRoles:
+    """Effects grouped by ROME's token roles, averaged over facts."""
+
+    kind: str
+    values: np.ndarray          # [6, n_layers]; NaN where no fact has a token of that role
+    counts: np.ndarray          # [6] number of facts that have a token of each role
+    normalised: bool = True
+    labels: tuple = ROLES
+
+    def to_json(self) -> dict:
+        vals = [[None if np.isnan(v) else float(v) for v in row] for row in self.values]
+        return {"type": "TokenRoles", "kind": self.kind, "labels": list(self.labels), "values": vals,
+                "counts": self.counts.tolist(), "normalised": self.normalised}
+
+
+def token_roles(results, kind: str, normalised: bool = True) -> TokenRoles:
+    """ROME's grouping: per fact, average the effect over the positions of each role, then average over facts.
+
+    A one-token subject has first = last subject token and no middle tokens; roles a fact lacks are skipped
+    for that fact (the row is NaN only if no fact has that role).
+    """
+    results = _check(results, kind)
+    n_layers = results[0].effects[kind].shape[0]
+    total = np.zeros((len(ROLES), n_layers))
+    counts = np.zeros(len(ROLES), dtype=int)
+    for r in results:
+        eff = r.normalised(kind) if normalised else r.indirect_effect(kind)   # [n_layers, n_pos]
+        for i, pos in enumerate(role_positions(tuple(r.subject_range), eff.shape[1])):
+            if pos:
+                total[i] += eff[:, pos].mean(axis=1)
+                counts[i] += 1
+    values = np.full_like(total, np.nan)
+    has = counts > 0
+    values[has] = total[has] / counts[has, None]
+    return TokenRoles(kind=kind, values=values, counts=counts, normalised=normalised)
