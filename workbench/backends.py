@@ -1,0 +1,140 @@
+"""One forward call, three implementations: our torch hooks, TransformerLens's TransformerBridge, and nnsight.
+
+    run = get_backend(model, tok, "nnsight")
+    logits = run(input_ids, {"mlp_out.2": fn, "embed": add_noise})   # [batch, pos, vocab]
+
+Every backend sees the same HF weights and the same site names (workbench.hooks); an edit is `fn(activation) ->
+replacement or None`. The tracing and patching code only talks to this interface, so the three backends must agree
+(tests/test_tracing.py checks it to 1e-4).
+
+TransformerLens: `TransformerBridge.boot_transformers(name, hf_model=..., tokenizer=...)` wraps an already-loaded HF
+model without any hub access (it reuses `hf_model.config`). The bridge replaces submodules of the model it is given
+and forces eager attention, so we hand it a structural copy of our model that *shares the parameter tensors* (no
+weight copy; in-place weight edits to the original stay visible) and keep the original untouched.
+
+nnsight: `nnsight.NNsight(hf_model)` and, inside `with nm.trace(ids):`, read/assign `.output` / `.input` of the same
+modules our hooks use, in execution order (nnsight 0.5+ requires that order).
+"""
+from __future__ import annotations
+
+import copy
+import weakref
+from typing import Callable, Mapping
+
+import einops
+import torch
+
+from .errors import TraceError
+from .hooks import HookFn, hooks, is_post_norm, n_heads, parse_site, site_order
+from .models import decoder_layers
+
+BACKENDS = ("torch", "transformer_lens", "nnsight")
+
+Edits = Mapping[str, HookFn]
+
+
+class TorchBackend:
+    """Plain HF forward with our hooks (workbench.hooks)."""
+    name = "torch"
+
+    def __init__(self, model, tok=None):
+        self.model = model
+
+    def __call__(self, input_ids: torch.Tensor, edits: Edits = {}, logits_to_keep: int = 0) -> torch.Tensor:
+        with hooks(self.model, edits):
+            return self.model(input_ids, logits_to_keep=logits_to_keep).logits  # [batch, pos or keep, vocab]
+
+
+class TransformerLensBackend:
+    """TransformerBridge over a parameter-sharing copy of the HF model; edits become TL `fwd_hooks`."""
+    name = "transformer_lens"
+    _TL = {"embed": "hook_embed", "resid_pre": "blocks.{l}.hook_resid_pre", "resid_post": "blocks.{l}.hook_resid_post",
+           "attn_out": "blocks.{l}.hook_attn_out", "mlp_out": "blocks.{l}.hook_mlp_out", "head": "blocks.{l}.attn.hook_z"}
+
+    def __init__(self, model, tok):
+        from transformer_lens.model_bridge import TransformerBridge
+
+        if tok is None:
+            raise TraceError("backend='transformer_lens' needs the tokenizer (the bridge is built with it)")
+        self.model = model
+        # Share parameters (memo maps each one to itself), copy modules/buffers/config: the bridge may rewrite those.
+        twin = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
+        self.bridge = TransformerBridge.boot_transformers(
+            getattr(model.config, "_name_or_path", "") or "workbench-local", hf_model=twin, tokenizer=tok,
+            dtype=next(model.parameters()).dtype)
+        self.bridge.eval()
+
+    def hook_name(self, site: str) -> str:
+        kind, l = parse_site(self.model, site)
+        return self._TL[kind].format(l=l)
+
+    def __call__(self, input_ids: torch.Tensor, edits: Edits = {}, logits_to_keep: int = 0) -> torch.Tensor:
+        fwd_hooks = [(self.hook_name(site), (lambda fn: lambda x, hook: fn(x))(fn)) for site, fn in edits.items()]
+        logits = self.bridge.run_with_hooks(input_ids, fwd_hooks=fwd_hooks, return_type="logits")
+        return logits[:, -logits_to_keep:] if logits_to_keep else logits  # [batch, pos or keep, vocab]
+
+
+class NNsightBackend:
+    """`nnsight.NNsight(model)`: edits are assignments to module inputs/outputs inside one trace."""
+    name = "nnsight"
+
+    def __init__(self, model, tok=None):
+        import nnsight
+
+        self.model = model
+        self.nn = nnsight.NNsight(model)
+
+    def _envoy(self, site: str):
+        """(envoy, 'input'|'output', output-is-tuple, split-heads) for a site, mirroring workbench.hooks._register."""
+        kind, l = parse_site(self.model, site)
+        root = self.nn.model
+        if kind == "embed":
+            return root.embed_tokens, "output", False, False
+        block, hf_block = root.layers[l], decoder_layers(self.model)[l]
+        post = is_post_norm(hf_block)
+        if kind == "resid_pre":
+            return block, "input", False, False
+        if kind == "resid_post":
+            return block, "output", False, False
+        if kind == "head":
+            return block.self_attn.o_proj, "input", False, True
+        if kind == "attn_out":
+            return (block.post_attention_layernorm, "output", False, False) if post else (block.self_attn, "output", True, False)
+        return (block.post_feedforward_layernorm if post else block.mlp), "output", False, False
+
+    def __call__(self, input_ids: torch.Tensor, edits: Edits = {}, logits_to_keep: int = 0) -> torch.Tensor:
+        order = sorted(edits, key=lambda s: site_order(self.model, s))
+        H = n_heads(self.model)
+        with self.nn.trace(input_ids, logits_to_keep=logits_to_keep):
+            for site in order:
+                envoy, attr, is_tuple, split = self._envoy(site)
+                value = getattr(envoy, attr)
+                x = value[0] if is_tuple else value
+                if split:
+                    x = einops.rearrange(x, "b p (h d) -> b p h d", h=H)  # [batch, pos, n_heads, d_head]
+                y = edits[site](x)
+                if y is None:
+                    continue
+                if split:
+                    y = einops.rearrange(y, "b p h d -> b p (h d)")
+                setattr(envoy, attr, (y,) + tuple(value[1:]) if is_tuple else y)
+            logits = self.nn.output.logits.save()
+        return logits  # [batch, pos or keep, vocab]
+
+
+_CLASSES = {"torch": TorchBackend, "transformer_lens": TransformerLensBackend, "nnsight": NNsightBackend}
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def get_backend(model, tok, name: str = "torch") -> Callable[..., torch.Tensor]:
+    """The forward runner for `name`; wrappers are cached per model (and rebuilt if its parameter objects change)."""
+    if name not in _CLASSES:
+        raise TraceError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    if name == "torch":
+        return TorchBackend(model)
+    key = tuple(id(p) for p in model.parameters())
+    per_model = _CACHE.setdefault(model, {})
+    hit = per_model.get(name)
+    if hit is None or hit[0] != key:
+        per_model[name] = hit = (key, _CLASSES[name](model, tok))
+    return hit[1]
