@@ -1,0 +1,164 @@
+"""Layer selection: turn a layer-importance vector into the layers an editor will touch.
+
+Strategies (on one kind's per-layer scores):
+  top-k      the k highest-scoring layers (not necessarily adjacent)
+  window     the best run of `window` consecutive layers (largest summed score) -- RMU-style editors want a block
+  threshold  every layer whose score is >= threshold (scores are normalised effects, 1 = full recovery)
+
+The result is a `LayerSelection` JSON artifact that `parse_layers` (and so every editor) accepts.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+from .provenance import atomic_write_json, provenance, to_jsonable
+
+STRATEGIES = ("top-k", "window", "threshold")
+
+
+@dataclass
+class LayerSelection:
+    layers: list[int]           # chosen layers, ascending
+    scores: list[float]         # score of every layer of the model (len = n_layers), not only the chosen ones
+    strategy: str
+    kind: str | None = None
+    params: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.scores)
+
+    @property
+    def selected_scores(self) -> list[float]:
+        return [self.scores[l] for l in self.layers]
+
+    def to_json(self) -> dict:
+        return to_jsonable({"type": "LayerSelection", "layers": self.layers, "scores": self.scores,
+                            "selected_scores": self.selected_scores, "strategy": self.strategy, "kind": self.kind,
+                            "params": self.params, "provenance": self.provenance})
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LayerSelection":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no layer-selection file at {path}")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"layer selection {path} is not valid JSON ({e})") from None
+        if not isinstance(d, dict) or d.get("type") != "LayerSelection" or "layers" not in d:
+            raise ConfigError(f"{path} is not a LayerSelection JSON (expected a file written by "
+                              "`workbench select` / LayerSelection.save)")
+        return cls(layers=[int(l) for l in d["layers"]], scores=[float(s) for s in d.get("scores", [])],
+                   strategy=d.get("strategy", "manual"), kind=d.get("kind"), params=d.get("params", {}),
+                   provenance=d.get("provenance", {}))
+
+
+def _scores_of(importance) -> tuple[np.ndarray, str | None, dict]:
+    from .aggregate import LayerImportance
+
+    if isinstance(importance, LayerImportance):
+        return np.asarray(importance.mean, float), importance.kind, {
+            "source": "LayerImportance", "n_facts": importance.n_facts, "position": importance.position,
+            "source_provenance": importance.provenance}
+    arr = np.asarray(importance, dtype=float)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ConfigError(f"layer importance must be a non-empty 1-D vector (one score per layer), got shape {arr.shape}")
+    return arr, None, {"source": "vector"}
+
+
+def select_layers(importance, strategy: str = "window", k: int = 3, window: int = 3, threshold: float = 0.5,
+                  kind: str | None = None) -> LayerSelection:
+    """Choose layers from a LayerImportance (its mean) or a per-layer score vector."""
+    scores, src_kind, src = _scores_of(importance)
+    kind = kind or src_kind
+    if not np.all(np.isfinite(scores)):
+        raise ConfigError(f"layer importance has non-finite scores {scores.tolist()}; cannot select layers")
+    n = len(scores)
+    if strategy == "top-k":
+        if not 1 <= k <= n:
+            raise ConfigError(f"top-k: k={k} must be between 1 and the number of layers ({n})")
+        # stable sort on -score: ties go to the lower layer
+        layers = sorted(np.argsort(-scores, kind="stable")[:k].tolist())
+        params = {"k": k}
+    elif strategy == "window":
+        if not 1 <= window <= n:
+            raise ConfigError(f"window: window={window} must be between 1 and the number of layers ({n})")
+        sums = np.convolve(scores, np.ones(window), mode="valid")   # [n - window + 1], sum of each run
+        start = int(np.argmax(sums))                                 # first maximum: earliest best window
+        layers = list(range(start, start + window))
+        params = {"window": window, "window_sums": sums.round(6).tolist()}
+    elif strategy == "threshold":
+        layers = np.flatnonzero(scores >= threshold).tolist()
+        if not layers:
+            raise ConfigError(f"threshold: no layer scores >= {threshold} (max score {scores.max():.4g} at layer "
+                              f"{int(scores.argmax())}); lower the threshold or use top-k/window")
+        params = {"threshold": threshold}
+    else:
+        raise ConfigError(f"unknown selection strategy {strategy!r}; expected one of {STRATEGIES}")
+    prov = provenance(config={"strategy": strategy, "kind": kind, **params}, **src)
+    return LayerSelection(layers=[int(l) for l in layers], scores=scores.tolist(), strategy=strategy, kind=kind,
+                          params=params, provenance=prov)
+
+
+_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+
+
+def parse_layers(spec, n_layers: int | None = None) -> list[int]:
+    """Layers from "12,13,14", "12-14", "3,7-9", a LayerSelection JSON path, a LayerSelection, an int or a list.
+
+    Returns sorted unique layers; raises ConfigError for empty, malformed or out-of-range specs.
+    """
+    where = f"layer spec {spec!r}"
+    if isinstance(spec, LayerSelection):
+        layers = list(spec.layers)
+    elif isinstance(spec, Path) or (isinstance(spec, str) and (spec.strip().endswith(".json") or Path(spec).is_file())):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"{where}: no such selection file (expected '12,13,14', '12-14' or a "
+                              "LayerSelection JSON path)")
+        layers = LayerSelection.load(path).layers
+        where = f"layer selection {str(path)!r}"
+    elif isinstance(spec, str):
+        layers = []
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part.isdigit():
+                layers.append(int(part))
+            elif m := _RANGE.match(part):
+                a, b = int(m.group(1)), int(m.group(2))
+                if a > b:
+                    raise ConfigError(f"{where}: range {part!r} runs backwards; expected low-high like '12-14'")
+                layers.extend(range(a, b + 1))
+            else:
+                raise ConfigError(f"{where}: cannot read {part!r}; expected comma-separated layers and ranges "
+                                  "like '12,13,14' or '12-14', or a LayerSelection JSON path")
+    elif isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        layers = [int(spec)]
+    elif isinstance(spec, (list, tuple, np.ndarray)):
+        layers = []
+        for x in spec:
+            if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+                raise ConfigError(f"{where}: {x!r} is not a layer index (expected integers)")
+            layers.append(int(x))
+    else:
+        raise ConfigError(f"{where}: expected a string like '12-14', a list of ints or a LayerSelection JSON path")
+    if not layers:
+        raise ConfigError(f"{where} selects no layers; expected at least one layer")
+    bad = [l for l in layers if l < 0 or (n_layers is not None and l >= n_layers)]
+    if bad:
+        rng = f"0..{n_layers - 1}" if n_layers is not None else ">= 0"
+        raise ConfigError(f"{where}: layers {bad} out of range; the model has layers {rng}")
+    return sorted(set(layers))
