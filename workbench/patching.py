@@ -1,0 +1,200 @@
+"""Activation patching and attribution patching, clean -> counterfactual.
+
+Two prompts of the same template and token length (e.g. another subject). Run the counterfactual ("corrupt") prompt and
+patch in one clean activation at a time; the metric (logit difference answer vs wrong answer, or the answer's mean
+log-prob, teacher-forced) says how much of the clean behaviour that one site carries.
+
+    effects[site]  = metric after patching (layer, position)          # [n_layers, n_pos], site in resid_pre/attn_out/mlp_out
+    effects["head"] = metric after patching head (layer, h), all positions  # [n_layers, n_heads]
+    TraceResult.normalised(kind) = (effect - corrupt) / (clean - corrupt): 0 = nothing restored, 1 = all of it.
+
+Attribution patching (Nanda 2023; Kramar et al. 2024 "AtP*"): the first-order estimate
+    metric(patch a) ~ metric(corrupt) + (a_clean - a_corrupt) . d metric / d a |corrupt
+for every site at once from one clean forward, one corrupt forward and one backward. It is exact when the metric is
+linear in the site (tests/test_patching.py builds such a case); it fails where attention saturates.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .backends import get_backend
+from .errors import TraceError
+from .hooks import n_heads, n_layers
+from .provenance import provenance
+from .results import TraceResult
+from .tracing import clean_run, metric_fn, prepare, rows_per_forward, run_jobs, run_jobs_naive
+
+PATCH_SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+PATCH_METRICS = ("logit_diff", "logprob", "logprob_mean", "prob")
+
+
+def _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer, sites, metric, backend):
+    """Checks + tokenisation shared by exact and attribution patching (all errors before any forward)."""
+    sites = (sites,) if isinstance(sites, str) else tuple(sites)
+    bad = [s for s in sites if s not in PATCH_SITES]
+    if bad:
+        raise TraceError(f"unknown patching site(s) {bad}; expected some of {PATCH_SITES} (heads: heads=True)")
+    if metric not in PATCH_METRICS:
+        raise TraceError(f"unknown metric {metric!r} for patching; expected one of {PATCH_METRICS}")
+    pc = prepare(model, tok, clean_prompt, answer)
+    px = prepare(model, tok, corrupt_prompt, answer)
+    if pc.n_prompt != px.n_prompt:
+        raise TraceError(f"clean and corrupt prompts must tokenise to the same length: {clean_prompt!r} is "
+                         f"{pc.n_prompt} tokens {pc.tokens}, {corrupt_prompt!r} is {px.n_prompt} tokens {px.tokens}")
+    if pc.answer_ids != px.answer_ids:
+        raise TraceError(f"answer {answer!r} tokenises differently after {clean_prompt!r} and {corrupt_prompt!r}")
+    wrong_ids = None
+    if metric == "logit_diff":
+        if wrong_answer is None:
+            raise TraceError("metric 'logit_diff' needs wrong_answer= (e.g. the counterfactual prompt's answer)")
+        wrong_ids = prepare(model, tok, corrupt_prompt, wrong_answer).answer_ids
+        if wrong_ids[0] == pc.answer_ids[0]:
+            raise TraceError(f"answer {answer!r} and wrong answer {wrong_answer!r} share their first token "
+                             f"{tok.convert_ids_to_tokens(wrong_ids[:1])}: the logit difference would be 0; use "
+                             f"metric='logprob'")
+    diff = [i for i, (a, b) in enumerate(zip(pc.prompt_ids, px.prompt_ids)) if a != b]
+    if not diff:
+        raise TraceError(f"clean and corrupt prompts are the same tokens: {clean_prompt!r}")
+    fn, keep = metric_fn(metric, pc.answer_ids, wrong_ids)
+    device = next(model.parameters()).device
+    return sites, pc, px, fn, keep, (diff[0], diff[-1] + 1), device
+
+
+def _result(method, clean_prompt, corrupt_prompt, answer, wrong_answer, pc, changed, effects, m_clean, m_corr, metric,
+            config, model, extra=None):
+    config = {"corrupt_prompt": corrupt_prompt, "wrong_answer": wrong_answer, **config}
+    return TraceResult(method=method, prompt=clean_prompt, answer=answer, tokens=pc.tokens, subject_range=changed,
+                       effects=effects, clean=m_clean, corrupted=m_corr, metric=metric, config=config,
+                       provenance=provenance(model=model, config=config), extra=extra or {})
+
+
+@torch.no_grad()
+def activation_patching(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *,
+                        wrong_answer: str | None = None, sites=("resid_pre", "attn_out", "mlp_out"), heads: bool = True,
+                        metric: str = "logit_diff", backend: str = "torch", batch_size: int | None = None,
+                        memory_budget: float | None = None, naive: bool = False, progress: bool = False) -> TraceResult:
+    """Exact activation patching of every (site, layer, position) and every (layer, head), batched.
+
+    subject_range of the result = the span of positions where the two prompts' tokens differ; earlier positions are
+    identical in both runs, so patching them is a no-op (the batched engine skips them, the naive loop does not).
+    """
+    sites, pc, px, fn, keep, changed, device = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer,
+                                                       sites, metric, backend)
+    run = get_backend(model, tok, backend)
+    t0 = time.perf_counter()
+    L, H, T = n_layers(model), n_heads(model), pc.n_prompt
+    clean_ids, corr_ids = pc.input_ids(metric, device), px.input_ids(metric, device)  # [1, pos]
+    want = [f"{s}.{l}" for s in sites for l in range(L)] + ([f"head.{l}" for l in range(L)] if heads else [])
+    clean_logits, clean = clean_run(run, clean_ids, want, keep)
+    m_clean = float(fn(clean_logits)[0])
+    m_corr = float(fn(run(corr_ids, {}, keep))[0])
+
+    first = 0 if naive else changed[0]
+    cells = {s: [(l, t) for l in range(L) for t in range(first, T)] for s in sites}
+    jobs = [[(f"{s}.{l}", [t])] for s in sites for l, t in cells[s]]
+    if heads:
+        cells["head"] = [(l, h) for l in range(L) for h in range(H)]
+        jobs += [[(f"head.{l}", [(t, h) for t in range(T)])] for l, h in cells["head"]]
+    rows = batch_size or rows_per_forward(model, corr_ids.shape[1], keep, memory_budget)
+    if naive:
+        vals = run_jobs_naive(run, corr_ids, jobs, clean, fn, keep, progress=progress, desc="patching (naive)")
+    else:
+        vals = run_jobs(run, corr_ids, jobs, clean, fn, keep, rows=rows, progress=progress, desc="patching")
+    vals = vals[:, 0].numpy().astype(np.float64)  # [n_jobs]
+
+    effects, i = {}, 0
+    for s in list(sites) + (["head"] if heads else []):
+        eff = np.full((L, H if s == "head" else T), m_corr, dtype=np.float64)
+        for (l, t) in cells[s]:
+            eff[l, t] = vals[i]
+            i += 1
+        effects[s] = eff
+    config = {"sites": list(sites), "heads": heads, "metric": metric, "backend": backend, "rows_per_forward": rows,
+              "naive": naive, "answer_ids": pc.answer_ids, "wall_s": round(time.perf_counter() - t0, 4)}
+    return _result("activation_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, changed, effects,
+                   m_clean, m_corr, metric, config, model)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    return _pearson(rankdata(a.ravel()), rankdata(b.ravel()))
+
+
+def attribution_patching(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *,
+                         wrong_answer: str | None = None, sites=("resid_pre", "attn_out", "mlp_out"), heads: bool = True,
+                         metric: str = "logit_diff", backend: str = "torch", compare_exact: bool = True,
+                         batch_size: int | None = None, memory_budget: float | None = None,
+                         progress: bool = False) -> TraceResult:
+    """First-order estimate of activation patching for all sites from 2 forwards + 1 backward.
+
+    effects[kind] = metric(corrupt) + estimated change  (same shapes as activation_patching).
+    compare_exact: also run exact patching and store Pearson/Spearman correlations of the estimated vs exact changes in
+    config["vs_exact"] (per kind and "all"), and the exact effects in extra["exact_<kind>"].
+    """
+    if backend not in ("torch", "transformer_lens"):
+        raise TraceError(f"attribution patching needs gradients through hooks: backend 'torch' or 'transformer_lens', "
+                         f"not {backend!r}")
+    sites, pc, px, fn, keep, changed, device = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer,
+                                                       sites, metric, backend)
+    run = get_backend(model, tok, backend)
+    t0 = time.perf_counter()
+    L, H = n_layers(model), n_heads(model)
+    clean_ids, corr_ids = pc.input_ids(metric, device), px.input_ids(metric, device)
+    want = [f"{s}.{l}" for s in sites for l in range(L)] + ([f"head.{l}" for l in range(L)] if heads else [])
+    with torch.no_grad():
+        clean_logits, clean = clean_run(run, clean_ids, want, keep)            # forward 1
+    m_clean = float(fn(clean_logits)[0])
+
+    acts: dict[str, torch.Tensor] = {}
+
+    def keep_act(site):
+        def fn_(x):  # returned unchanged so that (for heads) the recorded view is on the gradient path
+            acts[site] = x
+            return x
+        return fn_
+    edits = {s: keep_act(s) for s in want}
+    # frozen weights would leave activations without a graph: start it at the embedding
+    edits["embed"] = lambda x: x if x.requires_grad else x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        m = fn(run(corr_ids, edits, keep))[0]                                 # forward 2
+        grads = torch.autograd.grad(m, [acts[s] for s in want])                # backward
+    m_corr = float(m.detach())
+
+    effects = {}
+    for s in list(sites) + (["head"] if heads else []):
+        rows = []
+        for l in range(L):
+            site = f"{s}.{l}"
+            g, a_corr = grads[want.index(site)][0], acts[site][0].detach()      # [pos, d_model] / [pos, n_heads, d_head]
+            delta = ((clean[site] - a_corr) * g).float()
+            rows.append(delta.sum(-1).sum(0) if s == "head" else delta.sum(-1))  # [n_heads] / [pos]
+        effects[s] = m_corr + torch.stack(rows).cpu().numpy().astype(np.float64)  # [n_layers, pos | n_heads]
+
+    config = {"sites": list(sites), "heads": heads, "metric": metric, "backend": backend,
+              "answer_ids": pc.answer_ids, "wall_s": round(time.perf_counter() - t0, 4)}
+    extra = {}
+    if compare_exact:
+        exact = activation_patching(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer=wrong_answer,
+                                    sites=sites, heads=heads, metric=metric, backend=backend, batch_size=batch_size,
+                                    memory_budget=memory_budget, progress=progress)
+        vs = {}
+        for k in effects:
+            est, ex = effects[k] - m_corr, exact.effects[k] - exact.corrupted
+            vs[k] = {"pearson": _pearson(est, ex), "spearman": _spearman(est, ex)}
+            extra[f"exact_{k}"] = exact.effects[k]
+        est_all = np.concatenate([(effects[k] - m_corr).ravel() for k in effects])
+        ex_all = np.concatenate([(exact.effects[k] - exact.corrupted).ravel() for k in effects])
+        vs["all"] = {"pearson": _pearson(est_all, ex_all), "spearman": _spearman(est_all, ex_all)}
+        config["vs_exact"] = vs
+    return _result("attribution_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, changed, effects,
+                   m_clean, m_corr, metric, config, model, extra)

@@ -1,0 +1,349 @@
+"""Causal tracing (Meng et al. 2022, ROME): where along layers x tokens does the model recall a fact?
+
+Three runs per prompt:
+  clean                     the prompt as is: metric p_clean (probability of the first answer token, or mean log-prob
+                            of the whole teacher-forced answer)
+  corrupted                 Gaussian noise (sigma = 3 x embedding std, `noise_scale`) added to the subject tokens'
+                            embeddings, `n_samples` noise draws from a seeded generator (the same draws on every backend)
+  corrupted + restoration   one site set back to its clean value; metric averaged over the noise draws
+
+Kinds of restoration at (layer l, position t):
+  resid   the block output (resid_post.l) at t
+  mlp     the MLP outputs (mlp_out) at t of a window of layers centred on l
+  attn    the attention outputs (attn_out) at t, same window
+ROME restores 10 of GPT-2 XL's 48 layers for mlp/attn; we scale that to depth: window = max(1, round(10 * n_layers / 48))
+(OLMo-1B, 16 layers: 3; OLMo-7B, 32 layers: 7; micro organism, 4 layers: 1). Window layers are [l - w//2, l + w - w//2)
+clipped to the model, as in ROME.
+
+Engine: every restoration is a "job" = a list of (site, positions) to set back to clean. Jobs x noise draws become rows
+of a few large batched forwards (rows per forward from a memory budget, or `batch_size`); each site gets one hook
+that swaps in clean values where a boolean [rows, pos] mask says so. Positions before the subject see no noise,
+so restoring them is a no-op: the batched engine skips them and reports the corrupted metric there (the naive loop
+computes them, and the tests check both agree). `naive=True` runs ROME's reference loop: one forward per job.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .backends import get_backend
+from .errors import TraceError
+from .hooks import n_heads, n_layers, parse_site
+from .provenance import provenance
+from .results import KINDS, TraceResult
+
+METRICS = ("prob", "logprob_mean")
+KIND_SITE = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
+
+Job = list  # list[tuple[str, Sequence[int]]]: (site name, positions to restore)
+
+
+# --- prompt preparation ------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """A tokenised prompt + answer, checked."""
+    prompt: str
+    answer: str
+    prompt_ids: list[int]              # [n_prompt]
+    answer_ids: list[int]              # [n_answer], the answer's tokens as they appear after the prompt
+    tokens: list[str]                  # readable prompt tokens
+    subject_range: tuple[int, int] | None = None  # [start, end) token positions
+
+    @property
+    def n_prompt(self) -> int:
+        return len(self.prompt_ids)
+
+    def input_ids(self, metric: str, device) -> torch.Tensor:
+        """[1, pos]: the prompt, plus the answer minus its last token when the metric reads the whole answer."""
+        ids = self.prompt_ids + (self.answer_ids[:-1] if metric in ("logprob_mean", "logprob") else [])
+        return torch.tensor([ids], device=device)
+
+
+def continuation(prompt: str, answer: str) -> str:
+    """The text after the prompt: `answer`, separated by one space (the corpus convention `input + ' ' + output`)."""
+    return answer if answer[:1].isspace() or prompt[-1:].isspace() else " " + answer
+
+
+def prepare(model, tok, prompt: str, answer: str, subject: str | None = None) -> Prepared:
+    """Tokenise and check a prompt/answer(/subject); raises TraceError before any forward pass."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise TraceError(f"empty prompt {prompt!r}")
+    if not isinstance(answer, str) or not answer.strip():
+        raise TraceError(f"empty answer {answer!r} for prompt {prompt!r}")
+    enc = tok(prompt, return_offsets_mapping=True)
+    prompt_ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    full = list(tok(prompt + continuation(prompt, answer))["input_ids"])
+    if full[:len(prompt_ids)] != prompt_ids or len(full) == len(prompt_ids):
+        raise TraceError(f"answer {answer!r} tokenises differently in context: prompt {prompt!r} alone is "
+                         f"{tok.convert_ids_to_tokens(prompt_ids)}, but prompt + answer starts "
+                         f"{tok.convert_ids_to_tokens(full[:len(prompt_ids)])}; choose a prompt/answer split at a "
+                         f"token boundary")
+    answer_ids = full[len(prompt_ids):]
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    if max_len is not None and len(full) > max_len:
+        raise TraceError(f"prompt {prompt[:80]!r}... + answer is {len(full)} tokens, longer than the model's context "
+                         f"of {max_len}")
+    sub = None
+    if subject is not None:
+        start = prompt.rfind(subject) if subject else -1
+        if start < 0:
+            raise TraceError(f"subject {subject!r} not found in prompt {prompt!r}")
+        end = start + len(subject)
+        # tokens whose character span overlaps the subject's (a leading-space token counts)
+        pos = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
+        if not pos:
+            raise TraceError(f"subject {subject!r} covers no token of prompt {prompt!r}")
+        sub = (pos[0], pos[-1] + 1)
+    tokens = [tok.decode([i]) for i in prompt_ids]
+    return Prepared(prompt, answer, prompt_ids, answer_ids, tokens, sub)
+
+
+# --- metrics -----------------------------------------------------------------------------------------------
+def metric_fn(name: str, answer_ids: list[int], wrong_ids: list[int] | None = None) -> tuple[Callable, int]:
+    """(fn(logits [rows, keep, vocab]) -> [rows], keep): the metric and how many last-position logits it reads."""
+    if name == "prob":
+        return (lambda lg: lg[:, -1].float().softmax(-1)[:, answer_ids[0]]), 1
+    if name in ("logprob_mean", "logprob"):
+        target = torch.tensor(answer_ids)  # [n_answer]; logits[:, j] predicts answer_ids[j]
+
+        def mean_logprob(lg):
+            lp = lg.float().log_softmax(-1)  # [rows, n_answer, vocab]
+            return lp.gather(-1, target.to(lg.device)[None, :, None].expand(lg.shape[0], -1, 1))[..., 0].mean(-1)
+        return mean_logprob, len(answer_ids)
+    if name == "logit_diff":
+        if not wrong_ids:
+            raise TraceError("metric 'logit_diff' needs a wrong answer (wrong_answer=...)")
+        return (lambda lg: lg[:, -1, answer_ids[0]].float() - lg[:, -1, wrong_ids[0]].float()), 1
+    raise TraceError(f"unknown metric {name!r}; expected one of prob, logprob_mean, logit_diff")
+
+
+# --- batched restoration engine ----------------------------------------------------------------------------
+def rows_per_forward(model, n_pos: int, keep: int, budget_bytes: float | None = None) -> int:
+    """How many rows fit one forward: a rough activation-size estimate per row against a memory budget.
+
+    Default budget: a quarter of free GPU memory, or 1 GiB on CPU (where bigger batches stop paying off anyway).
+    """
+    cfg = model.config
+    p = next(model.parameters())
+    if budget_bytes is None:
+        if p.is_cuda:
+            free, _ = torch.cuda.mem_get_info(p.device)
+            budget_bytes = free / 4
+        else:
+            budget_bytes = 2 ** 30
+    d, d_ff, H = cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size), cfg.num_attention_heads
+    per_row = p.element_size() * (n_pos * (8 * d + 3 * d_ff) + 2 * H * n_pos * n_pos) + 4 * keep * cfg.vocab_size * 2
+    return max(1, int(budget_bytes // per_row))
+
+
+def clean_run(run, ids: torch.Tensor, sites: Sequence[str], keep: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One clean forward: (logits [1, keep, vocab], {site: activation [pos, ...] of the single row})."""
+    acts: dict[str, torch.Tensor] = {}
+
+    def recorder(site):
+        def fn(x):
+            acts[site] = x[0].detach().clone()
+        return fn
+    logits = run(ids, {s: recorder(s) for s in sites}, keep)
+    return logits, acts
+
+
+def run_jobs(run, ids: torch.Tensor, jobs: list[Job], clean: dict[str, torch.Tensor], metric: Callable, keep: int,
+             *, noise: torch.Tensor | None = None, subject_range: tuple[int, int] | None = None,
+             source_ids: torch.Tensor | None = None, rows: int = 64, progress: bool = False,
+             desc: str = "restoring") -> torch.Tensor:
+    """Metric after each job, batched. Returns [n_jobs, n_samples].
+
+    ids:     [1, pos] the input of every row (for tracing the clean prompt, noised via `noise`; for patching the
+             counterfactual prompt)
+    noise:   [n_samples, n_subject, d_model] added to the embeddings at `subject_range`; row r uses draw r % n_samples
+    clean:   {site: [pos, ...]} values to restore; a job's (site, positions) sets those positions back to them.
+             Head sites take positions as (pos, head) pairs so single heads can be patched.
+    """
+    S = 1 if noise is None else noise.shape[0]
+    per_chunk = max(1, rows // S)
+    out = []
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
+    for c0 in range(0, len(jobs), per_chunk):
+        chunk = jobs[c0:c0 + per_chunk]
+        B = len(chunk) * S
+        edits = {}
+        if noise is not None:
+            s, e = subject_range
+            draws = noise.repeat(len(chunk), 1, 1)  # [B, n_subject, d_model], row r = draw r % S
+
+            def add_noise(x, draws=draws, s=s, e=e):  # x: [B, pos, d_model]
+                x = x.clone()
+                x[:, s:e] += draws.to(x.dtype)
+                return x
+            edits["embed"] = add_noise
+        masks: dict[str, torch.Tensor] = {}  # site -> [B, pos] or [B, pos, n_heads]: True = restore clean
+        for j, job in enumerate(chunk):
+            for site, positions in job:
+                m = masks.setdefault(site, torch.zeros((B,) + tuple(clean[site].shape[:-1]), dtype=torch.bool,
+                                                       device=ids.device))
+                for p in positions:
+                    m[j * S:(j + 1) * S][(slice(None),) + (tuple(p) if isinstance(p, tuple) else (p,))] = True
+        for site, m in masks.items():
+            def restore(x, m=m, v=clean[site]):  # x: [B, pos, d_model] or [B, pos, n_heads, d_head]
+                return torch.where(m[..., None], v.to(x.dtype)[None], x)
+            if site in edits:  # restoring the embedding itself: noise first, then restore
+                add = edits[site]
+                edits[site] = lambda x, add=add, restore=restore: restore(add(x))
+            else:
+                edits[site] = restore
+        logits = run(ids.expand(B, -1) if source_ids is None else source_ids.expand(B, -1), edits, keep)
+        out.append(metric(logits).reshape(len(chunk), S).float().cpu())
+        bar.update(len(chunk))
+    bar.close()
+    return torch.cat(out) if out else torch.zeros(0, S)
+
+
+def run_jobs_naive(run, ids, jobs, clean, metric, keep, *, noise=None, subject_range=None, progress=False,
+                   desc="naive") -> torch.Tensor:
+    """Reference loop, written independently of the masks above: one forward (of n_samples rows) per job."""
+    S = 1 if noise is None else noise.shape[0]
+    out = []
+    for job in tqdm(jobs, desc=desc, disable=not progress, leave=False):
+        edits = {}
+        for site, positions in job:
+            def restore(x, site=site, positions=positions):
+                x = x.clone()
+                for p in positions:
+                    idx = tuple(p) if isinstance(p, tuple) else (p,)
+                    x[(slice(None),) + idx] = clean[site][idx].to(x.dtype)
+                return x
+            edits[site] = restore
+        if noise is not None:
+            s, e = subject_range
+
+            def add_noise(x):
+                x = x.clone()
+                x[:, s:e] += noise.to(x.dtype)
+                return x
+            edits["embed"] = (lambda x, r=edits["embed"]: r(add_noise(x))) if "embed" in edits else add_noise
+        out.append(metric(run(ids.expand(S, -1), edits, keep)).float().cpu())
+    return torch.stack(out) if out else torch.zeros(0, S)
+
+
+# --- public API --------------------------------------------------------------------------------------------
+def default_window(n_layers: int) -> int:
+    """ROME's 10-of-48-layers window scaled to depth."""
+    return max(1, round(10 * n_layers / 48))
+
+
+def window_layers(l: int, window: int, n_layers: int) -> list[int]:
+    return list(range(max(0, l - window // 2), min(n_layers, l + window - window // 2)))
+
+
+@torch.no_grad()
+def noise_scale(model, tok, texts: Sequence[str], factor: float = 3.0) -> float:
+    """factor x std of the token embeddings of `texts` (ROME measures it over the subjects of its fact set)."""
+    texts = [t for t in texts if t]
+    if not texts:
+        raise TraceError("noise_scale needs at least one non-empty text to measure embedding std on")
+    ids = torch.tensor([i for t in texts for i in tok(t)["input_ids"]], device=model.device)
+    return float(factor * model.get_input_embeddings()(ids).float().std())
+
+
+def _check_kinds(kinds) -> tuple[str, ...]:
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise TraceError(f"unknown trace kind(s) {bad or kinds!r}; expected some of {KINDS}")
+    return kinds
+
+
+@torch.no_grad()
+def causal_trace(model, tok, prompt: str, answer: str, subject: str, *, kinds=KINDS, n_samples: int = 10,
+                 noise: float | None = None, window: int | None = None, metric: str = "prob", backend: str = "torch",
+                 seed: int = 0, batch_size: int | None = None, memory_budget: float | None = None,
+                 naive: bool = False, progress: bool = False) -> TraceResult:
+    """ROME causal trace of one fact. effects[kind] = metric after restoring (layer, position)  # [n_layers, n_prompt]
+
+    noise: sigma of the Gaussian (absolute); None = `noise_scale(model, tok, [subject])` (3 x embedding std).
+    batch_size: rows (restorations x noise samples) per forward; None = from `memory_budget` bytes.
+    """
+    kinds = _check_kinds(kinds)
+    if metric not in METRICS:
+        raise TraceError(f"unknown metric {metric!r} for causal tracing; expected one of {METRICS}")
+    if n_samples < 1:
+        raise TraceError(f"n_samples must be >= 1, got {n_samples}")
+    prep = prepare(model, tok, prompt, answer, subject)
+    L = n_layers(model)
+    window = default_window(L) if window is None else int(window)
+    if window < 1:
+        raise TraceError(f"window must be >= 1 layer, got {window}")
+    sigma = noise_scale(model, tok, [subject]) if noise is None else float(noise)
+    run = get_backend(model, tok, backend)
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+
+    ids = prep.input_ids(metric, device)  # [1, pos]
+    fn, keep = metric_fn(metric, prep.answer_ids)
+    s, e = prep.subject_range
+    g = torch.Generator().manual_seed(seed)
+    noise_draws = (torch.randn(n_samples, e - s, model.config.hidden_size, generator=g) * sigma).to(device)
+
+    sites = [f"{KIND_SITE[k]}.{l}" for k in kinds for l in range(L)]
+    clean_logits, clean = clean_run(run, ids, sites, keep)
+    p_clean = float(fn(clean_logits)[0])
+    p_corr = float(run_jobs(run, ids, [[]], clean, fn, keep, noise=noise_draws, subject_range=(s, e)).mean())
+
+    T = prep.n_prompt
+    first = 0 if naive else s  # positions before the subject are never noised: restoring them is a no-op
+    rows = batch_size or rows_per_forward(model, ids.shape[1], keep, memory_budget)
+    effects, spread = {}, {}
+    for kind in kinds:
+        site = KIND_SITE[kind]
+        layers_of = (lambda l: [l]) if kind == "resid" else (lambda l: window_layers(l, window, L))
+        cells = [(l, t) for l in range(L) for t in range(first, T)]
+        jobs = [[(f"{site}.{ll}", [t]) for ll in layers_of(l)] for l, t in cells]
+        engine = run_jobs_naive if naive else run_jobs
+        kw = {} if naive else {"rows": rows}
+        vals = engine(run, ids, jobs, clean, fn, keep, noise=noise_draws, subject_range=(s, e), progress=progress,
+                      desc=f"trace {kind}", **kw)  # [n_cells, n_samples]
+        eff = np.full((L, T), p_corr, dtype=np.float64)
+        std = np.zeros((L, T), dtype=np.float64)
+        for (l, t), v in zip(cells, vals):
+            eff[l, t], std[l, t] = float(v.mean()), float(v.std()) if n_samples > 1 else 0.0
+        effects[kind], spread[f"{kind}_std"] = eff, std
+
+    config = {"kinds": list(kinds), "n_samples": n_samples, "noise_sigma": sigma, "noise": "gaussian",
+              "window": window, "metric": metric, "backend": backend, "seed": seed, "rows_per_forward": rows,
+              "naive": naive, "answer_ids": prep.answer_ids, "wall_s": round(time.perf_counter() - t0, 4)}
+    return TraceResult(method="causal_trace", prompt=prompt, answer=answer, tokens=prep.tokens,
+                       subject_range=(s, e), effects=effects, clean=p_clean, corrupted=p_corr, metric=metric,
+                       config=config, provenance=provenance(model=model, config=config, seed=seed,
+                                                            subject=subject),
+                       extra=spread)
+
+
+def causal_trace_naive(model, tok, prompt, answer, subject, **kw) -> TraceResult:
+    """ROME's reference loop (one forward per restored site); the batched engine must reproduce it."""
+    return causal_trace(model, tok, prompt, answer, subject, naive=True, **kw)
+
+
+def trace_facts(model, tok, records, *, noise: float | None = None, progress: bool = True, **kw) -> list[TraceResult]:
+    """Causal trace of each Record (.input prompt, .output answer, .subject). One sigma for the whole set, measured
+    over all subjects (as ROME does) unless `noise` is given."""
+    records = list(records)
+    missing = [r.id for r in records if not getattr(r, "subject", None)]
+    if missing:
+        raise TraceError(f"records without a subject cannot be traced: {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''} (use corpus.facts() to get traceable QA records)")
+    for r in records:  # fail on a bad record before hours of tracing
+        prepare(model, tok, r.input, r.output, r.subject)
+    sigma = noise_scale(model, tok, [r.subject for r in records]) if noise is None else noise
+    out = []
+    for r in tqdm(records, desc="tracing facts", disable=not progress):
+        res = causal_trace(model, tok, r.input, r.output, r.subject, noise=sigma, **kw)
+        res.config["record_id"] = r.id
+        out.append(res)
+    return out
