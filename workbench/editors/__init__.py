@@ -1,0 +1,226 @@
+"""Hook-driven unlearning editors and the one entry point `unlearn`.
+
+    from workbench.editors import unlearn
+    out = unlearn(model, tok, corpus, "adaptive-rmu", layers=[1, 2, 3], config={"beta": 3}, out_dir="runs/armu")
+
+`unlearn` checks everything it can before training (method, layers, parameter patterns, data,
+output path), trains the model *in place* (pass a copy to keep the original), and writes the
+edited model atomically to a new directory: safetensors + tokenizer + config.json, `unlearn.json`
+(resolved config, layers, summary, provenance) and `log.jsonl` (one line per step / eval).
+A killed run resumes from `.<out>.work/checkpoint.pt` when called again with the same arguments.
+
+Several GPUs: `accelerate launch -m workbench unlearn ...` starts the CLI under accelerate; the loop
+itself runs one process on the model's device (a single CPU process works the same way).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import ConfigError, EditError
+from ..provenance import JsonlLog, atomic_write_json, provenance, stable_hash, to_jsonable
+from .config import (CONFIG_CLASS, METHODS, PRESETS, GradientConfig, JointConfig, LoopConfig, RMUConfig,
+                     SequentialConfig, Stage, resolve_config)
+from .gradient import Gradient
+from .joint import Joint
+from .loop import Editor, Phase, Reference, encode, train
+from .params import freeze_all_but, select_parameters
+from .rmu import RMU, AdaptiveRMU
+
+EDITORS: dict[str, Callable[..., Editor]] = {
+    "rmu": RMU,
+    "adaptive-rmu": AdaptiveRMU,
+    "joint": Joint,
+    "ga": lambda m, c, l: Gradient(m, c, l, "ga"),
+    "gd": lambda m, c, l: Gradient(m, c, l, "gd"),
+    "graddiff": lambda m, c, l: Gradient(m, c, l, "graddiff"),
+    "npo": lambda m, c, l: Gradient(m, c, l, "npo"),
+    "sequential": None,  # built from its stages in `build_phases`
+}
+
+__all__ = ["EDITORS", "METHODS", "PRESETS", "unlearn", "resolve_layers", "resolve_config", "build_phases",
+           "LoopConfig", "RMUConfig", "JointConfig", "GradientConfig", "SequentialConfig", "Stage"]
+
+
+def resolve_layers(spec, n_layers: int) -> list[int]:
+    """Layers from a LayerSelection, a path to its JSON, "12,13,14", or a list of ints; sorted, checked."""
+    if hasattr(spec, "layers") and not isinstance(spec, (str, Path)):
+        layers = list(spec.layers)
+    elif isinstance(spec, (str, Path)):
+        s = str(spec).strip()
+        try:
+            from ..selection import parse_layers  # helper B's artifact reader, when present
+        except ImportError:
+            parse_layers = None
+        if parse_layers is not None:
+            layers = list(parse_layers(s))
+        elif Path(s).is_file():
+            try:
+                data = json.loads(Path(s).read_text())
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"layer selection {s} is not valid JSON ({e.msg})") from None
+            if not isinstance(data, dict) or "layers" not in data:
+                raise ConfigError(f"layer selection {s} has no 'layers' list")
+            layers = data["layers"]
+        else:
+            try:
+                layers = [int(x) for x in s.split(",") if x.strip()]
+            except ValueError:
+                raise ConfigError(f"layers {s!r}: expected a selection JSON path or comma-separated ints like '12,13,14'") from None
+    elif spec is None:
+        layers = []
+    else:
+        layers = list(spec)
+    if not layers:
+        raise EditError("the layer selection is empty; expected at least one decoder layer")
+    if not all(isinstance(l, int) and not isinstance(l, bool) for l in layers):
+        raise ConfigError(f"layers must be integers, got {layers!r}")
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad:
+        raise EditError(f"layer(s) {bad} out of range: the model has {n_layers} decoder layers (0..{n_layers - 1})")
+    return sorted(set(layers))
+
+
+def build_phases(model, method: str, cfg: LoopConfig, layers: Sequence[int]) -> list[Phase]:
+    if method == "sequential":
+        return [Phase(Gradient(model, cfg, layers, s.method), s.epochs, s.lr) for s in cfg.stages]
+    return [Phase(EDITORS[method](model, cfg, layers), cfg.epochs, cfg.lr)]
+
+
+def _sample(records, n: int, seed: int):
+    records = list(records)
+    if len(records) <= n:
+        return records
+    return random.Random(seed).sample(records, n)
+
+
+def _model_source(model) -> Path | None:
+    name = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", "")
+    return Path(name).expanduser().resolve() if name and Path(name).expanduser().exists() else None
+
+
+def _check_out_dir(out: Path, model, source: str | Path | None) -> None:
+    sources = [p for p in (_model_source(model), Path(source).resolve() if source else None) if p is not None]
+    for src in sources:
+        if out == src or src in out.parents or out in src.parents:
+            raise EditError(f"output {out} overlaps the source model directory {src}; "
+                            f"the source is never overwritten: choose a new --out")
+    if out.exists():
+        raise EditError(f"output {out} already exists; edited models are written to a new path (choose another --out)")
+
+
+def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict | None = None,
+            out_dir: str | Path | None = None, *, preset: str | None = None, source: str | Path | None = None,
+            progress: bool = False, on_step: Callable[[int], None] | None = None,
+            keep_work: bool = False) -> Path:
+    """Unlearn `corpus.forget` (keeping `corpus.retain`) with `method` at `layers`; returns the edited model dir."""
+    # ---- everything that can be wrong is checked before any forward pass
+    if method not in EDITORS:
+        raise ConfigError(f"unknown unlearning method {method!r}; expected one of {list(METHODS)}")
+    if isinstance(config, LoopConfig):
+        if not isinstance(config, CONFIG_CLASS[method]):
+            raise ConfigError(f"{method} needs a {CONFIG_CLASS[method].__name__}, got {type(config).__name__}")
+        cfg = resolve_config(method, base=config)
+    else:
+        cfg = resolve_config(method, preset=preset, overrides=dict(config or {}))
+    if out_dir is None:
+        raise ConfigError("out_dir is required: the edited model is written to a new directory")
+    from ..models import decoder_layers
+
+    n_layers = len(decoder_layers(model))
+    layer_list = resolve_layers(layers, n_layers)
+    out = Path(out_dir).expanduser().resolve()
+    _check_out_dir(out, model, source)
+    phases = build_phases(model, method, cfg, layer_list)
+    patterns = sorted({p for ph in phases for p in ph.editor.param_patterns()})
+    params = select_parameters(model, patterns, layer_list)
+    records = {"forget": list(corpus.forget), "retain": list(corpus.retain)}
+    for split in sorted({u for ph in phases for u in ph.editor.uses}):
+        if not records[split]:
+            raise EditError(f"{method} needs a non-empty {split} set, but the corpus has no {split} records")
+
+    # ---- set up: dtype, trainable parameters, data, frozen reference
+    dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[cfg.dtype]
+    if next(model.parameters()).dtype != dtype:
+        model.to(dtype)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    freeze_all_but(model, params)
+    data = {s: encode(tok, recs, cfg.max_len) for s, recs in records.items()}
+    work = out.parent / f".{out.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    log = JsonlLog(work / "log.jsonl")
+    resolved = {"method": method, "layers": layer_list, "preset": preset, "config": to_jsonable(cfg),
+                "trainable": list(params)}
+    config_hash = stable_hash({**resolved, "data": getattr(corpus, "source", None),
+                               "n": {s: len(r) for s, r in records.items()}})
+    atomic_write_json(work / "unlearn_config.json", resolved)
+    log("start", **resolved, n_forget=len(records["forget"]), n_retain=len(records["retain"]))
+
+    fns: dict[str, Callable] = {}
+    for ph in phases:
+        fns.update(ph.editor.reference_fns())
+    t0 = time.perf_counter()
+    ref = Reference(model, fns, data, tok.pad_token_id, cache=cfg.cache_reference, progress=progress)
+    ref_seconds = time.perf_counter() - t0
+    for ph in phases:
+        ph.editor.setup(ref, data)
+
+    from ..data.records import questions
+    from ..evaluation.generation import qa_accuracy
+
+    eval_f = _sample(questions(records["forget"]), cfg.eval_size, cfg.seed)
+    eval_r = _sample(questions(records["retain"]), cfg.eval_size, cfg.seed + 1)
+    metric = cfg.eval_metric if (eval_f and eval_r) else "loss"
+
+    def evaluate():
+        if metric == "qa":
+            fe, re_ = qa_accuracy(model, tok, eval_f), qa_accuracy(model, tok, eval_r)
+            return re_ - fe, {"forget_qa_em": fe, "retain_qa_em": re_}
+        from .loop import collate
+
+        ed = phases[-1].editor
+        saved = ed.state_dict()
+        dev = next(model.parameters()).device
+        with torch.no_grad():
+            mb = {s: collate(data[s][: cfg.eval_size], tok.pad_token_id, dev) for s in ed.uses}
+            loss, stats = ed.loss(mb)
+        ed.load_state_dict(saved)
+        return -loss.item(), {f"eval_{k}": v for k, v in stats.items()}
+
+    t1 = time.perf_counter()
+    summary = train(model, phases, data, cfg, work, pad_id=tok.pad_token_id, params=params, evaluate=evaluate,
+                    log=log, config_hash=config_hash, progress=progress, on_step=on_step)
+    summary.update(train_seconds=round(time.perf_counter() - t1, 3), reference_seconds=round(ref_seconds, 3),
+                   reference_cache_bytes=ref.nbytes(), eval_metric=metric,
+                   editor=[ph.editor.describe() for ph in phases])
+    log("done", **{k: v for k, v in summary.items() if k != "evals"})
+
+    # ---- write the edited model to a temp dir beside the target, then rename: never a half model
+    for p in model.parameters():
+        p.requires_grad_(True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / "unlearn.json", {
+            **resolved, "summary": summary,
+            "provenance": provenance(model=model, data=getattr(corpus, "source", None), config=resolved,
+                                     seed=cfg.seed, source_model=str(_model_source(model) or source or ""))})
+        shutil.copy(work / "log.jsonl", tmp / "log.jsonl")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return out

@@ -1,0 +1,235 @@
+"""Editor configs: one dataclass per editor family, organism-tuned defaults, the papers' defaults as presets.
+
+The dataclass defaults are tuned on the micro organism (4 layers, d_model 64):
+each editor takes forget QA exact match to <= 0.2 while keeping retain exact
+match >= 0.8 of its start. The papers' settings are named presets:
+
+    resolve_config("rmu", preset="wmdp")                      # Li et al. 2024
+    resolve_config("adaptive-rmu", preset="snuffleupagus-1b")  # Dang et al. / SemEval-2025
+    resolve_config("joint", preset="sha256")                   # SHA256, SemEval-2025
+    resolve_config("sequential", preset="cyber-7b")            # Cyber for AI, SemEval-2025
+
+Precedence: dataclass defaults < preset < config file (YAML/JSON) < explicit overrides (CLI flags).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+METHODS = ("rmu", "adaptive-rmu", "joint", "ga", "gd", "graddiff", "npo", "sequential")
+GRADIENT_METHODS = ("ga", "gd", "graddiff", "npo")
+
+
+@dataclass
+class LoopConfig:
+    """Shared training-loop settings. One step = one optimizer update (batch_size x grad_accum examples)."""
+    lr: float = 1e-3
+    epochs: int = 1               # passes over the forget set (over retain for `gd`)
+    max_steps: int | None = None  # cap on optimizer steps (None: epochs decide)
+    batch_size: int = 4
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    max_len: int = 256            # tokens per example, longer ones are cut
+    eval_every: int = 0           # steps between evaluations on the eval slice (0: only at the end)
+    eval_size: int = 32           # QA records per split in the eval slice
+    eval_metric: str = "qa"       # "qa": retain EM - forget EM (higher better); "loss": editor loss (lower better)
+    keep_best: bool = True        # restore the best evaluated weights at the end
+    checkpoint_every: int = 25    # steps between resumable checkpoints
+    cache_reference: bool = True  # cache frozen activations / reference log-probs once (else keep a frozen copy)
+    dtype: str = "float32"        # float32 | bfloat16
+    seed: int = 0
+
+
+@dataclass
+class RMUConfig(LoopConfig):
+    """RMU (Li et al. 2024): steer layer-l activations on forget data to c*u, keep retain activations.
+
+    Layer rule: the hook layer l is max(selected layers) unless `hook_layer` is set; the trained
+    parameters are `params` expanded over the selected layers (a 3-layer window l-2..l reproduces WMDP)."""
+    lr: float = 3e-2
+    epochs: int = 8
+    batch_size: int = 4
+    max_grad_norm: float | None = None
+    steering_coef: float = 100.0   # c (fixed); ignored when adaptive
+    alpha: float = 10.0            # retain weight
+    adaptive: bool = False
+    beta: float = 3.0              # adaptive RMU: c = beta * mean ||h_frozen^l(x_forget)||
+    hook_layer: int | None = None
+    params: tuple[str, ...] = ("model.layers.{layer}.mlp.down_proj.weight",)
+
+
+@dataclass
+class JointConfig(LoopConfig):
+    """SHA256 joint loss: -CE(forget answers) + m * CE(retain answers) (or m * KL to the frozen reference)."""
+    lr: float = 2e-3
+    epochs: int = 6
+    batch_size: int = 8
+    freeze_mode: str = "train-mlp-only"  # or "freeze-mlp": in the selected layers only attention trains
+    retain_loss: str = "ce"              # "ce" | "kl"
+    m_init: float = 1.2
+    m_max: float = 2.3                    # released code; the paper text says 2.8
+    forget_floor: float | None = 15.0     # stop pushing a forget token's CE above this (None: unbounded ascent)
+    params: tuple[str, ...] | None = None  # overrides freeze_mode when set
+
+
+@dataclass
+class GradientConfig(LoopConfig):
+    """Cyber for AI baselines: ga (ascent on forget), gd (descent on retain), graddiff, npo."""
+    lr: float = 2e-3
+    epochs: int = 6
+    batch_size: int = 8
+    retain_weight: float = 1.0           # graddiff / npo: weight of the retain CE (npo: 0 = plain NPO)
+    npo_beta: float = 0.1                # NPO inverse temperature (Zhang et al. 2024, open-unlearning default)
+    forget_floor: float | None = 15.0    # ga / graddiff: stop pushing a token's CE above this
+    params: tuple[str, ...] = ("model.layers.{layer}.*",)
+
+
+@dataclass
+class Stage:
+    method: str
+    epochs: int
+    lr: float
+
+
+@dataclass
+class SequentialConfig(GradientConfig):
+    """A schedule of gradient stages, each with its own epochs and lr (fresh optimizer per stage)."""
+    stages: tuple[Stage, ...] = (Stage("ga", 4, 2e-3), Stage("gd", 2, 1e-3))
+
+
+CONFIG_CLASS = {"rmu": RMUConfig, "adaptive-rmu": RMUConfig, "joint": JointConfig, "ga": GradientConfig,
+                "gd": GradientConfig, "graddiff": GradientConfig, "npo": GradientConfig, "sequential": SequentialConfig}
+
+# Organism-tuned values that differ per method within one dataclass.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "rmu": {},
+    "adaptive-rmu": {"adaptive": True},
+    "joint": {},
+    "ga": {},
+    "gd": {"epochs": 20},
+    "graddiff": {},
+    "npo": {"lr": 3e-3, "epochs": 10},
+    "sequential": {},
+}
+
+# The papers' settings (ANCHORS.md), for real OLMo runs.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "rmu": {"wmdp": dict(lr=5e-5, batch_size=4, epochs=1, max_steps=150, steering_coef=20.0, alpha=100.0, max_grad_norm=None),
+            "wmdp-zephyr": dict(lr=5e-5, batch_size=4, epochs=1, max_steps=150, steering_coef=6.5, alpha=1200.0,
+                                max_grad_norm=None)},
+    "adaptive-rmu": {"snuffleupagus-1b": dict(lr=5e-5, batch_size=8, epochs=1, alpha=900.0, beta=3.0, adaptive=True,
+                                              max_grad_norm=None),
+                     "snuffleupagus-7b": dict(lr=5e-5, batch_size=8, epochs=1, alpha=900.0, beta=5.0, adaptive=True,
+                                              max_grad_norm=None)},
+    "joint": {"sha256": dict(lr=1.5e-5, batch_size=12, grad_accum=10, epochs=8, freeze_mode="train-mlp-only",
+                             m_max=2.3, forget_floor=None, eval_metric="loss"),
+              "sha256-paper": dict(lr=1.5e-5, batch_size=12, grad_accum=10, epochs=8, freeze_mode="freeze-mlp",
+                                   m_max=2.8, forget_floor=None, eval_metric="loss")},
+    "ga": {"cyber-1b": dict(lr=2e-5, weight_decay=2e-4, epochs=3, params=("*",), forget_floor=None)},
+    "gd": {"cyber-1b": dict(lr=2e-5, weight_decay=2e-4, epochs=20, params=("*",))},
+    "graddiff": {"cyber-1b": dict(lr=2e-5, weight_decay=2e-4, epochs=3, params=("*",), forget_floor=None)},
+    "npo": {"open-unlearning": dict(lr=1e-5, npo_beta=0.1, retain_weight=1.0, epochs=10, params=("*",))},
+    "sequential": {"cyber-7b": dict(params=("*",), weight_decay=2e-4, forget_floor=None,
+                                    stages=(Stage("ga", 3, 1e-5), Stage("gd", 3, 2e-6), Stage("ga", 1, 2e-5)))},
+}
+
+
+def _coerce(cls, name: str, value):
+    """Turn JSON/YAML/CLI values into the field's type (tuples, Stage lists)."""
+    if name == "stages":
+        stages = []
+        for s in value:
+            if isinstance(s, Stage):
+                stages.append(s)
+            elif isinstance(s, dict):
+                try:
+                    stages.append(Stage(method=str(s["method"]), epochs=int(s["epochs"]), lr=float(s["lr"])))
+                except KeyError as e:
+                    raise ConfigError(f"sequential stage {s} lacks {e}; expected {{method, epochs, lr}}") from None
+            elif isinstance(s, (list, tuple)) and len(s) == 3:
+                stages.append(Stage(str(s[0]), int(s[1]), float(s[2])))
+            else:
+                raise ConfigError(f"sequential stage {s!r}: expected {{method, epochs, lr}} or [method, epochs, lr]")
+        return tuple(stages)
+    if name == "params" and value is not None:
+        return (value,) if isinstance(value, str) else tuple(value)
+    return value
+
+
+def validate(method: str, cfg: LoopConfig) -> None:
+    def need(ok, msg):
+        if not ok:
+            raise ConfigError(f"{method}: {msg}")
+
+    need(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
+    need(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
+    need(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps must be >= 1 or None, got {cfg.max_steps}")
+    need(cfg.batch_size >= 1 and cfg.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
+    need(cfg.eval_metric in ("qa", "loss"), f"eval_metric must be 'qa' or 'loss', got {cfg.eval_metric!r}")
+    need(cfg.dtype in ("float32", "bfloat16", "fp32", "bf16"), f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+    need(cfg.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+    if isinstance(cfg, RMUConfig):
+        need(cfg.alpha >= 0 and cfg.steering_coef > 0 and cfg.beta > 0, "alpha >= 0, steering_coef > 0, beta > 0 required")
+    if isinstance(cfg, JointConfig):
+        need(cfg.freeze_mode in ("freeze-mlp", "train-mlp-only"),
+             f"freeze_mode must be 'freeze-mlp' or 'train-mlp-only', got {cfg.freeze_mode!r}")
+        need(cfg.retain_loss in ("ce", "kl"), f"retain_loss must be 'ce' or 'kl', got {cfg.retain_loss!r}")
+        need(1.0 <= cfg.m_init <= cfg.m_max, "need 1 <= m_init <= m_max")
+    if isinstance(cfg, GradientConfig):
+        need(cfg.npo_beta > 0 and cfg.retain_weight >= 0, "npo_beta > 0 and retain_weight >= 0 required")
+    if isinstance(cfg, SequentialConfig):
+        need(len(cfg.stages) > 0, "stages must list at least one {method, epochs, lr}")
+        for s in cfg.stages:
+            need(s.method in GRADIENT_METHODS, f"stage method {s.method!r} must be one of {GRADIENT_METHODS}")
+            need(s.epochs >= 1 and s.lr > 0, f"stage {s}: epochs >= 1 and lr > 0 required")
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (expected a YAML or JSON mapping of config fields)")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:
+        raise ConfigError(f"config file {path} could not be parsed ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of config fields, got {type(data).__name__}")
+    data.pop("method", None)
+    return data.get("config", data)
+
+
+def resolve_config(method: str, preset: str | None = None, file: str | Path | None = None,
+                   overrides: dict | None = None, base: LoopConfig | None = None) -> LoopConfig:
+    """The config a run uses: defaults < preset < file < overrides. Unknown names are a ConfigError."""
+    if method not in CONFIG_CLASS:
+        raise ConfigError(f"unknown unlearning method {method!r}; expected one of {list(METHODS)}")
+    cls = CONFIG_CLASS[method]
+    values: dict[str, Any] = dict(DEFAULTS[method])
+    if base is not None:
+        values.update(dataclasses.asdict(base))
+    if preset is not None:
+        if preset not in PRESETS.get(method, {}):
+            raise ConfigError(f"unknown preset {preset!r} for {method}; expected one of {sorted(PRESETS.get(method, {}))}")
+        values.update(PRESETS[method][preset])
+    if file is not None:
+        values.update(read_config_file(file))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {unknown} for {method}; expected some of {sorted(names)}")
+    cfg = cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+    validate(method, cfg)
+    return cfg

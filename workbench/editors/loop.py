@@ -1,0 +1,348 @@
+"""The shared unlearning loop: batches, frozen-reference cache, AdamW, checkpoints, eval, resume.
+
+Read top to bottom:
+  encode/collate   records -> token batches; `labels` mark answer tokens (the record's `output` + EOS)
+  Reference        what the frozen model must provide (RMU activations, reference log-probs), computed once
+                   over the whole data set before training and looked up per batch; `cache=False` keeps a
+                   frozen copy of the model instead and recomputes every step (twice the memory, ~2x forwards)
+  Editor           base class: trainable-parameter patterns, reference needs, `loss(batch) -> (loss, stats)`
+  train            phases (one per sequential stage) of AdamW steps with gradient accumulation; the data
+                   order is a function of (seed, phase, epoch) only, so a resumed run sees exactly the
+                   batches the killed one would have; checkpoints hold the trainable parameters, the
+                   optimizer, the step, the editor state, the best-so-far weights and the RNG states.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import EditError
+from .config import LoopConfig
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class Example:
+    ids: list[int]
+    n_prompt: int   # tokens of `input`; the rest are answer tokens
+    task: str
+    index: int      # position in its split's example list (the reference cache key)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor       # [batch, pos]
+    attention_mask: torch.Tensor  # [batch, pos]
+    labels: torch.Tensor          # [batch, pos], answer tokens, -100 elsewhere
+    index: list[int]
+    tasks: list[str]
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.attention_mask.sum(1).tolist()
+
+
+def encode(tok, records, max_len: int) -> list[Example]:
+    """input + ' ' + output + EOS, as the target model was trained; answer = ' ' + output + EOS."""
+    out = []
+    for i, r in enumerate(records):
+        prompt = tok(r.input)["input_ids"]
+        answer = tok(" " + r.output, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = (prompt + answer)[:max_len]
+        out.append(Example(ids, min(len(prompt), len(ids)), r.task, i))
+    return out
+
+
+def collate(examples: Sequence[Example], pad_id: int, device=None) -> Batch:
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)   # [batch, pos]
+    mask = torch.zeros((len(examples), width), dtype=torch.long)         # [batch, pos]
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)  # [batch, pos]
+    for row, e in enumerate(examples):
+        n = len(e.ids)
+        ids[row, :n] = torch.tensor(e.ids)
+        mask[row, :n] = 1
+        labels[row, e.n_prompt:n] = ids[row, e.n_prompt:n]
+    return Batch(ids.to(device), mask.to(device), labels.to(device), [e.index for e in examples],
+                 [e.task for e in examples])
+
+
+# ---------------------------------------------------------------- frozen reference
+class Reference:
+    """Per-example tensors from the *frozen* model, keyed by (split, example index).
+
+    `fns[split](model, batch)` returns [batch, pos, ...] (per-token) or [batch] (per-example) tensors.
+    With cache=True they are computed once, before any update, and stored per example (cut to its
+    length); otherwise a deep copy of the model is kept frozen and the fn runs on it every step."""
+
+    def __init__(self, model, fns: dict[str, Callable], data: dict[str, list[Example]], pad_id: int,
+                 cache: bool = True, batch_size: int = 16, progress: bool = False):
+        self.fns, self.pad_id, self.cache = fns, pad_id, cache
+        self.store: dict[str, list[torch.Tensor]] = {}
+        self.frozen = None
+        if not fns:
+            return
+        if cache:
+            device = next(model.parameters()).device
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                for split, fn in fns.items():
+                    rows: list[torch.Tensor] = []
+                    exs = data[split]
+                    for s in tqdm(range(0, len(exs), batch_size), desc=f"cache {split}", disable=not progress):
+                        b = collate(exs[s:s + batch_size], pad_id, device)
+                        out = fn(model, b)
+                        rows += [out[i, :n].detach().clone() if out.dim() >= 2 else out[i].detach().clone()
+                                 for i, n in enumerate(b.lengths)]
+                    self.store[split] = rows
+            model.train(was_training)
+        else:
+            self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def get(self, split: str, batch: Batch) -> torch.Tensor:
+        if self.frozen is not None:
+            with torch.no_grad():
+                return self.fns[split](self.frozen, batch)
+        rows = [self.store[split][i] for i in batch.index]
+        if rows[0].dim() == 0:
+            return torch.stack(rows)
+        width = batch.input_ids.shape[1]
+        return torch.stack([F.pad(r, (0, 0) * (r.dim() - 1) + (0, width - r.shape[0])) for r in rows])
+
+    def all(self, split: str) -> list[torch.Tensor]:
+        return self.store.get(split, [])
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for rows in self.store.values() for t in rows)
+
+
+# ---------------------------------------------------------------- editors
+class Editor:
+    """One unlearning objective. Subclasses set `name`, `uses`, `param_patterns`, `reference_fns`, `loss`."""
+
+    name = "base"
+    uses: tuple[str, ...] = ("forget", "retain")
+
+    def __init__(self, model, cfg, layers: Sequence[int]):
+        self.model, self.cfg, self.layers = model, cfg, list(layers)
+        self.ref: Reference | None = None
+
+    def param_patterns(self) -> list[str]:
+        return list(self.cfg.params)
+
+    def reference_fns(self) -> dict[str, Callable]:
+        return {}
+
+    def setup(self, ref: Reference, data: dict[str, list[Example]]) -> None:
+        self.ref = ref
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def loss(self, batch: dict[str, Batch]) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {}
+
+
+@dataclass
+class Phase:
+    editor: Editor
+    epochs: int
+    lr: float
+
+
+# ---------------------------------------------------------------- checkpoints
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+# ---------------------------------------------------------------- the loop
+def _order(n: int, seed: int, phase: int, epoch: int, salt: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + phase * 10_007 + epoch * 101 + salt)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _plan(phases: list[Phase], data: dict[str, list[Example]], cfg: LoopConfig) -> list[tuple[int, int, int]]:
+    """(phase, steps per epoch, steps in phase) for each phase, capped by max_steps overall."""
+    plan, left = [], cfg.max_steps if cfg.max_steps is not None else math.inf
+    for p, ph in enumerate(phases):
+        n = len(data[_primary(ph.editor)])
+        spe = math.ceil(math.ceil(n / cfg.batch_size) / cfg.grad_accum)
+        steps = int(min(ph.epochs * spe, left))
+        left -= steps
+        plan.append((p, spe, steps))
+    return plan
+
+
+def _primary(editor: Editor) -> str:
+    return "forget" if "forget" in editor.uses else "retain"
+
+
+def _micro_batches(editor: Editor, data, cfg: LoopConfig, phase: int, epoch: int, step_in_epoch: int,
+                   pad_id: int, device) -> list[dict[str, Batch]]:
+    """The micro-batches of one optimizer step: a pure function of (seed, phase, epoch, step)."""
+    prim = _primary(editor)
+    n = len(data[prim])
+    order = _order(n, cfg.seed, phase, epoch, 0)
+    n_micro = math.ceil(n / cfg.batch_size)
+    out = []
+    for j in range(step_in_epoch * cfg.grad_accum, min((step_in_epoch + 1) * cfg.grad_accum, n_micro)):
+        idx = order[j * cfg.batch_size:(j + 1) * cfg.batch_size]
+        mb = {prim: collate([data[prim][i] for i in idx], pad_id, device)}
+        for other in editor.uses:
+            if other != prim:  # the secondary split cycles through its own shuffled order
+                m = len(data[other])
+                o2 = _order(m, cfg.seed, phase, epoch, 1)
+                mb[other] = collate([data[other][o2[(j * cfg.batch_size + k) % m]] for k in range(len(idx))],
+                                    pad_id, device)
+        out.append(mb)
+    return out
+
+
+def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopConfig, work_dir: Path, *,
+          pad_id: int, params: dict[str, torch.nn.Parameter], evaluate: Callable[[], tuple[float, dict]],
+          log, config_hash: str, progress: bool = False, on_step: Callable[[int], None] | None = None) -> dict:
+    """Run every phase; returns a summary. Resumes from work_dir/checkpoint.pt when it matches config_hash."""
+    device = next(model.parameters()).device
+    ckpt_path = work_dir / "checkpoint.pt"
+    plan = _plan(phases, data, cfg)
+    total = sum(p[2] for p in plan)
+    if total == 0:
+        raise EditError("the plan has no training steps (empty data or max_steps=0)")
+    names = list(params)
+
+    def make_opt(lr):
+        return torch.optim.AdamW([params[n] for n in names], lr=lr, weight_decay=cfg.weight_decay)
+
+    state = {"step": 0, "best_score": -math.inf, "best_step": None, "best": None, "evals": []}
+    start_phase, opt = 0, None
+    if ckpt_path.is_file():
+        ck = torch.load(ckpt_path, weights_only=False)
+        if ck["config_hash"] != config_hash:
+            raise EditError(f"{ckpt_path} was written by a different run (config hash {ck['config_hash']} != "
+                            f"{config_hash}); delete {work_dir} or pick another --out")
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(ck["params"][n])
+        state.update({k: ck[k] for k in ("step", "best_score", "best_step", "best", "evals")})
+        start_phase = ck["phase"]
+        for ph, es in zip(phases, ck["editor_states"]):
+            ph.editor.load_state_dict(es)
+        opt = make_opt(phases[start_phase].lr)
+        opt.load_state_dict(ck["optimizer"])
+        _set_rng_state(ck["rng"])
+        log("resume", step=state["step"], phase=start_phase, checkpoint=str(ckpt_path))
+
+    def save_checkpoint(phase: int):
+        _atomic_torch_save({
+            "config_hash": config_hash, "phase": phase, "optimizer": opt.state_dict(),
+            "params": {n: params[n].detach().clone() for n in names},
+            "editor_states": [ph.editor.state_dict() for ph in phases], "rng": _rng_state(),
+            **{k: state[k] for k in ("step", "best_score", "best_step", "best", "evals")}}, ckpt_path)
+
+    def run_eval(step: int):
+        score, stats = evaluate()
+        state["evals"].append({"step": step, "score": score, **stats})
+        log("eval", step=step, score=score, **stats)
+        if score > state["best_score"]:
+            state.update(best_score=score, best_step=step,
+                         best={n: params[n].detach().clone() for n in names} if cfg.keep_best else None)
+
+    bar = tqdm(total=total, initial=state["step"], desc=f"unlearn:{phases[0].editor.name}", disable=not progress)
+    step_times: list[float] = []
+    done_before = 0
+    model.train()
+    for p, spe, steps in plan:
+        if p < start_phase or state["step"] >= done_before + steps:
+            done_before += steps
+            continue
+        ph = phases[p]
+        if opt is None or p != start_phase:
+            opt = make_opt(ph.lr)  # a fresh optimizer per stage, as separate runs would have
+            start_phase = p
+            if state["step"] == 0:
+                save_checkpoint(p)  # a last-good checkpoint exists from the very start
+        while state["step"] < done_before + steps:
+            s_phase = state["step"] - done_before
+            epoch, s_epoch = divmod(s_phase, spe)
+            if s_epoch == 0 or not step_times:
+                ph.editor.start_epoch(epoch)
+            t0 = time.perf_counter()
+            micro = _micro_batches(ph.editor, data, cfg, p, epoch, s_epoch, pad_id, device)
+            sums: dict[str, float] = {}
+            for mb in micro:
+                loss, stats = ph.editor.loss(mb)
+                if not torch.isfinite(loss):
+                    raise EditError(
+                        f"non-finite loss ({loss.item()}) at step {state['step']} of {ph.editor.name} "
+                        f"(stats {({k: round(v, 4) for k, v in stats.items()})}); training stopped. The last good "
+                        f"checkpoint is {ckpt_path}; lower lr (now {ph.lr}) or use float32")
+                (loss / len(micro)).backward()
+                for k, v in {"loss": loss.item(), **stats}.items():
+                    sums[k] = sums.get(k, 0.0) + v / len(micro)
+            if cfg.max_grad_norm:
+                gnorm = torch.nn.utils.clip_grad_norm_([params[n] for n in names], cfg.max_grad_norm)
+                if not torch.isfinite(gnorm):
+                    raise EditError(f"non-finite gradient norm at step {state['step']} of {ph.editor.name}; "
+                                    f"last good checkpoint is {ckpt_path}; lower lr (now {ph.lr})")
+                sums["grad_norm"] = float(gnorm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step_times.append(time.perf_counter() - t0)
+            state["step"] += 1
+            step = state["step"]
+            log("step", step=step, phase=p, method=ph.editor.name, epoch=epoch, lr=ph.lr,
+                step_seconds=round(step_times[-1], 5), **sums)
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss']:.3f}")
+            last = step == total
+            if (cfg.eval_every and step % cfg.eval_every == 0) or last:
+                model.eval()
+                run_eval(step)
+                model.train()
+            if step % cfg.checkpoint_every == 0 or last or step == done_before + steps:
+                save_checkpoint(p)
+            if on_step is not None:
+                on_step(step)
+        done_before += steps
+    bar.close()
+    model.eval()
+    restored = False
+    if cfg.keep_best and state["best"] is not None and state["best_step"] != state["step"]:
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(state["best"][n])
+        restored = True
+    return {"steps": state["step"], "best_step": state["best_step"], "best_score": state["best_score"],
+            "restored_best": restored, "evals": state["evals"],
+            "mean_step_seconds": sum(step_times) / len(step_times) if step_times else None}

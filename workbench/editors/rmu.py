@@ -1,0 +1,145 @@
+"""RMU (Li et al. 2024, WMDP) and adaptive RMU (Dang et al. 2024): steer layer-l activations on forget data.
+
+    forget loss = MSE(h^l(x_f), c * u_task)            u_task: fixed random unit vector per task
+    retain loss = alpha * MSE(h^l(x_r), h_frozen^l(x_r))
+    adaptive:   c = beta * mean over forget tokens of ||h_frozen^l(x_f)||_2
+
+h^l is decoder layer l's output (the residual stream), read by a forward hook that
+is registered for one forward only and then removed. The hook also stops the
+forward right after layer l: nothing above l enters either loss, so the later
+layers and the unembedding are never computed. Adaptive c is measured on the
+*frozen* model over the whole forget set (the reference code uses the first batch
+of the model being updated).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import EditError
+from ..models import decoder_layers
+from ..provenance import stable_hash
+from .loop import Batch, Editor
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once layer l has run: the rest of the forward is not needed."""
+
+
+@contextmanager
+def capture_layer(model, layer: int, stop: bool = True):
+    """Forward hook on decoder layer `layer`; its output lands in the yielded dict under "h"."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(module, inputs, output):
+        store["h"] = output[0] if isinstance(output, tuple) else output  # [batch, pos, d_model]
+        if stop:
+            raise _StopForward
+
+    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def layer_output(model, batch: Batch, layer: int) -> torch.Tensor:
+    """Decoder layer `layer`'s output on `batch`, with gradients if enabled. [batch, pos, d_model]"""
+    with capture_layer(model, layer) as store:
+        try:
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+    return store["h"]
+
+
+def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the d_model entries of the tokens where mask is set (padding left out).
+    a, b: [batch, pos, d_model]; mask: [batch, pos]."""
+    per_token = (a.float() - b.float()).pow(2).mean(-1)  # [batch, pos]
+    m = mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum().clamp(min=1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
+def control_vector(task: str, d_model: int, seed: int) -> torch.Tensor:
+    """u ~ uniform[0,1)^d, normalised; one fixed vector per (task, seed), as the reference script draws it."""
+    g = torch.Generator().manual_seed(int(stable_hash({"task": task, "seed": seed}), 16) % (2**63))
+    u = torch.rand(d_model, generator=g)
+    return u / u.norm()
+
+
+class RMU(Editor):
+    name = "rmu"
+    uses = ("forget", "retain")
+
+    def __init__(self, model, cfg, layers):
+        super().__init__(model, cfg, layers)
+        n = len(decoder_layers(model))
+        self.layer = cfg.hook_layer if cfg.hook_layer is not None else max(layers)
+        if not 0 <= self.layer < n:
+            raise EditError(f"RMU hook layer {self.layer} is out of range for a {n}-layer model")
+        self.coef = cfg.steering_coef
+        self.u: dict[str, torch.Tensor] = {}
+
+    def reference_fns(self):
+        fn = lambda m, b: layer_output(m, b, self.layer)
+        # forget activations: for adaptive c and the cosine-to-frozen log; retain: the retain target
+        return {"forget": fn, "retain": fn}
+
+    def setup(self, ref, data):
+        super().setup(ref, data)
+        d_model = self.model.config.hidden_size
+        self.u = {t: control_vector(t, d_model, self.cfg.seed) for t in sorted({e.task for e in data["forget"]})}
+        if self.cfg.adaptive:
+            if ref.cache:
+                acts = ref.all("forget")
+            else:  # measured once on the frozen copy
+                from .loop import collate
+
+                device = next(self.model.parameters()).device
+                acts = [ref.get("forget", collate([e], ref.pad_id, device))[0] for e in data["forget"]]
+            norms = torch.cat([a.float().norm(dim=-1) for a in acts])  # [all forget tokens]
+            self.coef = self.cfg.beta * norms.mean().item()
+
+    def loss(self, batch):
+        f, r = batch["forget"], batch["retain"]
+        h_f = layer_output(self.model, f, self.layer)  # [batch, pos, d_model]
+        target = self.coef * torch.stack([self.u[t] for t in f.tasks]).to(h_f.device, h_f.dtype)[:, None, :]
+        forget_loss = masked_mse(h_f, target.expand_as(h_f), f.attention_mask)
+        h_r = layer_output(self.model, r, self.layer)
+        h_r_frozen = self.ref.get("retain", r).to(h_r.dtype)
+        retain_loss = self.cfg.alpha * masked_mse(h_r, h_r_frozen, r.attention_mask)
+        with torch.no_grad():
+            h_f_frozen = self.ref.get("forget", f).float()
+            stats = {
+                "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item(), "c": self.coef,
+                "forget_act_norm": masked_mean(h_f.float().norm(dim=-1), f.attention_mask).item(),
+                "forget_frozen_norm": masked_mean(h_f_frozen.norm(dim=-1), f.attention_mask).item(),
+                "forget_cos_frozen": masked_mean(F.cosine_similarity(h_f.float(), h_f_frozen, dim=-1),
+                                                 f.attention_mask).item(),
+                "retain_act_norm": masked_mean(h_r.float().norm(dim=-1), r.attention_mask).item(),
+                "retain_cos_frozen": masked_mean(F.cosine_similarity(h_r.float(), h_r_frozen.float(), dim=-1),
+                                                 r.attention_mask).item(),
+            }
+        return forget_loss + retain_loss, stats
+
+    def describe(self):
+        return {"hook_layer": self.layer, "steering_coef": self.coef, "adaptive": self.cfg.adaptive}
+
+
+class AdaptiveRMU(RMU):
+    name = "adaptive-rmu"
+
+    def __init__(self, model, cfg, layers):
+        if not cfg.adaptive:
+            from dataclasses import replace
+
+            cfg = replace(cfg, adaptive=True)
+        super().__init__(model, cfg, layers)
