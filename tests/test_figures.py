@@ -1,0 +1,121 @@
+"""Figures: the data drawn is the data given, labels mark the subject, and files get written (HTML always;
+PNG/SVG/PDF when a Chrome/Chromium for kaleido exists)."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from workbench import figures as F
+from workbench.aggregate import aggregate, token_roles
+from workbench.errors import ConfigError, TraceError
+from workbench.results import TraceResult
+
+TOKENS = ["What", " is", " the", " date", " of", " Ada", " Lov", "elace", "?"]
+
+
+def make_result(scale=1.0, seed=0, n_layers=4) -> TraceResult:
+    rng = np.random.default_rng(seed)
+    base = np.full((n_layers, len(TOKENS)), 0.05)
+    base[:2, 7] = 0.9 * scale          # last subject token, early layers
+    base[2:, 8] = 0.8 * scale          # last token, late layers
+    effects = {k: base + rng.uniform(0, 0.02, base.shape) for k in ("resid", "mlp", "attn")}
+    return TraceResult(method="causal_trace", prompt="What is the date of Ada Lovelace?", answer="1815",
+                       tokens=TOKENS, subject_range=(5, 8), effects=effects, clean=0.95 * scale, corrupted=0.05,
+                       extra={"head": rng.uniform(size=(n_layers, 4))})
+
+
+def test_heatmap_draws_the_effects_with_marked_subject():
+    r = make_result()
+    fig = F.heatmap(r, "mlp")
+    hm = fig.data[0]
+    np.testing.assert_array_equal(np.asarray(hm.z), r.effects["mlp"])
+    ticks = list(fig.layout.xaxis.ticktext)
+    assert ticks[5:8] == ["<b>Ada*</b>", "<b>Lov*</b>", "<b>elace*</b>"]
+    assert ticks[0] == "What" and "*" not in "".join(ticks[:5] + ticks[8:])
+    assert list(fig.layout.xaxis.tickvals) == list(range(len(TOKENS)))  # numeric x: repeated tokens stay apart
+    assert "p_clean=0.950" in fig.layout.title.text and "p_corrupted=0.050" in fig.layout.title.text
+    assert hm.colorbar.title.text == "p(answer)"
+    assert fig.layout.width == int(3.3 * F.PX_PER_INCH)
+    norm = F.heatmap(r, "mlp", normalised=True)
+    np.testing.assert_allclose(np.asarray(norm.data[0].z), r.normalised("mlp"))
+    heads = F.heatmap(r, "head")
+    assert list(heads.layout.xaxis.ticktext) == ["H0", "H1", "H2", "H3"]
+    with pytest.raises(TraceError, match="no kind 'bogus'"):
+        F.heatmap(r, "bogus")
+
+
+def test_heatmaps_one_panel_per_kind():
+    r = make_result()
+    fig = F.heatmaps(r)
+    assert [a.text for a in fig.layout.annotations] == ["Residual stream", "MLP output", "Attention output"]
+    for trace, kind in zip(fig.data, ("resid", "mlp", "attn")):
+        np.testing.assert_array_equal(np.asarray(trace.z), r.effects[kind])
+    # colour bars sit right of their own panel, not on top of the next one
+    xs = [t.colorbar.x for t in fig.data]
+    assert xs == sorted(xs) and xs[0] > fig.layout.xaxis.domain[1] and xs[0] < fig.layout.xaxis2.domain[0]
+
+
+def test_importance_curve_band_is_the_interval():
+    imp = aggregate([make_result(seed=s) for s in range(6)], "resid", n_boot=200)
+    fig = F.importance_curve(imp)
+    band, line = fig.data
+    np.testing.assert_allclose(line.y, imp.mean)
+    np.testing.assert_allclose(band.y, np.concatenate([imp.hi, imp.lo[::-1]]))
+    assert band.fill == "toself"
+    multi = F.importance_curve({"a": imp, "b": imp})
+    assert [d.name for d in multi.data if d.showlegend is not False] == ["a", "b"]
+    with pytest.raises(ConfigError):
+        F.importance_curve([])
+
+
+def test_token_role_heatmap():
+    roles = token_roles([make_result(seed=s) for s in range(3)], "resid")
+    fig = F.token_role_heatmap(roles)
+    np.testing.assert_allclose(np.asarray(fig.data[0].z, float), roles.values.T)
+    assert list(fig.layout.xaxis.ticktext)[0] == "first subject"
+
+
+def test_before_after_traces_and_importances():
+    before, after = make_result(), make_result(scale=0.2, seed=1)
+    fig = F.before_after(before, after, "resid")
+    zb, za, zd = (np.asarray(t.z) for t in fig.data)
+    np.testing.assert_allclose(zd, za - zb)
+    assert fig.data[2].zmid == 0 and fig.data[0].zmax == fig.data[1].zmax   # shared scale before/after
+    # aggregated: paired difference of the same facts
+    bs, as_ = [make_result(seed=s) for s in range(5)], [make_result(0.2, seed=s + 9) for s in range(5)]
+    fig2 = F.before_after(bs, as_, "mlp")
+    diff_line = fig2.data[5]
+    np.testing.assert_allclose(diff_line.y, aggregate(as_, "mlp").mean - aggregate(bs, "mlp").mean, atol=1e-12)
+    with pytest.raises(TraceError, match="differ in shape"):
+        F.before_after(before, make_result(n_layers=3), "resid")
+
+
+def test_save_html_always_and_clear_error_without_browser(tmp_path, monkeypatch):
+    fig = F.heatmap(make_result(), "resid")
+    out = F.save_figure(fig, tmp_path / "h.png", formats=("html",))    # suffix is dropped from the stem
+    html = out["html"].read_text()
+    assert out["html"] == tmp_path / "h.html" and "plotly" in html.lower() and "Residual stream" in html
+    monkeypatch.setattr(F, "browser_path", lambda: None)
+    with pytest.raises(F.FigureExportError, match="apt-get install -y chromium"):
+        F.save_figure(fig, tmp_path / "nobrowser", formats=("html", "png"))
+    assert (tmp_path / "nobrowser.html").is_file() and not (tmp_path / "nobrowser.png").exists()
+    with pytest.raises(ConfigError, match="'gif'"):
+        F.save_figure(fig, tmp_path / "x", formats=("gif",))
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.skipif(F.browser_path() is None,
+                    reason="no Chrome/Chromium for kaleido: apt-get install -y chromium (PNG/SVG/PDF export untested)")
+def test_static_export_png_svg_pdf(tmp_path):
+    fig = F.heatmaps(make_result())
+    with F.export_session():
+        out = F.save_figure(fig, tmp_path / "trace", formats=("html", "png", "svg", "pdf"), scale=2)
+    png = out["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", png[16:24])
+    assert (w, h) == (2 * fig.layout.width, 2 * fig.layout.height)   # layout size honoured, not kaleido's default
+    assert out["svg"].read_text().lstrip().startswith("<svg") and "elace*" in out["svg"].read_text()
+    assert out["pdf"].read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.html", "trace.pdf", "trace.png", "trace.svg"]

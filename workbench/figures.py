@@ -1,0 +1,370 @@
+"""Plotly figures for traces, layer importance, token roles and before/after comparisons, in a paper style.
+
+Every builder returns a `plotly.graph_objects.Figure`; `save_figure` writes it as
+HTML (always) and PNG/SVG/PDF through kaleido, which drives a headless
+Chrome/Chromium (`apt-get install -y chromium`, or `kaleido.get_chrome_sync()`).
+"""
+from __future__ import annotations
+
+import contextlib
+import html
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import hex_to_rgb, qualitative
+from plotly.subplots import make_subplots
+
+from .errors import ConfigError, TraceError
+from .provenance import atomic_write_text
+from .results import TraceResult
+
+PX_PER_INCH = 100                       # layout px; export at scale 3 -> 300 dpi
+WIDTHS = {"column": 3.3, "page": 7.0}   # inches: one column / full width of a two-column paper
+FONT = "Arial, Helvetica, sans-serif"
+
+KIND_TITLES = {"resid": "Residual stream", "mlp": "MLP output", "attn": "Attention output",
+               "resid_pre": "Residual stream (pre)", "resid_post": "Residual stream (post)",
+               "attn_out": "Attention output", "mlp_out": "MLP output", "head": "Attention heads"}
+KIND_COLORS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds",   # ROME's colours per kind
+               "resid_pre": "Purples", "resid_post": "Purples", "mlp_out": "Greens", "attn_out": "Reds",
+               "head": "Blues"}
+METRIC_LABELS = {"prob": "p(answer)", "logprob_mean": "mean log p(answer)", "logprob": "log p(answer)",
+                 "logit_diff": "logit difference"}
+STATIC_FORMATS = ("png", "svg", "pdf", "jpeg", "webp")
+
+
+class FigureExportError(ConfigError):
+    """Static export (PNG/SVG/PDF) is impossible here, typically because no Chrome/Chromium is installed."""
+
+
+# --- labels and style ------------------------------------------------------------------------------
+def kind_title(kind: str) -> str:
+    return KIND_TITLES.get(kind, kind)
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def token_labels(result: TraceResult) -> list[str]:
+    """Readable tick labels: whitespace made visible, subject tokens bold with a '*'."""
+    s, e = result.subject_range
+    out = []
+    for i, t in enumerate(result.tokens):
+        t = t.replace("Ġ", " ").replace("▁", " ").replace("\n", "\\n")
+        t = html.escape(t.strip() or "␣")
+        out.append(f"<b>{t}*</b>" if s <= i < e else t)
+    return out
+
+
+def _width_px(width) -> int:
+    if isinstance(width, str):
+        if width not in WIDTHS:
+            raise ConfigError(f"figure width {width!r}: expected one of {sorted(WIDTHS)} or a number of px")
+        return int(WIDTHS[width] * PX_PER_INCH)
+    return int(width)
+
+
+def paper_layout(fig: go.Figure, width="column", height: int | None = None, font_size: int = 10) -> go.Figure:
+    """White background, readable fonts sized for a paper column ("column" 3.3 in, "page" 7 in, or px)."""
+    w = _width_px(width)
+    fig.update_layout(template="simple_white", width=w, height=height or int(w * 0.8),
+                      font=dict(family=FONT, size=font_size, color="black"),
+                      title=dict(font=dict(size=font_size + 1), x=0.5, xanchor="center"),
+                      margin=dict(l=50, r=20, t=55, b=50),
+                      legend=dict(font=dict(size=font_size - 1)))
+    fig.update_annotations(font_size=font_size)  # subplot titles
+    return fig
+
+
+def _trace_title(result: TraceResult, heading: str | None = None, max_chars: int = 60) -> str:
+    ml = metric_label(result.metric)
+    if result.metric == "prob":
+        nums = f"p_clean={result.clean:.3f}, p_corrupted={result.corrupted:.3f}"
+    else:
+        nums = f"clean {ml}={result.clean:.3g}, corrupted={result.corrupted:.3g}"
+    prompt = result.prompt if len(result.prompt) <= max_chars else result.prompt[:max_chars - 3] + "..."
+    fact = f"{html.escape(prompt)} → {html.escape(result.answer)}"
+    if heading:  # narrow figure: heading on top, the fact and numbers small below it
+        return f"{heading}<br><sup>{fact}<br>{nums}</sup>"
+    return f"{fact}<br><sup>{nums}</sup>"
+
+
+def _grid(result: TraceResult, kind: str, normalised: bool) -> tuple[np.ndarray, list[str], str]:
+    """z [n_layers, n_cols], x labels, x-axis title for a kind of effects (or a per-head map in `extra`)."""
+    if kind in result.effects:
+        z = result.normalised(kind) if normalised else result.effects[kind]
+        return np.asarray(z, float), token_labels(result), "token (* = subject)"
+    if kind in result.extra and np.ndim(result.extra[kind]) == 2:
+        z = np.asarray(result.extra[kind], float)  # e.g. per-head effects [n_layers, n_heads]
+        return z, [f"H{h}" for h in range(z.shape[1])], "head"
+    raise TraceError(f"result for {result.prompt!r} has no kind {kind!r}; it has {result.kinds}"
+                     + (f" and extra {sorted(result.extra)}" if result.extra else ""))
+
+
+def _colorbar_title(result: TraceResult, normalised: bool) -> str:
+    return "normalised<br>effect" if normalised else metric_label(result.metric).replace(" (", "<br>(")
+
+
+def _heatmap_trace(z, labels, kind, cbar_title, colorscale=None, colorbar=None, **kw) -> go.Heatmap:
+    n_layers, n_cols = z.shape
+    return go.Heatmap(z=z, x=list(range(n_cols)), y=list(range(n_layers)),
+                      colorscale=colorscale or KIND_COLORS.get(kind, "Viridis"),
+                      colorbar=dict(title=dict(text=cbar_title, side="right"), thickness=10, **(colorbar or {})),
+                      customdata=np.array([labels] * n_layers),
+                      hovertemplate="layer %{y}<br>%{customdata}<br>%{z:.4f}<extra></extra>", **kw)
+
+
+def _axes(fig, labels, x_title, n_layers, row=None, col=None, y_title=True):
+    fig.update_xaxes(tickmode="array", tickvals=list(range(len(labels))), ticktext=labels, tickangle=-60,
+                     title_text=x_title, row=row, col=col)
+    fig.update_yaxes(title_text="layer" if y_title else None, dtick=1 if n_layers <= 16 else None,
+                     row=row, col=col)
+
+
+# --- figures ---------------------------------------------------------------------------------------
+def heatmap(result: TraceResult, kind: str = "resid", normalised: bool = False, width="column") -> go.Figure:
+    """Layer x token heatmap of one kind: effect on the metric after restoring each (layer, token)."""
+    z, labels, x_title = _grid(result, kind, normalised)
+    fig = go.Figure(_heatmap_trace(z, labels, kind, _colorbar_title(result, normalised)))
+    _axes(fig, labels, x_title, z.shape[0])
+    fig.update_layout(title_text=_trace_title(result, heading=kind_title(kind), max_chars=45))
+    paper_layout(fig, width=width, height=int(_width_px(width) * 0.9))
+    return fig.update_layout(margin=dict(t=80))
+
+
+def heatmaps(result: TraceResult, kinds=None, normalised: bool = False, width="page") -> go.Figure:
+    """The kinds of one result side by side (ROME's three-panel figure), one colour bar per panel."""
+    kinds = list(kinds or result.kinds)
+    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.1,
+                        subplot_titles=[kind_title(k) for k in kinds])
+    for i, kind in enumerate(kinds, start=1):
+        z, labels, x_title = _grid(result, kind, normalised)
+        dom = fig.layout[f"xaxis{'' if i == 1 else i}"].domain
+        fig.add_trace(_heatmap_trace(z, labels, kind, _colorbar_title(result, normalised) if i == len(kinds) else "",
+                                     colorbar=dict(x=dom[1] + 0.005, len=1.0)), row=1, col=i)
+        _axes(fig, labels, x_title, z.shape[0], row=1, col=i, y_title=i == 1)
+    fig.update_layout(title_text=_trace_title(result))
+    return paper_layout(fig, width=width, height=int(_width_px(width) * 0.45))
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = hex_to_rgb(color) if color.startswith("#") else (0, 0, 0)
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _band(fig, x, mean, lo, hi, color, name, row=None, col=None, showlegend=True):
+    x = list(x)
+    fig.add_trace(go.Scatter(x=x + x[::-1], y=list(hi) + list(lo)[::-1], fill="toself", fillcolor=_rgba(color, 0.2),
+                             mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=name),
+                  row=row, col=col)
+    fig.add_trace(go.Scatter(x=x, y=list(mean), mode="lines+markers", line=dict(color=color, width=2),
+                             marker=dict(size=5), name=name, legendgroup=name, showlegend=showlegend),
+                  row=row, col=col)
+
+
+def _as_importances(imps, labels):
+    from .aggregate import LayerImportance
+
+    if isinstance(imps, LayerImportance):
+        imps = [imps]
+    if isinstance(imps, dict):
+        labels, imps = list(imps), list(imps.values())
+    imps = list(imps)
+    if not imps or not all(isinstance(i, LayerImportance) for i in imps):
+        raise ConfigError("importance_curve: expected a LayerImportance, a list of them or a {label: LayerImportance}")
+    labels = list(labels) if labels is not None else [kind_title(i.kind) for i in imps]
+    return imps, labels
+
+
+def importance_curve(imps, labels=None, title: str | None = None, width="column") -> go.Figure:
+    """Mean normalised effect per layer with its shaded 95% bootstrap interval; several curves overlay."""
+    imps, labels = _as_importances(imps, labels)
+    fig = go.Figure()
+    for i, (imp, label) in enumerate(zip(imps, labels)):
+        _band(fig, range(imp.n_layers), imp.mean, imp.lo, imp.hi, qualitative.Plotly[i % 10], label)
+    n = imps[0].n_facts
+    fig.update_xaxes(title_text="layer", dtick=1 if imps[0].n_layers <= 16 else None)
+    fig.update_yaxes(title_text="normalised effect<br>(mean, 95% CI)")
+    fig.update_layout(title_text=title or f"Layer importance over {n} fact{'s' * (n != 1)} "
+                                          f"(position: {imps[0].position})",
+                      legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.3, yanchor="top"))
+    paper_layout(fig, width=width, height=int(_width_px(width) * 0.9))
+    return fig.update_layout(margin=dict(b=110))
+
+
+def token_role_heatmap(roles, width="column") -> go.Figure:
+    """ROME's averaged figure: layers x token roles (first/middle/last subject, subsequent, further, last)."""
+    z = np.asarray(roles.values, float).T           # [n_layers, 6]
+    labels = list(roles.labels)
+    cbar = "normalised<br>effect" if roles.normalised else "indirect<br>effect"
+    fig = go.Figure(_heatmap_trace(z, labels, roles.kind, cbar))
+    _axes(fig, labels, "token role", z.shape[0])
+    fig.update_layout(title_text=f"{kind_title(roles.kind)}, mean over {int(roles.counts.max())} facts")
+    return paper_layout(fig, width=width, height=int(_width_px(width) * 0.9))
+
+
+def before_after(before, after, kind: str = "resid", normalised: bool | None = None, width="page",
+                 labels=("before", "after")) -> go.Figure:
+    """Three panels: before, after, after - before. Takes two TraceResults (heatmaps of one prompt), or two
+    LayerImportance / lists of TraceResults (per-layer curves; the difference interval is a paired bootstrap
+    when both cover the same facts)."""
+    from .aggregate import LayerImportance, aggregate, bootstrap_mean
+
+    titles = [labels[0], labels[1], f"{labels[1]} − {labels[0]}"]
+    if isinstance(before, TraceResult) and isinstance(after, TraceResult):
+        norm = bool(normalised)
+        zb, xl, x_title = _grid(before, kind, norm)
+        za, _, _ = _grid(after, kind, norm)
+        if zb.shape != za.shape:
+            raise TraceError(f"before/after: {kind} maps differ in shape {zb.shape} vs {za.shape}; "
+                             "compare traces of the same prompt on models of the same depth")
+        fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.16, subplot_titles=titles)
+        lo, hi = float(min(zb.min(), za.min())), float(max(zb.max(), za.max()))
+        diff = za - zb
+        lim = float(np.abs(diff).max()) or 1.0
+        cb = _colorbar_title(before, norm)
+        doms = [fig.layout[f"xaxis{'' if i == 1 else i}"].domain for i in (1, 2, 3)]
+        fig.add_trace(_heatmap_trace(zb, xl, kind, cb, zmin=lo, zmax=hi, showscale=False), row=1, col=1)
+        fig.add_trace(_heatmap_trace(za, xl, kind, cb, zmin=lo, zmax=hi, colorbar=dict(x=doms[1][1] + 0.005)),
+                      row=1, col=2)
+        fig.add_trace(_heatmap_trace(diff, xl, kind, "difference", colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
+                                     colorbar=dict(x=doms[2][1] + 0.005)), row=1, col=3)
+        for c in (1, 2, 3):
+            _axes(fig, xl, x_title, zb.shape[0], row=1, col=c, y_title=c == 1)
+        sub = f"{labels[0]}: p_clean={before.clean:.3f}; {labels[1]}: p_clean={after.clean:.3f}" \
+            if before.metric == "prob" else f"metric: {metric_label(before.metric)}"
+        fig.update_layout(title_text=f"{kind_title(kind)}: {html.escape(before.prompt)}<br><sup>{sub}</sup>")
+        return paper_layout(fig, width=width, height=int(_width_px(width) * 0.45))
+
+    def as_imp(x):
+        if isinstance(x, LayerImportance):
+            return x
+        if isinstance(x, (list, tuple)) and x and all(isinstance(r, TraceResult) for r in x):
+            return aggregate(x, kind)
+        raise ConfigError("before_after: expected two TraceResults, two LayerImportance or two lists of TraceResults")
+
+    b, a = as_imp(before), as_imp(after)
+    if b.n_layers != a.n_layers:
+        raise TraceError(f"before/after: {b.n_layers} vs {a.n_layers} layers; compare models of the same depth")
+    if b.per_fact.shape == a.per_fact.shape:   # same facts: paired differences give the tighter, right interval
+        d_mean, d_lo, d_hi = bootstrap_mean(a.per_fact - b.per_fact, n_boot=max(a.n_boot, 100))
+    else:
+        d_mean = d_lo = d_hi = a.mean - b.mean
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=False, horizontal_spacing=0.08, subplot_titles=titles)
+    layers = range(b.n_layers)
+    _band(fig, layers, b.mean, b.lo, b.hi, qualitative.Plotly[0], labels[0], row=1, col=1)
+    _band(fig, layers, a.mean, a.lo, a.hi, qualitative.Plotly[1], labels[1], row=1, col=2)
+    _band(fig, layers, d_mean, d_lo, d_hi, qualitative.Plotly[2], titles[2], row=1, col=3)
+    fig.add_hline(y=0, line=dict(color="grey", width=1, dash="dot"), row=1, col=3)
+    lo = min(b.lo.min(), a.lo.min(), 0.0)
+    hi = max(b.hi.max(), a.hi.max())
+    pad = 0.05 * (hi - lo or 1.0)
+    for c in (1, 2):   # before and after on one scale, so heights compare
+        fig.update_yaxes(range=[lo - pad, hi + pad], row=1, col=c)
+    fig.update_xaxes(title_text="layer", dtick=1 if b.n_layers <= 16 else None)
+    fig.update_yaxes(title_text="normalised effect", row=1, col=1)
+    fig.update_layout(title_text=f"{kind_title(kind)}: layer importance, {b.n_facts} vs {a.n_facts} facts",
+                      showlegend=False)
+    return paper_layout(fig, width=width, height=int(_width_px(width) * 0.4))
+
+
+def sweep_plot(rows: list[dict], x: str, ys, title: str | None = None, width="column") -> go.Figure:
+    """Metric(s) against a swept setting (e.g. layer window start vs forget/retain accuracy): one line per y key."""
+    if not rows:
+        raise ConfigError("sweep_plot: no rows to plot")
+    ys = [ys] if isinstance(ys, str) else list(ys)
+    missing = [k for k in [x, *ys] if any(k not in r for r in rows)]
+    if missing:
+        raise ConfigError(f"sweep_plot: rows lack keys {sorted(set(missing))}; they have {sorted(rows[0])}")
+    fig = go.Figure()
+    for i, y in enumerate(ys):
+        fig.add_trace(go.Scatter(x=[r[x] for r in rows], y=[r[y] for r in rows], mode="lines+markers", name=y,
+                                 line=dict(color=qualitative.Plotly[i % 10])))
+    fig.update_xaxes(title_text=x)
+    fig.update_yaxes(title_text=ys[0] if len(ys) == 1 else "value")
+    fig.update_layout(title_text=title or f"Sweep over {x}",
+                      legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.3, yanchor="top"))
+    paper_layout(fig, width=width, height=int(_width_px(width) * 0.9))
+    return fig.update_layout(margin=dict(b=110))
+
+
+# --- export ----------------------------------------------------------------------------------------
+def browser_path() -> str | None:
+    """The Chrome/Chromium kaleido would use (BROWSER_PATH, PATH, or kaleido's own download), or None."""
+    try:
+        from choreographer.browsers.chromium import Chromium
+
+        return Chromium.find_browser(skip_local=False)
+    except Exception:  # choreographer's API moves between versions: fall back to the usual names
+        import shutil
+
+        return os.environ.get("BROWSER_PATH") or next(
+            (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome")) if p), None)
+
+
+@contextlib.contextmanager
+def export_session():
+    """Keep one headless browser open across several `save_figure` calls (each otherwise starts its own)."""
+    if browser_path() is None:  # save_figure will raise its clear error; nothing to start
+        yield
+        return
+    import kaleido
+
+    kaleido.start_sync_server(silence_warnings=True)
+    try:
+        yield
+    finally:
+        kaleido.stop_sync_server(silence_warnings=True)
+
+
+NO_BROWSER = ("static figure export (PNG/SVG/PDF) needs Chrome or Chromium for kaleido, and none was found; "
+              "install one with `apt-get install -y chromium` (Debian/Ubuntu), or `python -c 'import kaleido; "
+              "kaleido.get_chrome_sync()'` (downloads Chrome for kaleido), or point BROWSER_PATH at a Chrome binary")
+
+
+def save_figure(fig: go.Figure, path, formats=("html", "png"), scale: float = 3,
+                include_plotlyjs="cdn") -> dict[str, Path]:
+    """Write `fig` as `<path>.<fmt>` for each format, atomically. HTML is always written first, so a missing
+    browser (raised as FigureExportError after the HTML exists) never loses the figure.
+
+    include_plotlyjs: "cdn" (small files, needs internet to view) or True (self-contained, ~4 MB each).
+    """
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix.lstrip(".") in ("html", *STATIC_FORMATS) else path
+    formats = [f.lower().lstrip(".") for f in ([formats] if isinstance(formats, str) else formats)]
+    bad = [f for f in formats if f not in ("html", *STATIC_FORMATS)]
+    if bad:
+        raise ConfigError(f"figure formats {bad} unknown; expected some of {('html', *STATIC_FORMATS)}")
+    out: dict[str, Path] = {}
+    if "html" in formats:
+        out["html"] = atomic_write_text(stem.with_name(stem.name + ".html"),
+                                        fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True))
+    static = [f for f in formats if f != "html"]
+    if not static:
+        return out
+    if browser_path() is None:
+        raise FigureExportError(f"{NO_BROWSER} (HTML written to {out.get('html', 'nowhere')})")
+    import plotly.io as pio
+
+    targets = [stem.with_name(f"{stem.name}.{f}") for f in static]
+    tmps = [t.with_name(f".{t.stem}.tmp.{t.suffix.lstrip('.')}") for t in targets]
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    try:  # one browser session for all formats
+        # kaleido ignores layout.width/height unless passed (it would use its 700x500 default)
+        w, h = fig.layout.width, fig.layout.height
+        with warnings.catch_warnings():   # "kopts ignored if using a server" inside export_session
+            warnings.simplefilter("ignore", UserWarning)
+            pio.write_images([fig] * len(static), tmps, format=static, scale=scale, width=w, height=h)
+    except Exception as e:
+        for t in tmps:
+            t.unlink(missing_ok=True)
+        raise FigureExportError(f"kaleido could not export {stem.name} as {static}: {type(e).__name__}: {e}. "
+                                f"If the browser is missing or broken: {NO_BROWSER}") from e
+    for tmp, target, f in zip(tmps, targets, static):
+        os.replace(tmp, target)
+        out[f] = target
+    return out
