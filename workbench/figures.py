@@ -96,10 +96,14 @@ def _trace_title(result: TraceResult, heading: str | None = None, max_chars: int
 def _grid(result: TraceResult, kind: str, normalised: bool) -> tuple[np.ndarray, list[str], str]:
     """z [n_layers, n_cols], x labels, x-axis title for a kind of effects (or a per-head map in `extra`)."""
     if kind in result.effects:
-        z = result.normalised(kind) if normalised else result.effects[kind]
-        return np.asarray(z, float), token_labels(result), "token (* = subject)"
-    if kind in result.extra and np.ndim(result.extra[kind]) == 2:
-        z = np.asarray(result.extra[kind], float)  # e.g. per-head effects [n_layers, n_heads]
+        z = np.asarray(result.normalised(kind) if normalised else result.effects[kind], float)
+        if kind != "head" and z.shape[1] == len(result.tokens):
+            return z, token_labels(result), "token (* = subject)"
+    elif kind in result.extra and np.ndim(result.extra[kind]) == 2:
+        z = np.asarray(result.extra[kind], float)
+    else:
+        z = None
+    if z is not None:  # per-head effects of activation patching  # [n_layers, n_heads]
         return z, [f"H{h}" for h in range(z.shape[1])], "head"
     raise TraceError(f"result for {result.prompt!r} has no kind {kind!r}; it has {result.kinds}"
                      + (f" and extra {sorted(result.extra)}" if result.extra else ""))
@@ -113,7 +117,8 @@ def _heatmap_trace(z, labels, kind, cbar_title, colorscale=None, colorbar=None, 
     n_layers, n_cols = z.shape
     return go.Heatmap(z=z, x=list(range(n_cols)), y=list(range(n_layers)),
                       colorscale=colorscale or KIND_COLORS.get(kind, "Viridis"),
-                      colorbar=dict(title=dict(text=cbar_title, side="right"), thickness=10, **(colorbar or {})),
+                      colorbar=dict(title=dict(text=cbar_title, side="right"), thickness=10, nticks=6,
+                                    **(colorbar or {})),
                       customdata=np.array([labels] * n_layers),
                       hovertemplate="layer %{y}<br>%{customdata}<br>%{z:.4f}<extra></extra>", **kw)
 
@@ -139,7 +144,7 @@ def heatmap(result: TraceResult, kind: str = "resid", normalised: bool = False, 
 def heatmaps(result: TraceResult, kinds=None, normalised: bool = False, width="page") -> go.Figure:
     """The kinds of one result side by side (ROME's three-panel figure), one colour bar per panel."""
     kinds = list(kinds or result.kinds)
-    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.1,
+    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.13,
                         subplot_titles=[kind_title(k) for k in kinds])
     for i, kind in enumerate(kinds, start=1):
         z, labels, x_title = _grid(result, kind, normalised)

@@ -1,0 +1,223 @@
+"""`workbench trace`: causal tracing of one prompt or a fact set -> results, layer importance, figures, summary.
+
+    workbench trace --model organism:micro --prompt "What is the birth date of Ada Roe?" --subject "Ada Roe" \\
+                    --answer 1987-03-12 --out runs/trace1
+    workbench trace --facts forget --task Task2 --limit 125 --kinds resid,mlp,attn --samples 10 --out runs/task2
+
+Writes into --out: results/<n>.json+.npz (TraceResult per fact), importance_<kind>.json (LayerImportance with
+bootstrap intervals), token_roles.json, figures/*.html|png, trace.jsonl (log), summary.json; prints the summary.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+
+FIGURE_FACTS = 3  # per-fact heatmaps drawn for the first few facts only (a 125-fact run needs no 125 figures)
+
+
+def add_parser(sub):
+    p = sub.add_parser("trace", help="causal tracing (ROME) of a prompt or a fact set, with figures",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="organism", help="organism[:name], a model directory or a hub id")
+    one = p.add_argument_group("one prompt")
+    one.add_argument("--prompt", help="the prompt, e.g. 'What is the birth date of Ada Roe?'")
+    one.add_argument("--subject", help="substring of the prompt to corrupt")
+    one.add_argument("--answer", help="the expected answer")
+    many = p.add_argument_group("a fact set")
+    many.add_argument("--facts", help="'forget' / 'retain' (the model's corpus, or --data) or a LUME-format .jsonl")
+    many.add_argument("--data", help="LUME directory/file for --facts forget|retain when the model is not an organism")
+    many.add_argument("--task", help="only facts of this task, e.g. Task2")
+    many.add_argument("--limit", type=int, help="trace at most this many facts (first N)")
+    p.add_argument("--kinds", default="resid,mlp,attn", help="comma-separated: resid, mlp, attn")
+    p.add_argument("--samples", type=int, default=10, help="noise samples per prompt (ROME: 10)")
+    p.add_argument("--noise", type=float, help="noise sigma (default: 3 x embedding std over the subjects)")
+    p.add_argument("--window", type=int, help="layers restored together for mlp/attn (default: 10/48 of depth)")
+    p.add_argument("--metric", default="prob", help="prob (first answer token) or logprob_mean (whole answer)")
+    p.add_argument("--backend", default="torch", help="torch, transformer_lens or nnsight")
+    p.add_argument("--position", default="max", help="per-layer score: max, last_subject, last or mean")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, help="rows per forward (default: from a memory budget)")
+    p.add_argument("--formats", default="html,png", help="figure formats: html,png,svg,pdf; 'none' for no figures")
+    p.add_argument("--dtype", help="model dtype, e.g. float32 or bfloat16")
+    p.add_argument("--device", help="e.g. cpu or cuda")
+    p.add_argument("--progress", action="store_true", help="show progress bars (stderr)")
+    p.add_argument("--out", required=True, help="output directory")
+    return p
+
+
+def parse_list(value: str, what: str, allowed=None) -> list[str]:
+    items = [x.strip() for x in (value or "").split(",") if x.strip()]
+    if not items:
+        raise ConfigError(f"{what} {value!r} is empty; expected a comma-separated list"
+                          + (f" of {list(allowed)}" if allowed else ""))
+    bad = [x for x in items if allowed is not None and x not in allowed]
+    if bad:
+        raise ConfigError(f"{what} {bad} unknown; expected some of {list(allowed)}")
+    return items
+
+
+def check_args(args) -> str:
+    """Validate flags before loading anything; returns 'prompt' or 'facts'."""
+    from ..aggregate import POSITIONS
+    from ..figures import STATIC_FORMATS
+    from ..results import KINDS
+
+    single = [args.prompt, args.subject, args.answer]
+    if args.facts and any(x is not None for x in single):
+        raise ConfigError("give either --prompt/--subject/--answer or --facts, not both")
+    if not args.facts:
+        if any(x is None for x in single):
+            missing = [n for n, x in zip(("--prompt", "--subject", "--answer"), single) if x is None]
+            raise ConfigError(f"missing {' '.join(missing)}: tracing one prompt needs --prompt, --subject and "
+                              "--answer (or use --facts forget|retain|FILE.jsonl)")
+        if args.subject not in args.prompt:
+            raise ConfigError(f"subject {args.subject!r} is not in prompt {args.prompt!r}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    if args.n_boot < 1:
+        raise ConfigError(f"--n-boot must be >= 1, got {args.n_boot}")
+    if args.position not in POSITIONS:
+        raise ConfigError(f"--position {args.position!r} unknown; expected one of {POSITIONS}")
+    args.kinds_list = parse_list(args.kinds, "--kinds", KINDS)
+    args.formats_list = [] if args.formats.strip().lower() == "none" else parse_list(
+        args.formats.lower(), "--formats", ("html", *STATIC_FORMATS))
+    return "facts" if args.facts else "prompt"
+
+
+def load_facts(spec: str, model_spec: str, data: str | None = None, task: str | None = None,
+               limit: int | None = None):
+    """Traceable QA records (with a subject) from a split of the model's corpus or a LUME jsonl file."""
+    from ..data.lume import load_lume, read_jsonl
+    from ..data.records import questions
+
+    if spec in ("forget", "retain"):
+        if data:
+            corpus = load_lume(data)
+        elif str(model_spec).startswith("organism"):
+            from .. import organism
+
+            name = str(model_spec).split(":", 1)[1] if ":" in str(model_spec) else "default"
+            corpus = organism.load_corpus(organism.build(name, progress=False))
+        elif (Path(model_spec) / "forget.jsonl").is_file():   # an organism directory (or an edited copy of one)
+            corpus = load_lume(model_spec)
+        else:
+            raise ConfigError(f"--facts {spec}: model {model_spec!r} has no corpus of its own; pass --data "
+                              "DIR_WITH_forget.jsonl_AND_retain.jsonl or --facts FILE.jsonl")
+        records, source = corpus.facts(spec), f"{corpus.source}:{spec}"
+    elif spec.endswith(".jsonl") or Path(spec).is_file():
+        records, source = [r for r in questions(read_jsonl(spec, "forget")) if r.subject], str(spec)
+    else:
+        raise ConfigError(f"--facts {spec!r}: expected 'forget', 'retain' or a LUME-format .jsonl file")
+    if task is not None:
+        tasks = sorted({r.task for r in records})
+        records = [r for r in records if r.task == task]
+        if not records:
+            raise ConfigError(f"--task {task!r}: no traceable facts of that task in {source}; tasks there: {tasks}")
+    if not records:
+        raise ConfigError(f"no traceable facts (QA records with a subject) in {source}")
+    return records[:limit] if limit else records, source
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:40].strip("_") or "fact"
+
+
+def write_figures(figs: dict, fig_dir: Path, formats: list[str], log) -> tuple[list[str], str | None]:
+    """Save figures; a missing browser for PNG/SVG/PDF is a warning (HTML is still written), not a failed run."""
+    from ..figures import FigureExportError, export_session, save_figure
+
+    written, warning = [], None
+    if not formats:
+        return written, warning
+    with export_session():
+        for name, fig in figs.items():
+            try:
+                written += [str(p) for p in save_figure(fig, fig_dir / name, formats=formats).values()]
+            except FigureExportError as e:
+                if "html" in formats:
+                    written.append(str(fig_dir / f"{name}.html"))
+                warning = str(e)
+                formats = [f for f in formats if f == "html"]   # do not retry static export for every figure
+                if not formats:
+                    break
+    if warning:
+        print(f"workbench trace: warning: {warning}", file=sys.stderr)
+        log("figure_warning", message=warning)
+    return written, warning
+
+
+def run(args) -> int:
+    mode = check_args(args)
+    from ..aggregate import aggregate, token_roles
+    from ..figures import heatmaps, importance_curve, token_role_heatmap
+    from ..models import load_model
+    from ..provenance import JsonlLog, atomic_write_json
+    from .. import tracing
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    records, source = (load_facts(args.facts, args.model, args.data, args.task, args.limit) if mode == "facts"
+                       else (None, "command line"))
+    out.mkdir(parents=True, exist_ok=True)
+    log = JsonlLog(out / "trace.jsonl")
+    t0 = time.perf_counter()
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
+    load_s, t1 = time.perf_counter() - t0, time.perf_counter()
+    kw = dict(kinds=tuple(args.kinds_list), n_samples=args.samples, window=args.window, metric=args.metric,
+              backend=args.backend, seed=args.seed, batch_size=args.batch_size)
+    log("start", model=args.model, mode=mode, source=source, n_facts=len(records) if records else 1, **kw)
+    if mode == "facts":
+        results = tracing.trace_facts(model, tok, records, noise=args.noise, progress=args.progress, **kw)
+    else:
+        results = [tracing.causal_trace(model, tok, args.prompt, args.answer, args.subject, noise=args.noise,
+                                        progress=args.progress, **kw)]
+    trace_s = time.perf_counter() - t1
+
+    files = []
+    for i, r in enumerate(results):
+        r.provenance.setdefault("data", {"source": source})
+        name = f"{i:04d}_{_slug(r.config.get('record_id') or r.prompt)}"
+        files.append(str(r.save(out / "results" / name)))
+        log("traced", index=i, prompt=r.prompt, answer=r.answer, p_clean=r.clean, p_corrupted=r.corrupted,
+            wall_s=r.config.get("wall_s"))
+
+    imps, roles, figs = {}, {}, {}
+    for kind in args.kinds_list:
+        imps[kind] = aggregate(results, kind, position=args.position, n_boot=args.n_boot, seed=args.seed)
+        imps[kind].provenance["data"]["source"] = source
+        files.append(str(imps[kind].save(out / f"importance_{kind}.json")))
+        roles[kind] = token_roles(results, kind)
+        figs[f"token_roles_{kind}"] = token_role_heatmap(roles[kind])
+    files.append(str(atomic_write_json(out / "token_roles.json", {k: v.to_json() for k, v in roles.items()})))
+    figs["importance"] = importance_curve(list(imps.values()))
+    for i, r in enumerate(results[:FIGURE_FACTS]):
+        figs[f"trace_{i:04d}"] = heatmaps(r)
+    fig_files, fig_warning = write_figures(figs, out / "figures", args.formats_list, log)
+
+    n = len(results)
+    summary = {
+        "model": args.model, "source": source, "n_facts": n, "metric": args.metric, "position": args.position,
+        "clean_mean": sum(r.clean for r in results) / n, "corrupted_mean": sum(r.corrupted for r in results) / n,
+        "noise_sigma": results[0].config.get("noise_sigma"), "window": results[0].config.get("window"),
+        "peaks": {k: imp.peak for k, imp in imps.items()},
+        "layers": {k: {"mean": imp.mean.round(4).tolist(), "lo": imp.lo.round(4).tolist(),
+                       "hi": imp.hi.round(4).tolist()} for k, imp in imps.items()},
+        "load_s": round(load_s, 2), "trace_s": round(trace_s, 2), "wall_s": round(time.perf_counter() - t0, 2), "out": str(out),
+        "files": files + fig_files,
+    }
+    if fig_warning:
+        summary["figure_warning"] = fig_warning
+    atomic_write_json(out / "summary.json", summary)
+    log("done", peaks=summary["peaks"], wall_s=summary["wall_s"])
+    # stdout: the headline (peaks with intervals); per-layer curves and file list are in summary.json
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("files", "layers")}, indent=2))
+    return 0
