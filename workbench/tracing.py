@@ -267,7 +267,8 @@ def causal_trace(model, tok, prompt: str, answer: str, subject: str, *, kinds=KI
                  naive: bool = False, progress: bool = False) -> TraceResult:
     """ROME causal trace of one fact. effects[kind] = metric after restoring (layer, position)  # [n_layers, n_prompt]
 
-    noise: sigma of the Gaussian (absolute); None = `noise_scale(model, tok, [subject])` (3 x embedding std).
+    noise: sigma of the Gaussian (absolute); None = `noise_scale(model, tok, [prompt])` (3 x std of the prompt's token
+    embeddings; `trace_facts` measures it once over all subjects, as ROME does).
     batch_size: rows (restorations x noise samples) per forward; None = from `memory_budget` bytes.
     """
     kinds = _check_kinds(kinds)
@@ -280,7 +281,7 @@ def causal_trace(model, tok, prompt: str, answer: str, subject: str, *, kinds=KI
     window = default_window(L) if window is None else int(window)
     if window < 1:
         raise TraceError(f"window must be >= 1 layer, got {window}")
-    sigma = noise_scale(model, tok, [subject]) if noise is None else float(noise)
+    sigma = noise_scale(model, tok, [prompt]) if noise is None else float(noise)
     run = get_backend(model, tok, backend)
     device = next(model.parameters()).device
     t0 = time.perf_counter()

@@ -1,0 +1,170 @@
+"""Causal tracing: batched == ROME's naive loop, planted exactness checks, three backends agree, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.backends import get_backend
+from workbench.errors import TraceError
+from workbench.tracing import (causal_trace, causal_trace_naive, clean_run, default_window, metric_fn, noise_scale,
+                               prepare, run_jobs, run_jobs_naive, trace_facts, window_layers)
+
+FACT = ("What did Zaind dream of becoming?", "botanist", "Zaind")
+DATE = ("What is the birth date of Vioth Graicom?", "1964-04-26", "Vioth Graicom")
+FAST = dict(n_samples=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fact_trace(micro):
+    model, tok, _ = micro
+    return causal_trace(model, tok, *FACT, **FAST)
+
+
+def test_window_scales_with_depth():
+    assert [default_window(L) for L in (4, 16, 32, 48)] == [1, 3, 7, 10]
+    assert window_layers(0, 10, 48) == list(range(0, 5))      # ROME: clipped at the bottom
+    assert window_layers(20, 10, 48) == list(range(15, 25))   # 10 layers centred on 20
+    assert window_layers(15, 3, 16) == [14, 15]
+
+
+def test_noise_scale_is_three_embedding_stds(micro):
+    model, tok, _ = micro
+    ids = tok("Nahound")["input_ids"] + tok(" Zaind")["input_ids"]
+    want = 3 * model.get_input_embeddings().weight[ids].std().item()
+    assert noise_scale(model, tok, ["Nahound", " Zaind"]) == pytest.approx(want, rel=1e-6)
+    with pytest.raises(TraceError):
+        noise_scale(model, tok, [])
+
+
+@pytest.mark.parametrize("fact,metric,kinds,window", [(FACT, "prob", ("resid", "mlp"), 3),
+                                                      (DATE, "logprob_mean", ("attn",), 2)])
+def test_batched_equals_naive_loop(micro, fact, metric, kinds, window):
+    """The batched engine (masks, big batches, skipped pre-subject cells) reproduces one-forward-per-site."""
+    model, tok, _ = micro
+    kw = dict(FAST, metric=metric, kinds=kinds, window=window)
+    fast = causal_trace(model, tok, *fact, batch_size=7, **kw)  # odd row count: chunks split across jobs' samples
+    slow = causal_trace_naive(model, tok, *fact, **kw)
+    assert fast.clean == pytest.approx(slow.clean, abs=1e-7) and fast.corrupted == pytest.approx(slow.corrupted, abs=1e-6)
+    for kind in kinds:
+        assert fast.effects[kind].shape == (4, len(fast.tokens))
+        np.testing.assert_allclose(fast.effects[kind], slow.effects[kind], atol=1e-6, rtol=0)
+    # the clean metric was hurt by the noise and restoring does something: not a vacuous comparison
+    assert fast.clean - fast.corrupted > 0.05
+    assert np.ptp(fast.effects[kinds[0]]) > 0.05
+
+
+@torch.no_grad()
+def test_planted_exact_recoveries(micro, fact_trace):
+    """Facts that follow from the definition, exactly:
+    - the last block's output at the last position fully determines next-token probs -> restoring it gives p_clean;
+    - positions before the subject never see noise -> restoring them gives p_corrupted (checked with the naive loop,
+      which computes those cells; the batched engine skips them);
+    - restoring the embeddings of every subject token removes the noise -> p_clean;
+    - restoring the last block's output everywhere -> clean, also for the whole teacher-forced answer."""
+    model, tok, _ = micro
+    r = fact_trace
+    s, e = r.subject_range
+    assert r.tokens[s:e] == [" Zaind"]
+    assert r.effects["resid"][-1, -1] == pytest.approx(r.clean, abs=1e-6)
+
+    run = get_backend(model, tok, "torch")
+    L = model.config.num_hidden_layers
+    for (prompt, answer, subject), metric in ((FACT, "prob"), (FACT, "logprob_mean"), (DATE, "logprob_mean")):
+        prep = prepare(model, tok, prompt, answer, subject)
+        ids = prep.input_ids(metric, model.device)
+        fn, keep = metric_fn(metric, prep.answer_ids)
+        T = ids.shape[1]
+        sites = ["embed"] + [f"resid_post.{l}" for l in range(L)]
+        clean_logits, clean = clean_run(run, ids, sites, keep)
+        s, e = prep.subject_range
+        noise = torch.randn(3, e - s, model.config.hidden_size, generator=torch.Generator().manual_seed(1)) * 0.3
+        before = [[(f"resid_post.{l}", [t])] for l in range(L) for t in range(s)]
+        jobs = [[], [("embed", list(range(s, e)))], [(f"resid_post.{L - 1}", list(range(T)))]]
+        vals = run_jobs(run, ids, jobs, clean, fn, keep, noise=noise, subject_range=(s, e)).mean(1)
+        m_clean = float(fn(clean_logits)[0])
+        assert abs(float(vals[0]) - m_clean) > 1e-2, "noise must change the metric for this check to mean anything"
+        assert float(vals[1]) == pytest.approx(m_clean, abs=1e-6)
+        assert float(vals[2]) == pytest.approx(m_clean, abs=1e-6)
+        pre = run_jobs_naive(run, ids, before, clean, fn, keep, noise=noise, subject_range=(s, e)).mean(1)
+        np.testing.assert_allclose(pre.numpy(), float(vals[0]), atol=1e-6, rtol=0)
+
+
+def test_same_seed_same_noise_other_seed_differs(micro, fact_trace):
+    model, tok, _ = micro
+    again = causal_trace(model, tok, *FACT, kinds="resid", **FAST)
+    np.testing.assert_array_equal(again.effects["resid"], fact_trace.effects["resid"])
+    other = causal_trace(model, tok, *FACT, kinds="resid", n_samples=3, seed=1)
+    assert other.corrupted != fact_trace.corrupted
+
+
+@pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
+def test_backends_agree(micro, fact_trace, backend):
+    """Causal trace through TransformerLens's TransformerBridge / nnsight == our torch hooks (same seeded noise)."""
+    model, tok, _ = micro
+    other = causal_trace(model, tok, *FACT, backend=backend, **FAST)
+    assert other.clean == pytest.approx(fact_trace.clean, abs=1e-4)
+    assert other.corrupted == pytest.approx(fact_trace.corrupted, abs=1e-4)
+    for kind in fact_trace.kinds:
+        np.testing.assert_allclose(other.effects[kind], fact_trace.effects[kind], atol=1e-4, rtol=0)
+
+
+def test_backends_see_the_same_sites(micro):
+    """Each backend's activation at every site equals ours (checks the TL hook-name and nnsight module mapping)."""
+    from workbench.hooks import valid_sites
+
+    model, tok, _ = micro
+    ids = torch.tensor([tok(FACT[0])["input_ids"]])
+    sites = valid_sites(model)
+    got = {}
+    for name in ("torch", "transformer_lens", "nnsight"):
+        with torch.no_grad():
+            _, got[name] = clean_run(get_backend(model, tok, name), ids, sites, 1)
+    for name in ("transformer_lens", "nnsight"):
+        for site in sites:
+            torch.testing.assert_close(got[name][site], got["torch"][site], atol=1e-4, rtol=0, msg=f"{name} {site}")
+
+
+def test_trace_result_roundtrip(tmp_path, fact_trace):
+    from workbench.results import TraceResult
+
+    back = TraceResult.load(fact_trace.save(tmp_path / "t"))
+    np.testing.assert_array_equal(back.effects["mlp"], fact_trace.effects["mlp"])
+    assert back.config["noise_sigma"] == fact_trace.config["noise_sigma"]
+    assert back.provenance["seed"] == 0 and back.subject_range == fact_trace.subject_range
+
+
+def test_trace_facts(micro):
+    model, tok, corpus = micro
+    recs = corpus.facts("forget")[:2]
+    res = trace_facts(model, tok, recs, kinds=("resid",), n_samples=2, progress=False)
+    assert [r.config["record_id"] for r in res] == [r.id for r in recs]
+    sigma = noise_scale(model, tok, [r.subject for r in recs])
+    assert all(r.config["noise_sigma"] == pytest.approx(sigma) for r in res)  # one sigma for the whole set
+
+
+# --- errors, raised before any forward pass ----------------------------------------------------------------
+def test_errors(micro):
+    model, tok, _ = micro
+    with pytest.raises(TraceError, match="subject 'Nahound' not found in prompt 'What did Zaind"):
+        causal_trace(model, tok, FACT[0], FACT[1], "Nahound")
+    with pytest.raises(TraceError, match="tokenises differently in context"):
+        causal_trace(model, tok, "What is the birth date of ", "Vioth Graicom", "birth")
+    with pytest.raises(TraceError, match="longer than the model's context of 512"):
+        causal_trace(model, tok, "Nahound " * 600 + "?", "chemist", "Nahound")
+    with pytest.raises(TraceError, match="unknown trace kind"):
+        causal_trace(model, tok, *FACT, kinds=("resid", "heads"))
+    with pytest.raises(TraceError, match="unknown metric"):
+        causal_trace(model, tok, *FACT, metric="logit_diff")
+    with pytest.raises(TraceError, match="unknown backend"):
+        causal_trace(model, tok, *FACT, backend="jax")
+
+
+def test_trace_facts_rejects_bad_record_up_front(micro):
+    from types import SimpleNamespace
+
+    model, tok, corpus = micro
+    good = corpus.facts("forget")[0]
+    bad = SimpleNamespace(id="bad_qa1", input=good.input, output=good.output, subject="Nobody")
+    with pytest.raises(TraceError, match="'Nobody' not found"):
+        trace_facts(model, tok, [good, bad], progress=False)
