@@ -51,42 +51,13 @@ __all__ = ["EDITORS", "METHODS", "PRESETS", "unlearn", "resolve_layers", "resolv
 
 
 def resolve_layers(spec, n_layers: int) -> list[int]:
-    """Layers from a LayerSelection, a path to its JSON, "12,13,14", or a list of ints; sorted, checked."""
-    if hasattr(spec, "layers") and not isinstance(spec, (str, Path)):
-        layers = list(spec.layers)
-    elif isinstance(spec, (str, Path)):
-        s = str(spec).strip()
-        try:
-            from ..selection import parse_layers  # helper B's artifact reader, when present
-        except ImportError:
-            parse_layers = None
-        if parse_layers is not None:
-            layers = list(parse_layers(s))
-        elif Path(s).is_file():
-            try:
-                data = json.loads(Path(s).read_text())
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"layer selection {s} is not valid JSON ({e.msg})") from None
-            if not isinstance(data, dict) or "layers" not in data:
-                raise ConfigError(f"layer selection {s} has no 'layers' list")
-            layers = data["layers"]
-        else:
-            try:
-                layers = [int(x) for x in s.split(",") if x.strip()]
-            except ValueError:
-                raise ConfigError(f"layers {s!r}: expected a selection JSON path or comma-separated ints like '12,13,14'") from None
-    elif spec is None:
-        layers = []
-    else:
-        layers = list(spec)
-    if not layers:
+    """Layers from a LayerSelection, its JSON path, "12,13,14" / "12-14", or a list of ints; sorted, checked
+    (workbench.selection.parse_layers does the reading; empty or out-of-range selections are errors)."""
+    from ..selection import parse_layers
+
+    if spec is None or (isinstance(spec, (list, tuple)) and not spec):
         raise EditError("the layer selection is empty; expected at least one decoder layer")
-    if not all(isinstance(l, int) and not isinstance(l, bool) for l in layers):
-        raise ConfigError(f"layers must be integers, got {layers!r}")
-    bad = [l for l in layers if not 0 <= l < n_layers]
-    if bad:
-        raise EditError(f"layer(s) {bad} out of range: the model has {n_layers} decoder layers (0..{n_layers - 1})")
-    return sorted(set(layers))
+    return parse_layers(spec, n_layers)
 
 
 def build_phases(model, method: str, cfg: LoopConfig, layers: Sequence[int]) -> list[Phase]:

@@ -1,0 +1,38 @@
+"""`workbench sweep`: run one editor at every consecutive w-layer window; forget/retain recall, MIA, utility per window.
+
+    workbench sweep --method adaptive-rmu --window 3 --model organism:micro --data organism --out runs/sweep
+"""
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub):
+    from ..editors import METHODS
+    from .unlearn import add_data_args
+
+    p = sub.add_parser("sweep", help="unlearn at every consecutive layer window and score each")
+    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--window", type=int, default=3, help="layers per window")
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--out", required=True, help="directory for sweep.json / sweep.jsonl")
+    p.add_argument("--keep-models", action="store_true", help="keep each window's edited model")
+    p.add_argument("--no-mia", action="store_true")
+    p.add_argument("--no-mmlu", action="store_true")
+    add_data_args(p)
+    return p
+
+
+def run(args) -> int:
+    from dataclasses import asdict
+
+    from ..editors import resolve_config
+    from ..sweep import sweep
+    from .unlearn import load_inputs, overrides
+
+    cfg = resolve_config(args.method, preset=args.preset, file=args.config, overrides=overrides(args))
+    model, tok, corpus, _ = load_inputs(args)
+    res = sweep(model, tok, corpus, args.method, args.window, args.out, config=asdict(cfg), stride=args.stride,
+                keep_models=args.keep_models, mia=not args.no_mia, mmlu=not args.no_mmlu, progress=not args.quiet)
+    print(json.dumps({"baseline": res["baseline"], "windows": res["windows"]}, indent=1))
+    return 0

@@ -1,0 +1,92 @@
+"""`workbench unlearn`: edit a model with one unlearning method at a layer selection.
+
+    workbench unlearn --method adaptive-rmu --layers selection.json --model organism:micro --data organism --out runs/armu
+    workbench unlearn --method joint --layers 0-5 --model /path/OLMo-1B --data /path/lume --preset sha256 --out runs/sha
+    accelerate launch -m workbench unlearn ...        # same flags, under accelerate (one CPU process works too)
+"""
+from __future__ import annotations
+
+import json
+
+
+def add_data_args(p) -> None:
+    p.add_argument("--model", default="organism:micro", help="organism[:name], a local model dir, or a hub id")
+    p.add_argument("--data", default="organism",
+                   help="'organism' (the corpus the organism memorised) or a LUME dir with forget.jsonl/retain.jsonl")
+    p.add_argument("--config", help="YAML/JSON file of config fields (flags override it)")
+    p.add_argument("--preset", help="named preset, e.g. wmdp, snuffleupagus-1b, sha256, cyber-1b, cyber-7b")
+    p.add_argument("--steps", type=int, dest="max_steps", help="cap on optimizer steps")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--grad-accum", type=int, dest="grad_accum")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config field, JSON-valued (e.g. --set alpha=900 --set freeze_mode='\"freeze-mlp\"')")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: where the model loads)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def overrides(args) -> dict:
+    from ..errors import ConfigError
+
+    out = {k: getattr(args, k) for k in ("max_steps", "epochs", "lr", "batch_size", "grad_accum", "dtype", "seed")
+           if getattr(args, k, None) is not None}
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v  # a bare string
+    return out
+
+
+def load_inputs(args):
+    """(model, tok, corpus, source) from --model / --data."""
+    from ..data import load_lume
+    from ..errors import ConfigError
+    from ..models import load_model
+
+    model, tok = load_model(args.model, dtype=getattr(args, "dtype", None), device=args.device)
+    if args.data == "organism":
+        if not str(args.model).startswith("organism"):
+            raise ConfigError(f"--data organism needs an organism model, got --model {args.model}; "
+                              f"pass a LUME directory instead")
+        from .. import organism
+
+        name = args.model.split(":", 1)[1] if ":" in args.model else "default"
+        source = organism.build(name, progress=False)
+        corpus = organism.load_corpus(source)
+    else:
+        corpus = load_lume(args.data)
+        source = getattr(model, "name_or_path", None)
+    return model, tok, corpus, source
+
+
+def add_parser(sub):
+    from ..editors import METHODS
+
+    p = sub.add_parser("unlearn", help="unlearn the forget set with RMU, adaptive RMU, joint loss or gradient baselines")
+    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--layers", required=True, help="LayerSelection JSON path, or layers like 12,13,14 or 12-14")
+    p.add_argument("--out", required=True, help="new directory for the edited model (never the source)")
+    add_data_args(p)
+    return p
+
+
+def run(args) -> int:
+    from ..editors import resolve_config, unlearn
+
+    over = overrides(args)
+    cfg = resolve_config(args.method, preset=args.preset, file=args.config, overrides=over)  # fail before loading
+    model, tok, corpus, source = load_inputs(args)
+    out = unlearn(model, tok, corpus, args.method, args.layers, cfg, args.out, preset=args.preset, source=source,
+                  progress=not args.quiet)
+    summary = json.loads((out / "unlearn.json").read_text())["summary"]
+    print(json.dumps({"out": str(out), "steps": summary["steps"], "best_step": summary["best_step"],
+                      "train_seconds": summary["train_seconds"], "last_eval": (summary["evals"] or [None])[-1]},
+                     indent=2))
+    return 0
