@@ -1,0 +1,72 @@
+"""`workbench evaluate`: original vs edited model, side by side, into report.json + report.html."""
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub):
+    p = sub.add_parser("evaluate", help="verify an unlearning edit: recall, MIA, MMLU, SemEval score, re-tracing")
+    p.add_argument("--model", required=True, help="original model: organism[:name], local dir or hub id")
+    p.add_argument("--edited", default=None, help="edited model (directory written by `workbench unlearn`)")
+    p.add_argument("--data", default="organism",
+                   help="'organism' (the original organism's own corpus) or a LUME directory (forget/retain[/holdout].jsonl)")
+    p.add_argument("--out", required=True, help="run directory for report.json / report.html")
+    p.add_argument("--limit", type=int, default=None, help="at most N items per split/task/kind group (quick look)")
+    p.add_argument("--no-trace", action="store_true", help="skip re-tracing before/after")
+    p.add_argument("--mmlu", default=None, help="MMLU source: hendrycks dir, .jsonl/.parquet, hub:cais/mmlu "
+                                                 "(default: the organism's MMLU-format set, if any)")
+    p.add_argument("--mmlu-shots", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation budget (default 256 as SemEval; 64 on organism data)")
+    p.add_argument("--reference", default=None, help="reference model for the reference-model MIA attack")
+    p.add_argument("--n-facts", type=int, default=16, help="forget facts to re-trace")
+    p.add_argument("--n-samples", type=int, default=10, help="noise samples per traced fact")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None)
+    p.add_argument("--progress", action="store_true")
+    return p
+
+
+def _corpus(data: str, model_spec: str):
+    from pathlib import Path
+
+    from ..errors import ConfigError
+
+    if data == "organism":
+        if not model_spec.startswith("organism"):
+            raise ConfigError("--data organism needs --model organism[:name]; for other models pass a LUME directory")
+        from .. import organism
+
+        name = model_spec.partition(":")[2] or "default"
+        return organism.load_corpus(organism.build(name, progress=False)), True
+    from ..data.lume import load_lume
+
+    return load_lume(Path(data)), False
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from ..evaluation.report import EvalConfig, TraceConfig, evaluate
+    from ..evaluation.semeval import MAX_NEW_TOKENS, ORGANISM_MAX_NEW_TOKENS
+    from ..models import load_model
+
+    out = Path(args.out)
+    if args.edited and Path(args.edited).resolve() == out.resolve():
+        raise ConfigError(f"--out {out} is the edited model's directory; choose a separate run directory")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    corpus, is_organism = _corpus(args.data, args.model)
+    cfg = EvalConfig(mmlu_source=args.mmlu, mmlu_shots=args.mmlu_shots, limit=args.limit, batch_size=args.batch_size,
+                     trace=not args.no_trace,
+                     max_new_tokens=args.max_new_tokens or (ORGANISM_MAX_NEW_TOKENS if is_organism else MAX_NEW_TOKENS))
+    tc = TraceConfig(n_facts=args.n_facts, n_samples=args.n_samples)
+    model, tok = load_model(args.model, device=args.device)
+    edited = load_model(args.edited, device=args.device) if args.edited else None
+    reference = load_model(args.reference, device=args.device) if args.reference else None
+    report = evaluate(model, tok, corpus, edited=edited, trace_config=tc, config=cfg, reference=reference,
+                      out_dir=out, progress=args.progress)
+    rows = {r[0]: {"original": r[1], "edited": r[2]} for r in report.table() if not r[0].startswith("term ")}
+    print(json.dumps({"out": str(out), "seconds": round(report.seconds, 1), "metrics": rows}, indent=2))
+    return 0

@@ -1,0 +1,308 @@
+"""One verification report: original and edited model side by side.
+
+    report = evaluate(model, tok, corpus, edited=(edited_model, edited_tok))
+    report.table()              # rows of (metric, original, edited, edited - original)
+    report.save("runs/eval1")   # report.json (every number + provenance) and report.html (tables + figures)
+
+Per model: forget/retain QA recall, MIA (every attack's AUC, the SemEval MIA score, privleak),
+MMLU-format accuracy, the SemEval-2025 Task 4 terms, TaskAgg and final score. With both
+models, the same causal-trace config re-runs on both (one noise sigma, measured on the
+original) and the report shows the per-layer drop in indirect effect.
+"""
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.records import DataError
+from ..errors import ConfigError
+from ..provenance import (JsonlLog, atomic_write_json, atomic_write_text, model_fingerprint, model_name, provenance,
+                          to_jsonable)
+from . import mia as mia_mod
+from . import mmlu as mmlu_mod
+from . import semeval as semeval_mod
+
+
+@dataclass
+class TraceConfig:
+    """What re-tracing runs on both models (the same for both)."""
+
+    kinds: tuple = ("resid", "mlp", "attn")
+    n_samples: int = 10
+    n_facts: int | None = 16      # forget facts traced (None: all traceable ones)
+    split: str = "forget"
+    window: int | None = None
+    position: str = "max"
+    n_boot: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    mmlu_source: str | None = None   # None: the corpus's own MMLU-format set
+    mmlu_shots: int = 5
+    max_new_tokens: int = semeval_mod.MAX_NEW_TOKENS
+    limit: int | None = None         # at most this many items per group (split/task/kind, MMLU subject)
+    k: float = 0.4                   # Min-K% fraction
+    batch_size: int = 16
+    trace: bool = True
+    seed: int = 0
+
+
+def _limit_questions(questions, limit):
+    if not limit:
+        return list(questions)
+    seen: dict[tuple, int] = {}
+    out = []
+    for q in questions:
+        key = (q.subject, q.split)
+        if q.split == "dev" or seen.get(key, 0) < limit:  # keep the whole few-shot pool
+            seen[key] = seen.get(key, 0) + 1
+            out.append(q)
+    return out
+
+
+def model_metrics(model, tok, corpus, cfg: EvalConfig, questions=None, mmlu_note: str | None = None,
+                  reference=None, retain_auc=None, progress: bool = False, log=None) -> dict:
+    """Every per-model number of the report (no tracing)."""
+    out: dict[str, Any] = {"notes": []}
+    t0 = time.perf_counter()
+    # MIA: forget documents vs held-out documents
+    if corpus.holdout:
+        forget = semeval_mod.select(corpus.forget, cfg.limit)
+        holdout = semeval_mod.select(corpus.holdout, cfg.limit)
+        res = mia_mod.mia(model, tok, [r.text for r in forget], [r.text for r in holdout], k=cfg.k,
+                          reference=reference, retain_auc=retain_auc, batch_size=cfg.batch_size, progress=progress)
+        out["mia"] = res.to_json()
+    else:
+        out["mia"] = None
+        out["notes"].append("MIA skipped: the data has no holdout (non-member) split")
+    out["seconds_mia"] = time.perf_counter() - t0
+    # MMLU-format utility
+    t0 = time.perf_counter()
+    out["mmlu"] = None
+    if questions:
+        try:
+            out["mmlu"] = mmlu_mod.evaluate_mmlu(model, tok, questions, shots=cfg.mmlu_shots,
+                                                 batch_size=cfg.batch_size, progress=progress).to_json()
+        except ConfigError as e:
+            if cfg.mmlu_source is not None:  # asked for explicitly: a real error
+                raise
+            out["notes"].append(f"MMLU skipped: {e}")
+    elif mmlu_note:
+        out["notes"].append(f"MMLU skipped: {mmlu_note}")
+    out["seconds_mmlu"] = time.perf_counter() - t0
+    # SemEval generation scores (also gives QA recall per split)
+    t0 = time.perf_counter()
+    sem = semeval_mod.semeval_score(
+        model, tok, corpus, mia_score=out["mia"]["mia_score"] if out["mia"] else None,
+        mmlu=out["mmlu"]["accuracy"] if out["mmlu"] else None, max_new_tokens=cfg.max_new_tokens,
+        batch_size=max(cfg.batch_size, 32), limit=cfg.limit, progress=progress)
+    out["semeval"] = sem.to_json()
+    out["qa_recall"] = {}
+    for split in ("forget", "retain"):
+        hits = [g["score"] for g in sem.generations if g["split"] == split and g["kind"] == "qa"]
+        out["qa_recall"][split] = sum(hits) / len(hits) if hits else None
+    out["generations"] = sem.generations
+    out["seconds_semeval"] = time.perf_counter() - t0
+    if log:
+        log("model_metrics", task_agg=sem.task_agg, mia=out["mia"] and out["mia"]["auc"],
+            mmlu=out["mmlu"] and out["mmlu"]["accuracy"])
+    return out
+
+
+def retrace(original, edited, corpus, tc: TraceConfig, progress: bool = False) -> tuple[dict, dict]:
+    """Trace the same facts with the same config and noise on both models: (numbers, figures)."""
+    from ..aggregate import aggregate, bootstrap_mean
+    from ..figures import before_after
+    from ..tracing import noise_scale, trace_facts
+
+    facts = corpus.facts(tc.split)[:tc.n_facts] if tc.n_facts else corpus.facts(tc.split)
+    if not facts:
+        raise DataError(f"re-tracing: the {tc.split} split has no traceable QA facts (records with a subject)")
+    (m0, t0), (m1, t1) = original, edited
+    sigma = noise_scale(m0, t0, [r.subject for r in facts])  # one sigma for both: the same corruption
+    kw = dict(kinds=tuple(tc.kinds), n_samples=tc.n_samples, window=tc.window, seed=tc.seed, noise=sigma,
+              progress=progress)
+    before, after = trace_facts(m0, t0, facts, **kw), trace_facts(m1, t1, facts, **kw)
+    numbers: dict[str, Any] = {"config": asdict(tc), "noise": sigma, "facts": [r.id for r in facts],
+                               "p_clean": {"before": [r.clean for r in before], "after": [r.clean for r in after]},
+                               "kinds": {}}
+    figures = {}
+    for kind in tc.kinds:
+        b = aggregate(before, kind, tc.position, tc.n_boot, tc.seed)
+        a = aggregate(after, kind, tc.position, tc.n_boot, tc.seed)
+        # raw indirect effect (not normalised by each model's total effect): what unlearning should remove
+        ie_b = np.stack([r.indirect_effect(kind).max(axis=1) for r in before])  # [n_facts, n_layers]
+        ie_a = np.stack([r.indirect_effect(kind).max(axis=1) for r in after])
+        d_mean, d_lo, d_hi = bootstrap_mean(ie_b - ie_a, n_boot=tc.n_boot, seed=tc.seed)
+        numbers["kinds"][kind] = {
+            "normalised_before": b.summary(), "normalised_after": a.summary(),
+            "ie_before": ie_b.mean(0).tolist(), "ie_after": ie_a.mean(0).tolist(),
+            "ie_drop": d_mean.tolist(), "ie_drop_lo": d_lo.tolist(), "ie_drop_hi": d_hi.tolist(),
+        }
+        figures[f"trace_{kind}"] = before_after(b, a, kind, labels=("original", "edited"))
+    return numbers, figures
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+ROWS = [  # (label, path into a model's metrics)
+    ("forget QA recall", ("qa_recall", "forget")),
+    ("retain QA recall", ("qa_recall", "retain")),
+    *[(f"MIA AUC {a}", ("mia", "auc", a)) for a in mia_mod.ATTACKS],
+    ("SemEval MIA score", ("mia", "mia_score")),
+    ("privleak (loss, %)", ("mia", "privleak", "loss")),
+    ("MMLU-format accuracy", ("mmlu", "accuracy")),
+    ("SemEval TaskAgg", ("semeval", "task_agg")),
+    ("SemEval final", ("semeval", "final")),
+]
+
+
+def _get(d, path):
+    for key in path:
+        if not isinstance(d, dict) or key not in d or d[key] is None:
+            return None
+        d = d[key]
+    return d
+
+
+@dataclass
+class Report:
+    original: dict
+    edited: dict | None = None
+    trace: dict | None = None
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    figures: dict = field(default_factory=dict, repr=False)   # plotly figures (html only, not in json)
+
+    def table(self) -> list[tuple]:
+        """(metric, original, edited, edited - original) rows; None where a number is not available."""
+        rows = []
+        for label, path in ROWS:
+            o = _get(self.original, path)
+            e = _get(self.edited, path) if self.edited else None
+            rows.append((label, o, e, e - o if isinstance(o, (int, float)) and isinstance(e, (int, float)) else None))
+        for name in sorted((self.original.get("semeval") or {}).get("terms", {})):
+            o = self.original["semeval"]["terms"][name]
+            e = _get(self.edited, ("semeval", "terms", name)) if self.edited else None
+            rows.append((f"term {name}", o, e, None if e is None else e - o))
+        return rows
+
+    def to_json(self) -> dict:
+        strip = lambda m: m and {k: v for k, v in m.items() if k != "generations"}  # noqa: E731
+        return to_jsonable({"original": strip(self.original), "edited": strip(self.edited), "trace": self.trace,
+                            "table": self.table(), "config": self.config, "seconds": self.seconds,
+                            "provenance": self.provenance})
+
+    def to_html(self) -> str:
+        def fmt(v):
+            return "&ndash;" if v is None else (f"{v:+.4f}" if isinstance(v, float) and v < 0 else
+                                                f"{v:.4f}" if isinstance(v, float) else html.escape(str(v)))
+
+        head = "<tr><th>metric</th><th>original</th><th>edited</th><th>edited &minus; original</th></tr>"
+        body = "".join(f"<tr><td>{html.escape(r[0])}</td><td>{fmt(r[1])}</td><td>{fmt(r[2])}</td>"
+                       f"<td>{fmt(r[3])}</td></tr>" for r in self.table())
+        notes = [f"original: {n}" for n in self.original.get("notes", [])] + \
+                [f"edited: {n}" for n in (self.edited or {}).get("notes", [])]
+        parts = ["<!doctype html><html><head><meta charset='utf-8'><title>workbench evaluation</title>",
+                 "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+                 "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+                 "td:first-child{text-align:left}</style></head><body>",
+                 "<h1>Unlearning verification report</h1>",
+                 f"<p>model: {html.escape(str(_get(self.provenance, ('model', 'name'))))}; data: "
+                 f"{html.escape(str(_get(self.provenance, ('data', 'source'))))}; "
+                 f"wall time {self.seconds:.1f} s</p>",
+                 f"<table>{head}{body}</table>",
+                 f"<p>MMLU gate for 7B awards: accuracy &gt; {mmlu_mod.SEMEVAL_MMLU_GATE}</p>"]
+        if notes:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+        first = True
+        for name, fig in self.figures.items():
+            parts.append(f"<h2>{html.escape(name)}</h2>")
+            # plotly.js inlined once, so the file works offline
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False))
+            first = False
+        parts.append("</body></html>")
+        return "\n".join(parts)
+
+    def save(self, run_dir: str | Path) -> Path:
+        run_dir = Path(run_dir)
+        atomic_write_json(run_dir / "report.json", self.to_json())
+        atomic_write_text(run_dir / "report.html", self.to_html())
+        return run_dir
+
+
+def _mia_figure(report: Report):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for label, m in (("original", report.original), ("edited", report.edited)):
+        if m and m.get("mia"):
+            fig.add_bar(name=label, x=list(m["mia"]["auc"]), y=list(m["mia"]["auc"].values()))
+    fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"))
+    fig.update_layout(title="MIA AUC per attack (0.5 = members look like non-members)", yaxis_range=[0, 1],
+                      barmode="group", yaxis_title="AUC", width=700, height=380)
+    return fig
+
+
+def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | None = None,
+             config: EvalConfig | None = None, reference=None, retain_auc: dict | None = None,
+             out_dir: str | Path | None = None, progress: bool = False) -> Report:
+    """Evaluate the original model and (optionally) `edited` = (model, tokenizer) side by side.
+
+    reference: (model, tokenizer) for the reference-model MIA attack; retain_auc: a retain-only model's AUCs
+    for privleak (default: the ideal 0.5). out_dir: write report.json/report.html and a jsonl log there."""
+    cfg = config or EvalConfig()
+    tc = trace_config or TraceConfig()
+    if cfg.mmlu_shots < 0 or cfg.max_new_tokens < 1 or (cfg.limit is not None and cfg.limit < 1):
+        raise ConfigError(f"bad evaluation config {cfg}: need mmlu_shots >= 0, max_new_tokens >= 1, limit >= 1")
+    if edited is not None and not (isinstance(edited, (tuple, list)) and len(edited) == 2):
+        raise ConfigError("edited must be a (model, tokenizer) pair")
+    log = JsonlLog(Path(out_dir) / "evaluate.log.jsonl") if out_dir else None
+    start = time.perf_counter()
+    # MMLU questions resolved once, before any heavy work, so a bad source fails fast
+    questions, mmlu_note = None, None
+    try:
+        questions = _limit_questions(mmlu_mod.load_mmlu(cfg.mmlu_source, corpus), cfg.limit)
+    except DataError as e:
+        if cfg.mmlu_source is not None:
+            raise
+        mmlu_note = str(e)
+    if questions and cfg.mmlu_source is not None:
+        mmlu_mod.letter_token_ids(tok)  # an explicit MMLU source the tokenizer cannot score: fail now
+    if log:
+        log("start", config=asdict(cfg), trace=asdict(tc), data=corpus.source)
+    original = model_metrics(model, tok, corpus, cfg, questions, mmlu_note, reference, retain_auc, progress, log)
+    edited_metrics = None
+    if edited is not None:
+        edited_metrics = model_metrics(edited[0], edited[1], corpus, cfg, questions, mmlu_note, reference,
+                                       retain_auc, progress, log)
+    report = Report(original=original, edited=edited_metrics,
+                    config={"eval": asdict(cfg), "trace": asdict(tc)})
+    report.figures["mia_auc"] = _mia_figure(report)
+    if edited is not None and cfg.trace:
+        t0 = time.perf_counter()
+        report.trace, figs = retrace((model, tok), edited, corpus, tc, progress)
+        report.trace["seconds"] = time.perf_counter() - t0
+        report.figures.update(figs)
+    report.seconds = time.perf_counter() - start
+    report.provenance = provenance(
+        model=model, seed=cfg.seed, config=report.config,
+        data={"source": corpus.source, "n_forget": len(corpus.forget), "n_retain": len(corpus.retain),
+              "n_holdout": len(corpus.holdout), "mmlu": cfg.mmlu_source or "corpus",
+              "n_mmlu": len(questions or [])},
+        edited_model=None if edited is None else {"name": model_name(edited[0]),
+                                                   "fingerprint": model_fingerprint(edited[0])},
+        reference_model=None if reference is None else model_fingerprint(reference[0]),
+    )
+    if out_dir:
+        report.save(out_dir)
+        log("done", seconds=report.seconds)
+    return report
