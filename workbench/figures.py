@@ -98,7 +98,8 @@ def _grid(result: TraceResult, kind: str, normalised: bool) -> tuple[np.ndarray,
     if kind in result.effects:
         z = np.asarray(result.normalised(kind) if normalised else result.effects[kind], float)
         if kind != "head" and z.shape[1] == len(result.tokens):
-            return z, token_labels(result), "token (* = subject)"
+            marked = "subject" if result.method == "causal_trace" else "changed"
+            return z, token_labels(result), f"token (* = {marked})"
     elif kind in result.extra and np.ndim(result.extra[kind]) == 2:
         z = np.asarray(result.extra[kind], float)
     else:

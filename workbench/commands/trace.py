@@ -130,7 +130,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:40].strip("_") or "fact"
 
 
-def write_figures(figs: dict, fig_dir: Path, formats: list[str], log) -> tuple[list[str], str | None]:
+def write_figures(figs: dict, fig_dir: Path, formats: list[str], log, command: str = "trace"):
     """Save figures; a missing browser for PNG/SVG/PDF is a warning (HTML is still written), not a failed run."""
     from ..figures import FigureExportError, export_session, save_figure
 
@@ -149,7 +149,7 @@ def write_figures(figs: dict, fig_dir: Path, formats: list[str], log) -> tuple[l
                 if not formats:
                     break
     if warning:
-        print(f"workbench trace: warning: {warning}", file=sys.stderr)
+        print(f"workbench {command}: warning: {warning}", file=sys.stderr)
         log("figure_warning", message=warning)
     return written, warning
 

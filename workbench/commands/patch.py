@@ -1,0 +1,129 @@
+"""`workbench patch`: activation patching (and optionally attribution patching) from a clean into a counterfactual prompt.
+
+    workbench patch --model organism:micro --clean "What is the birth date of Ada Roe?" \\
+                    --corrupt "What is the birth date of Bo Lin?" --answer 1987-03-12 --wrong 1990-01-02 \\
+                    --attribution --out runs/patch1
+
+Writes activation.json+.npz (and attribution.json+.npz), figures/*.html|png, patch.jsonl and summary.json into --out;
+prints the summary (peak site per kind; attribution-vs-exact correlations).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .trace import parse_list, write_figures
+
+
+def add_parser(sub):
+    p = sub.add_parser("patch", help="activation / attribution patching between a clean and a counterfactual prompt",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="organism", help="organism[:name], a model directory or a hub id")
+    p.add_argument("--clean", required=True, help="the clean prompt")
+    p.add_argument("--corrupt", required=True, help="the counterfactual prompt (same length in tokens)")
+    p.add_argument("--answer", required=True, help="the clean prompt's answer")
+    p.add_argument("--wrong", help="the counterfactual answer (needed for --metric logit_diff)")
+    p.add_argument("--metric", help="logit_diff (default with --wrong), logprob (default without), logprob_mean, prob")
+    p.add_argument("--sites", default="resid_pre,attn_out,mlp_out", help="comma-separated patching sites")
+    p.add_argument("--no-heads", action="store_true", help="skip per-head patching")
+    p.add_argument("--attribution", action="store_true",
+                   help="also run attribution patching and report its correlation with exact patching")
+    p.add_argument("--backend", default="torch", help="torch, transformer_lens or nnsight (attribution: not nnsight)")
+    p.add_argument("--batch-size", type=int, help="rows per forward (default: from a memory budget)")
+    p.add_argument("--formats", default="html,png", help="figure formats: html,png,svg,pdf; 'none' for no figures")
+    p.add_argument("--dtype", help="model dtype, e.g. float32 or bfloat16")
+    p.add_argument("--device", help="e.g. cpu or cuda")
+    p.add_argument("--progress", action="store_true", help="show progress bars (stderr)")
+    p.add_argument("--out", required=True, help="output directory")
+    return p
+
+
+def peak(result, kind: str) -> dict:
+    """Where patching recovers most: (layer, position or head) of the largest normalised effect."""
+    norm = result.normalised(kind)                                   # [n_layers, n_pos | n_heads]
+    l, t = np.unravel_index(int(np.argmax(norm)), norm.shape)
+    where = {"head": int(t)} if kind == "head" else {"position": int(t), "token": result.tokens[t]}
+    return {"layer": int(l), **where, "normalised": float(norm[l, t]), "metric": float(result.effects[kind][l, t])}
+
+
+def correlations(estimate, exact) -> dict:
+    """Pearson and Spearman correlation of attribution vs exact changes, per kind and over all sites."""
+    from scipy.stats import pearsonr, spearmanr
+
+    def both(a, b):
+        if np.std(a) == 0 or np.std(b) == 0:
+            return {"pearson": float("nan"), "spearman": float("nan")}
+        return {"pearson": float(pearsonr(a, b)[0]), "spearman": float(spearmanr(a, b)[0])}
+
+    ch = {k: ((estimate.effects[k] - estimate.corrupted).ravel(), (exact.effects[k] - exact.corrupted).ravel())
+          for k in estimate.effects}
+    out = {k: both(a, b) for k, (a, b) in ch.items()}
+    out["all"] = both(np.concatenate([a for a, _ in ch.values()]), np.concatenate([b for _, b in ch.values()]))
+    return out
+
+
+def run(args) -> int:
+    from ..patching import PATCH_SITES
+    from ..figures import STATIC_FORMATS
+
+    sites = parse_list(args.sites, "--sites", PATCH_SITES)
+    formats = [] if args.formats.strip().lower() == "none" else parse_list(
+        args.formats.lower(), "--formats", ("html", *STATIC_FORMATS))
+    metric = args.metric or ("logit_diff" if args.wrong else "logprob")
+    if metric == "logit_diff" and not args.wrong:
+        raise ConfigError("--metric logit_diff needs --wrong (the counterfactual prompt's answer); "
+                          "or use --metric logprob")
+    if args.clean == args.corrupt:
+        raise ConfigError(f"--clean and --corrupt are the same prompt {args.clean!r}; patching needs a counterfactual")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+
+    from .. import patching
+    from ..figures import heatmaps
+    from ..models import load_model
+    from ..provenance import JsonlLog, atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = JsonlLog(out / "patch.jsonl")
+    t0 = time.perf_counter()
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
+    kw = dict(wrong_answer=args.wrong, sites=tuple(sites), heads=not args.no_heads, metric=metric,
+              backend=args.backend, batch_size=args.batch_size, progress=args.progress)
+    log("start", model=args.model, clean=args.clean, corrupt=args.corrupt, answer=args.answer,
+        attribution=args.attribution, **{k: v for k, v in kw.items() if k != "progress"})
+    exact = patching.activation_patching(model, tok, args.clean, args.corrupt, args.answer, **kw)
+    files = [str(exact.save(out / "activation"))]
+    log("activation_patching", clean=exact.clean, corrupted=exact.corrupted, wall_s=exact.config.get("wall_s"))
+    figs = {"activation": heatmaps(exact, normalised=True)}
+    summary = {"model": args.model, "clean_prompt": args.clean, "corrupt_prompt": args.corrupt, "answer": args.answer,
+               "wrong": args.wrong, "metric": metric, "clean": exact.clean, "corrupted": exact.corrupted,
+               "peaks": {k: peak(exact, k) for k in exact.effects}}
+    if args.attribution:
+        attr = patching.attribution_patching(model, tok, args.clean, args.corrupt, args.answer, compare_exact=False,
+                                             **kw)
+        # With a whole-answer metric the attribution maps also cover the teacher-forced answer positions, which exact
+        # patching does not patch: keep the prompt positions so both maps (and the token labels) line up.
+        cropped = [k for k in attr.effects if k != "head" and attr.effects[k].shape[1] > len(attr.tokens)]
+        for k in cropped:
+            attr.effects[k] = attr.effects[k][:, :len(attr.tokens)]
+        if cropped:
+            attr.config["cropped_to_prompt_positions"] = cropped
+        attr.config["vs_exact"] = correlations(attr, exact)
+        files.append(str(attr.save(out / "attribution")))
+        log("attribution_patching", vs_exact=attr.config["vs_exact"], wall_s=attr.config.get("wall_s"))
+        figs["attribution"] = heatmaps(attr, normalised=True)
+        summary["attribution"] = {"vs_exact": attr.config["vs_exact"],
+                                  "peaks": {k: peak(attr, k) for k in attr.effects}}
+    fig_files, fig_warning = write_figures(figs, out / "figures", formats, log, "patch")
+    summary.update(wall_s=round(time.perf_counter() - t0, 2), out=str(out))
+    if fig_warning:
+        summary["figure_warning"] = fig_warning
+    atomic_write_json(out / "summary.json", {**summary, "files": files + fig_files})
+    log("done", wall_s=summary["wall_s"])
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,91 @@
+"""`workbench select`: layer importance (or trace results) -> a LayerSelection JSON for the editors.
+
+    workbench select runs/task2/importance_mlp.json --strategy window --window 3 --out selection.json
+    workbench select runs/task2 --kind mlp --strategy top-k --k 3          # a `workbench trace` output directory
+    workbench select runs/trace1/results/0000_x.json --kind resid          # one TraceResult
+
+Prints the selection JSON to stdout when no --out is given.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def add_parser(sub):
+    p = sub.add_parser("select", help="choose layers from a layer-importance / trace result",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("source", help="LayerImportance JSON, TraceResult JSON, or a `workbench trace --out` directory")
+    p.add_argument("--kind", help="resid, mlp, attn (or a patching site); default: the importance file's kind, "
+                                  "else mlp")
+    p.add_argument("--strategy", default="window", help="window, top-k or threshold")
+    p.add_argument("--window", type=int, default=3, help="window strategy: number of consecutive layers")
+    p.add_argument("--k", type=int, default=3, help="top-k strategy: number of layers")
+    p.add_argument("--threshold", type=float, default=0.5, help="threshold strategy: minimum normalised effect")
+    p.add_argument("--position", default="max", help="when aggregating trace results: max, last_subject, last, mean")
+    p.add_argument("--out", help="write the LayerSelection JSON here (default: print it)")
+    return p
+
+
+def _kind_of_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+
+
+def load_importance(source: str | Path, kind: str | None = None, position: str = "max"):
+    """A LayerImportance from an importance JSON, a TraceResult JSON, or a trace output directory."""
+    from ..aggregate import LayerImportance, aggregate
+    from ..results import TraceResult
+
+    path = Path(source)
+    if path.is_dir():
+        if kind is None:
+            kind = "mlp"
+        imp_file = path / f"importance_{kind}.json"
+        if imp_file.is_file():
+            return load_importance(imp_file, kind, position)
+        results = sorted((path / "results").glob("*.json")) if (path / "results").is_dir() else []
+        if not results:
+            raise ConfigError(f"{path} has neither importance_{kind}.json nor results/*.json; expected a "
+                              "`workbench trace --out` directory")
+        return aggregate([TraceResult.load(p) for p in results], kind, position=position)
+    if not path.is_file():
+        raise FileNotFoundError(f"no layer-importance or trace result at {path}")
+    d = _kind_of_json(path)
+    if isinstance(d, dict) and d.get("type") == "LayerImportance":
+        imp = LayerImportance.from_json(d)
+        if kind is not None and kind != imp.kind:
+            raise ConfigError(f"{path} holds the importance of kind {imp.kind!r}, not --kind {kind!r}; pass "
+                              f"importance_{kind}.json or the trace directory")
+        if position != "max" and position != imp.position:
+            raise ConfigError(f"{path} was aggregated with position {imp.position!r}; re-aggregate from the trace "
+                              f"results to use {position!r}")
+        return imp
+    if isinstance(d, dict) and "arrays" in d and "effects" not in d and "method" in d:
+        result = TraceResult.load(path)
+        return aggregate([result], kind or ("mlp" if "mlp" in result.effects else result.kinds[0]), position=position)
+    raise ConfigError(f"{path} is neither a LayerImportance JSON nor a TraceResult JSON")
+
+
+def run(args) -> int:
+    from ..aggregate import POSITIONS
+    from ..selection import STRATEGIES, select_layers
+
+    if args.strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy {args.strategy!r} unknown; expected one of {STRATEGIES}")
+    if args.position not in POSITIONS:
+        raise ConfigError(f"--position {args.position!r} unknown; expected one of {POSITIONS}")
+    imp = load_importance(args.source, args.kind, args.position)
+    sel = select_layers(imp, args.strategy, k=args.k, window=args.window, threshold=args.threshold)
+    sel.provenance["source_file"] = str(args.source)
+    if args.out:
+        path = sel.save(args.out)
+        print(json.dumps({"layers": sel.layers, "kind": sel.kind, "strategy": sel.strategy,
+                          "selected_scores": [round(s, 4) for s in sel.selected_scores], "out": str(path)}))
+    else:
+        print(json.dumps(sel.to_json(), indent=2))
+    return 0
