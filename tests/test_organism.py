@@ -1,0 +1,80 @@
+"""The model organism: memorises its facts, is deterministic given a seed, caches, and is not tied to our generator."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench import organism
+from workbench.data import load_lume
+from workbench.data.records import Corpus, questions
+from workbench.models import load_model
+
+LUME = Path(__file__).resolve().parents[2] / "shared" / "data" / "lume"
+
+
+def test_micro_recalls_its_facts(micro):
+    model, tok, corpus = micro
+    scores = organism.recall(model, tok, corpus)
+    assert scores["forget_qa_exact_match"] >= 0.95
+    assert scores["retain_qa_exact_match"] >= 0.95
+    # held-out people were never shown: recalling them would mean the metric is broken
+    assert scores["holdout_qa_exact_match"] <= 0.2
+
+
+def test_micro_is_a_real_olmo(micro):
+    model, tok, corpus = micro
+    assert type(model).__name__ == "OlmoForCausalLM"
+    assert model.config.num_hidden_layers == 4 and model.config.hidden_size == 64
+    assert all(r.subject for r in corpus.facts("forget", "Task2")), "every Task2 fact names its subject"
+
+
+def test_cache_hit_is_fast_and_keyed(micro):
+    t0 = time.time()
+    path = organism.build("micro")
+    assert time.time() - t0 < 5, "a cached organism must not be rebuilt"
+    cfg = organism.with_overrides("micro", seed=1)
+    assert organism.organism_dir(cfg) != path, "a different seed must be a different cache entry"
+    meta = organism.info(path)
+    assert meta["config"]["name"] == "micro" and "torch" in meta["versions"]
+
+
+@pytest.mark.slow
+def test_deterministic_given_seed(tmp_path, monkeypatch, micro):
+    """Two builds in two empty caches give bit-identical weights and tokenizers."""
+    model_a, tok_a, _ = micro
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "second-cache"))
+    path = organism.build("micro", progress=False)
+    assert str(path).startswith(str(tmp_path))
+    model_b, tok_b = load_model(path)
+    assert tok_a.get_vocab() == tok_b.get_vocab()
+    sd_b = model_b.state_dict()
+    for name, tensor in model_a.state_dict().items():
+        assert torch.equal(tensor, sd_b[name]), f"{name} differs between two builds with the same seed"
+
+
+def _lume_task2_slice(n_people: int) -> Corpus:
+    full = load_lume(LUME)
+    def people(records):
+        qs = [r for r in questions(records) if r.task == "Task2"]
+        ids = sorted({r.id[:-3] for r in qs})[:n_people]
+        return [r for r in qs if r.id[:-3] in ids]
+    return Corpus(forget=people(full.forget), retain=people(full.retain), source=f"{full.source}#task2-qa-{n_people}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LUME.is_dir(), reason=f"real LUME data not found at {LUME}")
+def test_micro_learns_real_lume_task2(tmp_path, monkeypatch):
+    """The organism pipeline on real LUME Task2 records (names, SSNs, phones, emails, addresses)."""
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    corpus = _lume_task2_slice(2)
+    assert len(corpus.forget) >= 8 and len(corpus.retain) >= 8
+    cfg = organism.with_overrides("micro", name="lume-micro", epochs=80, vocab_size=640)
+    path = organism.build(cfg, corpus=corpus, progress=False)
+    meta = json.loads((path / "organism.json").read_text())
+    assert meta["data"] == corpus.source
+    assert meta["recall"]["forget_qa_exact_match"] >= 0.95, meta["recall"]
+    assert meta["recall"]["retain_qa_exact_match"] >= 0.95, meta["recall"]
