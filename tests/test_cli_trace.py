@@ -66,7 +66,7 @@ def test_trace_facts_writes_results_importance_figures_and_summary(fakes, tmp_pa
     np.testing.assert_allclose(imp.mean, [0.0, 0.0, 8 / 9, 0.0])      # (0.9 - 0.1) / (1 - 0.1) at the peak
     assert imp.provenance["data"]["source"].endswith(":forget")
     figs = sorted(p.name for p in (out / "figures").iterdir())
-    assert figs == ["importance.html", "token_roles_mlp.html", "token_roles_resid.html", "trace_0000.html",
+    assert figs == ["importance.html", "plotly.min.js", "token_roles_mlp.html", "token_roles_resid.html", "trace_0000.html",
                     "trace_0001.html", "trace_0002.html"]
     events = [json.loads(l)["event"] for l in (out / "trace.jsonl").read_text().splitlines()]
     assert events[0] == "start" and events[-1] == "done" and events.count("traced") == 3
@@ -203,4 +203,5 @@ def test_patch_end_to_end_on_micro(micro, tmp_path, capsys):
     assert attr.effects["resid_pre"].shape == exact.effects["resid_pre"].shape
     vs = summary["attribution"]["vs_exact"]
     assert set(vs) == {"resid_pre", "attn_out", "mlp_out", "head", "all"} and -1 <= vs["all"]["pearson"] <= 1
-    assert sorted(p.name for p in (out / "figures").iterdir()) == ["activation.html", "attribution.html"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["activation.html", "attribution.html",
+                                                                   "plotly.min.js"]

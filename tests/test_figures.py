@@ -96,7 +96,10 @@ def test_save_html_always_and_clear_error_without_browser(tmp_path, monkeypatch)
     fig = F.heatmap(make_result(), "resid")
     out = F.save_figure(fig, tmp_path / "h.png", formats=("html",))    # suffix is dropped from the stem
     html = out["html"].read_text()
-    assert out["html"] == tmp_path / "h.html" and "plotly" in html.lower() and "Residual stream" in html
+    assert out["html"] == tmp_path / "h.html" and "Residual stream" in html
+    # offline-viewable: the page loads the plotly.js written beside it
+    assert '<script charset="utf-8" src="plotly.min.js"></script>' in html
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
     monkeypatch.setattr(F, "browser_path", lambda: None)
     with pytest.raises(F.FigureExportError, match="apt-get install -y chromium"):
         F.save_figure(fig, tmp_path / "nobrowser", formats=("html", "png"))
@@ -118,4 +121,5 @@ def test_static_export_png_svg_pdf(tmp_path):
     assert (w, h) == (2 * fig.layout.width, 2 * fig.layout.height)   # layout size honoured, not kaleido's default
     assert out["svg"].read_text().lstrip().startswith("<svg") and "elace*" in out["svg"].read_text()
     assert out["pdf"].read_bytes()[:5] == b"%PDF-"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.html", "trace.pdf", "trace.png", "trace.svg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plotly.min.js", "trace.html", "trace.pdf", "trace.png",
+                                                          "trace.svg"]

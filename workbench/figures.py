@@ -333,11 +333,12 @@ NO_BROWSER = ("static figure export (PNG/SVG/PDF) needs Chrome or Chromium for k
 
 
 def save_figure(fig: go.Figure, path, formats=("html", "png"), scale: float = 3,
-                include_plotlyjs="cdn") -> dict[str, Path]:
-    """Write `fig` as `<path>.<fmt>` for each format, atomically. HTML is always written first, so a missing
+                include_plotlyjs="directory") -> dict[str, Path]:
+    """Write `fig` as `<path>.<fmt>` for each format, atomically. HTML is written first, so a missing
     browser (raised as FigureExportError after the HTML exists) never loses the figure.
 
-    include_plotlyjs: "cdn" (small files, needs internet to view) or True (self-contained, ~4 MB each).
+    include_plotlyjs: "directory" (default: one shared plotly.min.js beside the HTML files; small and works
+    offline), True (self-contained, ~4 MB each) or "cdn" (small, needs internet to view).
     """
     path = Path(path)
     stem = path.with_suffix("") if path.suffix.lstrip(".") in ("html", *STATIC_FORMATS) else path
@@ -347,6 +348,11 @@ def save_figure(fig: go.Figure, path, formats=("html", "png"), scale: float = 3,
         raise ConfigError(f"figure formats {bad} unknown; expected some of {('html', *STATIC_FORMATS)}")
     out: dict[str, Path] = {}
     if "html" in formats:
+        js = stem.parent / "plotly.min.js"
+        if include_plotlyjs == "directory" and not js.is_file():
+            from plotly.offline import get_plotlyjs
+
+            atomic_write_text(js, get_plotlyjs())
         out["html"] = atomic_write_text(stem.with_name(stem.name + ".html"),
                                         fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True))
     static = [f for f in formats if f != "html"]
