@@ -148,8 +148,8 @@ def attribution_patching(model, tok, clean_prompt: str, corrupt_prompt: str, ans
                                                        sites, metric, backend)
     run = get_backend(model, tok, backend)
     t0 = time.perf_counter()
-    L, H = n_layers(model), n_heads(model)
-    clean_ids, corr_ids = pc.input_ids(metric, device), px.input_ids(metric, device)
+    L, H, T = n_layers(model), n_heads(model), pc.n_prompt
+    clean_ids, corr_ids = pc.input_ids(metric, device), px.input_ids(metric, device)  # [1, pos]
     want = [f"{s}.{l}" for s in sites for l in range(L)] + ([f"head.{l}" for l in range(L)] if heads else [])
     with torch.no_grad():
         clean_logits, clean = clean_run(run, clean_ids, want, keep)            # forward 1
@@ -176,7 +176,7 @@ def attribution_patching(model, tok, clean_prompt: str, corrupt_prompt: str, ans
         for l in range(L):
             site = f"{s}.{l}"
             g, a_corr = grads[want.index(site)][0], acts[site][0].detach()      # [pos, d_model] / [pos, n_heads, d_head]
-            delta = ((clean[site] - a_corr) * g).float()
+            delta = ((clean[site] - a_corr) * g).float()[:T]  # prompt positions only, as exact patching
             rows.append(delta.sum(-1).sum(0) if s == "head" else delta.sum(-1))  # [n_heads] / [pos]
         effects[s] = m_corr + torch.stack(rows).cpu().numpy().astype(np.float64)  # [n_layers, pos | n_heads]
 
