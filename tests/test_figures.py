@@ -123,3 +123,12 @@ def test_static_export_png_svg_pdf(tmp_path):
     assert out["pdf"].read_bytes()[:5] == b"%PDF-"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plotly.min.js", "trace.html", "trace.pdf", "trace.png",
                                                           "trace.svg"]
+
+
+def test_sweep_plot():
+    rows = [{"start": s, "forget": 1 - 0.1 * s, "retain": 0.9} for s in range(4)]
+    fig = F.sweep_plot(rows, "start", ["forget", "retain"])
+    assert [d.name for d in fig.data] == ["forget", "retain"]
+    np.testing.assert_allclose(fig.data[0].y, [1.0, 0.9, 0.8, 0.7])
+    with pytest.raises(ConfigError, match=r"rows lack keys \['mmlu'\]"):
+        F.sweep_plot(rows, "start", "mmlu")
