@@ -128,7 +128,7 @@ def test_param_patterns_by_name(micro):
     got = select_parameters(model, ["model.layers.{layer}.mlp.down_proj.weight"], [1, 3])
     assert list(got) == ["model.layers.1.mlp.down_proj.weight", "model.layers.3.mlp.down_proj.weight"]
     attn = select_parameters(model, ["model.layers.{layer}.self_attn.*"], [0])
-    assert sorted(attn) == [f"model.layers.0.self_attn.{x}_proj.weight" for x in "kqov"]
+    assert sorted(attn) == [f"model.layers.0.self_attn.{x}_proj.weight" for x in "koqv"]
 
 
 # ------------------------------------------------------------------ end to end on micro

@@ -13,7 +13,7 @@ from workbench.editors.loop import Reference, collate, encode
 from workbench.editors.rmu import layer_output
 from workbench.errors import EditError
 
-JOINT = {"epochs": 3, "checkpoint_every": 3, "eval_every": 0, "keep_best": False}
+JOINT = {"epochs": 3, "batch_size": 16, "checkpoint_every": 2, "eval_every": 0, "keep_best": False}  # 2 steps/epoch
 
 
 class Killed(Exception):
@@ -34,16 +34,16 @@ def test_resume_continues_at_checkpoint_and_matches_uninterrupted(micro, tmp_pat
 
     killed = copy.deepcopy(model0)
     with pytest.raises(Killed):
-        unlearn(killed, tok, corpus, "joint", [0, 1], JOINT, tmp_path / "b", on_step=_kill_at(7))
+        unlearn(killed, tok, corpus, "joint", [0, 1], JOINT, tmp_path / "b", on_step=_kill_at(5))
     assert not (tmp_path / "b").exists()
     assert (tmp_path / ".b.work" / "checkpoint.pt").is_file()
     resumed = copy.deepcopy(model0)  # a fresh process would reload the source model
     out = unlearn(resumed, tok, corpus, "joint", [0, 1], JOINT, tmp_path / "b")
     log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     resume = [r for r in log if r["event"] == "resume"]
-    assert len(resume) == 1 and resume[0]["step"] == 6
+    assert len(resume) == 1 and resume[0]["step"] == 4
     steps = [r["step"] for r in log if r["event"] == "step"]
-    assert steps == list(range(1, 8)) + list(range(7, 13))  # 1..7 before the kill, 7..12 after
+    assert steps == [1, 2, 3, 4, 5, 5, 6]  # 1..5 before the kill, 5..6 again after resuming at 4
     for (n, p), q in zip(straight.named_parameters(), resumed.parameters()):
         assert torch.equal(p, q), n
     assert not (tmp_path / ".b.work").exists()
