@@ -168,3 +168,22 @@ def test_trace_facts_rejects_bad_record_up_front(micro):
     bad = SimpleNamespace(id="bad_qa1", input=good.input, output=good.output, subject="Nobody")
     with pytest.raises(TraceError, match="'Nobody' not found"):
         trace_facts(model, tok, [good, bad], progress=False)
+
+
+@torch.no_grad()
+def test_transformer_lens_backend_shares_weights(micro):
+    """The bridge wraps a parameter-sharing copy: in-place weight edits (as unlearning makes) are seen, the wrapped
+    model itself keeps its modules and sdpa attention."""
+    import copy
+
+    model, tok, _ = micro
+    model = copy.deepcopy(model)
+    ids = torch.tensor([tok(FACT[0])["input_ids"]])
+    tl = get_backend(model, tok, "transformer_lens")
+    before = tl(ids)
+    model.model.layers[0].mlp.down_proj.weight.mul_(0.5)
+    after, want = tl(ids), model(ids).logits
+    assert get_backend(model, tok, "transformer_lens") is tl  # cached
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, want, atol=1e-4, rtol=0)
+    assert type(model.model.layers[0].mlp).__name__ == "OlmoMLP"

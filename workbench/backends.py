@@ -127,11 +127,12 @@ _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def get_backend(model, tok, name: str = "torch") -> Callable[..., torch.Tensor]:
-    """The forward runner for `name`; wrappers are cached per model (and rebuilt if its parameter objects change)."""
+    """The forward runner for `name`. TransformerBridges are cached per model (rebuilt if its parameter objects change;
+    in-place weight edits are seen, since the bridge shares the parameters)."""
     if name not in _CLASSES:
         raise TraceError(f"unknown backend {name!r}; expected one of {BACKENDS}")
-    if name == "torch":
-        return TorchBackend(model)
+    if name != "transformer_lens":  # cheap to build; NNsight keeps a reference to the model (would pin a weak cache)
+        return _CLASSES[name](model, tok)
     key = tuple(id(p) for p in model.parameters())
     per_model = _CACHE.setdefault(model, {})
     hit = per_model.get(name)
