@@ -100,7 +100,7 @@ class Stage:
 @dataclass
 class SequentialConfig(GradientConfig):
     """A schedule of gradient stages, each with its own epochs and lr (fresh optimizer per stage)."""
-    stages: tuple[Stage, ...] = (Stage("ga", 4, 2e-3), Stage("gd", 2, 1e-3))
+    stages: tuple[Stage, ...] = (Stage("ga", 3, 2e-3), Stage("graddiff", 6, 2e-3), Stage("gd", 1, 5e-4))
 
 
 CONFIG_CLASS = {"rmu": RMUConfig, "adaptive-rmu": RMUConfig, "joint": JointConfig, "ga": GradientConfig,
@@ -111,11 +111,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "rmu": {},
     "adaptive-rmu": {"adaptive": True},
     "joint": {},
-    "ga": {},
+    "ga": {"lr": 1e-3, "epochs": 8, "eval_every": 1},  # best of the run kept; misses the forget target on micro
     "gd": {"lr": 1e-2, "epochs": 20},
     "graddiff": {"epochs": 10, "retain_weight": 2.0},
     "npo": {"lr": 3e-3, "epochs": 10},
-    "sequential": {},
+    "sequential": {"retain_weight": 2.0},
 }
 
 # The papers' settings (ANCHORS.md), for real OLMo runs.
