@@ -85,6 +85,10 @@ def prepare(model, tok, prompt: str, answer: str, subject: str | None = None) ->
                          f"{tok.convert_ids_to_tokens(full[:len(prompt_ids)])}; choose a prompt/answer split at a "
                          f"token boundary")
     answer_ids = full[len(prompt_ids):]
+    # A whitespace-only first answer token (e.g. 'Ġ' before digits split one by one) says nothing about the
+    # fact and is predicted with p ~ 1 even when corrupted: it joins the prompt, the metric reads the content.
+    while len(answer_ids) > 1 and not tok.decode([answer_ids[0]]).strip():
+        prompt_ids.append(answer_ids.pop(0))
     max_len = getattr(model.config, "max_position_embeddings", None)
     if max_len is not None and len(full) > max_len:
         raise TraceError(f"prompt {prompt[:80]!r}... + answer is {len(full)} tokens, longer than the model's context "
