@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from workbench.errors import ConfigError
 from workbench.sweep import sweep, windows
@@ -17,6 +18,7 @@ def test_windows():
         windows(4, 5)
 
 
+@pytest.mark.slow
 def test_sweep_on_micro(micro, tmp_path):
     model, tok, corpus = micro
     calls = []
@@ -41,3 +43,12 @@ def test_sweep_bad_method_fails_first(micro, tmp_path):
     with pytest.raises(ConfigError, match="unknown unlearning method"):
         sweep(model, tok, corpus, "nope", 2, tmp_path / "t")
     assert not (tmp_path / "t").exists()
+
+
+def test_sweep_fast_structure(micro, tmp_path):
+    model, tok, corpus = micro
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    res = sweep(model, tok, corpus, "npo", window=4, out_dir=tmp_path / "f", config={"max_steps": 1}, mia=False)
+    assert [w["layers"] for w in res["windows"]] == [[0, 1, 2, 3]]
+    assert set(res["windows"][0]) >= {"layers", "seconds", "forget_qa_em", "retain_qa_em"}
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # the caller's model is untouched
