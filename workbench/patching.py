@@ -198,3 +198,16 @@ def attribution_patching(model, tok, clean_prompt: str, corrupt_prompt: str, ans
         config["vs_exact"] = vs
     return _result("attribution_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, changed, effects,
                    m_clean, m_corr, metric, config, model, extra)
+
+
+def find_counterfactual(tok, fact, records):
+    """A record asking the same question about another subject, with a prompt of the same token length and a
+    different answer: the corrupt prompt for activation patching of `fact`. Raises TraceError if none exists."""
+    template = fact.input.replace(fact.subject, "{}")
+    n = len(tok(fact.input)["input_ids"])
+    for r in records:
+        if (r.subject and r.subject != fact.subject and r.output != fact.output
+                and r.input.replace(r.subject, "{}") == template and len(tok(r.input)["input_ids"]) == n):
+            return r
+    raise TraceError(f"no counterfactual for {fact.input!r}: no other subject with the template {template!r} "
+                     f"tokenises to {n} tokens")

@@ -1,20 +1,26 @@
-"""`workbench run`: the main job on the embedded default (for now: build the organism, show its recall)."""
+"""`workbench run [--config pipeline.yaml]`: the whole pipeline (default: on the built-in organism)."""
 from __future__ import annotations
-
-import json
 
 
 def add_parser(sub):
-    p = sub.add_parser("run", help="run the full pipeline (default: on the built-in organism)")
-    p.add_argument("--organism", default="default", help="organism preset when no --config is given")
+    p = sub.add_parser("run", help="run the full pipeline: trace -> select -> unlearn -> evaluate + re-trace")
+    p.add_argument("--config", help="pipeline YAML/JSON (keys: see workbench.pipeline.PipelineConfig)")
+    p.add_argument("--model", help="override the config's model (organism, organism:micro, a dir, a hub id)")
+    p.add_argument("--method", help="override the unlearning method")
+    p.add_argument("--out", help="override the run directory")
+    p.add_argument("--figures", help="also copy the main figures into this directory (e.g. figures)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def run(args) -> int:
-    from .. import organism
+    from dataclasses import replace
 
-    path = organism.build(args.organism)
-    info = organism.info(path)
-    print(json.dumps({"organism": str(path), "n_parameters": info["n_parameters"],
-                      "build_seconds": info["build_seconds"], "recall": info["recall"]}, indent=2))
+    from ..pipeline import PipelineConfig, run as run_pipeline
+
+    cfg = PipelineConfig.from_file(args.config) if args.config else PipelineConfig()
+    overrides = {k: getattr(args, k) for k in ("model", "method", "out", "figures") if getattr(args, k)}
+    cfg = replace(cfg, **overrides)
+    report = run_pipeline(cfg, progress=not args.quiet)
+    print(f"report: {report.resolve()}")
     return 0

@@ -1,0 +1,56 @@
+"""The main job end to end on the micro organism: artifacts, provenance, resume, clear config errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workbench.errors import ConfigError
+from workbench.pipeline import PipelineConfig, run
+
+
+def _micro_cfg(out) -> PipelineConfig:
+    return PipelineConfig(model="organism:micro", out=str(out), n_facts=3, n_samples=3, window=2,
+                          retrace_facts=3, evaluation={"limit": 3, "max_new_tokens": 24})
+
+
+@pytest.mark.slow
+def test_pipeline_on_micro_and_resume(tmp_path):
+    cfg = _micro_cfg(tmp_path / "run")
+    lines = []
+    report = run(cfg, progress=False, say=lines.append)
+    run_dir = report.parent
+    assert report.is_file() and (run_dir / "report.json").is_file()
+    sel = json.loads((run_dir / "selection.json").read_text())
+    assert sel["type"] == "LayerSelection" and len(sel["layers"]) == 2
+    assert (run_dir / "edited_model" / "model.safetensors").is_file()
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert rep["edited"]["qa_recall"]["forget"] < rep["original"]["qa_recall"]["forget"], "the edit must forget something"
+    assert rep["provenance"]["versions"]["torch"]
+    assert (run_dir / "figures" / "layer_importance.html").is_file()
+    assert any("selected layers" in l for l in lines)
+
+    # a second run with the same config reuses the trace and the edited model instead of redoing them
+    run(cfg, progress=False, say=lambda s: None)
+    events = [json.loads(l) for l in (run_dir / "pipeline.log.jsonl").read_text().splitlines()]
+    reused = {e["stage"] for e in events if e["event"] == "stage_reused"}
+    assert reused == {"trace", "unlearn"}
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown pipeline config key"):
+        PipelineConfig.from_dict({"modle": "organism"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        PipelineConfig.from_file(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        PipelineConfig.from_file(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["organism.yaml", "olmo-1b-lume.yaml", "sweep.yaml"])
+def test_example_configs_parse(name):
+    from pathlib import Path
+
+    cfg = PipelineConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert cfg.method and cfg.strategy in ("window", "top-k", "threshold")

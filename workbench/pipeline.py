@@ -1,0 +1,257 @@
+"""The main job, read top to bottom: model → facts → trace → select → unlearn → evaluate + re-trace → figures.
+
+Each stage writes its artifact into the run directory and is skipped on a re-run when the artifact is there
+and was made with the same configuration, so a killed run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+from .provenance import JsonlLog, atomic_write_json, provenance, stable_hash
+
+
+@dataclass
+class PipelineConfig:
+    # what
+    model: str = "organism"          # organism[:name] | local dir | hub id (workbench.models.load_model)
+    data: str = "organism"           # "organism" = the corpus the organism learned | a LUME directory
+    out: str = "runs/default"        # run directory (artifacts, report.html, log)
+    figures: str | None = "figures"  # also copy the main figures (PNG) here: the README's figures/
+    seed: int = 0
+    dtype: str | None = None         # float32 | bfloat16 (None: as saved)
+    device: str | None = None
+    # trace
+    task: str | None = "Task2"       # which forget facts to trace (None: every traceable one)
+    n_facts: int | None = 24
+    n_samples: int = 10
+    kinds: tuple = ("resid", "mlp", "attn")
+    position: str = "last_subject"   # per-layer score of one fact: "last_subject" (ROME's site), "max", ...
+    # selection
+    select_kind: str = "mlp"
+    strategy: str = "window"         # window | top-k | threshold
+    window: int = 3
+    k: int = 3
+    threshold: float = 0.5
+    # unlearning
+    method: str = "rmu"
+    preset: str | None = None
+    editor: dict = field(default_factory=dict)   # overrides of the editor's config (see workbench.editors.config)
+    # evaluation
+    evaluation: dict = field(default_factory=dict)  # overrides of workbench.evaluation.report.EvalConfig
+    retrace_facts: int | None = 16
+    # layer sweep (optional): the editor at every `sweep_window`-layer window, next to traced importance
+    sweep_window: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown pipeline config key(s) {unknown}; expected some of {sorted(known)}")
+        d = dict(d)
+        if "kinds" in d:
+            d["kinds"] = tuple(d["kinds"])
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "PipelineConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"pipeline config {path} does not exist (expected a YAML or JSON file)")
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                d = yaml.safe_load(text) or {}
+            else:
+                d = json.loads(text)
+        except Exception as e:  # yaml and json raise different types; both mean "not parseable"
+            raise ConfigError(f"pipeline config {path} could not be parsed: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"pipeline config {path} must be a mapping of keys to values, got {type(d).__name__}")
+        return cls.from_dict(d)
+
+
+def _load_data(cfg: PipelineConfig, model_path):
+    from .data import load_lume
+    from .organism import load_corpus
+
+    if cfg.data == "organism":
+        if model_path is None:
+            raise ConfigError(f"data 'organism' needs an organism model, but model is {cfg.model!r}; "
+                              "give a LUME directory as data")
+        return load_corpus(model_path)
+    return load_lume(cfg.data)
+
+
+class _Stage:
+    """A stage's artifact is reused when its stamp (config hash) matches: resume after a kill."""
+
+    def __init__(self, run_dir: Path, name: str, key: dict, log: JsonlLog):
+        self.stamp = run_dir / f".{name}.stamp"
+        self.key, self.name, self.log = stable_hash(key), name, log
+
+    def done(self) -> bool:
+        ok = self.stamp.is_file() and self.stamp.read_text() == self.key
+        if ok:
+            self.log("stage_reused", stage=self.name)
+        return ok
+
+    def finish(self, **fields) -> None:
+        self.stamp.write_text(self.key)
+        self.log("stage_done", stage=self.name, **fields)
+
+
+def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
+    """Run the pipeline; returns the path of report.html."""
+    import torch
+
+    from . import organism
+    from .aggregate import LayerImportance, aggregate
+    from .editors import unlearn
+    from .evaluation.report import EvalConfig, TraceConfig, evaluate
+    from .figures import heatmaps, importance_curve, save_figure
+    from .models import load_model
+    from .selection import LayerSelection, select_layers
+    from .tracing import trace_facts
+
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = JsonlLog(run_dir / "pipeline.log.jsonl")
+    atomic_write_json(run_dir / "pipeline_config.json", {"config": asdict(cfg), "provenance": provenance(
+        config=asdict(cfg), seed=cfg.seed, data=cfg.data)})
+    log("start", config=asdict(cfg))
+    torch.manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+
+    # 1. model and data ------------------------------------------------------------------------------
+    model_path = None
+    if cfg.model.split(":")[0] == "organism":
+        name = cfg.model.partition(":")[2] or "default"
+        say(f"[1/5] organism {name!r} (built once, then cached)")
+        model_path = organism.build(name, progress=progress)
+    model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
+    corpus = _load_data(cfg, model_path)
+    facts = corpus.facts("forget", cfg.task)[: cfg.n_facts] if cfg.n_facts else corpus.facts("forget", cfg.task)
+    if not facts:
+        raise ConfigError(f"no traceable forget facts for task {cfg.task!r} in {corpus.source} "
+                          "(QA records that name their subject)")
+    log("data", source=corpus.source, n_forget=len(corpus.forget), n_retain=len(corpus.retain), n_traced=len(facts))
+
+    # 2. trace the forget facts, aggregate per kind ---------------------------------------------------
+    say(f"[2/5] causal tracing of {len(facts)} forget facts ({', '.join(cfg.kinds)})")
+    trace_key = {"model": str(model_path or cfg.model), "facts": [r.id for r in facts], "n": cfg.n_samples,
+                 "kinds": cfg.kinds, "seed": cfg.seed, "position": cfg.position}
+    stage = _Stage(run_dir, "trace", trace_key, log)
+    imp_path = {k: run_dir / "trace" / f"importance_{k}.json" for k in cfg.kinds}
+    if stage.done():
+        importances = {k: LayerImportance.load(p) for k, p in imp_path.items()}
+    else:
+        results = trace_facts(model, tok, facts, kinds=cfg.kinds, n_samples=cfg.n_samples, seed=cfg.seed,
+                              progress=progress)
+        importances = {k: aggregate(results, k, position=cfg.position, seed=cfg.seed) for k in cfg.kinds}
+        for k, imp in importances.items():
+            imp.save(imp_path[k])
+        results[0].save(run_dir / "trace" / "example_fact")
+        save_figure(heatmaps(results[0]), run_dir / "figures" / "trace_example", formats=_formats())
+        stage.finish(peaks={k: imp.peak for k, imp in importances.items()})
+    save_figure(importance_curve(list(importances.values())), run_dir / "figures" / "layer_importance",
+                formats=_formats())
+
+    # 3. select layers -------------------------------------------------------------------------------
+    if cfg.select_kind not in importances:
+        raise ConfigError(f"select_kind {cfg.select_kind!r} was not traced; traced kinds: {list(importances)}")
+    selection = select_layers(importances[cfg.select_kind], strategy=cfg.strategy, k=cfg.k, window=cfg.window,
+                              threshold=cfg.threshold)
+    selection_path = selection.save(run_dir / "selection.json")
+    say(f"[3/5] selected layers {selection.layers} ({cfg.strategy} on {cfg.select_kind}) -> {selection_path}")
+    log("selection", layers=selection.layers, scores=selection.selected_scores)
+
+    if cfg.sweep_window:
+        _sweep(cfg, model, tok, corpus, importances[cfg.select_kind], run_dir, progress, say, log)
+        model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
+
+    # 4. unlearn -------------------------------------------------------------------------------------
+    edit_key = {"trace": stage.key, "layers": selection.layers, "method": cfg.method, "preset": cfg.preset,
+                "editor": cfg.editor, "seed": cfg.seed}
+    edit_stage = _Stage(run_dir, "unlearn", edit_key, log)
+    edited_dir = run_dir / "edited_model"
+    say(f"[4/5] unlearning with {cfg.method} at layers {selection.layers}")
+    if not edit_stage.done():
+        if edited_dir.exists():  # made under another config: this run's own output, safe to replace
+            shutil.rmtree(edited_dir)
+        unlearn(model, tok, corpus, cfg.method, LayerSelection.load(selection_path),
+                config={"seed": cfg.seed, **cfg.editor}, out_dir=edited_dir, preset=cfg.preset,
+                source=model_path, progress=progress)
+        edit_stage.finish(out=str(edited_dir))
+    # the editor trained `model` in place: reload both from disk so "original" really is the original
+    model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
+    edited, edited_tok = load_model(edited_dir, dtype=cfg.dtype, device=cfg.device)
+
+    # 5. evaluate both, re-trace both ------------------------------------------------------------------
+    say("[5/5] evaluation (recall, MIA, MMLU, SemEval score) and re-tracing before/after")
+    eval_cfg = EvalConfig(seed=cfg.seed, **cfg.evaluation)
+    trace_cfg = TraceConfig(kinds=tuple(cfg.kinds), n_samples=cfg.n_samples, n_facts=cfg.retrace_facts,
+                            position=cfg.position, seed=cfg.seed)
+    report = evaluate(model, tok, corpus, edited=(edited, edited_tok), trace_config=trace_cfg, config=eval_cfg,
+                      out_dir=run_dir, progress=progress)
+    for name, fig in report.figures.items():
+        save_figure(fig, run_dir / "figures" / name, formats=_formats())
+    if cfg.figures:
+        _publish(run_dir / "figures", Path(cfg.figures))
+    summary = {"seconds": round(time.perf_counter() - t_start, 1), "layers": selection.layers,
+               "method": cfg.method, "report": str(run_dir / "report.html"),
+               "table": [list(r) for r in report.table()[:8]]}
+    atomic_write_json(run_dir / "summary.json", summary)
+    log("done", **summary)
+    return run_dir / "report.html"
+
+
+def sweep_rows(result: dict, importance) -> list[dict]:
+    """One row per sweep window: its scores, the drop in forget recall, and the mean traced importance of its layers."""
+    import numpy as np
+
+    return [{**w, "window": f"{w['layers'][0]}-{w['layers'][-1]}",
+             "traced_importance": float(np.mean([importance.mean[l] for l in w["layers"]])),
+             "forget_drop": result["baseline"]["forget_qa_em"] - w["forget_qa_em"]} for w in result["windows"]]
+
+
+def _sweep(cfg, model, tok, corpus, importance, run_dir: Path, progress: bool, say, log) -> None:
+    """Unlearning efficacy per window beside the traced importance of the same window."""
+    from .figures import save_figure, sweep_plot
+    from .sweep import sweep
+
+    say(f"[3b] layer sweep: {cfg.method} at every {cfg.sweep_window}-layer window")
+    out = run_dir / "sweep"
+    if (out / "sweep.json").is_file():
+        result = json.loads((out / "sweep.json").read_text())
+    else:
+        result = sweep(model, tok, corpus, cfg.method, window=cfg.sweep_window, out_dir=out,
+                       config={"seed": cfg.seed, **cfg.editor}, preset=cfg.preset, progress=progress)
+    rows = sweep_rows(result, importance)
+    atomic_write_json(out / "sweep_vs_trace.json", {"kind": importance.kind, "rows": rows})
+    fig = sweep_plot(rows, x="window", ys=["forget_drop", "retain_qa_em", "traced_importance"],
+                     title=f"{cfg.method}: efficacy per window vs traced {importance.kind} importance")
+    save_figure(fig, run_dir / "figures" / "sweep", formats=_formats())
+    log("sweep", rows=rows)
+
+
+def _formats() -> tuple[str, ...]:
+    """PNG beside the HTML when a browser for kaleido exists; HTML alone otherwise (said once in the log)."""
+    from .figures import browser_path
+
+    return ("html", "png") if browser_path() else ("html",)
+
+
+def _publish(src: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.png")) + sorted(src.glob("*.svg")):
+        tmp = dest / f".{f.name}.tmp"
+        shutil.copyfile(f, tmp)
+        tmp.replace(dest / f.name)
