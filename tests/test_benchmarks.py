@@ -1,0 +1,54 @@
+"""Smoke test of the benchmark harness: a tiny tracing comparison runs, peers agree with our engine, tables render.
+No timing is asserted (timings belong in benchmarks/RESULTS.md, never in tests)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import TOL, Section, goal, machine_info, table
+from benchmarks import tracing as bt
+from benchmarks.__main__ import render
+
+
+def test_tracing_peers_agree_with_engine(micro):
+    """ROME-style loop and TL patching functions (noise via hook_embed) reproduce causal_trace on the micro fact."""
+    model, tok, _ = micro
+    from workbench.tracing import noise_scale
+
+    sigma = noise_scale(model, tok, [bt.FACT[2]])
+    row = bt.trace_compare(model, tok, [bt.FACT], n_samples=2, metric="prob", sigma=sigma,
+                           peers_full={"rome": 1, "tl": 0}, label="smoke")
+    assert row["effect_range"] > 0.05  # restorations move the metric: the equality below is not vacuous
+    assert row["peers"]["rome"]["cells"] == "all" and row["peers"]["tl"]["cells"] == "sampled"
+    for p in row["peers"].values():
+        assert p["max_diff"] <= TOL and p["forwards"] > 0 and np.isfinite(p["est_full_s"])
+    text, goals = bt._fmt_compare([row])
+    assert text.count("| smoke |") == 2
+    assert goals[0]["equal"] and goals[0]["name"].startswith("tracing smoke")
+
+
+def test_rome_loop_detects_a_wrong_restoration(micro):
+    """The comparison can fail: a peer restoring the wrong position differs from the engine by far more than TOL."""
+    model, tok, _ = micro
+    from workbench.tracing import causal_trace, noise_scale, prepare
+
+    sigma = noise_scale(model, tok, [bt.FACT[2]])
+    ours = causal_trace(model, tok, *bt.FACT, n_samples=2, noise=sigma, kinds=("resid",))
+    prep = prepare(model, tok, *bt.FACT)
+    draws = bt.noise_draws(model, prep, 2, sigma)
+    s, e = prep.subject_range
+    good, _ = bt.rome_loop(model, prep, draws, "prob", ("resid",), 1, [(0, s)])
+    assert abs(good["resid"][0, s] - ours.effects["resid"][0, s]) <= TOL
+    wrong, _ = bt.rome_loop(model, prep, draws, "prob", ("resid",), 1, [(0, s)])
+    wrong["resid"][0, s] = bt.rome_loop(model, prep, draws, "prob", ("resid",), 1, [(0, e)])[0]["resid"][0, e]
+    assert bt.max_diff(ours, wrong, ("resid",)) > TOL
+
+
+def test_goal_and_render():
+    assert goal("x", 12.0, 10.0, True)["met"] and not goal("x", 12.0, 10.0, False)["met"]
+    assert not goal("x", 2.0, 10.0, True)["met"]
+    info = machine_info()
+    assert info["cores"] >= 1 and len(info["load_average_start"]) == 3 and info["torch"]
+    sec = Section("S", table(["a", "b"], [[1, 2.5]]), [goal("g", 3.0, 2.0, True)])
+    md = render(info, [sec], 1.0, quick=True)
+    assert "## Machine" in md and "| g | 3.00x | >= 2x | yes | met |" in md and "| 1 | 2.5 |" in md
