@@ -7,10 +7,10 @@ Every section returns a `Section`: markdown (tables, notes) plus `goals` (name, 
 counts after the outputs of the two sides were compared (max abs difference <= TOL); a mismatch is reported as such
 and the ratio is not claimed.
 
-Peak memory: a background thread samples this process's resident set size (/proc/self/statm) every 2 ms while the
+Peak memory: a background thread samples this process's resident set size (/proc/self/statm) every 50 ms while the
 timed call runs; we report peak RSS minus RSS at the start of the call (MiB). torch's CPU allocator is invisible to
 tracemalloc, and ru_maxrss only ever grows, so neither gives per-call peaks; the sampler can miss a spike shorter
-than 2 ms.
+than 50 ms (a faster sampler competes for the GIL and slows Python-heavy loops, i.e. the peers).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _rss_bytes() -> int:
 class PeakRSS:
     """Context manager: .peak_mib = max sampled RSS during the block minus RSS at entry."""
 
-    def __init__(self, interval: float = 0.002):
+    def __init__(self, interval: float = 0.05):
         self.interval, self.peak_mib = interval, 0.0
 
     def __enter__(self):
