@@ -11,7 +11,8 @@ from workbench.pipeline import PipelineConfig, run
 
 def _micro_cfg(out) -> PipelineConfig:
     return PipelineConfig(model="organism:micro", out=str(out), n_facts=3, n_samples=3, window=2,
-                          retrace_facts=3, evaluation={"limit": 3, "max_new_tokens": 24})
+                          retrace_facts=3, evaluation={"limit": 3, "max_new_tokens": 24},
+                          figures=str(out) + "-figures")  # never the repo's figures/
 
 
 @pytest.mark.slow
