@@ -282,8 +282,11 @@ def info(path: str | Path) -> dict:
     return json.loads((Path(path) / "organism.json").read_text())
 
 
-def with_overrides(name: str, **kw) -> OrganismConfig:
-    return replace(PRESETS[name], **kw)
+def with_overrides(preset: str, /, **kw) -> OrganismConfig:
+    """A preset with some fields changed (``name=`` renames it, so it caches apart)."""
+    if preset not in PRESETS:
+        raise KeyError(f"organism preset {preset!r} unknown; expected one of {sorted(PRESETS)}")
+    return replace(PRESETS[preset], **kw)
 
 
 def load_corpus(path: str | Path) -> Corpus:
