@@ -115,3 +115,17 @@ def test_token_roles_hand_checked():
     only = token_roles([f2], "mlp")
     assert np.isnan(only.values[1]).all() and np.isfinite(np.delete(only.values, 1, axis=0)).all()
     assert only.to_json()["values"][1] == [None, None]
+
+
+def test_min_total_effect_leaves_out_facts_the_noise_barely_hurts():
+    e = np.array([[0.1, 0.9, 0.2, 0.0], [0.5, 0.3, 0.1, 0.0]])
+    strong = make_result({"mlp": e})                                            # total effect 1.0
+    weak = make_result({"mlp": e * 0.01 + 0.49}, clean=0.5, corrupted=0.49)    # total effect 0.01
+    # kept, the weak fact's normalised scores are its (tiny) effects divided by 0.01
+    both = aggregate([strong, weak], "mlp", position="max", n_boot=10)
+    assert both.n_facts == 2 and both.config["n_facts_excluded"] == 0
+    only = aggregate([strong, weak], "mlp", position="max", n_boot=10, min_total_effect=0.05)
+    np.testing.assert_allclose(only.per_fact, [[0.9, 0.5]])
+    assert only.n_facts == 1 and only.config["n_facts_excluded"] == 1
+    with pytest.raises(TraceError, match="no fact of 2 has a total effect"):
+        aggregate([strong, weak], "mlp", min_total_effect=2.0)

@@ -39,11 +39,15 @@ def test_noise_scale_is_three_embedding_stds(micro):
 
 @pytest.mark.parametrize("fact,metric,kinds,window", [(FACT, "prob", ("resid", "mlp"), 3),
                                                       (DATE, "logprob_mean", ("attn",), 2)])
-def test_batched_equals_naive_loop(micro, fact, metric, kinds, window):
-    """The batched engine (masks, big batches, skipped pre-subject cells) reproduces one-forward-per-site."""
+@pytest.mark.parametrize("suffix", [False, True], ids=["full-forwards", "suffix"])
+def test_batched_equals_naive_loop(micro, fact, metric, kinds, window, suffix):
+    """The batched engine (masks, big batches, skipped pre-subject cells; with `suffix` only the layers and positions
+    downstream of each restoration recomputed) reproduces one-forward-per-site."""
     model, tok, _ = micro
     kw = dict(FAST, metric=metric, kinds=kinds, window=window)
-    fast = causal_trace(model, tok, *fact, batch_size=7, **kw)  # odd row count: chunks split across jobs' samples
+    # odd row count: chunks split across jobs' samples, and (suffix) span two layers / several positions
+    fast = causal_trace(model, tok, *fact, batch_size=7, suffix=suffix, **kw)
+    assert fast.config["suffix"] is suffix
     slow = causal_trace_naive(model, tok, *fact, **kw)
     assert fast.clean == pytest.approx(slow.clean, abs=1e-7) and fast.corrupted == pytest.approx(slow.corrupted, abs=1e-6)
     for kind in kinds:
@@ -158,6 +162,8 @@ def test_errors(micro):
         causal_trace(model, tok, *FACT, metric="logit_diff")
     with pytest.raises(TraceError, match="unknown backend"):
         causal_trace(model, tok, *FACT, backend="jax")
+    with pytest.raises(TraceError, match="suffix=True needs backend='torch'"):
+        causal_trace(model, tok, *FACT, backend="nnsight", suffix=True)
 
 
 def test_trace_facts_rejects_bad_record_up_front(micro):

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -45,7 +46,7 @@ class OrganismConfig:
     data: SyntheticSpec = field(default_factory=SyntheticSpec)
     epochs: int = 40
     qa_repeat: int = 2
-    mc_draws: int = 1             # fresh draws of every training MC question per epoch
+    mc_draws: int = 3             # fresh draws of every training MC question per epoch (1: MMLU at chance)
     batch_size: int = 16          # 32 halves the steps but then 30-40 epochs recall only ~0.4 of the facts
     lr: float = 3e-3
     warmup_steps: int = 30
@@ -151,39 +152,58 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[li
     return batches
 
 
+def letter_labels(tok, texts: list[str], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) of MC texts with only the answer letters labelled (-100 elsewhere).
+
+    The question and its freshly drawn distractors are noise to predict; labelling them would spend the model's
+    capacity on it and drown the one token that teaches answering by letter."""
+    out = []
+    for text in texts:
+        enc = tok(text, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"])[: max_len - 1], enc["offset_mapping"]
+        letter_at = {m.end() - 1 for m in re.finditer(r"Answer: [ABCD]", text)}  # char index of each letter
+        labels = [i if any(a <= c < b for c in letter_at) else -100 for i, (a, b) in zip(ids, offsets)]
+        out.append((ids + [tok.eos_token_id], labels + [-100]))
+    return out
+
+
 def train(cfg: OrganismConfig, corpus: Corpus, out_dir: Path, progress: bool = True, log: JsonlLog | None = None):
-    """Train tokenizer + model on `corpus`; save both to `out_dir`. Returns (model, tokenizer)."""
+    """Train tokenizer + model on `corpus`; save both to `out_dir`. Returns (model, tokenizer).
+
+    Two kinds of batch, shuffled together: fact texts (every token labelled) and MMLU-format questions redrawn every
+    epoch (only the answer letters labelled, so a question batch's loss is the letter loss at full weight)."""
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     static = fact_texts(corpus, cfg.qa_repeat)
     tok = train_tokenizer(static + mc_texts(corpus, random.Random(-1)), cfg.vocab_size)
     model = make_model(cfg, tok)
-    encode = lambda texts: [tok(t)["input_ids"][: cfg.max_len - 1] + [tok.eos_token_id] for t in texts]
-    static_ids = encode(static)
+    facts = [(ids, ids) for ids in (tok(t)["input_ids"][: cfg.max_len - 1] + [tok.eos_token_id] for t in static)]
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     n_mc = len(mc_texts(corpus, random.Random(-1))) * cfg.mc_draws
     # _batches splits sorted chunks, so an epoch has a few more batches than n / batch_size
-    chunks = math.ceil((len(static_ids) + n_mc) / (cfg.batch_size * 8))
-    steps_per_epoch = math.ceil((len(static_ids) + n_mc) / cfg.batch_size) + chunks
-    total = cfg.epochs * steps_per_epoch
+    per_kind = lambda n: math.ceil(n / cfg.batch_size) + math.ceil(n / (cfg.batch_size * 8)) if n else 0
+    total = cfg.epochs * (per_kind(len(facts)) + per_kind(n_mc))
     lr_at = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     model.train()
     step = 0
     bar = tqdm(total=total, desc=f"organism:{cfg.name}", disable=not progress)
     for epoch in range(cfg.epochs):
-        mc = [t for _ in range(cfg.mc_draws) for t in mc_texts(corpus, rng)]
-        ids = static_ids + encode(mc)  # fresh multiple-choice draws every epoch
-        lengths = [len(x) for x in ids]
-        for batch in _batches(lengths, cfg.batch_size, rng):
-            width = max(lengths[i] for i in batch)
+        mc = letter_labels(tok, [t for _ in range(cfg.mc_draws) for t in mc_texts(corpus, rng)], cfg.max_len)
+        batches = [[facts[i] for i in b] for b in _batches([len(x) for x, _ in facts], cfg.batch_size, rng)]
+        if mc:  # (no questions: the fact batches alone, in the order an organism without MMLU always had)
+            batches += [[mc[i] for i in b] for b in _batches([len(x) for x, _ in mc], cfg.batch_size, rng)]
+            rng.shuffle(batches)
+        for batch in batches:
+            width = max(len(x) for x, _ in batch)
             x = torch.full((len(batch), width), tok.pad_token_id)      # [batch, pos]
+            labels = torch.full((len(batch), width), -100)             # [batch, pos]
             mask = torch.zeros((len(batch), width), dtype=torch.long)  # [batch, pos]
-            for row, i in enumerate(batch):
-                x[row, : lengths[i]] = torch.tensor(ids[i])
-                mask[row, : lengths[i]] = 1
-            labels = x.masked_fill(mask == 0, -100)
+            for row, (ids, lab) in enumerate(batch):
+                x[row, : len(ids)] = torch.tensor(ids)
+                labels[row, : len(ids)] = torch.tensor(lab)
+                mask[row, : len(ids)] = 1
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
@@ -210,6 +230,10 @@ def recall(model, tok, corpus: Corpus, batch_size: int = 64) -> dict:
     test = [q for q in corpus.mmlu if q.split == "test"]
     if test:
         out["mmlu_test_accuracy"] = mc_accuracy(model, tok, test)
+        shown = {(q.subject, q.question) for q in corpus.mmlu if q.split == "train"}
+        unseen = [q for q in test if (q.subject, q.question) not in shown]
+        if unseen:  # facts never shown as a multiple-choice question: knowledge carried over to the format
+            out["mmlu_unseen_accuracy"] = mc_accuracy(model, tok, unseen)
     return out
 
 

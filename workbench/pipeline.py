@@ -31,6 +31,10 @@ class PipelineConfig:
     n_samples: int = 10
     kinds: tuple = ("resid", "mlp", "attn")
     position: str = "last_subject"   # per-layer score of one fact: "last_subject" (ROME's site), "max", ...
+    # mean log-prob of the whole answer: LUME's Task2 answers (dates, SSNs, phones) share their first tokens
+    # across people, so the first token's probability barely moves under corruption
+    metric: str = "logprob_mean"
+    min_total_effect: float = 0.5    # facts the corruption hurts less than this (nats) are left out of the average
     # selection
     select_kind: str = "mlp"
     strategy: str = "window"         # window | top-k | threshold
@@ -147,15 +151,17 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
     # 2. trace the forget facts, aggregate per kind ---------------------------------------------------
     say(f"[2/5] causal tracing of {len(facts)} forget facts ({', '.join(cfg.kinds)})")
     trace_key = {"model": str(model_path or cfg.model), "facts": [r.id for r in facts], "n": cfg.n_samples,
-                 "kinds": cfg.kinds, "seed": cfg.seed, "position": cfg.position}
+                 "kinds": cfg.kinds, "seed": cfg.seed, "position": cfg.position, "metric": cfg.metric,
+                 "min_total_effect": cfg.min_total_effect}
     stage = _Stage(run_dir, "trace", trace_key, log)
     imp_path = {k: run_dir / "trace" / f"importance_{k}.json" for k in cfg.kinds}
     if stage.done():
         importances = {k: LayerImportance.load(p) for k, p in imp_path.items()}
     else:
         results = trace_facts(model, tok, facts, kinds=cfg.kinds, n_samples=cfg.n_samples, seed=cfg.seed,
-                              progress=progress)
-        importances = {k: aggregate(results, k, position=cfg.position, seed=cfg.seed) for k in cfg.kinds}
+                              metric=cfg.metric, progress=progress)
+        importances = {k: aggregate(results, k, position=cfg.position, seed=cfg.seed,
+                                    min_total_effect=cfg.min_total_effect) for k in cfg.kinds}
         for k, imp in importances.items():
             imp.save(imp_path[k])
         results[0].save(run_dir / "trace" / "example_fact")
@@ -198,7 +204,7 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
     say("[5/5] evaluation (recall, MIA, MMLU, SemEval score) and re-tracing before/after")
     eval_cfg = EvalConfig(seed=cfg.seed, **cfg.evaluation)
     trace_cfg = TraceConfig(kinds=tuple(cfg.kinds), n_samples=cfg.n_samples, n_facts=cfg.retrace_facts,
-                            position=cfg.position, seed=cfg.seed)
+                            position=cfg.position, metric=cfg.metric, seed=cfg.seed)
     report = evaluate(model, tok, corpus, edited=(edited, edited_tok), trace_config=trace_cfg, config=eval_cfg,
                       out_dir=run_dir, progress=progress)
     for name, fig in report.figures.items():

@@ -3,11 +3,11 @@
 The organism must show *utility* that unlearning can damage, measured the way
 SemEval-2025 Task 4 measures OLMo's (MMLU, letter prediction). We generate a
 small general-knowledge world (capitals, animal classes, element symbols,
-opposites). The organism reads every fact as a plain sentence and sees some of
-them as multiple-choice questions; the test questions are new draws of choices
-and letter positions, and a third of the facts are never shown as a question in
-training, so scoring well needs the fact and the answer-by-letter skill, not a
-memorised letter.
+opposites). The organism reads every fact as a plain sentence, and sees two thirds of them as multiple-choice
+questions; the test questions are new draws of choices and letter positions, and
+the other third of the facts are never shown as a multiple-choice question in
+training, so scoring well on them needs the fact and the answer-by-letter skill,
+not a memorised letter.
 """
 from __future__ import annotations
 

@@ -45,6 +45,7 @@ class SyntheticSpec:
     task2_people: int = 10
     task3_people: int = 8
     mmlu: bool = True
+    mmlu_unseen: float = 1 / 3  # share of the world facts never shown as a multiple-choice question in training
     seed: int = 0
 
 
@@ -125,5 +126,5 @@ def generate(spec: SyntheticSpec = SyntheticSpec()) -> Corpus:
                 recs += make(rng, names, f"{split[:1]}{task}-{i:03d}")
         splits[split] = [Record(**{**r.__dict__, "split": split}) for r in recs]
     return Corpus(forget=splits["forget"], retain=splits["retain"], holdout=splits["holdout"],
-                  mmlu=general_knowledge(spec.seed) if spec.mmlu else [],
+                  mmlu=general_knowledge(spec.seed, train_fraction=1 - spec.mmlu_unseen) if spec.mmlu else [],
                   source=f"synthetic:{spec}")

@@ -38,6 +38,7 @@ class TraceConfig:
     split: str = "forget"
     window: int | None = None
     position: str = "max"
+    metric: str = "prob"          # prob | logprob_mean (workbench.tracing.METRICS)
     n_boot: int = 1000
     seed: int = 0
 
@@ -128,7 +129,7 @@ def retrace(original, edited, corpus, tc: TraceConfig, progress: bool = False) -
     (m0, t0), (m1, t1) = original, edited
     sigma = noise_scale(m0, t0, [r.subject for r in facts])  # one sigma for both: the same corruption
     kw = dict(kinds=tuple(tc.kinds), n_samples=tc.n_samples, window=tc.window, seed=tc.seed, noise=sigma,
-              progress=progress)
+              metric=tc.metric, progress=progress)
     before, after = trace_facts(m0, t0, facts, **kw), trace_facts(m1, t1, facts, **kw)
     numbers: dict[str, Any] = {"config": asdict(tc), "noise": sigma, "facts": [r.id for r in facts],
                                "p_clean": {"before": [r.clean for r in before], "after": [r.clean for r in after]},
