@@ -129,3 +129,13 @@ def test_min_total_effect_leaves_out_facts_the_noise_barely_hurts():
     assert only.n_facts == 1 and only.config["n_facts_excluded"] == 1
     with pytest.raises(TraceError, match="no fact of 2 has a total effect"):
         aggregate([strong, weak], "mlp", min_total_effect=2.0)
+
+
+def test_raw_indirect_effect_is_not_normalised():
+    e = np.array([[0.1, 0.5, 0.2, 0.1], [0.3, 0.3, 0.1, 0.1]])
+    r = make_result({"mlp": e}, clean=0.5, corrupted=0.1)
+    raw = aggregate([r], "mlp", position="max", n_boot=10, normalise=False)
+    np.testing.assert_allclose(raw.mean, [0.4, 0.2])          # max over positions of e - 0.1
+    norm = aggregate([r], "mlp", position="max", n_boot=10)
+    np.testing.assert_allclose(norm.mean, [1.0, 0.5])         # ... divided by clean - corrupted = 0.4
+    assert raw.config["normalise"] is False and norm.config["normalise"] is True

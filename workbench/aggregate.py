@@ -121,13 +121,15 @@ def _source_provenance(results: list[TraceResult], **config) -> dict:
 
 
 def aggregate(results, kind: str, position: str = "max", n_boot: int = 1000, seed: int = 0,
-              min_total_effect: float = 0.0) -> LayerImportance:
+              min_total_effect: float = 0.0, normalise: bool = True) -> LayerImportance:
     """Mean normalised per-layer effect of `kind` over facts, with a 95% percentile bootstrap interval over facts.
 
     position: "max" (best position of each layer), "last_subject", "last" or "mean" over positions.
     min_total_effect: leave out facts whose clean - corrupted metric is below this (in the metric's units). The
     normalised effect divides by that difference, so a fact the noise barely hurts (e.g. a date whose first token
     is '1' for everyone) turns into amplified noise; ROME likewise averages over facts the corruption breaks.
+    normalise: False averages the raw indirect effect (metric units) instead, e.g. to compare a model before and
+    after unlearning, whose total effects differ.
     """
     if position not in POSITIONS:
         raise ConfigError(f"aggregate: position {position!r} is not one of {POSITIONS}")
@@ -140,10 +142,10 @@ def aggregate(results, kind: str, position: str = "max", n_boot: int = 1000, see
         if not results:
             raise TraceError(f"aggregate: no fact of {n_all} has a total effect (clean - corrupted) >= "
                              f"{min_total_effect}; lower min_total_effect or use a stronger noise")
-    per_fact = np.stack([r.layer_importance(kind, position) for r in results]).astype(float)  # [n_facts, n_layers]
+    per_fact = np.stack([r.layer_importance(kind, position, normalise) for r in results]).astype(float)  # [n_facts, n_layers]
     mean, lo, hi = bootstrap_mean(per_fact, n_boot=n_boot, seed=seed)
     cfg = {"kind": kind, "position": position, "n_boot": n_boot, "seed": seed,
-           "min_total_effect": min_total_effect, "n_facts_excluded": n_all - len(results)}
+           "min_total_effect": min_total_effect, "n_facts_excluded": n_all - len(results), "normalise": normalise}
     return LayerImportance(kind=kind, position=position, mean=mean, lo=lo, hi=hi, per_fact=per_fact,
                            method=results[0].method, metric=results[0].metric, n_boot=n_boot,
                            config=cfg, provenance=_source_provenance(results, **cfg))

@@ -197,9 +197,11 @@ def importance_curve(imps, labels=None, title: str | None = None, width="column"
     fig.update_yaxes(title_text="normalised effect<br>(mean, 95% CI)")
     fig.update_layout(title_text=title or f"Layer importance over {n} fact{'s' * (n != 1)} "
                                           f"(position: {imps[0].position})",
-                      legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.3, yanchor="top"))
-    paper_layout(fig, width=width, height=int(_width_px(width) * 0.9))
-    return fig.update_layout(margin=dict(b=110))
+                      # inside the axes: a horizontal legend below wraps unevenly at column width
+                      legend=dict(orientation="v", x=0.98, xanchor="right", y=0.98, yanchor="top",
+                                  bgcolor="rgba(255,255,255,0.75)"))
+    paper_layout(fig, width=width, height=int(_width_px(width) * 0.8))
+    return fig
 
 
 def token_role_heatmap(roles, width="column") -> go.Figure:
@@ -272,7 +274,9 @@ def before_after(before, after, kind: str = "resid", normalised: bool | None = N
     for c in (1, 2):   # before and after on one scale, so heights compare
         fig.update_yaxes(range=[lo - pad, hi + pad], row=1, col=c)
     fig.update_xaxes(title_text="layer", dtick=1 if b.n_layers <= 16 else None)
-    fig.update_yaxes(title_text="normalised effect", row=1, col=1)
+    raw = not b.config.get("normalise", True)
+    fig.update_yaxes(title_text=f"indirect effect<br>({metric_label(b.metric)})" if raw else "normalised effect",
+                     row=1, col=1)
     fig.update_layout(title_text=f"{kind_title(kind)}: layer importance, {b.n_facts} vs {a.n_facts} facts",
                       showlegend=False)
     return paper_layout(fig, width=width, height=int(_width_px(width) * 0.4))

@@ -52,9 +52,10 @@ class TraceResult:
         te = self.total_effect
         return self.indirect_effect(kind) / te if abs(te) > 1e-12 else np.zeros_like(self.effects[kind])
 
-    def layer_importance(self, kind: str, position: int | str = "max") -> np.ndarray:
-        """Per-layer score: the normalised effect at one position, or its max/mean over positions.  # [n_layers]"""
-        norm = self.normalised(kind)
+    def layer_importance(self, kind: str, position: int | str = "max", normalise: bool = True) -> np.ndarray:
+        """Per-layer score: the normalised (or raw indirect) effect at one position, or its max/mean over
+        positions.  # [n_layers]"""
+        norm = self.normalised(kind) if normalise else self.indirect_effect(kind)
         if position == "max":
             return norm.max(axis=1)
         if position == "mean":

@@ -147,7 +147,11 @@ def retrace(original, edited, corpus, tc: TraceConfig, progress: bool = False) -
             "ie_before": ie_b.mean(0).tolist(), "ie_after": ie_a.mean(0).tolist(),
             "ie_drop": d_mean.tolist(), "ie_drop_lo": d_lo.tolist(), "ie_drop_hi": d_hi.tolist(),
         }
-        figures[f"trace_{kind}"] = before_after(b, a, kind, labels=("original", "edited"))
+        # the figure shows raw indirect effects: normalising each model by its own total effect would blow up
+        # the edited model's (small, once the fact is gone) denominator
+        rb = aggregate(before, kind, tc.position, tc.n_boot, tc.seed, normalise=False)
+        ra = aggregate(after, kind, tc.position, tc.n_boot, tc.seed, normalise=False)
+        figures[f"trace_{kind}"] = before_after(rb, ra, kind, labels=("original", "edited"))
     return numbers, figures
 
 
