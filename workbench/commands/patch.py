@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .trace import parse_list, write_figures
+from .trace import add_run_args, parse_list, write_figures
 
 
 def add_parser(sub):
@@ -33,12 +33,7 @@ def add_parser(sub):
     p.add_argument("--attribution", action="store_true",
                    help="also run attribution patching and report its correlation with exact patching")
     p.add_argument("--backend", default="torch", help="torch, transformer_lens or nnsight (attribution: not nnsight)")
-    p.add_argument("--batch-size", type=int, help="rows per forward (default: from a memory budget)")
-    p.add_argument("--formats", default="html,png", help="figure formats: html,png,svg,pdf; 'none' for no figures")
-    p.add_argument("--dtype", help="model dtype, e.g. float32 or bfloat16")
-    p.add_argument("--device", help="e.g. cpu or cuda")
-    p.add_argument("--progress", action="store_true", help="show progress bars (stderr)")
-    p.add_argument("--out", required=True, help="output directory")
+    add_run_args(p)
     return p
 
 

@@ -42,13 +42,18 @@ def add_parser(sub):
     p.add_argument("--position", default="max", help="per-layer score: max, last_subject, last or mean")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--seed", type=int, default=0)
+    add_run_args(p)
+    return p
+
+
+def add_run_args(p) -> None:
+    """Flags `trace` and `patch` share: batching, figure formats, model dtype/device, progress, output dir."""
     p.add_argument("--batch-size", type=int, help="rows per forward (default: from a memory budget)")
     p.add_argument("--formats", default="html,png", help="figure formats: html,png,svg,pdf; 'none' for no figures")
     p.add_argument("--dtype", help="model dtype, e.g. float32 or bfloat16")
     p.add_argument("--device", help="e.g. cpu or cuda")
     p.add_argument("--progress", action="store_true", help="show progress bars (stderr)")
     p.add_argument("--out", required=True, help="output directory")
-    return p
 
 
 def parse_list(value: str, what: str, allowed=None) -> list[str]:

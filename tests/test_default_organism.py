@@ -1,0 +1,72 @@
+"""The README's claims about the default organism, checked on the real thing (slow: builds it, ~3 min on 2 cores).
+
+- it memorises its forget and retain facts (recall >= 0.95, the foundation issue's floor);
+- tracing its Task2 forget facts finds a clear peak: the MLP layer-importance interval of the peak layer lies above
+  every other layer's interval;
+- the pipeline's default editor (joint, preset "organism") at the selected layers meets the editor issue's targets.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from workbench import organism
+from workbench.aggregate import aggregate
+from workbench.data import questions
+from workbench.editors import unlearn
+from workbench.evaluation.generation import qa_accuracy
+from workbench.pipeline import PipelineConfig
+from workbench.selection import select_layers
+from workbench.tracing import trace_facts
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default():
+    path = organism.build("default", progress=False)
+    model, tok, corpus = organism.load("default")
+    return path, model, tok, corpus
+
+
+@pytest.fixture(scope="module")
+def mlp_importance(default):
+    _, model, tok, corpus = default
+    cfg = PipelineConfig()
+    facts = corpus.facts("forget", cfg.task)[: cfg.n_facts]
+    results = trace_facts(model, tok, facts, kinds=("mlp",), n_samples=cfg.n_samples, metric=cfg.metric,
+                          seed=cfg.seed, progress=False)
+    return aggregate(results, "mlp", position=cfg.position, seed=cfg.seed, min_total_effect=cfg.min_total_effect)
+
+
+def test_default_organism_recalls_its_facts(default):
+    path, *_ = default
+    recall = organism.info(path)["recall"]
+    assert recall["forget_qa_exact_match"] >= 0.95 and recall["retain_qa_exact_match"] >= 0.95, recall
+    assert recall["holdout_qa_exact_match"] <= 0.2, "held-out people must be unknown, or recall means nothing"
+
+
+def test_tracing_finds_a_clear_peak(mlp_importance):
+    imp = mlp_importance
+    peak = int(np.argmax(imp.mean))
+    others = [l for l in range(imp.n_layers) if l != peak]
+    assert imp.n_facts >= 16
+    assert imp.lo[peak] > max(imp.hi[l] for l in others), (imp.mean, imp.lo, imp.hi)
+
+
+def test_default_editor_meets_targets(default, mlp_importance, tmp_path):
+    path, model0, tok, corpus = default
+    cfg = PipelineConfig()
+    selection = select_layers(mlp_importance, strategy=cfg.strategy, window=cfg.window, k=cfg.k,
+                              threshold=cfg.threshold)
+    model = copy.deepcopy(model0)
+    start_f = qa_accuracy(model, tok, questions(corpus.forget))
+    start_r = qa_accuracy(model, tok, questions(corpus.retain))
+    unlearn(model, tok, corpus, cfg.method, selection, config={"seed": cfg.seed}, out_dir=tmp_path / "edited",
+            preset="organism", source=path)
+    f = qa_accuracy(model, tok, questions(corpus.forget))
+    r = qa_accuracy(model, tok, questions(corpus.retain))
+    assert f <= 0.2, f"{cfg.method}: forget EM {f} (start {start_f})"
+    assert r >= 0.8 * start_r, f"{cfg.method}: retain EM {r} (start {start_r})"
