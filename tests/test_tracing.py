@@ -193,3 +193,28 @@ def test_transformer_lens_backend_shares_weights(micro):
     assert (after - before).abs().max() > 1e-3
     torch.testing.assert_close(after, want, atol=1e-4, rtol=0)
     assert type(model.model.layers[0].mlp).__name__ == "OlmoMLP"
+
+
+@torch.no_grad()
+def test_suffix_groupings_agree_with_full_forwards(micro):
+    """Per-layer and per-(layer, position) grouping of the suffix engine give run_jobs' numbers for the same jobs."""
+    from workbench.tracing import CorruptedRun, run_jobs_suffix
+
+    model, tok, _ = micro
+    prep = prepare(model, tok, *FACT)
+    ids = prep.input_ids("prob", model.device)
+    fn, keep = metric_fn("prob", prep.answer_ids)
+    s, e = prep.subject_range
+    L, T = model.config.num_hidden_layers, ids.shape[1]
+    noise = torch.randn(2, e - s, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    run = get_backend(model, tok, "torch")
+    sites = [f"mlp_out.{l}" for l in range(L)] + [f"resid_post.{l}" for l in range(L)]
+    _, clean = clean_run(run, ids, sites, keep)
+    jobs = [[(f"resid_post.{l}", [t])] for l in range(L) for t in range(s, T)]
+    jobs += [[(f"mlp_out.{l}", [t]), (f"mlp_out.{l + 1}", [t])] for l in range(L - 1) for t in range(s, T)]
+    want = run_jobs(run, ids, jobs, clean, fn, keep, noise=noise, subject_range=(s, e), rows=8)
+    corrupted = CorruptedRun(model, ids, noise, (s, e))
+    for by_position in (False, True):
+        got = run_jobs_suffix(corrupted, jobs, clean, fn, keep, rows=8, by_position=by_position)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6, rtol=0)
+    assert float(want.max() - want.min()) > 0.05  # restorations matter: not a vacuous comparison
