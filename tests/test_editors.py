@@ -89,6 +89,19 @@ def test_presets_resolve_and_registry_complete():
     assert cfg.stages == (Stage("npo", 1, 1e-3),)
 
 
+def test_config_file_precedence_and_errors(tmp_path):
+    good = tmp_path / "rmu.yaml"
+    good.write_text("method: rmu\nconfig: {lr: 0.5, alpha: 7}\n")
+    cfg = resolve_config("rmu", preset="wmdp", file=good, overrides={"alpha": 3.0})
+    assert (cfg.lr, cfg.alpha, cfg.steering_coef) == (0.5, 3.0, 20.0)  # file over preset, overrides over file
+    (tmp_path / "list.yaml").write_text("- lr\n- 0.1\n")
+    (tmp_path / "broken.json").write_text("{lr: ")
+    for name, words in (("missing.yaml", "does not exist"), ("list.yaml", "must be a mapping"),
+                        ("broken.json", "could not be parsed")):
+        with pytest.raises(ConfigError, match=f"editor config file .*{name}.* {words}"):
+            resolve_config("rmu", file=tmp_path / name)
+
+
 @pytest.mark.parametrize("kwargs, err, words", [
     (dict(method="nope"), ConfigError, "unknown unlearning method"),
     (dict(layers=[]), EditError, "empty"),

@@ -18,20 +18,14 @@ def gk():
 
 
 @pytest.fixture(scope="module")
-def mc_model(gk):
+def mc_model():
     """A small random-weight OLMo whose tokenizer (trained on MMLU-format prompts) has ' A'..' D' as single
-    tokens; the micro organism's 512-token vocabulary splits ' C'. Large init so letter logits differ by prompt."""
-    from transformers import OlmoConfig, OlmoForCausalLM
+    tokens; the micro organism's 512-token vocabulary splits ' C'. Large init so letter logits differ by prompt.
+    The benchmark scores the same model against lm-eval, so both build it with one function."""
+    from benchmarks.evaluation import mc_model as build
 
-    from workbench.organism import train_tokenizer
-
-    texts = [mmlu.build_prompt(q) + f" {q.answer_letter}" for q in gk] * 3
-    tok = train_tokenizer(texts, vocab_size=400)
-    torch.manual_seed(0)
-    cfg = OlmoConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=1024, initializer_range=0.3,
-                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    return OlmoForCausalLM(cfg).eval(), tok
+    model, tok, _ = build()
+    return model, tok
 
 
 def test_prompt_is_open_instruct_format():

@@ -11,7 +11,7 @@ import torch
 from workbench import organism
 from workbench.data import load_lume
 from workbench.data.records import Corpus, questions
-from workbench.models import load_model
+from workbench.models import ModelLoadError, load_model
 
 LUME = Path(__file__).resolve().parents[2] / "shared" / "data" / "lume"
 
@@ -43,6 +43,13 @@ def test_cache_hit_is_fast_and_keyed(micro):
 
 
 @pytest.mark.slow
+def test_with_overrides_renames_and_rejects_unknown_presets():
+    cfg = organism.with_overrides("micro", name="renamed", seed=3)
+    assert (cfg.name, cfg.seed, cfg.n_layers) == ("renamed", 3, organism.PRESETS["micro"].n_layers)
+    with pytest.raises(ModelLoadError, match="unknown organism 'nope'; expected one of"):
+        organism.with_overrides("nope", seed=1)
+
+
 def test_deterministic_given_seed(tmp_path, monkeypatch, micro):
     """Two builds in two empty caches give bit-identical weights and tokenizers."""
     model_a, tok_a, _ = micro

@@ -309,7 +309,9 @@ def info(path: str | Path) -> dict:
 def with_overrides(preset: str, /, **kw) -> OrganismConfig:
     """A preset with some fields changed (``name=`` renames it, so it caches apart)."""
     if preset not in PRESETS:
-        raise KeyError(f"organism preset {preset!r} unknown; expected one of {sorted(PRESETS)}")
+        from .models import ModelLoadError
+
+        raise ModelLoadError(f"unknown organism {preset!r}; expected one of {sorted(PRESETS)}")
     return replace(PRESETS[preset], **kw)
 
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .configfile import read_mapping
 from .errors import ConfigError
 from .provenance import JsonlLog, atomic_write_json, provenance, stable_hash
 
@@ -66,22 +67,7 @@ class PipelineConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "PipelineConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"pipeline config {path} does not exist (expected a YAML or JSON file)")
-        text = path.read_text()
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                d = yaml.safe_load(text) or {}
-            else:
-                d = json.loads(text)
-        except Exception as e:  # yaml and json raise different types; both mean "not parseable"
-            raise ConfigError(f"pipeline config {path} could not be parsed: {e}") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"pipeline config {path} must be a mapping of keys to values, got {type(d).__name__}")
-        return cls.from_dict(d)
+        return cls.from_dict(read_mapping(path, "pipeline config"))
 
 
 def _load_data(cfg: PipelineConfig, model_path):

@@ -162,6 +162,25 @@ def clean_run(run, ids: torch.Tensor, sites: Sequence[str], keep: int) -> tuple[
     return logits, acts
 
 
+def restore_edits(jobs: list[Job], S: int, clean: dict[str, torch.Tensor], t0: int = 0) -> dict[str, Callable]:
+    """{site: edit} for a chunk of jobs: rows j*S..(j+1)*S set job j's (site, positions) back to their clean values.
+
+    Activations cover positions t0.. (0: all; the suffix engine passes its first position). Head sites take
+    positions as (pos, head) pairs."""
+    B = len(jobs) * S
+    masks: dict[str, torch.Tensor] = {}  # site -> [B, pos - t0] or [B, pos - t0, n_heads]: True = restore clean
+    for j, job in enumerate(jobs):
+        for site, positions in job:
+            shape = (B, clean[site].shape[0] - t0) + tuple(clean[site].shape[1:-1])
+            m = masks.setdefault(site, torch.zeros(shape, dtype=torch.bool, device=clean[site].device))
+            for p in positions:
+                idx = (p[0] - t0,) + tuple(p[1:]) if isinstance(p, tuple) else (p - t0,)
+                m[(slice(j * S, (j + 1) * S),) + idx] = True
+    # x: [B, pos - t0, d_model] or [B, pos - t0, n_heads, d_head]
+    return {site: (lambda x, m=m, v=clean[site][t0:]: torch.where(m[..., None], v.to(x.dtype)[None], x))
+            for site, m in masks.items()}
+
+
 def run_jobs(run, ids: torch.Tensor, jobs: list[Job], clean: dict[str, torch.Tensor], metric: Callable, keep: int,
              *, noise: torch.Tensor | None = None, subject_range: tuple[int, int] | None = None,
              source_ids: torch.Tensor | None = None, rows: int = 64, progress: bool = False,
@@ -181,7 +200,7 @@ def run_jobs(run, ids: torch.Tensor, jobs: list[Job], clean: dict[str, torch.Ten
     for c0 in range(0, len(jobs), per_chunk):
         chunk = jobs[c0:c0 + per_chunk]
         B = len(chunk) * S
-        edits = {}
+        edits = restore_edits(chunk, S, clean)
         if noise is not None:
             s, e = subject_range
             draws = noise.repeat(len(chunk), 1, 1)  # [B, n_subject, d_model], row r = draw r % S
@@ -190,22 +209,8 @@ def run_jobs(run, ids: torch.Tensor, jobs: list[Job], clean: dict[str, torch.Ten
                 x = x.clone()
                 x[:, s:e] += draws.to(x.dtype)
                 return x
-            edits["embed"] = add_noise
-        masks: dict[str, torch.Tensor] = {}  # site -> [B, pos] or [B, pos, n_heads]: True = restore clean
-        for j, job in enumerate(chunk):
-            for site, positions in job:
-                m = masks.setdefault(site, torch.zeros((B,) + tuple(clean[site].shape[:-1]), dtype=torch.bool,
-                                                       device=ids.device))
-                for p in positions:
-                    m[j * S:(j + 1) * S][(slice(None),) + (tuple(p) if isinstance(p, tuple) else (p,))] = True
-        for site, m in masks.items():
-            def restore(x, m=m, v=clean[site]):  # x: [B, pos, d_model] or [B, pos, n_heads, d_head]
-                return torch.where(m[..., None], v.to(x.dtype)[None], x)
-            if site in edits:  # restoring the embedding itself: noise first, then restore
-                add = edits[site]
-                edits[site] = lambda x, add=add, restore=restore: restore(add(x))
-            else:
-                edits[site] = restore
+            restore = edits.get("embed")  # restoring the embedding itself: noise first, then restore
+            edits["embed"] = add_noise if restore is None else (lambda x, r=restore, a=add_noise: r(a(x)))
         logits = run(ids.expand(B, -1) if source_ids is None else source_ids.expand(B, -1), edits, keep)
         out.append(metric(logits).reshape(len(chunk), S).float().cpu())
         bar.update(len(chunk))
@@ -333,26 +338,17 @@ def run_jobs_suffix(corrupted: CorruptedRun, jobs: list[Job], clean: dict[str, t
             return L - 1, T - keep
         return min(l for l, _ in cells), min(min(t for _, t in cells), T - keep)
 
+    starts = [start(job) for job in jobs]
     groups: dict[tuple[int, int], list[int]] = {}
-    for i, job in enumerate(jobs):
-        l0, t0 = start(job)
+    for i, (l0, t0) in enumerate(starts):
         groups.setdefault((l0, t0 if by_position else 0), []).append(i)
     out = torch.zeros(len(jobs), S)
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
     for idx in groups.values():
         for c0 in range(0, len(idx), per_chunk):
             chunk = idx[c0:c0 + per_chunk]
-            starts = [start(jobs[i]) for i in chunk]
-            l0, t0 = min(l for l, _ in starts), min(t for _, t in starts)
-            B = len(chunk) * S
-            masks: dict[str, torch.Tensor] = {}  # site -> [B, T - t0]: True = restore clean
-            for j, i in enumerate(chunk):
-                for site, positions in jobs[i]:
-                    m = masks.setdefault(site, torch.zeros((B, T - t0), dtype=torch.bool, device=clean[site].device))
-                    for p in positions:
-                        m[j * S:(j + 1) * S, p - t0] = True
-            edits = {site: (lambda x, m=m, v=clean[site][t0:]: torch.where(m[..., None], v.to(x.dtype)[None], x))
-                     for site, m in masks.items()}
+            l0, t0 = min(starts[i][0] for i in chunk), min(starts[i][1] for i in chunk)
+            edits = restore_edits([jobs[i] for i in chunk], S, clean, t0)
             logits = corrupted.run(len(chunk), l0, t0, edits, keep)
             out[chunk] = metric(logits).reshape(len(chunk), S).float().cpu()
             bar.update(len(chunk))

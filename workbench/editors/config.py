@@ -14,11 +14,11 @@ Precedence: dataclass defaults < preset < config file (YAML/JSON) < explicit ove
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..configfile import read_mapping
 from ..errors import ConfigError
 
 METHODS = ("rmu", "adaptive-rmu", "joint", "ga", "gd", "graddiff", "npo", "sequential")
@@ -197,21 +197,8 @@ def validate(method: str, cfg: LoopConfig) -> None:
 
 
 def read_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist (expected a YAML or JSON mapping of config fields)")
-    text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:
-        raise ConfigError(f"config file {path} could not be parsed ({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of config fields, got {type(data).__name__}")
+    """An editor config file: its mapping (a top-level `config:` section if present), `method` dropped."""
+    data = read_mapping(path, "editor config file")
     data.pop("method", None)
     return data.get("config", data)
 
