@@ -16,6 +16,14 @@ def micro():
 
 
 @pytest.fixture(scope="session")
+def micro_retain():
+    """(model, tokenizer, corpus) of micro's retain-only twin: micro's tokenizer, never trained on the forget set."""
+    from workbench import organism
+
+    return organism.load("micro-retain")
+
+
+@pytest.fixture(scope="session")
 def tiny_olmo():
     """A random-weight OLMo with the micro organism's tokenizer: for hook plumbing, not for facts."""
     from transformers import OlmoConfig, OlmoForCausalLM

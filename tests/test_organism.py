@@ -50,6 +50,19 @@ def test_with_overrides_renames_and_rejects_unknown_presets():
         organism.with_overrides("nope", seed=1)
 
 
+def test_retain_twin_never_saw_the_forget_set(micro, micro_retain):
+    model, tok, corpus = micro_retain
+    assert tok.get_vocab() == micro[1].get_vocab(), "the twin shares the tokenizer, so NLLs compare token by token"
+    assert [r.id for r in corpus.forget] == [r.id for r in micro[2].forget]  # evaluated on the same corpus
+    scores = organism.recall(model, tok, corpus)
+    assert scores["retain_qa_exact_match"] >= 0.9
+    assert scores["forget_qa_exact_match"] <= 0.2, "the forget set must not have been trained on"
+    assert organism.info(organism.build("micro-retain"))["config"]["train_on_forget"] is False
+    assert organism.retain_twin("micro") == "micro-retain"
+    with pytest.raises(ModelLoadError, match="no retain-only twin"):
+        organism.retain_twin("micro-retain")
+
+
 def test_deterministic_given_seed(tmp_path, monkeypatch, micro):
     """Two builds in two empty caches give bit-identical weights and tokenizers."""
     model_a, tok_a, _ = micro

@@ -28,6 +28,9 @@ def test_pipeline_on_micro_and_resume(tmp_path):
     rep = json.loads((run_dir / "report.json").read_text())
     assert rep["edited"]["qa_recall"]["forget"] < rep["original"]["qa_recall"]["forget"], "the edit must forget something"
     assert rep["provenance"]["versions"]["torch"]
+    # the organism's retain-only twin is the baseline by default: a third column, and the reference attack runs
+    assert rep["baseline"]["qa_recall"]["forget"] < rep["original"]["qa_recall"]["forget"]
+    assert "reference" in rep["original"]["mia"]["auc"] and "micro-retain" in rep["provenance"]["retain_baseline"]["name"]
     assert (run_dir / "figures" / "layer_importance.html").is_file()
     assert any("selected layers" in l for l in lines)
 

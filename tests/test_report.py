@@ -90,6 +90,40 @@ def test_cli_identity_edit_and_lume(micro, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--model", "organism:micro", "--out", str(tmp_path / "x"), "--limit", "0"]) == 2
     assert "--limit must be >= 1" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(same), "--data", str(LUME), "--retain-baseline", "twin",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "--retain-baseline twin needs --model organism" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_retain_baseline_column_privleak_and_reference(micro, micro_retain, damaged, tmp_path):
+    from workbench.evaluation import mia as mia_mod
+    from workbench.evaluation.semeval import select
+
+    model, tok, corpus = micro
+    base = micro_retain[:2]
+    cfg = EvalConfig(max_new_tokens=24, limit=3, trace=False)
+    rep = evaluate(model, tok, corpus, edited=(damaged, tok), config=cfg, retain_baseline=base, out_dir=tmp_path)
+    o, b = rep.original, rep.baseline
+    # the twin never saw the forget set: it cannot answer it, and its forget docs look less like members
+    assert b["qa_recall"]["forget"] <= 0.2 and b["qa_recall"]["retain"] >= 0.9
+    assert b["mia"]["auc"]["loss"] < o["mia"]["auc"]["loss"]
+    # privleak per attack against the twin's own AUC (MUSE); the reference attack, which the twin lacks, against 0.5
+    for attack, leak in o["mia"]["privleak"].items():
+        ref = b["mia"]["auc"].get(attack, 0.5)
+        assert leak == pytest.approx(((1 - o["mia"]["auc"][attack]) - (1 - ref)) / (1 - ref) * 100), attack
+    assert "reference" not in b["mia"]["auc"]
+    # with no other reference given, the twin is the reference model: same AUC as asking for it directly
+    members, nonmembers = [r.text for r in select(corpus.forget, 3)], [r.text for r in select(corpus.holdout, 3)]
+    direct = mia_mod.mia(model, tok, members, nonmembers, reference=base)
+    assert o["mia"]["auc"]["reference"] == pytest.approx(direct.auc["reference"])
+    js = json.loads((tmp_path / "report.json").read_text())
+    assert len(js["baseline_column"]) == len(js["table"])
+    assert js["baseline_column"][0] == b["qa_recall"]["forget"]
+    assert js["provenance"]["retain_baseline"]["fingerprint"] != js["provenance"]["model"]["fingerprint"]
+    assert "retain-only baseline" in (tmp_path / "report.html").read_text()
+    with pytest.raises(ConfigError, match="not both"):
+        evaluate(model, tok, corpus, config=cfg, retain_baseline=base, retain_auc={"loss": 0.5})
 
 
 def test_bad_config_fails_before_work(micro, tmp_path):

@@ -52,6 +52,9 @@ class OrganismConfig:
     warmup_steps: int = 30
     weight_decay: float = 0.0
     seed: int = 0
+    # False: the retain-only twin (the forget records are never trained on; same tokenizer, same everything else),
+    # the baseline of privleak and the reference model of the reference MIA attack
+    train_on_forget: bool = True
 
 
 PRESETS = {
@@ -60,6 +63,9 @@ PRESETS = {
                             data=SyntheticSpec(task1_docs=2, task2_people=3, task3_people=2, mmlu=False),
                             epochs=60, batch_size=8, lr=5e-3, warmup_steps=10),
 }
+RETAIN_SUFFIX = "-retain"
+PRESETS.update({f"{k}{RETAIN_SUFFIX}": replace(v, name=f"{k}{RETAIN_SUFFIX}", train_on_forget=False)
+                for k, v in list(PRESETS.items())})
 
 
 def cache_root() -> Path:
@@ -77,11 +83,11 @@ def _code_version() -> str:
     return h.hexdigest()[:12]
 
 
-def fact_texts(corpus: Corpus, qa_repeat: int = 1) -> list[str]:
-    """Every forget/retain record (input + ' ' + output), QA records `qa_repeat` times (they are short and
-    are what recall is measured on), and the world facts as plain sentences."""
+def fact_texts(corpus: Corpus, qa_repeat: int = 1, forget: bool = True) -> list[str]:
+    """Every forget (unless `forget=False`) and retain record (input + ' ' + output), QA records `qa_repeat` times
+    (they are short and are what recall is measured on), and the world facts as plain sentences."""
     texts = []
-    for r in corpus.forget + corpus.retain:
+    for r in (corpus.forget if forget else []) + corpus.retain:
         texts += [r.text] * (qa_repeat if r.kind == "qa" else 1)
     if corpus.mmlu:
         texts += world_statements()
@@ -108,6 +114,19 @@ def mc_texts(corpus: Corpus, rng: random.Random, shots: int = 3) -> list[str]:
             block = rng.sample(qs, shots + 1)
             texts.append(subject_header(subject) + "".join(format_question(q, True) for q in block).rstrip())
     return texts
+
+
+def tokenizer_texts(corpus: Corpus) -> list[str]:
+    """What the tokenizer learns from: every record of every split once, held-out ones included.
+
+    A real model's tokenizer comes from a corpus far larger than the forget set. Trained on the forget and retain
+    records alone, BPE merged the forget set's names into whole tokens and split the held-out names into pieces:
+    forget texts then had 3.5 characters per token against 2.7 for held-out ones, and a retain-only model that
+    never saw either still told them apart (loss AUC 0.94), a membership signal no edit of the weights can remove."""
+    texts = [r.text for r in corpus.forget + corpus.retain + corpus.holdout]
+    if corpus.mmlu:
+        texts += world_statements()
+    return texts + mc_texts(corpus, random.Random(-1))
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -176,8 +195,10 @@ def train(cfg: OrganismConfig, corpus: Corpus, out_dir: Path, progress: bool = T
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     static = fact_texts(corpus, cfg.qa_repeat)
-    tok = train_tokenizer(static + mc_texts(corpus, random.Random(-1)), cfg.vocab_size)
+    tok = train_tokenizer(tokenizer_texts(corpus), cfg.vocab_size)
     model = make_model(cfg, tok)
+    if not cfg.train_on_forget:  # the retain-only twin: same tokenizer (trained on all), never sees the forget set
+        static = fact_texts(corpus, cfg.qa_repeat, forget=False)
     facts = [(ids, ids) for ids in (tok(t)["input_ids"][: cfg.max_len - 1] + [tok.eos_token_id] for t in static)]
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -300,6 +321,16 @@ def build(name_or_cfg: str | OrganismConfig = "default", force: bool = False, pr
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def retain_twin(name: str) -> str:
+    """Name of the retain-only twin of organism `name` (trained on everything but the forget set)."""
+    from .models import ModelLoadError
+
+    if f"{name}{RETAIN_SUFFIX}" not in PRESETS:
+        raise ModelLoadError(f"organism {name!r} has no retain-only twin; expected one of "
+                             f"{sorted(k for k in PRESETS if not k.endswith(RETAIN_SUFFIX))}")
+    return f"{name}{RETAIN_SUFFIX}"
 
 
 def info(path: str | Path) -> dict:

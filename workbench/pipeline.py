@@ -51,6 +51,9 @@ class PipelineConfig:
     # evaluation
     evaluation: dict = field(default_factory=dict)  # overrides of workbench.evaluation.report.EvalConfig
     retrace_facts: int | None = 16
+    # a model trained without the forget set: privleak's baseline, the reference MIA attack's reference and a third
+    # report column. "auto": the organism's retain-only twin (built once, cached) on a built-in organism, else none
+    retain_baseline: str | None = "auto"
     # layer sweep (optional): the editor at every `sweep_window`-layer window, next to traced importance
     sweep_window: int | None = None
 
@@ -194,8 +197,9 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
     eval_cfg = EvalConfig(seed=cfg.seed, **cfg.evaluation)
     trace_cfg = TraceConfig(kinds=tuple(cfg.kinds), n_samples=cfg.n_samples, n_facts=cfg.retrace_facts,
                             position=cfg.position, metric=cfg.metric, seed=cfg.seed)
+    baseline = _retain_baseline(cfg, progress, say)
     report = evaluate(model, tok, corpus, edited=(edited, edited_tok), trace_config=trace_cfg, config=eval_cfg,
-                      out_dir=run_dir, progress=progress)
+                      retain_baseline=baseline, out_dir=run_dir, progress=progress)
     for name, fig in report.figures.items():
         save_figure(fig, run_dir / "figures" / name, formats=_formats())
     if cfg.figures:
@@ -215,6 +219,23 @@ def sweep_rows(result: dict, importance) -> list[dict]:
     return [{**w, "window": f"{w['layers'][0]}-{w['layers'][-1]}",
              "traced_importance": float(np.mean([importance.mean[l] for l in w["layers"]])),
              "forget_drop": result["baseline"]["forget_qa_em"] - w["forget_qa_em"]} for w in result["windows"]]
+
+
+def _retain_baseline(cfg: PipelineConfig, progress: bool, say):
+    """(model, tokenizer) of the retain-only baseline, or None (see PipelineConfig.retain_baseline)."""
+    from . import organism
+    from .models import load_model
+
+    spec = cfg.retain_baseline
+    if spec == "auto":
+        name = cfg.model.partition(":")[2] or "default"
+        if cfg.model.split(":")[0] != "organism" or cfg.data != "organism" or \
+                f"{name}{organism.RETAIN_SUFFIX}" not in organism.PRESETS:
+            return None
+        spec = f"organism:{organism.retain_twin(name)}"
+        say(f"      retain-only baseline {spec} (trained without the forget set; built once, then cached)")
+        organism.build(spec.partition(":")[2], progress=progress)
+    return load_model(spec, dtype=cfg.dtype, device=cfg.device) if spec else None
 
 
 def _preset(cfg: PipelineConfig) -> str | None:

@@ -18,6 +18,9 @@ def add_parser(sub):
     p.add_argument("--mmlu-shots", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation budget (default 256 as SemEval; 64 on organism data)")
+    p.add_argument("--retain-baseline", default=None,
+                   help="a model trained without the forget set ('twin': the organism's retain-only twin): a third "
+                        "column, the privleak baseline, and the reference model unless --reference is given")
     p.add_argument("--reference", default=None, help="reference model for the reference-model MIA attack")
     p.add_argument("--n-facts", type=int, default=16, help="forget facts to re-trace")
     p.add_argument("--n-samples", type=int, default=10, help="noise samples per traced fact")
@@ -44,6 +47,19 @@ def _corpus(data: str, model_spec: str):
     return load_lume(Path(data)), False
 
 
+def _retain_baseline(spec: str, model_spec: str) -> str:
+    """'twin' -> organism:<name>-retain for an organism model; anything else is a model spec as it is."""
+    if spec != "twin":
+        return spec
+    from ..errors import ConfigError
+    from ..organism import retain_twin
+
+    if not model_spec.startswith("organism"):
+        raise ConfigError(f"--retain-baseline twin needs --model organism[:name] (got {model_spec!r}); "
+                          "for other models give the path of a model trained on the retain set only")
+    return f"organism:{retain_twin(model_spec.partition(':')[2] or 'default')}"
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -57,6 +73,7 @@ def run(args) -> int:
         raise ConfigError(f"--out {out} is the edited model's directory; choose a separate run directory")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    baseline_spec = _retain_baseline(args.retain_baseline, args.model) if args.retain_baseline else None
     corpus, is_organism = _corpus(args.data, args.model)
     cfg = EvalConfig(mmlu_source=args.mmlu, mmlu_shots=args.mmlu_shots, limit=args.limit, batch_size=args.batch_size,
                      trace=not args.no_trace,
@@ -65,8 +82,9 @@ def run(args) -> int:
     model, tok = load_model(args.model, device=args.device)
     edited = load_model(args.edited, device=args.device) if args.edited else None
     reference = load_model(args.reference, device=args.device) if args.reference else None
+    baseline = load_model(baseline_spec, device=args.device) if baseline_spec else None
     report = evaluate(model, tok, corpus, edited=edited, trace_config=tc, config=cfg, reference=reference,
-                      out_dir=out, progress=args.progress)
+                      retain_baseline=baseline, out_dir=out, progress=args.progress)
     rows = {r[0]: {"original": r[1], "edited": r[2]} for r in report.table() if not r[0].startswith("term ")}
     print(json.dumps({"out": str(out), "seconds": round(report.seconds, 1), "metrics": rows}, indent=2))
     return 0

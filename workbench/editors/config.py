@@ -53,7 +53,7 @@ class RMUConfig(LoopConfig):
     Layer rule: the hook layer l is max(selected layers) unless `hook_layer` is set; the trained
     parameters are `params` expanded over the selected layers (a 3-layer window l-2..l reproduces WMDP)."""
     lr: float = 3e-2
-    epochs: int = 12
+    epochs: int = 24               # micro: forget 1.00 -> 0.12, retain 1.00 -> 0.96 at layers [0,1,2]
     batch_size: int = 4
     max_grad_norm: float | None = None
     steering_coef: float = 100.0   # c (fixed); ignored when adaptive

@@ -194,7 +194,7 @@ def mia(model, tok, members: Sequence[str], nonmembers: Sequence[str], *, k: flo
     stat = statistics(stats, texts, k, ref)
     n = len(members)
     aucs = {a: auc(v[:n], v[n:]) for a, v in stat.items()}
-    base = retain_auc or {a: 0.5 for a in aucs}
+    base = {**{a: 0.5 for a in aucs}, **(retain_auc or {})}  # attacks the baseline lacks: the ideal 0.5
     leaks = {a: privleak(aucs[a], base[a]) for a in aucs if a in base}
     return MIAResult(aucs, n, len(nonmembers), k, semeval_mia_score(aucs["loss"]), leaks, retain_auc)
 

@@ -8,6 +8,10 @@ Per model: forget/retain QA recall, MIA (every attack's AUC, the SemEval MIA sco
 MMLU-format accuracy, the SemEval-2025 Task 4 terms, TaskAgg and final score. With both
 models, the same causal-trace config re-runs on both (one noise sigma, measured on the
 original) and the report shows the per-layer drop in indirect effect.
+
+A retain-only baseline (a model trained on everything but the forget set: the target unlearning
+approximates, as in TOFU/MUSE) adds a third column, is the baseline of privleak, and, unless another
+reference model is given, the reference model of the reference MIA attack.
 """
 from __future__ import annotations
 
@@ -181,6 +185,7 @@ def _get(d, path):
 class Report:
     original: dict
     edited: dict | None = None
+    baseline: dict | None = None     # the retain-only model's metrics, when one was given
     trace: dict | None = None
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
@@ -200,22 +205,32 @@ class Report:
             rows.append((f"term {name}", o, e, None if e is None else e - o))
         return rows
 
+    def baseline_column(self) -> list:
+        """The retain-only baseline's value for each row of table() (None where it has none)."""
+        return [_get(self.baseline, path) for _, path in ROWS] + [
+            _get(self.baseline, ("semeval", "terms", r[0][len("term "):])) for r in self.table()[len(ROWS):]]
+
     def to_json(self) -> dict:
         strip = lambda m: m and {k: v for k, v in m.items() if k != "generations"}  # noqa: E731
-        return to_jsonable({"original": strip(self.original), "edited": strip(self.edited), "trace": self.trace,
-                            "table": self.table(), "config": self.config, "seconds": self.seconds,
-                            "provenance": self.provenance})
+        return to_jsonable({"original": strip(self.original), "edited": strip(self.edited),
+                            "baseline": strip(self.baseline), "trace": self.trace, "table": self.table(),
+                            "baseline_column": self.baseline_column() if self.baseline else None,
+                            "config": self.config, "seconds": self.seconds, "provenance": self.provenance})
 
     def to_html(self) -> str:
         def fmt(v):
             return "&ndash;" if v is None else (f"{v:+.4f}" if isinstance(v, float) and v < 0 else
                                                 f"{v:.4f}" if isinstance(v, float) else html.escape(str(v)))
 
-        head = "<tr><th>metric</th><th>original</th><th>edited</th><th>edited &minus; original</th></tr>"
+        rows = self.table()
+        extra = self.baseline_column() if self.baseline else None
+        head = ("<tr><th>metric</th><th>original</th><th>edited</th><th>edited &minus; original</th>"
+                + ("<th>retain-only baseline</th>" if extra else "") + "</tr>")
         body = "".join(f"<tr><td>{html.escape(r[0])}</td><td>{fmt(r[1])}</td><td>{fmt(r[2])}</td>"
-                       f"<td>{fmt(r[3])}</td></tr>" for r in self.table())
-        notes = [f"original: {n}" for n in self.original.get("notes", [])] + \
-                [f"edited: {n}" for n in (self.edited or {}).get("notes", [])]
+                       f"<td>{fmt(r[3])}</td>" + (f"<td>{fmt(extra[i])}</td>" if extra else "") + "</tr>"
+                       for i, r in enumerate(rows))
+        notes = [f"{who}: {n}" for who, m in (("original", self.original), ("edited", self.edited),
+                                                ("retain-only baseline", self.baseline)) for n in (m or {}).get("notes", [])]
         parts = ["<!doctype html><html><head><meta charset='utf-8'><title>workbench evaluation</title>",
                  "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
                  "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
@@ -248,7 +263,8 @@ def _mia_figure(report: Report):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for label, m in (("original", report.original), ("edited", report.edited)):
+    for label, m in (("original", report.original), ("edited", report.edited),
+                     ("retain-only baseline", report.baseline)):
         if m and m.get("mia"):
             fig.add_bar(name=label, x=list(m["mia"]["auc"]), y=list(m["mia"]["auc"].values()))
     fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"))
@@ -259,17 +275,23 @@ def _mia_figure(report: Report):
 
 def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | None = None,
              config: EvalConfig | None = None, reference=None, retain_auc: dict | None = None,
-             out_dir: str | Path | None = None, progress: bool = False) -> Report:
+             retain_baseline=None, out_dir: str | Path | None = None, progress: bool = False) -> Report:
     """Evaluate the original model and (optionally) `edited` = (model, tokenizer) side by side.
 
+    retain_baseline: (model, tokenizer) trained without the forget set: its metrics become a third column, its
+    AUCs the baseline of privleak and, when `reference` is None, it is the reference-model attack's reference.
     reference: (model, tokenizer) for the reference-model MIA attack; retain_auc: a retain-only model's AUCs
-    for privleak (default: the ideal 0.5). out_dir: write report.json/report.html and a jsonl log there."""
+    for privleak when no retain_baseline model is given (default: the ideal 0.5).
+    out_dir: write report.json/report.html and a jsonl log there."""
     cfg = config or EvalConfig()
     tc = trace_config or TraceConfig()
     if cfg.mmlu_shots < 0 or cfg.max_new_tokens < 1 or (cfg.limit is not None and cfg.limit < 1):
         raise ConfigError(f"bad evaluation config {cfg}: need mmlu_shots >= 0, max_new_tokens >= 1, limit >= 1")
-    if edited is not None and not (isinstance(edited, (tuple, list)) and len(edited) == 2):
-        raise ConfigError("edited must be a (model, tokenizer) pair")
+    for what, pair in (("edited", edited), ("retain_baseline", retain_baseline), ("reference", reference)):
+        if pair is not None and not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ConfigError(f"{what} must be a (model, tokenizer) pair")
+    if retain_baseline is not None and retain_auc is not None:
+        raise ConfigError("give either retain_baseline (a model) or retain_auc (its AUCs), not both")
     log = JsonlLog(Path(out_dir) / "evaluate.log.jsonl") if out_dir else None
     start = time.perf_counter()
     # MMLU questions resolved once, before any heavy work, so a bad source fails fast
@@ -284,12 +306,17 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
         mmlu_mod.letter_token_ids(tok)  # an explicit MMLU source the tokenizer cannot score: fail now
     if log:
         log("start", config=asdict(cfg), trace=asdict(tc), data=corpus.source)
+    baseline = None
+    if retain_baseline is not None:
+        baseline = model_metrics(*retain_baseline, corpus, cfg, questions, mmlu_note, None, None, progress, log)
+        retain_auc = baseline["mia"]["auc"] if baseline["mia"] else None
+        reference = reference or retain_baseline
     original = model_metrics(model, tok, corpus, cfg, questions, mmlu_note, reference, retain_auc, progress, log)
     edited_metrics = None
     if edited is not None:
         edited_metrics = model_metrics(edited[0], edited[1], corpus, cfg, questions, mmlu_note, reference,
                                        retain_auc, progress, log)
-    report = Report(original=original, edited=edited_metrics,
+    report = Report(original=original, edited=edited_metrics, baseline=baseline,
                     config={"eval": asdict(cfg), "trace": asdict(tc)})
     report.figures["mia_auc"] = _mia_figure(report)
     if edited is not None and cfg.trace:
@@ -306,6 +333,8 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
         edited_model=None if edited is None else {"name": model_name(edited[0]),
                                                    "fingerprint": model_fingerprint(edited[0])},
         reference_model=None if reference is None else model_fingerprint(reference[0]),
+        retain_baseline=None if retain_baseline is None else {"name": model_name(retain_baseline[0]),
+                                                              "fingerprint": model_fingerprint(retain_baseline[0])},
     )
     if out_dir:
         report.save(out_dir)
