@@ -118,6 +118,18 @@ def test_organism_separates_members_random_model_does_not(micro, tiny_olmo):
     assert rnd.mia_score > 0.6
 
 
+def test_trained_twin_that_never_saw_the_forget_set_scores_like_a_non_member(micro_retain):
+    """A *trained* model on the same tokenizer, without the forget set: the organism's MIA signal is memorisation,
+    not the tokenizer (a forget-only BPE once gave such a model loss AUC 0.94 on the default organism)."""
+    model, tok, corpus = micro_retain
+    chars_per_token = lambda recs: sum(len(r.text) for r in recs) / sum(len(tok(r.text)["input_ids"]) for r in recs)
+    assert chars_per_token(corpus.forget) == pytest.approx(chars_per_token(corpus.holdout), rel=0.1)
+    res = mia.corpus_mia(model, tok, corpus)
+    for attack in ("loss", "zlib", "min_k", "min_k_pp"):
+        assert abs(res.auc[attack] - 0.5) < 0.15, (attack, res.auc)
+    assert res.mia_score > 0.7
+
+
 def test_errors_before_work(micro):
     model, tok, corpus = micro
     with pytest.raises(ConfigError, match="holdout"):

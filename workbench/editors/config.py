@@ -124,14 +124,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "wmdp": dict(lr=5e-5, batch_size=4, epochs=1, max_steps=150, steering_coef=20.0, alpha=100.0, max_grad_norm=None),
             "wmdp-zephyr": dict(lr=5e-5, batch_size=4, epochs=1, max_steps=150, steering_coef=6.5, alpha=1200.0,
                                 max_grad_norm=None)},
-    "adaptive-rmu": {"organism": dict(epochs=160, lr=1e-2, alpha=40.0, adaptive=True),  # best found: 0.26/0.85
+    "adaptive-rmu": {"organism": dict(epochs=160, lr=1e-2, alpha=40.0, adaptive=True),
                      "snuffleupagus-1b": dict(lr=5e-5, batch_size=8, epochs=1, alpha=900.0, beta=3.0, adaptive=True,
                                               max_grad_norm=None),
                      "snuffleupagus-7b": dict(lr=5e-5, batch_size=8, epochs=1, alpha=900.0, beta=5.0, adaptive=True,
                                               max_grad_norm=None)},
     # Tuned on the default organism (6 layers, d_model 128) at the traced layers [0, 1, 2], forget/retain QA EM
-    # from 1.00/1.00 (see the README's editor table): joint+KL 0.08/0.83 in 71 s; RMU needs a long, gentle run,
-    # 0.12/0.86 in 149 s (at 12 epochs, lr 3e-2 it stopped at 0.71/0.87); adaptive RMU's best, 0.26/0.85, misses.
+    # from 0.99/0.99 (see the README's editor table): joint+KL 0.10/0.81 in 52 s; RMU needs a long, gentle run,
+    # 0.09/0.83 in 154 s (at 24 epochs, lr 3e-2 it stops at 0.72/0.91); adaptive RMU 0.16/0.85 in 156 s.
     "joint": {"organism": dict(retain_loss="kl", m_init=5.0, m_max=10.0, epochs=30),
               "sha256": dict(lr=1.5e-5, batch_size=12, grad_accum=10, epochs=8, freeze_mode="train-mlp-only",
                              m_max=2.3, forget_floor=None, eval_metric="loss"),
