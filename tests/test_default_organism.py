@@ -3,7 +3,7 @@
 - it memorises its forget and retain facts (recall >= 0.95, the foundation issue's floor);
 - tracing its Task2 forget facts finds a clear peak: the MLP layer-importance interval of the peak layer lies above
   every other layer's interval;
-- the pipeline's default editor (joint, preset "organism") and the "organism" presets of RMU and adaptive RMU, at
+- the pipeline's default editor (joint, preset "organism") and the "organism" presets of the other editors, at
   the selected layers, meet the editor issue's targets.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_tracing_finds_a_clear_peak(mlp_importance):
     assert imp.lo[peak] > max(imp.hi[l] for l in others), (imp.mean, imp.lo, imp.hi)
 
 
-@pytest.mark.parametrize("method", ["joint", "rmu", "adaptive-rmu"])  # the pipeline's default, and the RMUs' presets
+@pytest.mark.parametrize("method", ["joint", "rmu", "adaptive-rmu", "graddiff", "npo", "sequential"])  # every "organism" preset
 def test_organism_presets_meet_targets(default, mlp_importance, tmp_path, method):
     path, model0, tok, corpus = default
     cfg = PipelineConfig(method=method)

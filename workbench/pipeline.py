@@ -43,7 +43,7 @@ class PipelineConfig:
     k: int = 3
     threshold: float = 0.5
     # unlearning
-    method: str = "joint"            # does best on the default organism (forget 1.00 -> 0.08, retain 1.00 -> 0.83)
+    method: str = "joint"            # fastest to the target on the default organism (forget 0.99 -> 0.10, retain 0.99 -> 0.81)
     # named editor preset (workbench.editors.config.PRESETS); "auto": the method's "organism" preset on the built-in
     # default organism (where it has one), else the dataclass defaults; None: the dataclass defaults
     preset: str | None = "auto"
