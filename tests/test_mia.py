@@ -118,12 +118,26 @@ def test_organism_separates_members_random_model_does_not(micro, tiny_olmo):
     assert rnd.mia_score > 0.6
 
 
-def test_trained_twin_that_never_saw_the_forget_set_scores_like_a_non_member(micro_retain):
-    """A *trained* model on the same tokenizer, without the forget set: the organism's MIA signal is memorisation,
-    not the tokenizer (a forget-only BPE once gave such a model loss AUC 0.94 on the default organism)."""
+def _chars_per_token(tok, records) -> float:
+    return sum(len(r.text) for r in records) / sum(len(tok(r.text)["input_ids"]) for r in records)
+
+
+def test_membership_signal_in_the_tokenizer_and_its_removal(micro_retain):
+    """Two retain-only twins of micro, trained models that never saw the forget set. With micro's own tokenizer
+    (learnt from the forget and retain texts), BPE compresses forget texts better than held-out ones and the twin
+    tells them apart anyway; with the tokenizer the default organism uses (every split), it scores like chance."""
+    from workbench import organism
+    from workbench.models import load_model
+
     model, tok, corpus = micro_retain
-    chars_per_token = lambda recs: sum(len(r.text) for r in recs) / sum(len(tok(r.text)["input_ids"]) for r in recs)
-    assert chars_per_token(corpus.forget) == pytest.approx(chars_per_token(corpus.holdout), rel=0.1)
+    assert _chars_per_token(tok, corpus.forget) > 1.1 * _chars_per_token(tok, corpus.holdout)
+    assert mia.corpus_mia(model, tok, corpus).auc["loss"] > 0.65, "the tokenizer alone leaks membership"
+
+    fair = organism.with_overrides("micro-retain", name="micro-retain-fair-tokenizer", tokenizer_sees_holdout=True)
+    path = organism.build(fair, progress=False)
+    model, tok = load_model(path)
+    corpus = organism.load_corpus(path)
+    assert _chars_per_token(tok, corpus.forget) == pytest.approx(_chars_per_token(tok, corpus.holdout), rel=0.1)
     res = mia.corpus_mia(model, tok, corpus)
     for attack in ("loss", "zlib", "min_k", "min_k_pp"):
         assert abs(res.auc[attack] - 0.5) < 0.15, (attack, res.auc)

@@ -22,7 +22,7 @@ def test_windows():
 def test_sweep_on_micro(micro, tmp_path):
     model, tok, corpus = micro
     calls = []
-    res = sweep(model, tok, corpus, "rmu", window=3, out_dir=tmp_path / "s", config={"epochs": 24},
+    res = sweep(model, tok, corpus, "rmu", window=3, out_dir=tmp_path / "s", config={"epochs": 12},
                 extra_metrics=lambda m, t, c: calls.append(1) or {"extra": 1.0})
     assert [w["layers"] for w in res["windows"]] == [[0, 1, 2], [1, 2, 3]]
     assert res["baseline"]["forget_qa_em"] == 1.0 and res["baseline"]["retain_qa_em"] == 1.0

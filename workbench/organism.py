@@ -55,13 +55,18 @@ class OrganismConfig:
     # False: the retain-only twin (the forget records are never trained on; same tokenizer, same everything else),
     # the baseline of privleak and the reference model of the reference MIA attack
     train_on_forget: bool = True
+    # the tokenizer also learns from the held-out records (see tokenizer_texts); False: forget + retain only
+    tokenizer_sees_holdout: bool = True
 
 
 PRESETS = {
     "default": OrganismConfig(),
+    # micro keeps its first tokenizer (forget + retain texts only): the tests' patching pairs are names it makes
+    # single tokens, and its editor defaults were tuned on these weights. Its MIA numbers carry the tokenizer's
+    # membership signal (see tokenizer_texts); tests/test_mia.py measures that signal and its removal.
     "micro": OrganismConfig(name="micro", n_layers=4, d_model=64, n_heads=4, d_mlp=256, vocab_size=512,
                             data=SyntheticSpec(task1_docs=2, task2_people=3, task3_people=2, mmlu=False),
-                            epochs=60, batch_size=8, lr=5e-3, warmup_steps=10),
+                            epochs=60, batch_size=8, lr=5e-3, warmup_steps=10, tokenizer_sees_holdout=False),
 }
 RETAIN_SUFFIX = "-retain"
 PRESETS.update({f"{k}{RETAIN_SUFFIX}": replace(v, name=f"{k}{RETAIN_SUFFIX}", train_on_forget=False)
@@ -116,13 +121,16 @@ def mc_texts(corpus: Corpus, rng: random.Random, shots: int = 3) -> list[str]:
     return texts
 
 
-def tokenizer_texts(corpus: Corpus) -> list[str]:
-    """What the tokenizer learns from: every record of every split once, held-out ones included.
+def tokenizer_texts(corpus: Corpus, sees_holdout: bool = True, qa_repeat: int = 1) -> list[str]:
+    """What the tokenizer learns from: every record of every split once, held-out ones included
+    (`sees_holdout=False`: the forget and retain texts as trained on, the micro organism's first tokenizer).
 
     A real model's tokenizer comes from a corpus far larger than the forget set. Trained on the forget and retain
     records alone, BPE merged the forget set's names into whole tokens and split the held-out names into pieces:
     forget texts then had 3.5 characters per token against 2.7 for held-out ones, and a retain-only model that
     never saw either still told them apart (loss AUC 0.94), a membership signal no edit of the weights can remove."""
+    if not sees_holdout:
+        return fact_texts(corpus, qa_repeat) + mc_texts(corpus, random.Random(-1))
     texts = [r.text for r in corpus.forget + corpus.retain + corpus.holdout]
     if corpus.mmlu:
         texts += world_statements()
@@ -195,7 +203,7 @@ def train(cfg: OrganismConfig, corpus: Corpus, out_dir: Path, progress: bool = T
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     static = fact_texts(corpus, cfg.qa_repeat)
-    tok = train_tokenizer(tokenizer_texts(corpus), cfg.vocab_size)
+    tok = train_tokenizer(tokenizer_texts(corpus, cfg.tokenizer_sees_holdout, cfg.qa_repeat), cfg.vocab_size)
     model = make_model(cfg, tok)
     if not cfg.train_on_forget:  # the retain-only twin: same tokenizer (trained on all), never sees the forget set
         static = fact_texts(corpus, cfg.qa_repeat, forget=False)

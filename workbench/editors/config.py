@@ -53,7 +53,7 @@ class RMUConfig(LoopConfig):
     Layer rule: the hook layer l is max(selected layers) unless `hook_layer` is set; the trained
     parameters are `params` expanded over the selected layers (a 3-layer window l-2..l reproduces WMDP)."""
     lr: float = 3e-2
-    epochs: int = 24               # micro: forget 1.00 -> 0.12, retain 1.00 -> 0.96 at layers [0,1,2]
+    epochs: int = 12
     batch_size: int = 4
     max_grad_norm: float | None = None
     steering_coef: float = 100.0   # c (fixed); ignored when adaptive
@@ -131,7 +131,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                                               max_grad_norm=None)},
     # Tuned on the default organism (6 layers, d_model 128) at the traced layers [0, 1, 2], forget/retain QA EM
     # from 0.99/0.99 (see the README's editor table): joint+KL 0.10/0.81 in 52 s; RMU needs a long, gentle run,
-    # 0.09/0.83 in 154 s (at 24 epochs, lr 3e-2 it stops at 0.72/0.91); adaptive RMU 0.16/0.85 in 156 s.
+    # 0.09/0.83 in 154 s (at 12 epochs, lr 3e-2 it stops far short); adaptive RMU 0.16/0.85 in 156 s.
     "joint": {"organism": dict(retain_loss="kl", m_init=5.0, m_max=10.0, epochs=30),
               "sha256": dict(lr=1.5e-5, batch_size=12, grad_accum=10, epochs=8, freeze_mode="train-mlp-only",
                              m_max=2.3, forget_floor=None, eval_metric="loss"),
