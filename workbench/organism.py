@@ -205,7 +205,7 @@ def train(cfg: OrganismConfig, corpus: Corpus, out_dir: Path, progress: bool = T
     static = fact_texts(corpus, cfg.qa_repeat)
     tok = train_tokenizer(tokenizer_texts(corpus, cfg.tokenizer_sees_holdout, cfg.qa_repeat), cfg.vocab_size)
     model = make_model(cfg, tok)
-    if not cfg.train_on_forget:  # the retain-only twin: same tokenizer (trained on all), never sees the forget set
+    if not cfg.train_on_forget:  # the retain-only twin: its organism's tokenizer, but never the forget set
         static = fact_texts(corpus, cfg.qa_repeat, forget=False)
     facts = [(ids, ids) for ids in (tok(t)["input_ids"][: cfg.max_len - 1] + [tok.eos_token_id] for t in static)]
 
