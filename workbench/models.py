@@ -92,14 +92,22 @@ def _from_pretrained(source: str, dtype, device, device_map, local_only: bool):
     return model, tok
 
 
+def organism_name(spec) -> str | None:
+    """The built-in organism a model spec names ('organism' -> 'default', 'organism:micro' -> 'micro'), else None."""
+    spec_s = str(spec)
+    if spec_s != "organism" and not spec_s.startswith("organism:"):
+        return None
+    return spec_s.partition(":")[2] or "default"
+
+
 def load_model(spec: str | Path = "organism", dtype=None, device: str | None = None, device_map=None):
     """Return `(model, tokenizer)`, the model in eval mode. See the module docstring for specs."""
     dtype = resolve_dtype(dtype)
     spec_s = str(spec)
-    if spec_s == "organism" or spec_s.startswith("organism:"):
+    name = organism_name(spec_s)
+    if name is not None:
         from . import organism
 
-        name = spec_s.split(":", 1)[1] if ":" in spec_s else "default"
         path = organism.build(name)
         model, tok = _from_pretrained(str(path), dtype, device, device_map, local_only=True)
     elif Path(spec_s).expanduser().exists():

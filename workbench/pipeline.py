@@ -112,7 +112,7 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
     from .editors import unlearn
     from .evaluation.report import EvalConfig, TraceConfig, evaluate
     from .figures import heatmaps, importance_curve, save_figure
-    from .models import load_model
+    from .models import load_model, organism_name
     from .selection import LayerSelection, select_layers
     from .tracing import trace_facts
 
@@ -127,8 +127,8 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
 
     # 1. model and data ------------------------------------------------------------------------------
     model_path = None
-    if cfg.model.split(":")[0] == "organism":
-        name = cfg.model.partition(":")[2] or "default"
+    name = organism_name(cfg.model)
+    if name is not None:
         say(f"[1/5] organism {name!r} (built once, then cached)")
         model_path = organism.build(name, progress=progress)
     model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
@@ -224,17 +224,20 @@ def sweep_rows(result: dict, importance) -> list[dict]:
 def _retain_baseline(cfg: PipelineConfig, progress: bool, say):
     """(model, tokenizer) of the retain-only baseline, or None (see PipelineConfig.retain_baseline)."""
     from . import organism
-    from .models import load_model
+    from .models import ModelLoadError, load_model, organism_name
 
     spec = cfg.retain_baseline
     if spec == "auto":
-        name = cfg.model.partition(":")[2] or "default"
-        if cfg.model.split(":")[0] != "organism" or cfg.data != "organism" or \
-                f"{name}{organism.RETAIN_SUFFIX}" not in organism.PRESETS:
+        name = organism_name(cfg.model)
+        if name is None or cfg.data != "organism":
             return None
-        spec = f"organism:{organism.retain_twin(name)}"
+        try:
+            twin = organism.retain_twin(name)
+        except ModelLoadError:  # a twin itself, or an organism without one
+            return None
+        spec = f"organism:{twin}"
         say(f"      retain-only baseline {spec} (trained without the forget set; built once, then cached)")
-        organism.build(spec.partition(":")[2], progress=progress)
+        organism.build(twin, progress=progress)
     return load_model(spec, dtype=cfg.dtype, device=cfg.device) if spec else None
 
 
@@ -244,8 +247,9 @@ def _preset(cfg: PipelineConfig) -> str | None:
     if cfg.preset != "auto":
         return cfg.preset
     from .editors.config import PRESETS
+    from .models import organism_name
 
-    on_default = cfg.model in ("organism", "organism:default")
+    on_default = organism_name(cfg.model) == "default"
     return "organism" if on_default and "organism" in PRESETS.get(cfg.method, {}) else None
 
 

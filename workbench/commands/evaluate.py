@@ -34,13 +34,14 @@ def _corpus(data: str, model_spec: str):
     from pathlib import Path
 
     from ..errors import ConfigError
+    from ..models import organism_name
 
     if data == "organism":
-        if not model_spec.startswith("organism"):
+        name = organism_name(model_spec)
+        if name is None:
             raise ConfigError("--data organism needs --model organism[:name]; for other models pass a LUME directory")
         from .. import organism
 
-        name = model_spec.partition(":")[2] or "default"
         return organism.load_corpus(organism.build(name, progress=False)), True
     from ..data.lume import load_lume
 
@@ -52,12 +53,14 @@ def _retain_baseline(spec: str, model_spec: str) -> str:
     if spec != "twin":
         return spec
     from ..errors import ConfigError
+    from ..models import organism_name
     from ..organism import retain_twin
 
-    if not model_spec.startswith("organism"):
+    name = organism_name(model_spec)
+    if name is None:
         raise ConfigError(f"--retain-baseline twin needs --model organism[:name] (got {model_spec!r}); "
                           "for other models give the path of a model trained on the retain set only")
-    return f"organism:{retain_twin(model_spec.partition(':')[2] or 'default')}"
+    return f"organism:{retain_twin(name)}"
 
 
 def run(args) -> int:

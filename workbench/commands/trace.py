@@ -102,14 +102,15 @@ def load_facts(spec: str, model_spec: str, data: str | None = None, task: str | 
     """Traceable QA records (with a subject) from a split of the model's corpus or a LUME jsonl file."""
     from ..data.lume import load_lume, read_jsonl
     from ..data.records import questions
+    from ..models import organism_name
 
     if spec in ("forget", "retain"):
         if data:
             corpus = load_lume(data)
-        elif str(model_spec).startswith("organism"):
+        elif organism_name(model_spec) is not None:
             from .. import organism
 
-            name = str(model_spec).split(":", 1)[1] if ":" in str(model_spec) else "default"
+            name = organism_name(model_spec)
             corpus = organism.load_corpus(organism.build(name, progress=False))
         elif (Path(model_spec) / "forget.jsonl").is_file():   # an organism directory (or an edited copy of one)
             corpus = load_lume(model_spec)

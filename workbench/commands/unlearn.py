@@ -48,16 +48,16 @@ def load_inputs(args):
     """(model, tok, corpus, source) from --model / --data."""
     from ..data import load_lume
     from ..errors import ConfigError
-    from ..models import load_model
+    from ..models import load_model, organism_name
 
     model, tok = load_model(args.model, dtype=getattr(args, "dtype", None), device=args.device)
     if args.data == "organism":
-        if not str(args.model).startswith("organism"):
+        name = organism_name(args.model)
+        if name is None:
             raise ConfigError(f"--data organism needs an organism model, got --model {args.model}; "
                               f"pass a LUME directory instead")
         from .. import organism
 
-        name = args.model.split(":", 1)[1] if ":" in args.model else "default"
         source = organism.build(name, progress=False)
         corpus = organism.load_corpus(source)
     else:

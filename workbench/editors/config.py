@@ -118,7 +118,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "sequential": {"retain_weight": 2.0},
 }
 
-# The papers' settings (ANCHORS.md), for real OLMo runs.
+# The papers' settings (ANCHORS.md), for real OLMo runs, and "organism": tuned on the default organism (6 layers,
+# d_model 128) at the traced layers [0, 1, 2], forget/retain QA EM from 0.99/0.99 (the README's editor table):
+# joint+KL 0.10/0.81 in 52 s; RMU needs a long, gentle run, 0.09/0.83 in 154 s (at 12 epochs, lr 3e-2 it stops far
+# short); adaptive RMU 0.16/0.85 in 156 s; graddiff 0.16/0.99 in 69 s and npo 0.01/0.93 in 55 s (a smaller lr, a
+# heavier retain term and more epochs than the micro-tuned defaults, which stop at 0.14/0.67 and 0.00/0.12);
+# sequential 0.12/0.99 in 67 s.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "rmu": {"organism": dict(epochs=160, lr=1e-2, steering_coef=300.0),
             "wmdp": dict(lr=5e-5, batch_size=4, epochs=1, max_steps=150, steering_coef=20.0, alpha=100.0, max_grad_norm=None),
@@ -129,9 +134,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                                               max_grad_norm=None),
                      "snuffleupagus-7b": dict(lr=5e-5, batch_size=8, epochs=1, alpha=900.0, beta=5.0, adaptive=True,
                                               max_grad_norm=None)},
-    # Tuned on the default organism (6 layers, d_model 128) at the traced layers [0, 1, 2], forget/retain QA EM
-    # from 0.99/0.99 (see the README's editor table): joint+KL 0.10/0.81 in 52 s; RMU needs a long, gentle run,
-    # 0.09/0.83 in 154 s (at 12 epochs, lr 3e-2 it stops far short); adaptive RMU 0.16/0.85 in 156 s.
     "joint": {"organism": dict(retain_loss="kl", m_init=5.0, m_max=10.0, epochs=30),
               "sha256": dict(lr=1.5e-5, batch_size=12, grad_accum=10, epochs=8, freeze_mode="train-mlp-only",
                              m_max=2.3, forget_floor=None, eval_metric="loss"),
@@ -139,14 +141,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                                    m_max=2.8, forget_floor=None, eval_metric="loss")},
     "ga": {"cyber-1b": dict(lr=2e-5, weight_decay=2e-4, epochs=3, params=("*",), forget_floor=None)},
     "gd": {"cyber-1b": dict(lr=2e-5, weight_decay=2e-4, epochs=20, params=("*",))},
-    # default organism at [0, 1, 2]: graddiff 0.16/0.99 in 69 s, npo 0.01/0.93 in 55 s (a smaller lr, a heavier
-    # retain term and more epochs than the micro-tuned defaults, which stop at 0.14/0.67 and 0.00/0.12)
     "graddiff": {"organism": dict(lr=1e-3, epochs=30, retain_weight=4.0),
                  "cyber-1b": dict(lr=2e-5, weight_decay=2e-4, epochs=3, params=("*",), forget_floor=None)},
     "npo": {"organism": dict(lr=1e-3, epochs=20, retain_weight=8.0),
             "open-unlearning": dict(lr=1e-5, npo_beta=0.1, retain_weight=1.0, epochs=10, params=("*",))},
     "sequential": {"organism": dict(retain_weight=4.0, stages=(Stage("ga", 2, 1e-3), Stage("graddiff", 30, 1e-3),
-                                                               Stage("gd", 1, 3e-4))),  # 0.12/0.99 in 67 s
+                                                               Stage("gd", 1, 3e-4))),
                    "cyber-7b": dict(params=("*",), weight_decay=2e-4, forget_floor=None,
                                     stages=(Stage("ga", 3, 1e-5), Stage("gd", 3, 2e-6), Stage("ga", 1, 2e-5)))},
 }
