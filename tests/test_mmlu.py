@@ -115,21 +115,26 @@ def test_errors(micro, mc_model, gk):
         mmlu.evaluate_mmlu(model, tok, [q for q in gk if q.split == "test"], shots=5)
 
 
-@pytest.mark.parametrize("shots", [0, 5])
-def test_agrees_with_lm_eval_harness(mc_model, gk, tmp_path, monkeypatch, shots):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _lm_eval_samples(model, tok, gk, tmp_path, shots, formulation):
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    names = mmlu.export_lm_eval_tasks(gk, tmp_path, formulation=formulation)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=16)
+    res = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, log_samples=True,
+                                  task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
+    return names, res
+
+
+@pytest.mark.parametrize("shots", [0, 5])
+def test_agrees_with_lm_eval_harness(mc_model, gk, tmp_path, monkeypatch, shots):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, tok = mc_model
     ours = mmlu.evaluate_mmlu(model, tok, gk, shots=shots)
     assert len(set(ours.predictions)) >= 3  # the letters vary by prompt, so agreement means something
-    names = mmlu.export_lm_eval_tasks(gk, tmp_path)
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=16)
-    res = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
-                                  num_fewshot=shots, log_samples=True)
+    names, res = _lm_eval_samples(model, tok, gk, tmp_path, shots, "letter")
     test = [q for q in gk if q.split == "test"]
     theirs = {}
     for name in names:
@@ -143,3 +148,55 @@ def test_agrees_with_lm_eval_harness(mc_model, gk, tmp_path, monkeypatch, shots)
                 assert sample["arguments"][0][0] == mmlu.build_prompt(q, mmlu.few_shot_pool(gk)[subject][:shots])
     assert len(theirs) == len(test)
     assert [theirs[i] for i in range(len(test))] == ours.predictions
+
+
+@pytest.mark.parametrize("shots", [0, 5])
+def test_cloze_agrees_with_lm_eval_continuation(mc_model, gk, tmp_path, monkeypatch, shots):
+    """Our cloze predictions (acc and acc_norm) equal lm-eval's mmlu_continuation template's on the same questions,
+    and the prompt and continuations lm-eval scored are ours."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, tok = mc_model
+    ours = mmlu.evaluate_mmlu(model, tok, gk, shots=shots, formulation="cloze", batch_size=7)
+    assert ours.formulation == "cloze" and ours.accuracy_norm is not None
+    assert len(set(ours.predictions)) >= 3
+    names, res = _lm_eval_samples(model, tok, gk, tmp_path, shots, "cloze")
+    test = [q for q in gk if q.split == "test"]
+    acc, acc_norm, n = 0.0, 0.0, 0
+    preds = {}
+    for name in names:
+        subject = name[len("wb_mmlu_"):]
+        subject_qs = [i for i, q in enumerate(test) if q.subject == subject]
+        for sample in res["samples"][name]:
+            i = subject_qs[sample["doc_id"]]
+            loglik = [r[0] for r in sample["filtered_resps"]]
+            preds[i] = max(range(4), key=loglik.__getitem__)
+            q = test[i]
+            ours_ll = mmlu.continuation_logliks(model, tok, [(mmlu.build_cloze_prompt(
+                q, mmlu.few_shot_pool(gk)[subject][:shots]), f" {c}") for c in q.choices])
+            assert ours_ll == pytest.approx(loglik, abs=1e-3)
+            if sample["doc_id"] == 0:
+                assert [a[0] for a in sample["arguments"]] == [mmlu.build_cloze_prompt(
+                    q, mmlu.few_shot_pool(gk)[subject][:shots])] * 4
+                assert [a[1] for a in sample["arguments"]] == [f" {c}" for c in q.choices]
+            acc += sample["acc"]
+            acc_norm += sample["acc_norm"]
+            n += 1
+    assert n == len(test)
+    assert [preds[i] for i in range(len(test))] == ours.predictions
+    assert ours.accuracy == pytest.approx(acc / n)
+    assert ours.accuracy_norm == pytest.approx(acc_norm / n)
+
+
+def test_cloze_prompt_is_lm_eval_continuation_format():
+    shot = MCQuestion("high_school_geography", "Capital of Peru? ", ("Lima", "Oslo", "Rome", "Cairo"), 0, "dev")
+    q = MCQuestion("high_school_geography", "Capital of Chile?", ("Oslo", "Santiago", "Rome", "Cairo"), 1)
+    assert mmlu.build_cloze_prompt(q, [shot]) == (
+        "The following are questions (with answers) about high school geography.\n\n"
+        "Question: Capital of Peru?\nAnswer: Lima\n\nQuestion: Capital of Chile?\nAnswer:")
+
+
+def test_gate_is_inclusive():
+    """The official scoring script ranks a 7B model at MMLU accuracy >= 0.371."""
+    assert mmlu.passes_gate(0.371) and not mmlu.passes_gate(0.3709)
+    assert mmlu.MMLUResult(0.371, {}, 1, 0).to_json()["passes_gate"] is True

@@ -1,6 +1,7 @@
-"""MMLU-format multiple choice, scored as SemEval-2025 Task 4 (Open-Instruct) and lm-eval-harness do.
+"""MMLU-format multiple choice in two formulations, each scored as lm-evaluation-harness scores it.
 
-Prompt (k-shot, shots = the first k dev questions of the same subject):
+letter (SemEval-2025 Task 4 / Open-Instruct, lm-eval's `mmlu`): k-shot, shots = the first k dev questions of
+the same subject:
 
     The following are multiple choice questions (with answers) about {subject}.\\n\\n
     {shot question}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer: {letter}\\n\\n      (k times)
@@ -8,8 +9,20 @@ Prompt (k-shot, shots = the first k dev questions of the same subject):
 
 Prediction = argmax of the next-token logits over the tokens " A", " B", " C", " D"
 (each must be one token). Accuracy is micro-averaged over questions, and per subject.
-Deviation: Open-Instruct's header has a double space ("about  abstract algebra",
-from its format_subject); we write one space, as ANCHORS and lm-eval do.
+Open-Instruct's header has a double space ("about  abstract algebra", from its format_subject);
+we write one space, as lm-eval does.
+
+cloze (lm-eval's `mmlu_continuation`, the formulation AI2's OLMES uses for small models, which cannot yet
+answer by letter):
+
+    The following are questions (with answers) about {subject}.\n\n
+    Question: {shot question}\nAnswer: {shot answer text}\n\n                            (k times)
+    Question: {question}\nAnswer:
+
+Each choice's text is scored as the continuation " {choice}" by its summed log-likelihood; `acc` takes the
+argmax, `acc_norm` the argmax of the log-likelihood divided by the choice's length in characters. The
+continuation's tokens are those of tokenize(prompt + continuation) past tokenize(prompt), as lm-eval's
+HFLM splits a (context, continuation) pair.
 """
 from __future__ import annotations
 
@@ -26,7 +39,13 @@ from ..data.multiple_choice import LETTERS, MCQuestion, format_question, subject
 from ..data.records import DataError
 from ..errors import ConfigError
 
-SEMEVAL_MMLU_GATE = 0.371  # 7B submissions needed MMLU above this to be ranked
+SEMEVAL_MMLU_GATE = 0.371  # 7B submissions needed MMLU accuracy >= this to be ranked (the official script's test)
+FORMULATIONS = ("letter", "cloze")
+
+
+def passes_gate(accuracy: float) -> bool:
+    """The SemEval-2025 Task 4 MMLU gate as the official scoring script applies it: accuracy >= 0.371."""
+    return accuracy >= SEMEVAL_MMLU_GATE
 
 
 # --- prompts ----------------------------------------------------------------------------------------
@@ -57,14 +76,27 @@ def build_prompt(q: MCQuestion, shots: Sequence[MCQuestion] = ()) -> str:
         + format_question(q)
 
 
+def cloze_question(q: MCQuestion, with_answer: bool = False) -> str:
+    text = f"Question: {q.question.strip()}\nAnswer:"
+    return text + f" {q.choices[q.answer]}\n\n" if with_answer else text
+
+
+def build_cloze_prompt(q: MCQuestion, shots: Sequence[MCQuestion] = ()) -> str:
+    """lm-eval's mmlu_continuation prompt: its description, shots as 'Question/Answer: text', then the question."""
+    header = f"The following are questions (with answers) about {q.subject.replace('_', ' ')}.\n\n"
+    return header + "".join(cloze_question(s, with_answer=True) for s in shots) + cloze_question(q)
+
+
 # --- scoring ----------------------------------------------------------------------------------------
 
 @dataclass
 class MMLUResult:
-    accuracy: float                      # micro average over questions
+    accuracy: float                      # micro average over questions (lm-eval's acc)
     per_subject: dict[str, float]
     n: int
     shots: int
+    formulation: str = "letter"
+    accuracy_norm: float | None = None   # cloze: length-normalised accuracy (lm-eval's acc_norm)
     n_per_subject: dict[str, int] = field(default_factory=dict)
     shots_used: dict[str, int] = field(default_factory=dict)  # fewer than `shots` if a subject's dev set is short
     predictions: list[int] = field(default_factory=list)
@@ -76,7 +108,7 @@ class MMLUResult:
 
     def to_json(self, with_predictions: bool = False) -> dict:
         d = dict(self.__dict__, macro_accuracy=self.macro_accuracy, gate=SEMEVAL_MMLU_GATE,
-                 passes_gate=self.accuracy > SEMEVAL_MMLU_GATE)
+                 passes_gate=passes_gate(self.accuracy))
         if not with_predictions:
             d.pop("predictions"), d.pop("answers")
         return d
@@ -106,13 +138,78 @@ def letter_logits(model, tok, prompts: Sequence[str], batch_size: int = 16, prog
     return out
 
 
+def continuation_ids(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) split as lm-eval's HFLM splits a pair: trailing spaces of the context move
+    to the continuation, then the continuation is what tokenize(context + continuation) adds past
+    tokenize(context). No special tokens, as HFLM adds none for a causal model without add_bos_token."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    return whole[:len(ctx)], whole[len(ctx):]
+
+
+@torch.no_grad()
+def continuation_logliks(model, tok, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
+                         progress: bool = False) -> list[float]:
+    """Summed log-likelihood of each continuation given its context, batched with right padding."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    device = next(model.parameters()).device
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    seqs = []
+    for i, (context, continuation) in enumerate(pairs):
+        ctx, cont = continuation_ids(tok, context, continuation)
+        if not cont:
+            raise ConfigError(f"choice {continuation!r} of item {i} adds no token to its prompt")
+        ids = (ctx + cont)[:-1]  # the input; its last len(cont) positions predict the continuation
+        if max_len and len(ids) > max_len:  # lm-eval keeps the rightmost tokens
+            ids = ids[-max_len:]
+        seqs.append((ids, cont))
+    out = [0.0] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    for start in tqdm(range(0, len(order), batch_size), desc="mmlu cloze", disable=not progress):
+        idx = order[start:start + batch_size]
+        width = max(len(seqs[i][0]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)  # [batch, pos]
+        mask = torch.zeros_like(input_ids)
+        for b, i in enumerate(idx):
+            input_ids[b, :len(seqs[i][0])] = torch.tensor(seqs[i][0])
+            mask[b, :len(seqs[i][0])] = 1
+        logp = torch.log_softmax(model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float(),
+                                 dim=-1)  # [batch, pos, vocab]
+        for b, i in enumerate(idx):
+            ids, cont = seqs[i]
+            pos = torch.arange(len(ids) - len(cont), len(ids), device=logp.device)
+            out[i] = float(logp[b, pos, torch.tensor(cont, device=logp.device)].sum())
+    return out
+
+
+def _prompts(test: Sequence[MCQuestion], pool: dict, shots: int, build, tok, max_length: int | None):
+    """One prompt per question with up to `shots` shots, dropping shots while it is longer than max_length
+    (as Open-Instruct does); also the fewest shots used per subject."""
+    prompts, used = [], {}
+    for q in test:
+        k = min(shots, len(pool.get(q.subject, [])))
+        prompt = build(q, pool.get(q.subject, [])[:k])
+        while max_length and k > 0 and len(tok(prompt)["input_ids"]) > max_length:
+            k -= 1
+            prompt = build(q, pool[q.subject][:k])
+        used[q.subject] = min(used.get(q.subject, k), k)
+        prompts.append(prompt)
+    return prompts, used
+
+
 def evaluate_mmlu(model, tok, questions: Sequence[MCQuestion], shots: int = 5, split: str = "test",
                   batch_size: int = 16, limit: int | None = None, max_length: int | None = None,
-                  progress: bool = False) -> MMLUResult:
-    """Accuracy on the `split` questions, k-shot from the dev questions of each subject.
+                  formulation: str = "letter", progress: bool = False) -> MMLUResult:
+    """Accuracy on the `split` questions, k-shot from the dev questions of each subject, in the `letter` or
+    `cloze` formulation (module docstring).
 
     If a prompt is longer than `max_length` tokens (default: the model's max positions), shots are
     dropped one at a time, as Open-Instruct does."""
+    if formulation not in FORMULATIONS:
+        raise ConfigError(f"unknown MMLU formulation {formulation!r}; expected one of {FORMULATIONS}")
     if shots < 0:
         raise ConfigError(f"shots must be >= 0, got {shots}")
     test = [q for q in questions if q.split == split]
@@ -125,18 +222,18 @@ def evaluate_mmlu(model, tok, questions: Sequence[MCQuestion], shots: int = 5, s
     if shots and not pool:
         raise DataError(f"{shots}-shot MMLU needs 'dev' questions for the few-shot examples; none found "
                         f"(use --mmlu-shots 0 or provide a dev split)")
-    letter_token_ids(tok)  # fail on a bad tokenizer before any forward pass
     max_length = max_length or getattr(model.config, "max_position_embeddings", None)
-    prompts, used = [], {}
-    for q in test:
-        k = min(shots, len(pool.get(q.subject, [])))
-        prompt = build_prompt(q, pool.get(q.subject, [])[:k])
-        while max_length and k > 0 and len(tok(prompt)["input_ids"]) > max_length:
-            k -= 1
-            prompt = build_prompt(q, pool[q.subject][:k])
-        used[q.subject] = min(used.get(q.subject, k), k)
-        prompts.append(prompt)
-    preds = letter_logits(model, tok, prompts, batch_size, progress).argmax(-1).tolist()
+    norm_preds = None
+    if formulation == "letter":
+        letter_token_ids(tok)  # fail on a bad tokenizer before any forward pass
+        prompts, used = _prompts(test, pool, shots, build_prompt, tok, max_length)
+        preds = letter_logits(model, tok, prompts, batch_size, progress).argmax(-1).tolist()
+    else:
+        prompts, used = _prompts(test, pool, shots, build_cloze_prompt, tok, max_length)
+        pairs = [(p, f" {c}") for p, q in zip(prompts, test) for c in q.choices]
+        ll = torch.tensor(continuation_logliks(model, tok, pairs, batch_size, progress)).view(len(test), 4)
+        lengths = torch.tensor([[float(len(c)) for c in q.choices] for q in test])  # characters, as lm-eval
+        preds, norm_preds = ll.argmax(-1).tolist(), (ll / lengths).argmax(-1).tolist()
     answers = [q.answer for q in test]
     per: dict[str, list[int]] = {}
     for q, p in zip(test, preds):
@@ -144,7 +241,9 @@ def evaluate_mmlu(model, tok, questions: Sequence[MCQuestion], shots: int = 5, s
     return MMLUResult(
         accuracy=sum(int(p == a) for p, a in zip(preds, answers)) / len(test),
         per_subject={s: sum(v) / len(v) for s, v in sorted(per.items())},
-        n=len(test), shots=shots, n_per_subject={s: len(v) for s, v in sorted(per.items())},
+        n=len(test), shots=shots, formulation=formulation,
+        accuracy_norm=None if norm_preds is None else sum(int(p == a) for p, a in zip(norm_preds, answers)) / len(test),
+        n_per_subject={s: len(v) for s, v in sorted(per.items())},
         shots_used=used, predictions=preds, answers=answers,
     )
 
@@ -264,10 +363,25 @@ def load_mmlu(source: str | Path | None = None, corpus=None) -> list[MCQuestion]
 
 # --- lm-evaluation-harness cross-check ----------------------------------------------------------------
 
-def export_lm_eval_tasks(questions: Sequence[MCQuestion], out_dir: str | Path, prefix: str = "wb_mmlu") -> list[str]:
-    """One lm-eval task per subject (local jsonl + YAML) with the same prompt; returns the task names.
+def lm_eval_continuation_template() -> Path:
+    """lm-eval's own mmlu_continuation template (the file its `mmlu_*_continuation` tasks include)."""
+    import lm_eval
 
+    path = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "continuation" / "_continuation_template_yaml"
+    if not path.is_file():
+        raise ConfigError(f"this lm-eval ({lm_eval.__file__}) has no mmlu continuation template at {path}")
+    return path
+
+
+def export_lm_eval_tasks(questions: Sequence[MCQuestion], out_dir: str | Path, prefix: str = "wb_mmlu",
+                         formulation: str = "letter") -> list[str]:
+    """One lm-eval task per subject (local jsonl + YAML) scoring `formulation` as we do; returns the task names.
+
+    letter: a task written out with our prompt. cloze: a task that includes lm-eval's own mmlu_continuation
+    template and only points it at the local files, so the cross-check is against lm-eval's formulation itself.
     Per subject, because lm-eval takes the first n shots of the whole dev split."""
+    if formulation not in FORMULATIONS:
+        raise ConfigError(f"unknown MMLU formulation {formulation!r}; expected one of {FORMULATIONS}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = []
@@ -283,17 +397,22 @@ def export_lm_eval_tasks(questions: Sequence[MCQuestion], out_dir: str | Path, p
             path = out_dir / f"{name}_{split}.jsonl"
             path.write_text("".join(json.dumps(q.to_json()) + "\n" for q in splits.get(split, [])), encoding="utf-8")
             files[split] = path
-        header = subject_header(subject).replace("\n", "\\n")
-        (out_dir / f"{name}.yaml").write_text(
-            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-            f"    test: {files['test']}\n    dev: {files['dev']}\n"
-            "test_split: test\nfewshot_split: dev\nfewshot_config:\n  sampler: first_n\n"
-            "output_type: multiple_choice\n"
-            'doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}'
-            '\\nD. {{choices[3]}}\\nAnswer:"\n'
-            'doc_to_choice: ["A", "B", "C", "D"]\ndoc_to_target: answer\n'
-            f'description: "{header}"\n'
-            "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n",
-            encoding="utf-8")
+        data = (f"dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n"
+                f"    test: {files['test']}\n    dev: {files['dev']}\n")
+        if formulation == "cloze":
+            header = f"The following are questions (with answers) about {subject.replace('_', ' ')}.\\n\\n"
+            text = (f"include: {lm_eval_continuation_template()}\ntask: {name}\n{data}"
+                    f'description: "{header}"\n')
+        else:
+            header = subject_header(subject).replace("\n", "\\n")
+            text = (f"task: {name}\n{data}"
+                    "test_split: test\nfewshot_split: dev\nfewshot_config:\n  sampler: first_n\n"
+                    "output_type: multiple_choice\n"
+                    'doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}'
+                    '\\nD. {{choices[3]}}\\nAnswer:"\n'
+                    'doc_to_choice: ["A", "B", "C", "D"]\ndoc_to_target: answer\n'
+                    f'description: "{header}"\n'
+                    "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+        (out_dir / f"{name}.yaml").write_text(text, encoding="utf-8")
         names.append(name)
     return names
