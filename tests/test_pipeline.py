@@ -58,3 +58,30 @@ def test_example_configs_parse(name):
 
     cfg = PipelineConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / name)
     assert cfg.method and cfg.strategy in ("window", "top-k", "threshold")
+
+
+def test_run_refuses_out_that_holds_its_source_model(micro, tmp_path, capsys):
+    """A previous run's edited_model as `model` and that run's directory as `out`: the source is never touched."""
+    import shutil
+
+    from workbench import organism
+    from workbench.cli import main
+
+    run_dir = tmp_path / "run"
+    source = run_dir / "edited_model"
+    shutil.copytree(organism.build("micro", progress=False), source)
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    cfg = PipelineConfig(model=str(source), data=str(source), out=str(run_dir), n_facts=2, n_samples=2,
+                         kinds=("mlp",), window=2, retrace_facts=2, retain_baseline=None, figures=None,
+                         evaluation={"limit": 2, "max_new_tokens": 8}, editor={"max_steps": 1})
+    with pytest.raises(ConfigError, match="overlaps the source model directory") as e:
+        run(cfg, progress=False, say=lambda s: None)
+    assert str(run_dir.resolve()) in str(e.value) and str(source.resolve()) in str(e.value)
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+    assert sorted(p.name for p in run_dir.iterdir()) == ["edited_model"], "refused before any stage wrote"
+
+    (tmp_path / "run.yaml").write_text(f"model: {source}\ndata: {source}\nout: {source}/inner\n")
+    assert main(["run", "--config", str(tmp_path / "run.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "overlaps the source" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before

@@ -17,5 +17,9 @@ class EditError(ValueError):
     """An unlearning run that cannot start or had to stop (bad selection, NaN loss, ...)."""
 
 
+class OutputError(RuntimeError):
+    """An output that cannot be written: disk full, read-only, not a directory, or in use by another run."""
+
+
 # What the CLI turns into one clear line instead of a traceback.
-UserError = (ConfigError, DataError, ModelLoadError, TraceError, EditError, FileNotFoundError)
+UserError = (ConfigError, DataError, ModelLoadError, TraceError, EditError, OutputError, FileNotFoundError)

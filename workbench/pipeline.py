@@ -73,6 +73,50 @@ class PipelineConfig:
         return cls.from_dict(read_mapping(path, "pipeline config"))
 
 
+def source_dirs(cfg: PipelineConfig) -> list[Path]:
+    """Directories the run reads models from: the model and the retain baseline when they are local directories,
+    and the organism cache when either is a built-in organism. The run never writes into or removes any of them."""
+    from .models import organism_name
+    from .organism import cache_root
+
+    out = []
+    for spec in (cfg.model, cfg.retain_baseline):
+        if spec is None or spec == "auto":
+            continue
+        if organism_name(spec) is not None:
+            out.append(cache_root())
+        elif Path(str(spec)).expanduser().exists():
+            out.append(Path(str(spec)).expanduser().resolve())
+    if cfg.retain_baseline == "auto" and organism_name(cfg.model) is not None:
+        out.append(cache_root())
+    return out
+
+
+def check_run_dir(cfg: PipelineConfig) -> Path:
+    """The run directory, refused when it is, holds or lies inside a source model directory (a previous run's
+    edited_model as `model` and that run's directory as `out` would otherwise replace the source with its own edit)."""
+    from .outputs import check_not_source
+
+    run_dir = Path(cfg.out).expanduser().resolve()
+    src = check_not_source(run_dir, source_dirs(cfg))
+    if src is not None:
+        raise ConfigError(f"out {run_dir} overlaps the source model directory {src}; a run never writes into or "
+                          "removes its source: choose an out directory outside it")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"out {run_dir} exists and is not a directory")
+    return run_dir
+
+
+def _remove_old_edit(edited_dir: Path, cfg: PipelineConfig) -> None:
+    """Remove an edited model this run made under another config; anything else there is refused, not removed."""
+    from .outputs import check_not_source
+
+    if check_not_source(edited_dir, source_dirs(cfg)) is not None or not (edited_dir / "unlearn.json").is_file():
+        raise ConfigError(f"{edited_dir} is in the way of this run's edited model and was not written by it "
+                          "(no unlearn.json, or a source model); move it or choose another out")
+    shutil.rmtree(edited_dir)
+
+
 def _load_data(cfg: PipelineConfig, model_path):
     from .data import load_lume
     from .organism import load_corpus
@@ -116,7 +160,7 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
     from .selection import LayerSelection, select_layers
     from .tracing import trace_facts
 
-    run_dir = Path(cfg.out)
+    run_dir = check_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(run_dir / "pipeline.log.jsonl")
     atomic_write_json(run_dir / "pipeline_config.json", {"config": asdict(cfg), "provenance": provenance(
@@ -182,11 +226,11 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
     preset = _preset(cfg)
     say(f"[4/5] unlearning with {cfg.method}{f' (preset {preset})' if preset else ''} at layers {selection.layers}")
     if not edit_stage.done():
-        if edited_dir.exists():  # made under another config: this run's own output, safe to replace
-            shutil.rmtree(edited_dir)
+        if edited_dir.exists():  # made under another config
+            _remove_old_edit(edited_dir, cfg)
         unlearn(model, tok, corpus, cfg.method, LayerSelection.load(selection_path),
                 config={"seed": cfg.seed, **cfg.editor}, out_dir=edited_dir, preset=preset,
-                source=model_path, progress=progress)
+                source=model_path or _local_dir(cfg.model), progress=progress)
         edit_stage.finish(out=str(edited_dir))
     # the editor trained `model` in place: reload both from disk so "original" really is the original
     model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
@@ -219,6 +263,11 @@ def sweep_rows(result: dict, importance) -> list[dict]:
     return [{**w, "window": f"{w['layers'][0]}-{w['layers'][-1]}",
              "traced_importance": float(np.mean([importance.mean[l] for l in w["layers"]])),
              "forget_drop": result["baseline"]["forget_qa_em"] - w["forget_qa_em"]} for w in result["windows"]]
+
+
+def _local_dir(spec) -> Path | None:
+    p = Path(str(spec)).expanduser()
+    return p.resolve() if p.is_dir() else None
 
 
 def _retain_baseline(cfg: PipelineConfig, progress: bool, say):

@@ -1,0 +1,210 @@
+"""Output directories: never a source, one writer at a time, no stale temp files, write failures named.
+
+    check_not_source(out, [model_dir])             # the overlapping source, or None: callers refuse the run
+    with locked(out, "unlearn output"):            # a second run on `out` gets "in use by PID n"
+        ...
+    with named_write_errors("checkpoint", path):   # ENOSPC / EROFS / EACCES -> OutputError naming the write
+
+A lock is a file beside the directory (`.<name>.lock`, through `filelock`), so it can be taken before the
+directory exists and works for the organism cache too. A temp file or directory whose name carries the PID
+of a process that no longer runs (`.<name>.tmp-<pid>`, `.<file>.<pid>.tmp`) is left by a killed run;
+`remove_stale_temps` deletes those, and only those.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import OutputError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+# errno of the write failures a user can fix (space, permissions, a read-only mount, quota, file size limit)
+_FIXABLE = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted", errno.EDQUOT: "disk quota exceeded",
+            errno.EFBIG: "file too large"}
+# the same conditions as the Rust I/O error kinds that safetensors reports in its message
+_RUST_KINDS = {"StorageFull": "disk full", "ReadOnlyFilesystem": "read-only file system",
+               "PermissionDenied": "permission denied", "FileTooLarge": "file too large",
+               "QuotaExceeded": "disk quota exceeded"}
+
+
+def overlaps(a: str | Path, b: str | Path) -> bool:
+    """True when one of two paths is the other or lies inside it (after resolving links)."""
+    a, b = Path(a).expanduser().resolve(), Path(b).expanduser().resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_not_source(out: str | Path, sources: Iterable[str | Path | None]) -> Path | None:
+    """The first source directory that `out` is, contains or lies inside; None when `out` is clear of all."""
+    for src in sources:
+        if src is not None and overlaps(out, src):
+            return Path(src).expanduser().resolve()
+    return None
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """'disk full', 'read-only file system', ... when `exc` is a write failure a user can fix; else None."""
+    if isinstance(exc, OSError) and exc.errno in _FIXABLE:
+        return _FIXABLE[exc.errno]
+    text = str(exc)
+    for kind, reason in _RUST_KINDS.items():
+        if kind in text:
+            return reason
+    if "No space left on device" in text or "os error 28" in text:
+        return "disk full"
+    return None
+
+
+def write_error(what: str, path: str | Path, exc: BaseException, last_good: str | None = None) -> OutputError:
+    """The OutputError of a failed write: which write, where, why, and what is still safe."""
+    reason = failure_reason(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    msg = f"could not write the {what} {path} ({reason})"
+    if last_good:
+        msg += f"; {last_good}"
+    if reason in ("disk full", "disk quota exceeded", "file too large"):
+        msg += "; free space and rerun the same command to resume"
+    elif reason in ("read-only file system", "permission denied", "operation not permitted"):
+        msg += "; choose a writable --out"
+    return OutputError(msg)
+
+
+@contextlib.contextmanager
+def named_write_errors(what: str, path: str | Path, last_good: str | None = None) -> Iterator[None]:
+    """Turn a fixable write failure inside the block into an OutputError (see `write_error`)."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as e:
+        if failure_reason(e) is None:
+            raise
+        raise write_error(what, path, e, last_good) from None
+
+
+def _lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"
+
+
+def _owner_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.owner"
+
+
+@contextlib.contextmanager
+def locked(path: str | Path, what: str = "output", wait: float = 0.0) -> Iterator[Path]:
+    """Hold the lock of `path` (a directory or file, existing or not) for the block.
+
+    wait=0: another holder is an OutputError naming its PID (two runs must not share an output). wait>0: block up
+    to that many seconds (-1: for ever) for the holder to finish (a cache entry another process is building)."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path).expanduser().resolve()
+    with named_write_errors(f"lock file of the {what}", _lock_path(path)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(_lock_path(path), timeout=wait, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            holder = _read_owner(path)
+            raise OutputError(f"{what} {path} is in use by {f'PID {holder}' if holder else 'another process'}; "
+                              "wait for that run to finish or choose another output") from None
+    try:
+        owner = _owner_path(path)
+        with contextlib.suppress(OSError):
+            owner.write_text(str(os.getpid()))
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            if _read_owner(path) == os.getpid():
+                _owner_path(path).unlink()
+        lock.release()
+
+
+def _read_owner(path: Path) -> int | None:
+    try:
+        return int(_owner_path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+_PID_TEMP = re.compile(r"^\.(?P<name>.+?)(?:\.tmp-(?P<pid1>\d+)|\.(?P<pid2>\d+)\.tmp)$")
+
+
+def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Delete the temp files/dirs in `directory` that a killed process left (PID in the name, process gone).
+
+    `name`: only the temps of that output (`.<name>.tmp-<pid>` and `.<name>.<pid>.tmp`). Returns what was removed."""
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        m = _PID_TEMP.match(p.name)
+        if not m or (name is not None and m.group("name") != name):
+            continue
+        if pid_alive(int(m.group("pid1") or m.group("pid2"))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        removed.append(p)
+    return removed
+
+
+def remove_temp_dirs(directory: str | Path, prefix: str) -> list[Path]:
+    """Delete every directory in `directory` whose name starts with `prefix` (temps of a killed build).
+
+    Only safe while holding the lock of the entry those temps belong to: no live process is writing them then."""
+    directory = Path(directory)
+    removed = []
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if p.name.startswith(prefix) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def share_permissions(path: str | Path) -> None:
+    """Give `path` (a file, or a directory and everything in it) the permissions the umask gives new files.
+
+    Some writers (tempfile.mkdtemp, safetensors) create 0600/0700 entries; results are meant to be shared."""
+    path = Path(path)
+    paths = [path] + (list(path.rglob("*")) if path.is_dir() else [])
+    for p in paths:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_UMASK)
+
+
+def check_writable(directory: str | Path, what: str = "output directory") -> Path:
+    """Create `directory` if needed and prove a file can be written in it; an OutputError says why not."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"{what} {directory} exists and is not a directory")
+    probe = directory / f".write-probe.{os.getpid()}.tmp"
+    with named_write_errors(what, directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    return directory
