@@ -7,7 +7,8 @@
 output path), trains the model *in place* (pass a copy to keep the original), and writes the
 edited model atomically to a new directory: safetensors + tokenizer + config.json, `unlearn.json`
 (resolved config, layers, summary, provenance) and `log.jsonl` (one line per step / eval).
-A killed run resumes from `.<out>.work/checkpoint.pt` when called again with the same arguments.
+A killed run resumes from `.<out>.work/checkpoint.safetensors` when called again with the same model, data and
+config (a checkpoint of any other run is refused, naming what differs).
 
 Several GPUs: `accelerate launch -m workbench unlearn ...` starts the CLI under accelerate; the loop
 itself runs one process on the model's device (a single CPU process works the same way).
@@ -26,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import ConfigError, EditError
-from ..provenance import JsonlLog, atomic_write_json, provenance, stable_hash, to_jsonable
+from ..provenance import JsonlLog, atomic_write_json, model_fingerprint, provenance, stable_hash, to_jsonable
 from .config import (CONFIG_CLASS, METHODS, PRESETS, GradientConfig, JointConfig, LoopConfig, RMUConfig,
                      SequentialConfig, Stage, resolve_config)
 from .gradient import Gradient
@@ -78,6 +79,11 @@ def _model_source(model) -> Path | None:
     return Path(name).expanduser().resolve() if name and Path(name).expanduser().exists() else None
 
 
+def data_hash(records: dict[str, list]) -> str:
+    """Hash of every record's content per split: a resumed run must train on exactly the same data."""
+    return stable_hash({s: [(r.id, r.input, r.output, r.task) for r in recs] for s, recs in records.items()})
+
+
 def _check_out_dir(out: Path, model, source: str | Path | None) -> None:
     sources = [p for p in (_model_source(model), Path(source).resolve() if source else None) if p is not None]
     for src in sources:
@@ -119,6 +125,7 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
             raise EditError(f"{method} needs a non-empty {split} set, but the corpus has no {split} records")
 
     # ---- set up: dtype, trainable parameters, data, frozen reference
+    fingerprint = model_fingerprint(model)  # of the source weights, before any change: the resume key's model
     dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[cfg.dtype]
     if next(model.parameters()).dtype != dtype:
         model.to(dtype)
@@ -131,8 +138,7 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
     log = JsonlLog(work / "log.jsonl")
     resolved = {"method": method, "layers": layer_list, "preset": preset, "config": to_jsonable(cfg),
                 "trainable": list(params)}
-    config_hash = stable_hash({**resolved, "data": getattr(corpus, "source", None),
-                               "n": {s: len(r) for s, r in records.items()}})
+    run_key = {"model": fingerprint, "data": data_hash(records), "config": stable_hash(resolved)}
     atomic_write_json(work / "unlearn_config.json", resolved)
     log("start", **resolved, n_forget=len(records["forget"]), n_retain=len(records["retain"]))
 
@@ -169,7 +175,7 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
 
     t1 = time.perf_counter()
     summary = train(model, phases, data, cfg, work, pad_id=tok.pad_token_id, params=params, evaluate=evaluate,
-                    log=log, config_hash=config_hash, progress=progress, on_step=on_step)
+                    log=log, run_key=run_key, progress=progress, on_step=on_step)
     summary.update(train_seconds=round(time.perf_counter() - t1, 3), reference_seconds=round(ref_seconds, 3),
                    reference_cache_bytes=ref.nbytes(), eval_metric=metric,
                    editor=[ph.editor.describe() for ph in phases])
@@ -186,7 +192,8 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
         atomic_write_json(tmp / "unlearn.json", {
             **resolved, "summary": summary,
             "provenance": provenance(model=model, data=getattr(corpus, "source", None), config=resolved,
-                                     seed=cfg.seed, source_model=str(_model_source(model) or source or ""))})
+                                     seed=cfg.seed, source_model=str(_model_source(model) or source or ""),
+                                     source_fingerprint=fingerprint)})
         shutil.copy(work / "log.jsonl", tmp / "log.jsonl")
         os.replace(tmp, out)
     except BaseException:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -171,10 +170,7 @@ class Phase:
 
 
 # ---------------------------------------------------------------- checkpoints
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+CHECKPOINT = "checkpoint.safetensors"
 
 
 def _rng_state() -> dict:
@@ -184,6 +180,16 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+
+
+def _check_resumable(ck: dict, run_key: dict[str, str], ckpt_path: Path, work_dir: Path) -> None:
+    """Refuse a checkpoint of another run: another model, other data or another config (named in the error)."""
+    theirs = ck.get("run_key") if isinstance(ck.get("run_key"), dict) else {}
+    what = {"model": "the model (fingerprint)", "data": "the data", "config": "the config"}
+    differ = [f"{what.get(k, k)} {theirs.get(k)} != {v}" for k, v in run_key.items() if theirs.get(k) != v]
+    if differ:
+        raise EditError(f"{ckpt_path} was written by a different run: {'; '.join(differ)} (checkpoint != this run). "
+                        f"Resuming would continue another run's weights; delete {work_dir} or pick another --out")
 
 
 # ---------------------------------------------------------------- the loop
@@ -231,10 +237,19 @@ def _micro_batches(editor: Editor, data, cfg: LoopConfig, phase: int, epoch: int
 
 def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopConfig, work_dir: Path, *,
           pad_id: int, params: dict[str, torch.nn.Parameter], evaluate: Callable[[], tuple[float, dict]],
-          log, config_hash: str, progress: bool = False, on_step: Callable[[int], None] | None = None) -> dict:
-    """Run every phase; returns a summary. Resumes from work_dir/checkpoint.pt when it matches config_hash."""
+          log, run_key: dict[str, str], progress: bool = False, on_step: Callable[[int], None] | None = None) -> dict:
+    """Run every phase; returns a summary. Resumes from work_dir/checkpoint.safetensors when its run key (hashes of
+    the source model, the data and the config) equals `run_key`."""
+    from ..outputs import named_write_errors, remove_stale_temps
+    from .checkpoint import load_checkpoint, save_checkpoint
+
     device = next(model.parameters()).device
-    ckpt_path = work_dir / "checkpoint.pt"
+    ckpt_path = work_dir / CHECKPOINT
+    pickled = work_dir / "checkpoint.pt"
+    if pickled.exists():  # torch.save's pickle format: loading it could run code, so it is never read
+        raise EditError(f"{pickled} is a pickle checkpoint, which can run code when loaded; it is not loaded. "
+                        f"Delete {work_dir} to start the run afresh, or pick another --out")
+    remove_stale_temps(work_dir)
     plan = _plan(phases, data, cfg)
     total = sum(p[2] for p in plan)
     if total == 0:
@@ -247,10 +262,8 @@ def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopC
     state = {"step": 0, "best_score": -math.inf, "best_step": None, "best": None, "evals": []}
     start_phase, opt = 0, None
     if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, weights_only=False)
-        if ck["config_hash"] != config_hash:
-            raise EditError(f"{ckpt_path} was written by a different run (config hash {ck['config_hash']} != "
-                            f"{config_hash}); delete {work_dir} or pick another --out")
+        ck = load_checkpoint(ckpt_path)
+        _check_resumable(ck, run_key, ckpt_path, work_dir)
         with torch.no_grad():
             for n in names:
                 params[n].copy_(ck["params"][n])
@@ -263,12 +276,18 @@ def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopC
         _set_rng_state(ck["rng"])
         log("resume", step=state["step"], phase=start_phase, checkpoint=str(ckpt_path))
 
-    def save_checkpoint(phase: int):
-        _atomic_torch_save({
-            "config_hash": config_hash, "phase": phase, "optimizer": opt.state_dict(),
-            "params": {n: params[n].detach().clone() for n in names},
-            "editor_states": [ph.editor.state_dict() for ph in phases], "rng": _rng_state(),
-            **{k: state[k] for k in ("step", "best_score", "best_step", "best", "evals")}}, ckpt_path)
+    def checkpoint(phase: int):
+        last_good = (f"the last good checkpoint {ckpt_path} (step {saved['step']}) is intact"
+                     if saved["step"] is not None else "no checkpoint was written yet")
+        with named_write_errors("checkpoint", ckpt_path, last_good):
+            save_checkpoint(ckpt_path, {
+                "run_key": run_key, "phase": phase, "optimizer": opt.state_dict(),
+                "params": {n: params[n].detach() for n in names},
+                "editor_states": [ph.editor.state_dict() for ph in phases], "rng": _rng_state(),
+                **{k: state[k] for k in ("step", "best_score", "best_step", "best", "evals")}})
+        saved["step"] = state["step"]
+
+    saved = {"step": state["step"] if ckpt_path.is_file() else None}
 
     def run_eval(step: int):
         score, stats = evaluate()
@@ -291,7 +310,7 @@ def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopC
             opt = make_opt(ph.lr)  # a fresh optimizer per stage, as separate runs would have
             start_phase = p
             if state["step"] == 0:
-                save_checkpoint(p)  # a last-good checkpoint exists from the very start
+                checkpoint(p)  # a last-good checkpoint exists from the very start
         while state["step"] < done_before + steps:
             s_phase = state["step"] - done_before
             epoch, s_epoch = divmod(s_phase, spe)
@@ -331,7 +350,7 @@ def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopC
                 run_eval(step)
                 model.train()
             if step % cfg.checkpoint_every == 0 or last or step == done_before + steps:
-                save_checkpoint(p)
+                checkpoint(p)
             if on_step is not None:
                 on_step(step)
         done_before += steps
