@@ -100,3 +100,98 @@ def test_non_olmo_architectures(tmp_path, micro):
                                     num_attention_heads=2, num_key_value_heads=2), tok)
     with pytest.warns(UserWarning, match="is not OLMo"):
         load_model(llama)
+
+
+# ---------------------------------------------------------------- loading is safe by default
+def _copy_micro(tmp_path, name="m"):
+    import shutil
+
+    from workbench import organism
+
+    d = tmp_path / name
+    shutil.copytree(organism.build("micro", progress=False), d)
+    return d
+
+
+def _custom_code_dir(tmp_path, model_type):
+    """A model directory whose config names its own Python code (auto_map); importing that code writes a marker."""
+    import json
+
+    d = _copy_micro(tmp_path, f"remote-{model_type}")
+    marker = tmp_path / f"ran-{model_type}"
+    (d / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                               "from transformers import OlmoConfig as EvilConfig, OlmoForCausalLM as EvilModel\n")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(model_type=model_type, auto_map={"AutoConfig": "evil.EvilConfig",
+                                                "AutoModelForCausalLM": "evil.EvilModel"})
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d, marker
+
+
+def test_custom_model_code_never_runs_even_when_stdin_says_yes(tmp_path, monkeypatch, micro, capsys):
+    import io
+
+    from workbench.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 10))   # `echo y | workbench trace --model DIR`
+    unknown, marker = _custom_code_dir(tmp_path, "evil-olmo")
+    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+        load_model(unknown)
+    rc = main(["trace", "--model", str(unknown), "--prompt", "Who is Ann?", "--subject", "Ann", "--answer", "x",
+               "--out", str(tmp_path / "t"), "--formats", "none"])
+    assert rc == 2 and "--trust-remote-code" in capsys.readouterr().err
+    known, marker2 = _custom_code_dir(tmp_path, "olmo")   # a built-in type with auto_map: the built-in class loads
+    model, _ = load_model(known)
+    assert type(model).__name__ == "OlmoForCausalLM"
+    assert not marker.exists() and not marker2.exists()
+
+
+def test_pickle_only_weights_need_an_explicit_opt_in(tmp_path, micro):
+    model0, tok, _ = micro
+    d = _copy_micro(tmp_path, "bin")
+    (d / "model.safetensors").unlink()
+    torch.save(model0.state_dict(), d / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="only pickle weights") as e:
+        load_model(d)
+    assert "save_pretrained" in str(e.value) and "--allow-bin" in str(e.value)
+    model, _ = load_model(d, allow_pickle_weights=True)
+    for (n, p), q in zip(model0.named_parameters(), model.parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_malicious_bin_is_refused_without_unpickling(tmp_path, capsys):
+    from workbench.cli import main
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    d = _copy_micro(tmp_path)
+    (d / "model.safetensors").unlink()
+    torch.save({"x": Planted()}, d / "pytorch_model.bin")
+    rc = main(["trace", "--model", str(d), "--prompt", "Who is Ann?", "--subject", "Ann", "--answer", "x",
+               "--out", str(tmp_path / "t"), "--formats", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "only pickle weights" in err and "Traceback" not in err
+    assert not (tmp_path / "ran").exists()
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path, micro):
+    d = _copy_micro(tmp_path)
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="truncated or corrupt"):
+        load_model(d)
+    f.write_bytes(b"\x05\x00")
+    with pytest.raises(ModelLoadError, match="truncated or corrupt"):
+        load_model(d)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a CPU-only torch")
+def test_cuda_device_on_cpu_torch(micro, capsys):
+    from workbench.cli import main
+
+    with pytest.raises(ModelLoadError, match="no usable CUDA"):
+        load_model("organism:micro", device="cuda")
+    with pytest.raises(ModelLoadError, match="not a torch device"):
+        load_model("organism:micro", device="gpu0")

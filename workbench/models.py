@@ -56,21 +56,91 @@ def check_architecture(model) -> None:
                       stacklevel=3)
 
 
-def _from_pretrained(source: str, dtype, device, device_map, local_only: bool):
+def check_device(device) -> None:
+    """A device string this torch can use; 'cuda' on a CPU-only build is a ModelLoadError, not a deep traceback."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"device {device!r} is not a torch device ({e}); expected e.g. cpu, cuda, cuda:1") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r}: this torch ({torch.__version__}) has no usable CUDA GPU; "
+                                 "use --device cpu or install a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r}: MPS is not available in this torch build")
+
+
+CONVERT_HINT = ("convert it once to safetensors, trusting the file only for that step: python -c \"from transformers "
+                "import AutoModelForCausalLM as M, AutoTokenizer as T; d='{src}'; "
+                "M.from_pretrained(d, use_safetensors=False).save_pretrained(d + '-safetensors'); "
+                "T.from_pretrained(d).save_pretrained(d + '-safetensors')\"")
+
+
+def check_weight_files(directory: str | Path, allow_pickle_weights: bool = False) -> list[Path]:
+    """The weight files of a saved model directory, each checked complete; refuses pickle-only weights.
+
+    A safetensors file is an 8-byte header length, a JSON header giving each tensor's byte range, then the data:
+    a file shorter than its header's last byte range is truncated (a killed copy or a full disk)."""
+    import json as _json
+    import struct
+
+    d = Path(directory)
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(d.glob("*.bin")) + sorted(d.glob("*.pt")) + sorted(d.glob("*.pth"))
+        if not pickles:
+            raise ModelLoadError(f"{d} has no weights (no *.safetensors); expected a directory saved by "
+                                 "`save_pretrained`")
+        if not allow_pickle_weights:
+            raise ModelLoadError(
+                f"{d} has only pickle weights ({', '.join(p.name for p in pickles[:3])}), which can run code when "
+                f"loaded; they are not loaded by default. If you trust their source, {CONVERT_HINT.format(src=d)} "
+                "(or load them as they are with allow_pickle_weights=True / --allow-bin)")
+        return pickles
+    for f in files:
+        size = f.stat().st_size
+        try:
+            with f.open("rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                if n > size - 8:
+                    raise ValueError(f"header of {n} bytes in a {size}-byte file")
+                header = _json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if 8 + n + end != size:
+                raise ValueError(f"{size} bytes, its header describes {8 + n + end}")
+        except (struct.error, ValueError, KeyError, TypeError, IndexError) as e:
+            raise ModelLoadError(f"weight file {f} is truncated or corrupt ({e}); re-save or re-copy the model") from None
+    return files
+
+
+def _from_pretrained(source: str, dtype, device, device_map, local_only: bool, trust_remote_code: bool = False,
+                     allow_pickle_weights: bool = False):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    check_device(device)
+    # trust_remote_code is always passed: left None, transformers asks on stdin whether to run a directory's code
+    remote = {"trust_remote_code": bool(trust_remote_code)}
     try:
-        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only, **remote)
     except Exception as e:
         where = f"directory {source}" if local_only else f"hub id {source!r}"
+        custom = "custom code" in str(e) or "trust_remote_code" in str(e)
         raise ModelLoadError(
             f"could not read a model config from {where} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            + ("Expected a directory with config.json and weights saved by `save_pretrained`."
+            + ("Its config needs the model's own Python code, which is not run unless trust_remote_code=True "
+               "(--trust-remote-code) is given." if custom else
+               "Expected a directory with config.json and weights saved by `save_pretrained`."
                if local_only else "Offline? Download the weights elsewhere and pass their local directory, "
                                   "or use the built-in model organism: --model organism")) from None
     if getattr(config, "is_encoder_decoder", False):
         raise ModelLoadError(f"{source}: {config.model_type} is an encoder-decoder; the workbench needs a decoder-only OLMo")
-    kwargs = {"local_files_only": local_only}
+    if local_only:
+        check_weight_files(source, allow_pickle_weights)
+    kwargs = {"local_files_only": local_only, "use_safetensors": not allow_pickle_weights, **remote}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if device_map is not None:
@@ -80,9 +150,12 @@ def _from_pretrained(source: str, dtype, device, device_map, local_only: bool):
     except ValueError as e:
         raise ModelLoadError(f"{source}: model type {config.model_type!r} is not a causal LM ({e})") from None
     except OSError as e:
-        raise ModelLoadError(f"{source}: config found but weights could not be loaded ({e})") from None
+        hint = (f"; the workbench loads safetensors only: {CONVERT_HINT.format(src=source)}, or pass "
+                "allow_pickle_weights=True / --allow-bin" if not allow_pickle_weights and "safetensors" in str(e) else "")
+        raise ModelLoadError(f"{source}: config found but weights could not be loaded "
+                             f"({str(e).splitlines()[0][:300]}){hint}") from None
     try:
-        tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **remote)
     except Exception as e:
         raise ModelLoadError(f"{source}: no usable tokenizer ({type(e).__name__}: {e})") from None
     if tok.pad_token is None:
@@ -100,9 +173,14 @@ def organism_name(spec) -> str | None:
     return spec_s.partition(":")[2] or "default"
 
 
-def load_model(spec: str | Path = "organism", dtype=None, device: str | None = None, device_map=None):
-    """Return `(model, tokenizer)`, the model in eval mode. See the module docstring for specs."""
+def load_model(spec: str | Path = "organism", dtype=None, device: str | None = None, device_map=None, *,
+               trust_remote_code: bool = False, allow_pickle_weights: bool = False):
+    """Return `(model, tokenizer)`, the model in eval mode. See the module docstring for specs.
+
+    Safe by default: a model's own Python code (config `auto_map`) is never run unless trust_remote_code=True, and
+    only safetensors weights are read unless allow_pickle_weights=True (pickled .bin weights can run code)."""
     dtype = resolve_dtype(dtype)
+    opts = {"trust_remote_code": trust_remote_code, "allow_pickle_weights": allow_pickle_weights}
     spec_s = str(spec)
     name = organism_name(spec_s)
     if name is not None:
@@ -114,11 +192,11 @@ def load_model(spec: str | Path = "organism", dtype=None, device: str | None = N
         p = Path(spec_s).expanduser()
         if not p.is_dir():
             raise ModelLoadError(f"model path {p} is a file; expected a directory saved by `save_pretrained`")
-        model, tok = _from_pretrained(str(p), dtype, device, device_map, local_only=True)
+        model, tok = _from_pretrained(str(p), dtype, device, device_map, local_only=True, **opts)
     elif spec_s.startswith((".", "/", "~")) or spec_s.count("/") > 1 or "\\" in spec_s:
         raise ModelLoadError(f"model directory {spec_s} does not exist (expected a directory saved by `save_pretrained`)")
     elif _HUB_ID.match(spec_s):
-        model, tok = _from_pretrained(spec_s, dtype, device, device_map, local_only=False)
+        model, tok = _from_pretrained(spec_s, dtype, device, device_map, local_only=False, **opts)
     else:
         raise ModelLoadError(f"model spec {spec_s!r} is neither 'organism[:name]', an existing directory, "
                              f"nor a hub id like 'allenai/OLMo-1B-0724-hf'")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from . import add_model_safety_args
+
 
 def add_parser(sub):
     p = sub.add_parser("evaluate", help="verify an unlearning edit: recall, MIA, MMLU, SemEval score, re-tracing")
@@ -27,6 +29,7 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--progress", action="store_true")
+    add_model_safety_args(p)
     return p
 
 
@@ -70,6 +73,7 @@ def run(args) -> int:
     from ..evaluation.report import EvalConfig, TraceConfig, evaluate
     from ..evaluation.semeval import MAX_NEW_TOKENS, ORGANISM_MAX_NEW_TOKENS
     from ..models import load_model
+    from . import model_options
 
     out = Path(args.out)
     if args.edited and Path(args.edited).resolve() == out.resolve():
@@ -82,10 +86,11 @@ def run(args) -> int:
                      trace=not args.no_trace,
                      max_new_tokens=args.max_new_tokens or (ORGANISM_MAX_NEW_TOKENS if is_organism else MAX_NEW_TOKENS))
     tc = TraceConfig(n_facts=args.n_facts, n_samples=args.n_samples)
-    model, tok = load_model(args.model, device=args.device)
-    edited = load_model(args.edited, device=args.device) if args.edited else None
-    reference = load_model(args.reference, device=args.device) if args.reference else None
-    baseline = load_model(baseline_spec, device=args.device) if baseline_spec else None
+    opts = model_options(args)
+    model, tok = load_model(args.model, device=args.device, **opts)
+    edited = load_model(args.edited, device=args.device, **opts) if args.edited else None
+    reference = load_model(args.reference, device=args.device, **opts) if args.reference else None
+    baseline = load_model(baseline_spec, device=args.device, **opts) if baseline_spec else None
     report = evaluate(model, tok, corpus, edited=edited, trace_config=tc, config=cfg, reference=reference,
                       retain_baseline=baseline, out_dir=out, progress=args.progress)
     rows = {r[0]: {"original": r[1], "edited": r[2]} for r in report.table() if not r[0].startswith("term ")}

@@ -81,12 +81,13 @@ def run(args) -> int:
     from .. import patching
     from ..figures import heatmaps
     from ..models import load_model
+    from . import model_options
     from ..provenance import JsonlLog, atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / "patch.jsonl")
     t0 = time.perf_counter()
-    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device, **model_options(args))
     kw = dict(wrong_answer=args.wrong, sites=tuple(sites), heads=not args.no_heads, metric=metric,
               backend=args.backend, batch_size=args.batch_size, progress=args.progress)
     log("start", model=args.model, clean=args.clean, corrupt=args.corrupt, answer=args.answer,

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import add_model_safety_args
 
 FIGURE_FACTS = 3  # per-fact heatmaps drawn for the first few facts only (a 125-fact run needs no 125 figures)
 
@@ -54,6 +55,7 @@ def add_run_args(p) -> None:
     p.add_argument("--device", help="e.g. cpu or cuda")
     p.add_argument("--progress", action="store_true", help="show progress bars (stderr)")
     p.add_argument("--out", required=True, help="output directory")
+    add_model_safety_args(p)
 
 
 def parse_list(value: str, what: str, allowed=None) -> list[str]:
@@ -167,6 +169,7 @@ def run(args) -> int:
     from ..models import load_model
     from ..provenance import JsonlLog, atomic_write_json
     from .. import tracing
+    from . import model_options
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -176,7 +179,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / "trace.jsonl")
     t0 = time.perf_counter()
-    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device, **model_options(args))
     load_s, t1 = time.perf_counter() - t0, time.perf_counter()
     kw = dict(kinds=tuple(args.kinds_list), n_samples=args.samples, window=args.window, metric=args.metric,
               backend=args.backend, seed=args.seed, batch_size=args.batch_size)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from . import add_model_safety_args
+
 
 def add_data_args(p) -> None:
     p.add_argument("--model", default="organism:micro", help="organism[:name], a local model dir, or a hub id")
@@ -26,6 +28,7 @@ def add_data_args(p) -> None:
                    help="any other config field, JSON-valued (e.g. --set alpha=900 --set freeze_mode='\"freeze-mlp\"')")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: where the model loads)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_model_safety_args(p)
 
 
 def overrides(args) -> dict:
@@ -49,8 +52,9 @@ def load_inputs(args):
     from ..data import load_lume
     from ..errors import ConfigError
     from ..models import load_model, organism_name
+    from . import model_options
 
-    model, tok = load_model(args.model, dtype=getattr(args, "dtype", None), device=args.device)
+    model, tok = load_model(args.model, dtype=getattr(args, "dtype", None), device=args.device, **model_options(args))
     if args.data == "organism":
         name = organism_name(args.model)
         if name is None:
