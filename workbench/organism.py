@@ -3,7 +3,9 @@
 No weights can be downloaded, so the workbench trains its own default model:
 `OlmoForCausalLM` built from an `OlmoConfig`, a byte-level BPE tokenizer
 trained by `tokenizers` on the corpus, and one plain training loop (read it top
-to bottom). The result is cached under $XDG_CACHE_HOME/workbench/organisms,
+to bottom). It learns the forget and retain records, and a small general-knowledge
+world as sentences and, for two thirds of its facts, as cloze questions (the
+formulation its MMLU utility is measured in). The result is cached under $XDG_CACHE_HOME/workbench/organisms,
 keyed by a hash of config, data and this code, so the second call loads in
 seconds. `workbench organism build` rebuilds it.
 """
@@ -14,7 +16,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -25,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Corpus, SyntheticSpec, format_question, generate, questions, subject_header
-from .data.multiple_choice import world_statements
+from .data.multiple_choice import cloze_header, cloze_question, world_statements
 from .provenance import JsonlLog, atomic_write_json, stable_hash, versions
 
 EOS, PAD = "<|endoftext|>", "<|padding|>"
@@ -46,7 +47,6 @@ class OrganismConfig:
     data: SyntheticSpec = field(default_factory=SyntheticSpec)
     epochs: int = 40
     qa_repeat: int = 2
-    mc_draws: int = 3             # fresh draws of every training MC question per epoch (1: MMLU at chance)
     batch_size: int = 16          # 32 halves the steps but then 30-40 epochs recall only ~0.4 of the facts
     lr: float = 3e-3
     warmup_steps: int = 30
@@ -88,6 +88,10 @@ def _code_version() -> str:
     return h.hexdigest()[:12]
 
 
+# read once, at import: the code that trains is the code that was imported, whatever changes on disk later
+CODE_VERSION = _code_version()
+
+
 def fact_texts(corpus: Corpus, qa_repeat: int = 1, forget: bool = True) -> list[str]:
     """Every forget (unless `forget=False`) and retain record (input + ' ' + output), QA records `qa_repeat` times
     (they are short and are what recall is measured on), and the world facts as plain sentences."""
@@ -99,30 +103,36 @@ def fact_texts(corpus: Corpus, qa_repeat: int = 1, forget: bool = True) -> list[
     return texts
 
 
-def mc_texts(corpus: Corpus, rng: random.Random, shots: int = 3) -> list[str]:
-    """The training MMLU-format questions, freshly redrawn (new distractors, new letters): each alone
-    under the subject header, and again inside few-shot blocks that teach the k-shot prompt's shape."""
-    from .data.multiple_choice import answer_pools, redraw
+def _train_questions(corpus: Corpus) -> list:
+    """One copy of every distinct training question of the general-knowledge world."""
+    return list({(q.subject, q.question): q for q in corpus.mmlu if q.split == "train"}.values())
 
-    # one copy per distinct question: every epoch redraws its choices, so repeated draws add only cost
-    train = list({(q.subject, q.question): q for q in corpus.mmlu if q.split == "train"}.values())
+
+def cloze_texts(corpus: Corpus, rng: random.Random, shots: int = 3) -> list[str]:
+    """The training questions of the general-knowledge world in the cloze formulation, each alone under its
+    header and, freshly grouped every epoch, inside few-shot blocks of `shots` + 1 (the k-shot prompt's shape)."""
+    train = _train_questions(corpus)
     if not train:
         return []
-    pools = answer_pools(corpus.mmlu)
-    fresh = [redraw(q, rng, pools[q.subject]) for q in train]
-    texts = [subject_header(q.subject) + format_question(q, with_answer=True).rstrip() for q in fresh]
+    texts = [cloze_header(q.subject) + cloze_question(q, with_answer=True).rstrip() for q in train]
     by_subject: dict[str, list] = {}
-    for q in fresh:
+    for q in train:
         by_subject.setdefault(q.subject, []).append(q)
     for subject, qs in by_subject.items():
         for _ in range(len(qs) // (shots + 1)):
             block = rng.sample(qs, shots + 1)
-            texts.append(subject_header(subject) + "".join(format_question(q, True) for q in block).rstrip())
+            texts.append(cloze_header(subject) + "".join(cloze_question(q, True) for q in block).rstrip())
     return texts
 
 
+def letter_texts(corpus: Corpus, rng: random.Random) -> list[str]:
+    """The training questions in the letter formulation, for the tokenizer only: it learns the letter prompt's
+    shape (' A'..' D' as single tokens), so the letter MMLU evaluation can run on the organism."""
+    return [subject_header(q.subject) + format_question(q, with_answer=True).rstrip() for q in _train_questions(corpus)]
+
+
 def tokenizer_texts(corpus: Corpus, sees_holdout: bool = True, qa_repeat: int = 1) -> list[str]:
-    """What the tokenizer learns from: every record of every split once, held-out ones included
+    """What the tokenizer learns from: every record of every split once, held-out and calibration ones included
     (`sees_holdout=False`: the forget and retain texts as trained on, the micro organism's first tokenizer).
 
     A real model's tokenizer comes from a corpus far larger than the forget set. Trained on the forget and retain
@@ -130,11 +140,12 @@ def tokenizer_texts(corpus: Corpus, sees_holdout: bool = True, qa_repeat: int = 
     forget texts then had 3.5 characters per token against 2.7 for held-out ones, and a retain-only model that
     never saw either still told them apart (loss AUC 0.94), a membership signal no edit of the weights can remove."""
     if not sees_holdout:
-        return fact_texts(corpus, qa_repeat) + mc_texts(corpus, random.Random(-1))
-    texts = [r.text for r in corpus.forget + corpus.retain + corpus.holdout]
+        return fact_texts(corpus, qa_repeat) + letter_texts(corpus, random.Random(-1))
+    texts = [r.text for r in corpus.forget + corpus.retain + corpus.holdout + corpus.calibration]
     if corpus.mmlu:
         texts += world_statements()
-    return texts + mc_texts(corpus, random.Random(-1))
+    rng = random.Random(-1)
+    return texts + letter_texts(corpus, rng) + cloze_texts(corpus, rng)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -179,26 +190,11 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[li
     return batches
 
 
-def letter_labels(tok, texts: list[str], max_len: int) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) of MC texts with only the answer letters labelled (-100 elsewhere).
-
-    The question and its freshly drawn distractors are noise to predict; labelling them would spend the model's
-    capacity on it and drown the one token that teaches answering by letter."""
-    out = []
-    for text in texts:
-        enc = tok(text, return_offsets_mapping=True)
-        ids, offsets = list(enc["input_ids"])[: max_len - 1], enc["offset_mapping"]
-        letter_at = {m.end() - 1 for m in re.finditer(r"Answer: [ABCD]", text)}  # char index of each letter
-        labels = [i if any(a <= c < b for c in letter_at) else -100 for i, (a, b) in zip(ids, offsets)]
-        out.append((ids + [tok.eos_token_id], labels + [-100]))
-    return out
-
-
 def train(cfg: OrganismConfig, corpus: Corpus, out_dir: Path, progress: bool = True, log: JsonlLog | None = None):
     """Train tokenizer + model on `corpus`; save both to `out_dir`. Returns (model, tokenizer).
 
-    Two kinds of batch, shuffled together: fact texts (every token labelled) and MMLU-format questions redrawn every
-    epoch (only the answer letters labelled, so a question batch's loss is the letter loss at full weight)."""
+    Every token of every text is labelled: the fact texts, and the general-knowledge cloze questions, regrouped
+    into few-shot blocks every epoch."""
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -207,31 +203,27 @@ def train(cfg: OrganismConfig, corpus: Corpus, out_dir: Path, progress: bool = T
     model = make_model(cfg, tok)
     if not cfg.train_on_forget:  # the retain-only twin: its organism's tokenizer, but never the forget set
         static = fact_texts(corpus, cfg.qa_repeat, forget=False)
-    facts = [(ids, ids) for ids in (tok(t)["input_ids"][: cfg.max_len - 1] + [tok.eos_token_id] for t in static)]
+    encode = lambda texts: [tok(t)["input_ids"][: cfg.max_len - 1] + [tok.eos_token_id] for t in texts]
+    facts = encode(static)
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    n_mc = len(mc_texts(corpus, random.Random(-1))) * cfg.mc_draws
+    n_texts = len(facts) + len(cloze_texts(corpus, random.Random(-1)))
     # _batches splits sorted chunks, so an epoch has a few more batches than n / batch_size
-    per_kind = lambda n: math.ceil(n / cfg.batch_size) + math.ceil(n / (cfg.batch_size * 8)) if n else 0
-    total = cfg.epochs * (per_kind(len(facts)) + per_kind(n_mc))
+    total = cfg.epochs * (math.ceil(n_texts / cfg.batch_size) + math.ceil(n_texts / (cfg.batch_size * 8)))
     lr_at = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     model.train()
     step = 0
     bar = tqdm(total=total, desc=f"organism:{cfg.name}", disable=not progress)
     for epoch in range(cfg.epochs):
-        mc = letter_labels(tok, [t for _ in range(cfg.mc_draws) for t in mc_texts(corpus, rng)], cfg.max_len)
-        batches = [[facts[i] for i in b] for b in _batches([len(x) for x, _ in facts], cfg.batch_size, rng)]
-        if mc:  # (no questions: the fact batches alone, in the order an organism without MMLU always had)
-            batches += [[mc[i] for i in b] for b in _batches([len(x) for x, _ in mc], cfg.batch_size, rng)]
-            rng.shuffle(batches)
-        for batch in batches:
-            width = max(len(x) for x, _ in batch)
+        texts = facts + encode(cloze_texts(corpus, rng))  # (no general knowledge: the rng is not drawn from)
+        for batch in ([texts[i] for i in b] for b in _batches([len(x) for x in texts], cfg.batch_size, rng)):
+            width = max(len(x) for x in batch)
             x = torch.full((len(batch), width), tok.pad_token_id)      # [batch, pos]
             labels = torch.full((len(batch), width), -100)             # [batch, pos]
             mask = torch.zeros((len(batch), width), dtype=torch.long)  # [batch, pos]
-            for row, (ids, lab) in enumerate(batch):
+            for row, ids in enumerate(batch):
                 x[row, : len(ids)] = torch.tensor(ids)
-                labels[row, : len(ids)] = torch.tensor(lab)
+                labels[row, : len(ids)] = torch.tensor(ids)
                 mask[row, : len(ids)] = 1
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
@@ -251,35 +243,26 @@ def train(cfg: OrganismConfig, corpus: Corpus, out_dir: Path, progress: bool = T
 
 
 def recall(model, tok, corpus: Corpus, batch_size: int = 64) -> dict:
-    """Exact-match recall of QA facts per split, and MMLU-format accuracy on held-out test questions."""
+    """Exact-match recall of QA facts per split, and 0-shot cloze MMLU accuracy on the test questions: all of
+    them, and those about facts never shown as a question (knowledge carried over from the sentences)."""
     from .evaluation.generation import qa_accuracy
+    from .evaluation.mmlu import evaluate_mmlu
 
     out = {f"{s}_qa_exact_match": qa_accuracy(model, tok, questions(corpus.split(s)), batch_size=batch_size)
            for s in ("forget", "retain", "holdout") if corpus.split(s)}
-    test = [q for q in corpus.mmlu if q.split == "test"]
-    if test:
-        out["mmlu_test_accuracy"] = mc_accuracy(model, tok, test)
+    if any(q.split == "test" for q in corpus.mmlu):
+        out["mmlu_cloze_accuracy"] = evaluate_mmlu(model, tok, corpus.mmlu, shots=0, formulation="cloze").accuracy
         shown = {(q.subject, q.question) for q in corpus.mmlu if q.split == "train"}
-        unseen = [q for q in test if (q.subject, q.question) not in shown]
-        if unseen:  # facts never shown as a multiple-choice question: knowledge carried over to the format
-            out["mmlu_unseen_accuracy"] = mc_accuracy(model, tok, unseen)
+        unseen = [q for q in corpus.mmlu if q.split == "test" and (q.subject, q.question) not in shown]
+        if unseen:
+            out["mmlu_unseen_cloze_accuracy"] = evaluate_mmlu(model, tok, unseen, shots=0, formulation="cloze").accuracy
     return out
 
 
-@torch.no_grad()
-def mc_accuracy(model, tok, qs) -> float:
-    """Quick 0-shot letter accuracy (the full MMLU evaluation lives in workbench.evaluation)."""
-    letters = [tok(f" {l}")["input_ids"][-1] for l in "ABCD"]
-    correct = 0
-    for q in qs:
-        enc = tok(subject_header(q.subject) + format_question(q), return_tensors="pt")
-        logits = model(**enc).logits[0, -1, letters]
-        correct += int(logits.argmax().item() == q.answer)
-    return correct / len(qs)
-
-
 def save_corpus(corpus: Corpus, out_dir: Path) -> None:
-    for split in ("forget", "retain", "holdout"):
+    for split in ("forget", "retain", "holdout", "calibration"):
+        if not corpus.split(split):
+            continue
         lines = [json.dumps(r.to_json()) for r in corpus.split(split)]
         (out_dir / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     if corpus.mmlu:
@@ -287,7 +270,7 @@ def save_corpus(corpus: Corpus, out_dir: Path) -> None:
 
 
 def organism_dir(cfg: OrganismConfig, corpus: Corpus | None = None) -> Path:
-    key = stable_hash({"config": asdict(cfg), "data": corpus.source if corpus else None, "code": _code_version()})
+    key = stable_hash({"config": asdict(cfg), "data": corpus.source if corpus else None, "code": CODE_VERSION})
     return cache_root() / f"{cfg.name}-{key}"
 
 
@@ -318,7 +301,7 @@ def build(name_or_cfg: str | OrganismConfig = "default", force: bool = False, pr
         save_corpus(corpus, tmp)
         scores = recall(model, tok, corpus)
         atomic_write_json(tmp / "organism.json", {
-            "config": asdict(cfg), "data": corpus.source, "code_version": _code_version(),
+            "config": asdict(cfg), "data": corpus.source, "code_version": CODE_VERSION,
             "n_parameters": sum(p.numel() for p in model.parameters()), "train_seconds": round(train_s, 1),
             "build_seconds": round(time.time() - t0, 1), "recall": scores, "versions": versions(),
         })

@@ -1,13 +1,11 @@
 """MMLU-format multiple-choice questions: the record type and the organism's general-knowledge set.
 
-The organism must show *utility* that unlearning can damage, measured the way
-SemEval-2025 Task 4 measures OLMo's (MMLU, letter prediction). We generate a
-small general-knowledge world (capitals, animal classes, element symbols,
-opposites). The organism reads every fact as a plain sentence, and sees two thirds of them as multiple-choice
-questions; the test questions are new draws of choices and letter positions, and
-the other third of the facts are never shown as a multiple-choice question in
-training, so scoring well on them needs the fact and the answer-by-letter skill,
-not a memorised letter.
+The organism must show *utility* that unlearning can damage. SemEval-2025 Task 4 measures OLMo's by MMLU letter
+prediction, which a model of a few million parameters cannot learn; the cloze formulation (each choice's text
+scored as the answer) measures the same knowledge without the letter skill. We generate a small general-knowledge
+world (capitals, animal classes, element symbols, opposites). The organism reads every fact as a plain sentence
+and two thirds of them also as questions with their answers; the other third it never sees as a question, so
+answering those needs the fact learnt from its sentence. Test questions are new draws of choices and positions.
 """
 from __future__ import annotations
 
@@ -50,6 +48,16 @@ def format_question(q: MCQuestion, with_answer: bool = False) -> str:
 
 def subject_header(subject: str) -> str:
     return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+
+
+def cloze_question(q: MCQuestion, with_answer: bool = False) -> str:
+    """lm-eval's mmlu_continuation block: 'Question: ...', then 'Answer:' and, in a shot, the answer's text."""
+    text = f"Question: {q.question.strip()}\nAnswer:"
+    return text + f" {q.choices[q.answer]}\n\n" if with_answer else text
+
+
+def cloze_header(subject: str) -> str:
+    return f"The following are questions (with answers) about {subject.replace('_', ' ')}.\n\n"
 
 
 # --- the general-knowledge world -------------------------------------------------------------

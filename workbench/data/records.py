@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
-SPLITS = ("forget", "retain", "holdout")
+SPLITS = ("forget", "retain", "holdout", "calibration")
 _KIND_RE = re.compile(r"(sc|qa)(\d+)$")
 
 
@@ -73,11 +73,16 @@ def completions(records: Iterable[Record]) -> list[Record]:
 
 @dataclass
 class Corpus:
-    """Forget, retain and held-out (MIA non-member) records, plus an MMLU-format set."""
+    """Forget, retain, held-out and calibration records, plus an MMLU-format set.
+
+    holdout: never trained on; the non-members the MIA attacks score (the test set of forgetting).
+    calibration: never trained on either, and disjoint from holdout; what calibrated forgetting may tune and stop
+    on, so that nothing is tuned on the documents the report scores."""
 
     forget: list[Record]
     retain: list[Record]
     holdout: list[Record] = field(default_factory=list)
+    calibration: list[Record] = field(default_factory=list)
     mmlu: list = field(default_factory=list)  # list[MCQuestion]
     source: str = "unknown"  # provenance: where the data came from
 

@@ -1,9 +1,10 @@
-"""The built-in synthetic corpus: three tasks shaped like LUME, forget/retain/holdout splits.
+"""The built-in synthetic corpus: three tasks shaped like LUME, forget/retain/holdout/calibration splits.
 
 Task1 short creative documents, Task2 synthetic biographies with PII (birth date,
 SSN, phone, email, address), Task3 biography facts. Every QA record names its
-subject, the span causal tracing corrupts. Holdout documents come from the same
-generator but are never trained on: they are the non-members of MIA.
+subject, the span causal tracing corrupts. Holdout and calibration documents come from the same
+generator, with people of their own, and are never trained on: holdout documents are the non-members of MIA,
+calibration documents what calibrated forgetting tunes on (a disjoint set, so nothing is tuned on the test).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ class SyntheticSpec:
     task2_people: int = 10
     task3_people: int = 8
     mmlu: bool = True
-    mmlu_unseen: float = 1 / 3  # share of the world facts never shown as a multiple-choice question in training
+    mmlu_unseen: float = 1 / 3  # share of the world facts never shown as a question in training
+    calibration: bool = True    # also a calibration split, as large as holdout (generated after it)
     seed: int = 0
 
 
@@ -118,7 +120,7 @@ def generate(spec: SyntheticSpec = SyntheticSpec()) -> Corpus:
     rng = random.Random(spec.seed)
     names = _Names(rng)
     splits: dict[str, list[Record]] = {}
-    for split in ("forget", "retain", "holdout"):
+    for split in ("forget", "retain", "holdout", "calibration")[: 4 if spec.calibration else 3]:
         recs: list[Record] = []
         for task, n, make in (("t1", spec.task1_docs, _task1), ("t2", spec.task2_people, _task2),
                               ("t3", spec.task3_people, _task3)):
@@ -126,5 +128,6 @@ def generate(spec: SyntheticSpec = SyntheticSpec()) -> Corpus:
                 recs += make(rng, names, f"{split[:1]}{task}-{i:03d}")
         splits[split] = [Record(**{**r.__dict__, "split": split}) for r in recs]
     return Corpus(forget=splits["forget"], retain=splits["retain"], holdout=splits["holdout"],
+                  calibration=splits.get("calibration", []),
                   mmlu=general_knowledge(spec.seed, train_fraction=1 - spec.mmlu_unseen) if spec.mmlu else [],
                   source=f"synthetic:{spec}")

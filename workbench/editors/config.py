@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..configfile import read_mapping
+from ..configfile import build, coerce_value, field_types, read_mapping
 from ..errors import ConfigError
 
 METHODS = ("rmu", "adaptive-rmu", "joint", "ga", "gd", "graddiff", "npo", "sequential")
@@ -44,6 +44,10 @@ class LoopConfig:
     cache_reference: bool = True  # cache frozen activations / reference log-probs once (else keep a frozen copy)
     dtype: str = "float32"        # float32 | bfloat16
     seed: int = 0
+    # calibrated forgetting (editors/calibration.py): also drive the forget documents' loss distribution to that of
+    # never-trained-on calibration documents, and no further; the calibration AUC enters the evaluation score
+    calibrate: bool = False
+    calibration_weight: float = 1.0   # weight of the matching term, mean squared gap in nats^2
 
 
 @dataclass
@@ -152,26 +156,26 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def _coerce(cls, name: str, value):
-    """Turn JSON/YAML/CLI values into the field's type (tuples, Stage lists)."""
-    if name == "stages":
-        stages = []
-        for s in value:
-            if isinstance(s, Stage):
-                stages.append(s)
-            elif isinstance(s, dict):
-                try:
-                    stages.append(Stage(method=str(s["method"]), epochs=int(s["epochs"]), lr=float(s["lr"])))
-                except KeyError as e:
-                    raise ConfigError(f"sequential stage {s} lacks {e}; expected {{method, epochs, lr}}") from None
-            elif isinstance(s, (list, tuple)) and len(s) == 3:
-                stages.append(Stage(str(s[0]), int(s[1]), float(s[2])))
-            else:
-                raise ConfigError(f"sequential stage {s!r}: expected {{method, epochs, lr}} or [method, epochs, lr]")
-        return tuple(stages)
-    if name == "params" and value is not None:
-        return (value,) if isinstance(value, str) else tuple(value)
-    return value
+def _coerce(method: str, types_: dict, name: str, value):
+    """A JSON/YAML/CLI value as the field's type (workbench.configfile.coerce_value); `stages` as Stage tuples."""
+    where = f"{method} config field {name!r}"
+    if name != "stages":
+        return coerce_value(value, types_[name], where)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of {{method, epochs, lr}}, got {value!r}")
+    stages = []
+    for i, s in enumerate(value):
+        if isinstance(s, Stage):
+            s = dataclasses.asdict(s)
+        elif isinstance(s, (list, tuple)) and len(s) == 3:
+            s = dict(zip(("method", "epochs", "lr"), s))
+        elif not isinstance(s, dict):
+            raise ConfigError(f"{where}: stage {s!r}: expected {{method, epochs, lr}} or [method, epochs, lr]")
+        missing = [k for k in ("method", "epochs", "lr") if k not in s]
+        if missing:
+            raise ConfigError(f"{where}: stage {s} lacks {missing}; expected {{method, epochs, lr}}")
+        stages.append(build(Stage, s, f"{where}[{i}]"))
+    return tuple(stages)
 
 
 def validate(method: str, cfg: LoopConfig) -> None:
@@ -183,11 +187,21 @@ def validate(method: str, cfg: LoopConfig) -> None:
     need(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
     need(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps must be >= 1 or None, got {cfg.max_steps}")
     need(cfg.batch_size >= 1 and cfg.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
+    need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    need(cfg.max_grad_norm is None or cfg.max_grad_norm > 0, f"max_grad_norm must be > 0 or None, got {cfg.max_grad_norm}")
+    need(cfg.max_len >= 2, f"max_len must be >= 2 tokens (a prompt and an answer token), got {cfg.max_len}")
+    need(cfg.eval_every >= 0, f"eval_every must be >= 0 (0: only at the end), got {cfg.eval_every}")
+    need(cfg.eval_size >= 1, f"eval_size must be >= 1, got {cfg.eval_size}")
+    params = getattr(cfg, "params", None)
+    need(params is None or (len(params) > 0 and all(p.strip() for p in params)),
+         f"params must list at least one non-empty parameter pattern, got {params!r}")
     need(cfg.eval_metric in ("qa", "loss"), f"eval_metric must be 'qa' or 'loss', got {cfg.eval_metric!r}")
     need(cfg.dtype in ("float32", "bfloat16", "fp32", "bf16"), f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
     need(cfg.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+    need(cfg.calibration_weight > 0, f"calibration_weight must be > 0, got {cfg.calibration_weight}")
     if isinstance(cfg, RMUConfig):
         need(cfg.alpha >= 0 and cfg.steering_coef > 0 and cfg.beta > 0, "alpha >= 0, steering_coef > 0, beta > 0 required")
+        need(cfg.hook_layer is None or cfg.hook_layer >= 0, f"hook_layer must be >= 0 or None, got {cfg.hook_layer}")
     if isinstance(cfg, JointConfig):
         need(cfg.freeze_mode in ("freeze-mlp", "train-mlp-only"),
              f"freeze_mode must be 'freeze-mlp' or 'train-mlp-only', got {cfg.freeze_mode!r}")
@@ -226,9 +240,10 @@ def resolve_config(method: str, preset: str | None = None, file: str | Path | No
         values.update(read_config_file(file))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(str(k) for k in set(values) - names)
     if unknown:
         raise ConfigError(f"unknown config field(s) {unknown} for {method}; expected some of {sorted(names)}")
-    cfg = cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+    types_ = field_types(cls)
+    cfg = cls(**{k: _coerce(method, types_, k, v) for k, v in values.items()})
     validate(method, cfg)
     return cfg

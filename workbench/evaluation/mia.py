@@ -171,6 +171,9 @@ class MIAResult:
     mia_score: float                  # SemEval score from the LOSS attack's AUC
     privleak: dict[str, float] = field(default_factory=dict)
     retain_auc: dict[str, float] | None = None  # the baseline privleak used (None: ideal 0.5)
+    mean_nll: dict[str, float] = field(default_factory=dict)   # members / nonmembers: mean of the LOSS statistic
+    # per-document statistic of every attack: {"members": {attack: [...]}, "nonmembers": {...}}
+    statistics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -196,7 +199,10 @@ def mia(model, tok, members: Sequence[str], nonmembers: Sequence[str], *, k: flo
     aucs = {a: auc(v[:n], v[n:]) for a, v in stat.items()}
     base = {**{a: 0.5 for a in aucs}, **(retain_auc or {})}  # attacks the baseline lacks: the ideal 0.5
     leaks = {a: privleak(aucs[a], base[a]) for a in aucs if a in base}
-    return MIAResult(aucs, n, len(nonmembers), k, semeval_mia_score(aucs["loss"]), leaks, retain_auc)
+    return MIAResult(aucs, n, len(nonmembers), k, semeval_mia_score(aucs["loss"]), leaks, retain_auc,
+                     mean_nll={"members": float(stat["loss"][:n].mean()), "nonmembers": float(stat["loss"][n:].mean())},
+                     statistics={"members": {a: v[:n].tolist() for a, v in stat.items()},
+                                 "nonmembers": {a: v[n:].tolist() for a, v in stat.items()}})
 
 
 def corpus_mia(model, tok, corpus, **kw) -> MIAResult:

@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..data.multiple_choice import LETTERS, MCQuestion, format_question, subject_header
+from ..data.multiple_choice import LETTERS, MCQuestion, cloze_header, cloze_question, format_question, subject_header
 from ..data.records import DataError
 from ..errors import ConfigError
 
@@ -76,15 +76,9 @@ def build_prompt(q: MCQuestion, shots: Sequence[MCQuestion] = ()) -> str:
         + format_question(q)
 
 
-def cloze_question(q: MCQuestion, with_answer: bool = False) -> str:
-    text = f"Question: {q.question.strip()}\nAnswer:"
-    return text + f" {q.choices[q.answer]}\n\n" if with_answer else text
-
-
 def build_cloze_prompt(q: MCQuestion, shots: Sequence[MCQuestion] = ()) -> str:
     """lm-eval's mmlu_continuation prompt: its description, shots as 'Question/Answer: text', then the question."""
-    header = f"The following are questions (with answers) about {q.subject.replace('_', ' ')}.\n\n"
-    return header + "".join(cloze_question(s, with_answer=True) for s in shots) + cloze_question(q)
+    return cloze_header(q.subject) + "".join(cloze_question(s, with_answer=True) for s in shots) + cloze_question(q)
 
 
 # --- scoring ----------------------------------------------------------------------------------------
@@ -400,7 +394,7 @@ def export_lm_eval_tasks(questions: Sequence[MCQuestion], out_dir: str | Path, p
         data = (f"dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n"
                 f"    test: {files['test']}\n    dev: {files['dev']}\n")
         if formulation == "cloze":
-            header = f"The following are questions (with answers) about {subject.replace('_', ' ')}.\\n\\n"
+            header = cloze_header(subject).replace("\n", "\\n")
             text = (f"include: {lm_eval_continuation_template()}\ntask: {name}\n{data}"
                     f'description: "{header}"\n')
         else:

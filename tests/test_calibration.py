@@ -1,0 +1,92 @@
+"""Calibrated forgetting: target losses by quantile matching, the calibration AUC against the MIA module's, the
+calibration split kept apart from the MIA non-members, and resume with the calibrated state."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.data import Record, SyntheticSpec, generate
+from workbench.editors import unlearn
+from workbench.editors.calibration import Calibration, loss_auc, quantile_targets
+from workbench.errors import EditError
+from workbench.evaluation import mia as mia_mod
+
+
+def test_quantile_targets_follow_ranks_within_groups():
+    rank = np.array([0.5, 0.1, 0.3, 2.0, 1.0])            # three docs of group a, two of group b
+    groups = ["a", "a", "a", "b", "b"]
+    calib = np.array([4.0, 5.0, 6.0, 10.0, 20.0])
+    calib_groups = ["a", "a", "a", "b", "b"]
+    t = quantile_targets(rank, groups, calib, calib_groups)
+    # group a: ranks 2, 0, 1 -> quantiles 5/6, 1/6, 3/6 of [4, 5, 6]
+    assert t[:3] == pytest.approx(np.quantile([4, 5, 6], [5 / 6, 1 / 6, 3 / 6]))
+    # group b: the lower-loss document gets the lower quantile of [10, 20]
+    assert t[4] < t[3] and t[3:] == pytest.approx(np.quantile([10, 20], [0.75, 0.25]))
+    # a group without calibration documents takes every calibration document
+    t2 = quantile_targets(np.array([1.0, 2.0]), ["c", "c"], calib, calib_groups)
+    assert t2 == pytest.approx(np.quantile(calib, [0.25, 0.75]))
+
+
+def test_matched_targets_are_indistinguishable_from_calibration():
+    """A forget set whose losses equal its targets has the calibration documents' distribution: AUC near 0.5."""
+    rng = np.random.default_rng(0)
+    calib = rng.normal(5.0, 1.0, 400)
+    rank = rng.normal(1.0, 0.3, 400)
+    t = quantile_targets(rank, ["g"] * 400, calib, ["g"] * 400)
+    assert loss_auc(rank, calib) > 0.99                      # memorised: far below the non-members
+    assert abs(loss_auc(t, calib) - 0.5) < 0.02
+    assert np.argsort(t).tolist() == np.argsort(rank).tolist()  # order kept: lowest stays lowest
+
+
+def test_loss_auc_equals_the_mia_module():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(2, 1, 50), rng.normal(2.5, 1, 60)
+    assert loss_auc(a, b) == pytest.approx(mia_mod.auc(a, b))
+
+
+def test_synthetic_calibration_split_is_disjoint_from_the_mia_nonmembers():
+    c = generate(SyntheticSpec())
+    assert c.calibration and c.holdout
+    assert {r.id for r in c.calibration}.isdisjoint({r.id for r in c.holdout})
+    assert {r.text for r in c.calibration}.isdisjoint({r.text for r in c.holdout})
+    people = lambda recs: {r.subject for r in recs if r.task == "Task2" and r.subject}  # noqa: E731
+    assert people(c.calibration).isdisjoint(people(c.holdout) | people(c.forget) | people(c.retain))
+    assert all(r.split == "calibration" for r in c.calibration)
+    # the same shape as the non-members, so what is learnt on one holds for the other
+    shape = lambda recs: sorted((r.task, r.kind) for r in recs)  # noqa: E731
+    assert shape(c.calibration) == shape(c.holdout)
+
+
+def test_calibration_that_touches_the_test_set_is_refused(micro, tmp_path):
+    model, tok, corpus = micro
+    leaked = corpus.calibration[:10] + corpus.holdout[:1]
+    with pytest.raises(EditError, match="also MIA non-members"):
+        unlearn(model, tok, corpus, "gd", [0], {"calibrate": True, "max_steps": 1}, tmp_path / "x", calibration=leaked)
+    with pytest.raises(EditError, match="also forget documents"):
+        Calibration.build(tok, corpus.forget, corpus.forget[:10], weight=1.0, max_len=64, pad_id=tok.pad_token_id)
+    with pytest.raises(EditError, match="at least 8"):
+        Calibration.build(tok, corpus.forget, corpus.calibration[:3], weight=1.0, max_len=64, pad_id=tok.pad_token_id)
+    with pytest.raises(EditError, match="lack"):
+        Calibration.build(tok, corpus.forget, targets={corpus.forget[0].id: 3.0}, weight=1.0, max_len=64,
+                          pad_id=tok.pad_token_id)
+    assert not (tmp_path / "x").exists()
+
+
+def test_calibration_without_documents_is_a_clear_error(micro, tmp_path):
+    from dataclasses import replace
+
+    model, tok, corpus = micro
+    bare = replace(corpus, calibration=[])
+    with pytest.raises(EditError, match="calibration documents"):
+        unlearn(model, tok, bare, "gd", [0], {"calibrate": True, "max_steps": 1}, tmp_path / "x")
+
+
+def test_document_nll_is_the_mia_loss_statistic(micro):
+    from workbench.editors.calibration import documents_nll, encode_documents
+
+    model, tok, corpus = micro
+    recs = corpus.forget[:5] + corpus.calibration[:4]
+    ours = documents_nll(model, encode_documents(tok, recs, 512), tok.pad_token_id, batch_size=3)
+    theirs = [s.nll for s in mia_mod.token_stats(model, tok, [r.text for r in recs])]
+    assert ours == pytest.approx(theirs, abs=1e-4)
