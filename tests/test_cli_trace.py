@@ -28,9 +28,13 @@ def fake_result(prompt, peak_layer, n_layers=4, tokens=("What", " is", " Ada", "
 
 @pytest.fixture
 def fakes(monkeypatch):
-    """Fake model loader and tracer: record the calls, return planted results (peak at layer 2)."""
+    """Fake model loader and tracer: record the calls, return planted results (peak at layer 2). The fake tokenizer
+    cannot count tokens, so the record length bound passes records through."""
+    import workbench.data.limits
     import workbench.models
     import workbench.tracing
+
+    monkeypatch.setattr(workbench.data.limits, "bound_records", lambda corpus, tok, *a, **kw: corpus)
 
     calls = {}
     monkeypatch.setattr(workbench.models, "load_model", lambda spec, **kw: calls.setdefault("model", (spec, kw)) and
@@ -95,6 +99,12 @@ def test_trace_one_prompt(fakes, tmp_path, capsys):
     (["--facts", "everything"], "expected 'forget', 'retain' or a LUME-format .jsonl"),
     (["--facts", "forget", "--task", "Task9"], "--task 'Task9': no traceable facts"),
     (["--facts", "nothere.jsonl"], "nothere.jsonl does not exist"),
+    (["--facts", "forget", "--noise", "nan"], "--noise must be a finite number > 0"),
+    (["--facts", "forget", "--noise", "-1"], "--noise must be a finite number > 0"),
+    (["--facts", "forget", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--facts", "forget", "--window", "0"], "--window must be >= 1"),
+    (["--facts", "forget", "--metric", "logit"], "--metric 'logit' unknown"),
+    (["--facts", "forget", "--max-record-tokens", "0"], "record length bound must be an integer >= 2"),
 ])
 def test_trace_bad_input_one_line_before_loading(argv, msg, fakes, tmp_path, capsys):
     assert main(["trace", "--model", "organism:micro", *argv, "--out", str(tmp_path / "o")]) == 2
@@ -144,6 +154,22 @@ def test_select_bad_input(argv, msg, tmp_path, capsys):
     assert "missing.json" in capsys.readouterr().err
 
 
+def test_select_out_is_a_directory(tmp_path, capsys):
+    aggregate([fake_result("p", 1)], "mlp").save(tmp_path / "imp.json")
+    (tmp_path / "dir").mkdir()
+    assert main(["select", str(tmp_path / "imp.json"), "--out", str(tmp_path / "dir")]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and "Traceback" not in err
+
+
+def test_trace_window_wider_than_the_model_is_refused(micro, tmp_path, capsys):
+    """--window 100 on a 4-layer model restored every layer at once: the same importance everywhere, exit 0."""
+    assert main(["trace", "--model", "organism:micro", "--facts", "forget", "--limit", "1", "--samples", "2",
+                 "--window", "100", "--formats", "none", "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "window must be between 1 and the model's 4 layers, got 100" in err and "Traceback" not in err
+
+
 def test_patch_bad_input_before_loading(fakes, tmp_path, capsys):
     base = ["patch", "--clean", "What is Ada?", "--answer", "x", "--out", str(tmp_path)]
     assert main([*base, "--corrupt", "What is Ada?"]) == 2
@@ -152,6 +178,8 @@ def test_patch_bad_input_before_loading(fakes, tmp_path, capsys):
     assert "needs --wrong" in capsys.readouterr().err
     assert main([*base, "--corrupt", "What is Bo?", "--sites", "mlp"]) == 2
     assert "--sites ['mlp'] unknown" in capsys.readouterr().err
+    assert main([*base, "--corrupt", "What is Bo?", "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
     assert "model" not in fakes
 
 

@@ -36,6 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # bad input: one clear line, no traceback
         print(f"workbench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every long step resumes from its last checkpoint or finished stage
+        print(f"workbench {args.command}: interrupted; resume with the same command", file=sys.stderr)
+        return 130
+    except OSError as e:  # a file access the named-error paths do not cover: still one line naming the file
+        from .outputs import failure_reason
+
+        reason = failure_reason(e)
+        if reason is None:
+            raise
+        print(f"workbench {args.command}: error: could not access {e.filename or 'a file'} ({reason})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .configfile import read_mapping
+from .configfile import build, coerce_fields, read_mapping
+from .data.limits import MAX_RECORD_TOKENS
 from .errors import ConfigError
 from .provenance import JsonlLog, atomic_write_json, provenance, stable_hash
 
@@ -56,6 +57,9 @@ class PipelineConfig:
     retain_baseline: str | None = "auto"
     # layer sweep (optional): the editor at every `sweep_window`-layer window, next to traced importance
     sweep_window: int | None = None
+    # the bound on one record's length (workbench.data.limits): a longer record is an error, or cut ("truncate")
+    max_record_tokens: int = MAX_RECORD_TOKENS
+    long_records: str = "error"
 
     @classmethod
     def from_dict(cls, d: dict) -> "PipelineConfig":
@@ -64,13 +68,67 @@ class PipelineConfig:
         if unknown:
             raise ConfigError(f"unknown pipeline config key(s) {unknown}; expected some of {sorted(known)}")
         d = dict(d)
-        if "kinds" in d:
-            d["kinds"] = tuple(d["kinds"])
-        return cls(**d)
+        if isinstance(d.get("kinds"), str):  # "mlp" or "resid,mlp": a short list, not its characters
+            d["kinds"] = [k.strip() for k in d["kinds"].split(",") if k.strip()]
+        return cls(**coerce_fields(cls, d, "pipeline config"))
 
     @classmethod
     def from_file(cls, path: str | Path) -> "PipelineConfig":
         return cls.from_dict(read_mapping(path, "pipeline config"))
+
+
+def checked(cfg: PipelineConfig) -> PipelineConfig:
+    """`cfg` with every field coerced to its type and every stage's settings validated: a bad value anywhere
+    (a method, an editor or evaluation field, n_samples) is a ConfigError before the first stage runs."""
+    from .aggregate import POSITIONS
+    from .data.limits import check_bound
+    from .editors import METHODS, resolve_config
+    from .evaluation.report import TraceConfig
+    from .models import check_device, organism_name, resolve_dtype
+    from .organism import PRESETS as ORGANISMS
+    from .results import KINDS
+    from .selection import STRATEGIES
+    from .tracing import METRICS
+
+    cfg = PipelineConfig.from_dict({f.name: getattr(cfg, f.name) for f in fields(cfg)})
+
+    def need(ok, msg):
+        if not ok:
+            raise ConfigError(f"pipeline config: {msg}")
+
+    need(cfg.n_facts is None or cfg.n_facts >= 1, f"n_facts must be >= 1 or null (every fact), got {cfg.n_facts}")
+    need(cfg.n_samples >= 1, f"n_samples must be >= 1, got {cfg.n_samples}")
+    bad = [k for k in cfg.kinds if k not in KINDS]
+    need(cfg.kinds and not bad, f"kinds {list(cfg.kinds)}: expected some of {list(KINDS)}")
+    need(cfg.position in POSITIONS, f"position {cfg.position!r}: expected one of {POSITIONS}")
+    need(cfg.metric in METRICS, f"metric {cfg.metric!r}: expected one of {METRICS}")
+    need(cfg.min_total_effect >= 0, f"min_total_effect must be >= 0, got {cfg.min_total_effect}")
+    need(cfg.select_kind in cfg.kinds, f"select_kind {cfg.select_kind!r} is not traced; kinds are {list(cfg.kinds)}")
+    need(cfg.strategy in STRATEGIES, f"strategy {cfg.strategy!r}: expected one of {STRATEGIES}")
+    need(cfg.window >= 1 and cfg.k >= 1, f"window and k must be >= 1, got window={cfg.window}, k={cfg.k}")
+    need(cfg.retrace_facts is None or cfg.retrace_facts >= 1, f"retrace_facts must be >= 1, got {cfg.retrace_facts}")
+    need(cfg.sweep_window is None or cfg.sweep_window >= 1, f"sweep_window must be >= 1, got {cfg.sweep_window}")
+    need(cfg.method in METHODS, f"method {cfg.method!r}: expected one of {list(METHODS)}")
+    name = organism_name(cfg.model)
+    need(name is None or name in ORGANISMS, f"model {cfg.model!r}: unknown organism; expected one of {sorted(ORGANISMS)}")
+    need(cfg.data != "organism" or name is not None,
+         f"data 'organism' needs an organism model, but model is {cfg.model!r}; give a LUME directory as data")
+    need(cfg.data == "organism" or Path(cfg.data).expanduser().exists(),
+         f"data {cfg.data!r} does not exist (expected 'organism' or a LUME directory with forget.jsonl/retain.jsonl)")
+    resolve_dtype(cfg.dtype)
+    check_bound(cfg.max_record_tokens, cfg.long_records)
+    check_device(cfg.device)
+    resolve_config(cfg.method, preset=_preset(cfg), overrides={"seed": cfg.seed, **cfg.editor})
+    _eval_config(cfg)
+    TraceConfig(kinds=cfg.kinds, n_samples=cfg.n_samples, n_facts=cfg.retrace_facts, position=cfg.position,
+                metric=cfg.metric, seed=cfg.seed)
+    return cfg
+
+
+def _eval_config(cfg: PipelineConfig):
+    from .evaluation.report import EvalConfig
+
+    return build(EvalConfig, {"seed": cfg.seed, **cfg.evaluation}, "evaluation")
 
 
 def source_dirs(cfg: PipelineConfig) -> list[Path]:
@@ -148,20 +206,30 @@ class _Stage:
 
 
 def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
-    """Run the pipeline; returns the path of report.html."""
+    """Run the pipeline; returns the path of report.html. The whole config is validated first; the run directory
+    is locked for the run (a second run on it is an OutputError naming the PID that holds it)."""
+    from .outputs import check_writable, locked, remove_stale_temps
+
+    cfg = checked(cfg)
+    run_dir = check_writable(check_run_dir(cfg), "run directory")
+    with locked(run_dir, "run directory"):
+        remove_stale_temps(run_dir)  # temp files of a killed run
+        return _run(cfg, run_dir, progress, say)
+
+
+def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     import torch
 
     from . import organism
     from .aggregate import LayerImportance, aggregate
+    from .data.limits import bound_records
     from .editors import unlearn
-    from .evaluation.report import EvalConfig, TraceConfig, evaluate
+    from .evaluation.report import TraceConfig, evaluate
     from .figures import heatmaps, importance_curve, save_figure
     from .models import load_model, organism_name
     from .selection import LayerSelection, select_layers
     from .tracing import trace_facts
 
-    run_dir = check_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(run_dir / "pipeline.log.jsonl")
     atomic_write_json(run_dir / "pipeline_config.json", {"config": asdict(cfg), "provenance": provenance(
         config=asdict(cfg), seed=cfg.seed, data=cfg.data)})
@@ -176,7 +244,7 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
         say(f"[1/5] organism {name!r} (built once, then cached)")
         model_path = organism.build(name, progress=progress)
     model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
-    corpus = _load_data(cfg, model_path)
+    corpus = bound_records(_load_data(cfg, model_path), tok, cfg.max_record_tokens, cfg.long_records)
     facts = corpus.facts("forget", cfg.task)[: cfg.n_facts] if cfg.n_facts else corpus.facts("forget", cfg.task)
     if not facts:
         raise ConfigError(f"no traceable forget facts for task {cfg.task!r} in {corpus.source} "
@@ -238,12 +306,13 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
 
     # 5. evaluate both, re-trace both ------------------------------------------------------------------
     say("[5/5] evaluation (recall, MIA, MMLU, SemEval score) and re-tracing before/after")
-    eval_cfg = EvalConfig(seed=cfg.seed, **cfg.evaluation)
+    eval_cfg = _eval_config(cfg)
     trace_cfg = TraceConfig(kinds=tuple(cfg.kinds), n_samples=cfg.n_samples, n_facts=cfg.retrace_facts,
                             position=cfg.position, metric=cfg.metric, seed=cfg.seed)
     baseline = _retain_baseline(cfg, progress, say)
+    edit_log = json.loads((edited_dir / "unlearn.json").read_text())["summary"]["evals"]
     report = evaluate(model, tok, corpus, edited=(edited, edited_tok), trace_config=trace_cfg, config=eval_cfg,
-                      retain_baseline=baseline, out_dir=run_dir, progress=progress)
+                      retain_baseline=baseline, out_dir=run_dir, progress=progress, edit_log=edit_log)
     for name, fig in report.figures.items():
         save_figure(fig, run_dir / "figures" / name, formats=_formats())
     if cfg.figures:
@@ -251,8 +320,11 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
     summary = {"seconds": round(time.perf_counter() - t_start, 1), "layers": selection.layers,
                "method": cfg.method, "report": str(run_dir / "report.html"),
                "table": [list(r) for r in report.table()[:8]]}
+    summary["verdict"] = report.verdict
     atomic_write_json(run_dir / "summary.json", summary)
     log("done", **summary)
+    for line in report.verdict_lines():
+        say(line)
     return run_dir / "report.html"
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
@@ -31,6 +32,9 @@ def versions() -> dict[str, str]:
 
 
 def to_jsonable(obj: Any) -> Any:
+    """Plain JSON data; a NaN or infinite float becomes None (null), since JSON has no such numbers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
     if isinstance(obj, dict):
@@ -40,7 +44,7 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist"):  # numpy / torch
-        return obj.tolist()
+        return to_jsonable(obj.tolist())
     return obj
 
 
@@ -86,22 +90,28 @@ os.umask(_UMASK)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to a temp file beside `path`, then rename it over `path`. A failed write (disk full, read-only)
+    is an OutputError naming `path`, and leaves the old file and no temp behind. The temp's name carries the PID,
+    so a killed writer's leftover is recognised (workbench.outputs.remove_stale_temps)."""
+    from .outputs import named_write_errors
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with named_write_errors("file", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any other file
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 class JsonlLog:
@@ -112,7 +122,9 @@ class JsonlLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, event: str, **fields) -> None:
+        from .outputs import named_write_errors
+
         row = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"), "event": event}
         row.update(to_jsonable(fields))
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        with named_write_errors("log", self.path), self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, allow_nan=False) + "\n")

@@ -23,6 +23,7 @@ from .data.records import questions
 from .errors import ConfigError
 from .evaluation.generation import qa_accuracy
 from .models import decoder_layers
+from .outputs import check_writable, locked
 from .provenance import JsonlLog, atomic_write_json, provenance
 
 
@@ -33,6 +34,16 @@ def windows(n_layers: int, window: int, stride: int = 1) -> list[list[int]]:
     if stride < 1:
         raise ConfigError(f"sweep stride must be >= 1, got {stride}")
     return [list(range(s, s + window)) for s in range(0, n_layers - window + 1, stride)]
+
+
+def check_sweep_out(out_dir: str | Path) -> Path:
+    """A sweep writes into a new directory, or resumes an unfinished one (finished windows are reused)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory; a sweep writes a directory of results")
+    if (out / "sweep.json").exists():
+        raise ConfigError(f"{out / 'sweep.json'} already exists: that sweep is finished; choose a new --out")
+    return out
 
 
 def score(model, tok, corpus, mia: bool = True, mmlu: bool = True,
@@ -64,36 +75,34 @@ def sweep(model, tok, corpus, method: str, window: int = 3, out_dir: str | Path 
     if method not in EDITORS:
         raise ConfigError(f"unknown unlearning method {method!r}; expected one of {list(METHODS)}")
     resolve_config(method, preset=preset, overrides=dict(config or {}))  # a bad config fails before any run
-    out = Path(out_dir)
-    if (out / "sweep.json").exists():
-        raise ConfigError(f"{out / 'sweep.json'} already exists; choose a new --out")
+    out = check_sweep_out(out_dir)
     wins = windows(len(decoder_layers(model)), window, stride)
-    out.mkdir(parents=True, exist_ok=True)
-    log = JsonlLog(out / "sweep.jsonl")
-    original = copy.deepcopy(model)  # every window starts from the same weights
-    base = score(original, tok, corpus, mia, mmlu, extra_metrics)
-    log("baseline", **base)
-    rows = []
-    for layers in tqdm(wins, desc=f"sweep:{method}", disable=not progress):
-        m = copy.deepcopy(original)
-        t0 = time.perf_counter()
-        model_dir = out / "models" / f"layers-{layers[0]}-{layers[-1]}"
-        if model_dir.exists():  # a finished window from an interrupted sweep: reuse it
-            from .models import load_model
+    with locked(check_writable(out, "sweep output"), "sweep output"):  # one sweep per directory at a time
+        log = JsonlLog(out / "sweep.jsonl")
+        original = copy.deepcopy(model)  # every window starts from the same weights
+        base = score(original, tok, corpus, mia, mmlu, extra_metrics)
+        log("baseline", **base)
+        rows = []
+        for layers in tqdm(wins, desc=f"sweep:{method}", disable=not progress):
+            m = copy.deepcopy(original)
+            t0 = time.perf_counter()
+            model_dir = out / "models" / f"layers-{layers[0]}-{layers[-1]}"
+            if model_dir.exists():  # a finished window from an interrupted sweep: reuse it
+                from .models import load_model
 
-            m, _ = load_model(model_dir)
-        else:
-            unlearn(m, tok, corpus, method, layers, config, model_dir, preset=preset)
-        row = {"layers": layers, "seconds": round(time.perf_counter() - t0, 2), **score(m, tok, corpus, mia, mmlu,
-                                                                                        extra_metrics)}
-        rows.append(row)
-        log("window", **row)
-        if not keep_models:
-            shutil.rmtree(model_dir, ignore_errors=True)
-        del m
-    result = {"method": method, "window": window, "stride": stride, "baseline": base, "windows": rows,
-              "provenance": provenance(model=original, data=getattr(corpus, "source", None),
-                                       config={"method": method, "preset": preset, "config": config or {},
-                                               "window": window, "stride": stride})}
-    atomic_write_json(out / "sweep.json", result)
-    return result
+                m, _ = load_model(model_dir)
+            else:
+                unlearn(m, tok, corpus, method, layers, config, model_dir, preset=preset)
+            row = {"layers": layers, "seconds": round(time.perf_counter() - t0, 2),
+                   **score(m, tok, corpus, mia, mmlu, extra_metrics)}
+            rows.append(row)
+            log("window", **row)
+            if not keep_models:
+                shutil.rmtree(model_dir, ignore_errors=True)
+            del m
+        result = {"method": method, "window": window, "stride": stride, "baseline": base, "windows": rows,
+                  "provenance": provenance(model=original, data=getattr(corpus, "source", None),
+                                           config={"method": method, "preset": preset, "config": config or {},
+                                                   "window": window, "stride": stride})}
+        atomic_write_json(out / "sweep.json", result)
+        return result

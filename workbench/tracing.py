@@ -403,11 +403,15 @@ def causal_trace(model, tok, prompt: str, answer: str, subject: str, *, kinds=KI
         raise TraceError(f"unknown metric {metric!r} for causal tracing; expected one of {METRICS}")
     if n_samples < 1:
         raise TraceError(f"n_samples must be >= 1, got {n_samples}")
+    check_noise(noise)
+    if batch_size is not None and batch_size < 1:
+        raise TraceError(f"batch_size must be >= 1 row per forward (or None: from the memory budget), got {batch_size}")
     prep = prepare(model, tok, prompt, answer, subject)
     L = n_layers(model)
     window = default_window(L) if window is None else int(window)
-    if window < 1:
-        raise TraceError(f"window must be >= 1 layer, got {window}")
+    if not 1 <= window <= L:
+        raise TraceError(f"window must be between 1 and the model's {L} layers, got {window} (wider windows restore "
+                         "every layer at once, so every layer would get the same importance)")
     sigma = noise_scale(model, tok, [prompt]) if noise is None else float(noise)
     run = get_backend(model, tok, backend)
     if suffix is None:  # measured on OLMo-1B's shape (4 layers, CPU): 4.7x faster with the subject at token 83 of
@@ -472,6 +476,13 @@ def causal_trace_naive(model, tok, prompt, answer, subject, **kw) -> TraceResult
     return causal_trace(model, tok, prompt, answer, subject, naive=True, **kw)
 
 
+def check_noise(noise) -> None:
+    """A noise sigma must be a finite number > 0 (NaN noise makes every importance 0, a negative one is meaningless)."""
+    if noise is not None and not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise > 0):
+        raise TraceError(f"noise sigma must be a finite number > 0 (or None: 3 x the subjects' embedding std), "
+                         f"got {noise!r}")
+
+
 def trace_facts(model, tok, records, *, noise: float | None = None, progress: bool = True, **kw) -> list[TraceResult]:
     """Causal trace of each Record (.input prompt, .output answer, .subject). One sigma for the whole set, measured
     over all subjects (as ROME does) unless `noise` is given."""
@@ -480,6 +491,7 @@ def trace_facts(model, tok, records, *, noise: float | None = None, progress: bo
     if missing:
         raise TraceError(f"records without a subject cannot be traced: {missing[:5]}"
                          f"{' ...' if len(missing) > 5 else ''} (use corpus.facts() to get traceable QA records)")
+    check_noise(noise)
     for r in records:  # fail on a bad record before hours of tracing
         prepare(model, tok, r.input, r.output, r.subject)
     sigma = noise_scale(model, tok, [r.subject for r in records]) if noise is None else noise

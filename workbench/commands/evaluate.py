@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
-from . import add_model_safety_args
+from . import add_length_args, add_model_safety_args
 
 
 def add_parser(sub):
@@ -30,6 +31,7 @@ def add_parser(sub):
     p.add_argument("--device", default=None)
     p.add_argument("--progress", action="store_true")
     add_model_safety_args(p)
+    add_length_args(p)
     return p
 
 
@@ -45,10 +47,10 @@ def _corpus(data: str, model_spec: str):
             raise ConfigError("--data organism needs --model organism[:name]; for other models pass a LUME directory")
         from .. import organism
 
-        return organism.load_corpus(organism.build(name, progress=False)), True
+        return organism.load_corpus(organism.build(name, progress=False))
     from ..data.lume import load_lume
 
-    return load_lume(Path(data)), False
+    return load_lume(Path(data))
 
 
 def _retain_baseline(spec: str, model_spec: str) -> str:
@@ -73,26 +75,42 @@ def run(args) -> int:
     from ..evaluation.report import EvalConfig, TraceConfig, evaluate
     from ..evaluation.semeval import MAX_NEW_TOKENS, ORGANISM_MAX_NEW_TOKENS
     from ..models import load_model
-    from . import model_options
+    from ..outputs import check_not_source, check_writable, locked
+    from ..data.limits import bound_records
+    from . import check_length_args, model_options
 
     out = Path(args.out)
-    if args.edited and Path(args.edited).resolve() == out.resolve():
-        raise ConfigError(f"--out {out} is the edited model's directory; choose a separate run directory")
+    sources = [Path(m) for m in (args.model, args.edited, args.reference, args.retain_baseline)
+               if m and Path(m).expanduser().exists()]
+    src = check_not_source(out, sources)
+    if src is not None:
+        raise ConfigError(f"--out {out.resolve()} overlaps the model directory {src}; choose a separate run directory")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    baseline_spec = _retain_baseline(args.retain_baseline, args.model) if args.retain_baseline else None
-    corpus, is_organism = _corpus(args.data, args.model)
+    # every flag is checked before any data or model is loaded
+    tc = TraceConfig(n_facts=args.n_facts, n_samples=args.n_samples)
+    default_tokens = ORGANISM_MAX_NEW_TOKENS if args.data == "organism" else MAX_NEW_TOKENS
     cfg = EvalConfig(mmlu_source=args.mmlu, mmlu_shots=args.mmlu_shots, limit=args.limit, batch_size=args.batch_size,
                      trace=not args.no_trace,
-                     max_new_tokens=args.max_new_tokens or (ORGANISM_MAX_NEW_TOKENS if is_organism else MAX_NEW_TOKENS))
-    tc = TraceConfig(n_facts=args.n_facts, n_samples=args.n_samples)
+                     max_new_tokens=default_tokens if args.max_new_tokens is None else args.max_new_tokens)
+    baseline_spec = _retain_baseline(args.retain_baseline, args.model) if args.retain_baseline else None
+    check_length_args(args)
+    check_writable(out, "--out")
+    corpus = _corpus(args.data, args.model)
     opts = model_options(args)
     model, tok = load_model(args.model, device=args.device, **opts)
+    corpus = bound_records(corpus, tok, args.max_record_tokens, args.long_records)
     edited = load_model(args.edited, device=args.device, **opts) if args.edited else None
     reference = load_model(args.reference, device=args.device, **opts) if args.reference else None
     baseline = load_model(baseline_spec, device=args.device, **opts) if baseline_spec else None
-    report = evaluate(model, tok, corpus, edited=edited, trace_config=tc, config=cfg, reference=reference,
-                      retain_baseline=baseline, out_dir=out, progress=args.progress)
+    edit_info = Path(args.edited) / "unlearn.json" if args.edited else None
+    edit_log = json.loads(edit_info.read_text())["summary"]["evals"] if edit_info and edit_info.is_file() else None
+    with locked(out, "evaluation output"):
+        report = evaluate(model, tok, corpus, edited=edited, trace_config=tc, config=cfg, reference=reference,
+                          retain_baseline=baseline, out_dir=out, progress=args.progress, edit_log=edit_log)
     rows = {r[0]: {"original": r[1], "edited": r[2]} for r in report.table() if not r[0].startswith("term ")}
-    print(json.dumps({"out": str(out), "seconds": round(report.seconds, 1), "metrics": rows}, indent=2))
+    print(json.dumps({"out": str(out), "seconds": round(report.seconds, 1), "verdict": report.verdict,
+                      "metrics": rows}, indent=2))
+    for line in report.verdict_lines():
+        print(line, file=sys.stderr)
     return 0

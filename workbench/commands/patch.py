@@ -72,19 +72,27 @@ def run(args) -> int:
     if metric == "logit_diff" and not args.wrong:
         raise ConfigError("--metric logit_diff needs --wrong (the counterfactual prompt's answer); "
                           "or use --metric logprob")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.clean == args.corrupt:
         raise ConfigError(f"--clean and --corrupt are the same prompt {args.clean!r}; patching needs a counterfactual")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
+    from ..outputs import check_writable, locked
 
+    check_writable(out, "--out")
+    with locked(out, "patch output"):
+        return _patch(args, out, sites, formats, metric)
+
+
+def _patch(args, out: Path, sites: list[str], formats: list[str], metric: str) -> int:
     from .. import patching
     from ..figures import heatmaps
     from ..models import load_model
     from . import model_options
     from ..provenance import JsonlLog, atomic_write_json
 
-    out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / "patch.jsonl")
     t0 = time.perf_counter()
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device, **model_options(args))

@@ -79,6 +79,8 @@ def run(args) -> int:
         raise ConfigError(f"--strategy {args.strategy!r} unknown; expected one of {STRATEGIES}")
     if args.position not in POSITIONS:
         raise ConfigError(f"--position {args.position!r} unknown; expected one of {POSITIONS}")
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a directory; expected the path of the selection JSON file to write")
     imp = load_importance(args.source, args.kind, args.position)
     sel = select_layers(imp, args.strategy, k=args.k, window=args.window, threshold=args.threshold)
     sel.provenance["source_file"] = str(args.source)

@@ -27,10 +27,16 @@ def run(args) -> int:
     from dataclasses import asdict
 
     from ..editors import resolve_config
-    from ..sweep import sweep
+    from ..errors import ConfigError
+    from ..sweep import check_sweep_out, sweep
+    from . import check_length_args
     from .unlearn import load_inputs, overrides
 
     cfg = resolve_config(args.method, preset=args.preset, file=args.config, overrides=overrides(args))
+    check_length_args(args)
+    if args.window < 1 or args.stride < 1:
+        raise ConfigError(f"--window and --stride must be >= 1, got {args.window} and {args.stride}")
+    check_sweep_out(args.out)
     model, tok, corpus, _ = load_inputs(args)
     res = sweep(model, tok, corpus, args.method, args.window, args.out, config=asdict(cfg), stride=args.stride,
                 keep_models=args.keep_models, mia=not args.no_mia, mmlu=not args.no_mmlu, progress=not args.quiet)

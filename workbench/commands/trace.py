@@ -10,13 +10,14 @@ bootstrap intervals), token_roles.json, figures/*.html|png, trace.jsonl (log), s
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import add_model_safety_args
+from . import add_length_args, add_model_safety_args, check_length_args
 
 FIGURE_FACTS = 3  # per-fact heatmaps drawn for the first few facts only (a 125-fact run needs no 125 figures)
 
@@ -43,6 +44,7 @@ def add_parser(sub):
     p.add_argument("--position", default="max", help="per-layer score: max, last_subject, last or mean")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--seed", type=int, default=0)
+    add_length_args(many)
     add_run_args(p)
     return p
 
@@ -74,6 +76,7 @@ def check_args(args) -> str:
     from ..aggregate import POSITIONS
     from ..figures import STATIC_FORMATS
     from ..results import KINDS
+    from ..tracing import METRICS
 
     single = [args.prompt, args.subject, args.answer]
     if args.facts and any(x is not None for x in single):
@@ -93,6 +96,15 @@ def check_args(args) -> str:
         raise ConfigError(f"--n-boot must be >= 1, got {args.n_boot}")
     if args.position not in POSITIONS:
         raise ConfigError(f"--position {args.position!r} unknown; expected one of {POSITIONS}")
+    if args.metric not in METRICS:
+        raise ConfigError(f"--metric {args.metric!r} unknown; expected one of {METRICS}")
+    if args.noise is not None and not (math.isfinite(args.noise) and args.noise > 0):
+        raise ConfigError(f"--noise must be a finite number > 0 (omit it for 3 x the embedding std), got {args.noise}")
+    if args.window is not None and args.window < 1:
+        raise ConfigError(f"--window must be >= 1 layer, got {args.window}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_length_args(args)
     args.kinds_list = parse_list(args.kinds, "--kinds", KINDS)
     args.formats_list = [] if args.formats.strip().lower() == "none" else parse_list(
         args.formats.lower(), "--formats", ("html", *STATIC_FORMATS))
@@ -163,23 +175,35 @@ def write_figures(figs: dict, fig_dir: Path, formats: list[str], log, command: s
 
 
 def run(args) -> int:
+    from ..outputs import check_writable, locked
+
     mode = check_args(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    records, source = (load_facts(args.facts, args.model, args.data, args.task, args.limit) if mode == "facts"
+                       else (None, "command line"))
+    check_writable(out, "--out")
+    with locked(out, "trace output"):
+        return _trace(args, mode, out, records, source)
+
+
+def _trace(args, mode: str, out: Path, records, source: str) -> int:
     from ..aggregate import aggregate, token_roles
+    from ..data.limits import bound_records
+    from ..data.records import Corpus
     from ..figures import heatmaps, importance_curve, token_role_heatmap
     from ..models import load_model
     from ..provenance import JsonlLog, atomic_write_json
     from .. import tracing
     from . import model_options
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    records, source = (load_facts(args.facts, args.model, args.data, args.task, args.limit) if mode == "facts"
-                       else (None, "command line"))
-    out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / "trace.jsonl")
     t0 = time.perf_counter()
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device, **model_options(args))
+    if records is not None:
+        records = bound_records(Corpus(forget=records, retain=[], source=source), tok, args.max_record_tokens,
+                                args.long_records).forget
     load_s, t1 = time.perf_counter() - t0, time.perf_counter()
     kw = dict(kinds=tuple(args.kinds_list), n_samples=args.samples, window=args.window, metric=args.metric,
               backend=args.backend, seed=args.seed, batch_size=args.batch_size)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from . import add_model_safety_args
+from . import add_length_args, add_model_safety_args, check_length_args
 
 
 def add_data_args(p) -> None:
@@ -29,6 +29,7 @@ def add_data_args(p) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: where the model loads)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_safety_args(p)
+    add_length_args(p)
 
 
 def overrides(args) -> dict:
@@ -50,6 +51,7 @@ def overrides(args) -> dict:
 def load_inputs(args):
     """(model, tok, corpus, source) from --model / --data."""
     from ..data import load_lume
+    from ..data.limits import bound_records
     from ..errors import ConfigError
     from ..models import load_model, organism_name
     from . import model_options
@@ -67,7 +69,7 @@ def load_inputs(args):
     else:
         corpus = load_lume(args.data)
         source = getattr(model, "name_or_path", None)
-    return model, tok, corpus, source
+    return model, tok, bound_records(corpus, tok, args.max_record_tokens, args.long_records), source
 
 
 def add_parser(sub):
@@ -86,6 +88,7 @@ def run(args) -> int:
 
     over = overrides(args)
     cfg = resolve_config(args.method, preset=args.preset, file=args.config, overrides=over)  # fail before loading
+    check_length_args(args)
     model, tok, corpus, source = load_inputs(args)
     out = unlearn(model, tok, corpus, args.method, args.layers, cfg, args.out, preset=args.preset, source=source,
                   progress=not args.quiet)

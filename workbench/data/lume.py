@@ -33,15 +33,22 @@ def read_jsonl(path: str | Path, split: str, guess_subjects: bool = True) -> lis
     path = Path(path)
     if not path.is_file():
         raise DataError(f"LUME file {path} does not exist (expected a jsonl file with fields {REQUIRED})")
-    records = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    records, first_line = [], {}
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                "LUME files are UTF-8 JSON lines") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             missing = [k for k in REQUIRED if k not in row]
@@ -50,6 +57,19 @@ def read_jsonl(path: str | Path, split: str, guess_subjects: bool = True) -> lis
             bad = [k for k in REQUIRED if not isinstance(row[k], str)]
             if bad:
                 raise DataError(f"{path}:{lineno}: field(s) {bad} must be strings")
+            subject = row.get("subject")
+            if subject is not None and not (isinstance(subject, str) and subject.strip()):
+                raise DataError(f"{path}:{lineno}: subject must be a non-empty string (or absent), got {subject!r}")
+            empty = [k for k in REQUIRED if not row[k].strip()]
+            if empty:
+                raise DataError(f"{path}:{lineno}: field(s) {empty} are empty; LUME rows need non-empty {list(REQUIRED)}")
+            unencodable = [k for k in (*REQUIRED, "subject") if isinstance(row.get(k), str) and not _encodable(row[k])]
+            if unencodable:
+                raise DataError(f"{path}:{lineno}: field(s) {unencodable} hold an unpaired UTF-16 surrogate escape")
+            if row["id"] in first_line:
+                raise DataError(f"{path}:{lineno}: duplicate record id {row['id']!r} (first on line "
+                                f"{first_line[row['id']]}); record ids must be unique")
+            first_line[row["id"]] = lineno
             try:
                 rec = Record(id=row["id"], input=row["input"], output=row["output"], task=row["task"],
                              split=split, subject=row.get("subject"))
@@ -63,8 +83,28 @@ def read_jsonl(path: str | Path, split: str, guess_subjects: bool = True) -> lis
     return records
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_unique_ids(corpus: Corpus, where) -> None:
+    """A record id names one record: the same id in two splits (forget and retain) is a DataError."""
+    split_of: dict[str, str] = {}
+    for split in ("forget", "retain", "holdout"):
+        for r in getattr(corpus, split):
+            if r.id in split_of:
+                raise DataError(f"record id {r.id!r} is in both {split_of[r.id]} and {split} of {where}; record ids "
+                                "must be unique across splits")
+            split_of[r.id] = split
+
+
 def load_lume(path: str | Path, holdout: str | Path | None = None) -> Corpus:
-    """A directory holding forget.jsonl and retain.jsonl (optionally holdout.jsonl), or a single jsonl file."""
+    """A directory holding forget.jsonl and retain.jsonl (optionally holdout.jsonl: MIA non-members, and
+    calibration.jsonl: never-trained-on documents for calibrated forgetting), or a single jsonl file."""
     path = Path(path)
     if path.is_dir():
         files = {s: path / f"{s}.jsonl" for s in SPLITS}
@@ -75,6 +115,7 @@ def load_lume(path: str | Path, holdout: str | Path | None = None) -> Corpus:
             forget=read_jsonl(files["forget"], "forget"),
             retain=read_jsonl(files["retain"], "retain"),
             holdout=read_jsonl(files["holdout"], "holdout") if files["holdout"].is_file() else [],
+            calibration=read_jsonl(files["calibration"], "calibration") if files["calibration"].is_file() else [],
             source=str(path.resolve()),
         )
     elif path.is_file():
@@ -83,6 +124,7 @@ def load_lume(path: str | Path, holdout: str | Path | None = None) -> Corpus:
         raise DataError(f"LUME data path {path} does not exist (expected a directory with forget.jsonl/retain.jsonl or a jsonl file)")
     if holdout is not None:
         corpus.holdout = read_jsonl(holdout, "holdout")
+    check_unique_ids(corpus, path)
     return corpus
 
 

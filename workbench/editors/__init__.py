@@ -27,12 +27,14 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import ConfigError, EditError
+from ..outputs import locked, named_write_errors, remove_stale_temps, share_permissions
 from ..provenance import JsonlLog, atomic_write_json, model_fingerprint, provenance, stable_hash, to_jsonable
 from .config import (CONFIG_CLASS, METHODS, PRESETS, GradientConfig, JointConfig, LoopConfig, RMUConfig,
                      SequentialConfig, Stage, resolve_config)
+from .calibration import Calibrated, Calibration
 from .gradient import Gradient
 from .joint import Joint
-from .loop import Editor, Phase, Reference, encode, train
+from .loop import CHECKPOINT, Editor, Phase, Reference, encode, train
 from .params import freeze_all_but, select_parameters
 from .rmu import RMU, AdaptiveRMU
 
@@ -59,6 +61,28 @@ def resolve_layers(spec, n_layers: int) -> list[int]:
     if spec is None or (isinstance(spec, (list, tuple)) and not spec):
         raise EditError("the layer selection is empty; expected at least one decoder layer")
     return parse_layers(spec, n_layers)
+
+
+def check_selection(spec, n_layers: int, fingerprint: str) -> None:
+    """A LayerSelection (or its JSON path) must come from this model: as many layer scores as it has layers, and,
+    when the selection records it, the fingerprint of the model that was traced."""
+    from ..selection import LayerSelection
+
+    if isinstance(spec, LayerSelection):
+        sel, where = spec, "the layer selection"
+    elif isinstance(spec, (str, Path)) and str(spec).strip().endswith(".json") and Path(spec).is_file():
+        sel, where = LayerSelection.load(spec), f"layer selection {str(spec)!r}"
+    else:
+        return  # explicit layers: the user's choice, checked for range only
+    if sel.scores and len(sel.scores) != n_layers:
+        raise EditError(f"{where} scores {len(sel.scores)} layers, but this model has {n_layers}: it was made on "
+                        "another model; trace and select on this model, or pass explicit layers (e.g. --layers 1,2)")
+    traced = (sel.provenance.get("source_provenance") or {}).get("source_model") or {}
+    theirs = traced.get("fingerprint") if isinstance(traced, dict) else None
+    if theirs and theirs != fingerprint:
+        raise EditError(f"{where} was made on model {traced.get('name', '?')} (fingerprint {theirs}), not on this "
+                        f"model (fingerprint {fingerprint}); trace and select on this model, or pass its layers "
+                        f"explicitly (--layers {','.join(map(str, sel.layers))}) to use them anyway")
 
 
 def build_phases(model, method: str, cfg: LoopConfig, layers: Sequence[int]) -> list[Phase]:
@@ -94,11 +118,47 @@ def _check_out_dir(out: Path, model, source: str | Path | None) -> None:
         raise EditError(f"output {out} already exists; edited models are written to a new path (choose another --out)")
 
 
+def _calibration(cfg, tok, corpus, given) -> Calibration:
+    """The calibration of calibrated forgetting: given documents or targets, else the corpus's calibration split.
+    Documents the evaluation scores as non-members (corpus.holdout) are refused: nothing is tuned on the test."""
+    if isinstance(given, dict):
+        return Calibration.build(tok, corpus.forget, targets=given, weight=cfg.calibration_weight,
+                                 max_len=cfg.max_len, pad_id=tok.pad_token_id, statistics=("loss",))
+    docs = list(given if given is not None else getattr(corpus, "calibration", []))
+    if not docs:
+        raise EditError("calibrate=True needs calibration documents (never-trained-on documents like the forget "
+                        "set: a calibration.jsonl beside forget/retain, corpus.calibration) or per-document target "
+                        "losses; the corpus has none")
+    holdout = getattr(corpus, "holdout", [])
+    shared = ({r.id for r in docs} & {r.id for r in holdout}) | ({r.text for r in docs} & {r.text for r in holdout})
+    if shared:
+        raise EditError(f"{len(shared)} calibration document(s) are also MIA non-members (holdout), e.g. "
+                        f"{sorted(shared)[0]!r}: calibration must be disjoint from the documents the report scores")
+    return Calibration.build(tok, corpus.forget, docs, weight=cfg.calibration_weight, max_len=cfg.max_len,
+                             pad_id=tok.pad_token_id, statistics=cfg.calibration_statistics)
+
+
 def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict | None = None,
-            out_dir: str | Path | None = None, *, preset: str | None = None, source: str | Path | None = None,
-            progress: bool = False, on_step: Callable[[int], None] | None = None,
-            keep_work: bool = False) -> Path:
-    """Unlearn `corpus.forget` (keeping `corpus.retain`) with `method` at `layers`; returns the edited model dir."""
+            out_dir: str | Path | None = None, **kw) -> Path:
+    """Unlearn `corpus.forget` (keeping `corpus.retain`) with `method` at `layers`; returns the edited model dir.
+
+    One run at a time per output: the output's lock is held throughout, so a second run on the same `out_dir` is
+    an OutputError naming the PID that holds it (keyword arguments: see `_unlearn`)."""
+    if out_dir is None:
+        raise ConfigError("out_dir is required: the edited model is written to a new directory")
+    out = Path(out_dir).expanduser().resolve()
+    with locked(out, "unlearn output"):
+        remove_stale_temps(out.parent, out.name)  # a killed final save's `.<out>.tmp-<pid>`
+        return _unlearn(model, tok, corpus, method, layers, config, out, **kw)
+
+
+def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict | None, out_dir: Path, *,
+             preset: str | None = None, source: str | Path | None = None, progress: bool = False,
+             on_step: Callable[[int], None] | None = None, keep_work: bool = False, calibration=None) -> Path:
+    """`unlearn` under its output's lock.
+
+    With `calibrate=True` in the config, `calibration` gives the never-trained-on documents (Records; default
+    `corpus.calibration`) or a mapping forget-record id -> target loss (editors/calibration.py)."""
     # ---- everything that can be wrong is checked before any forward pass
     if method not in EDITORS:
         raise ConfigError(f"unknown unlearning method {method!r}; expected one of {list(METHODS)}")
@@ -108,12 +168,12 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
         cfg = resolve_config(method, base=config)
     else:
         cfg = resolve_config(method, preset=preset, overrides=dict(config or {}))
-    if out_dir is None:
-        raise ConfigError("out_dir is required: the edited model is written to a new directory")
     from ..models import decoder_layers
 
     n_layers = len(decoder_layers(model))
     layer_list = resolve_layers(layers, n_layers)
+    fingerprint = model_fingerprint(model)  # of the source weights, before any change: the resume key's model
+    check_selection(layers, n_layers, fingerprint)
     out = Path(out_dir).expanduser().resolve()
     _check_out_dir(out, model, source)
     phases = build_phases(model, method, cfg, layer_list)
@@ -123,9 +183,12 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
     for split in sorted({u for ph in phases for u in ph.editor.uses}):
         if not records[split]:
             raise EditError(f"{method} needs a non-empty {split} set, but the corpus has no {split} records")
+    calib = _calibration(cfg, tok, corpus, calibration) if cfg.calibrate else None
+    if calib is not None:
+        for ph in phases:
+            ph.editor = Calibrated(ph.editor, calib)
 
     # ---- set up: dtype, trainable parameters, data, frozen reference
-    fingerprint = model_fingerprint(model)  # of the source weights, before any change: the resume key's model
     dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[cfg.dtype]
     if next(model.parameters()).dtype != dtype:
         model.to(dtype)
@@ -133,6 +196,10 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
     random.seed(cfg.seed)
     freeze_all_but(model, params)
     data = {s: encode(tok, recs, cfg.max_len) for s, recs in records.items()}
+    if calib is not None:
+        data["forget_doc"] = calib.forget
+        if calib.calib:
+            data["calibration_doc"] = calib.calib
     work = out.parent / f".{out.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(work / "log.jsonl")
@@ -142,6 +209,8 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
     atomic_write_json(work / "unlearn_config.json", resolved)
     log("start", **resolved, n_forget=len(records["forget"]), n_retain=len(records["retain"]))
 
+    if calib is not None:
+        calib.set_targets(model)  # before any update (a resumed run takes them from its checkpoint)
     fns: dict[str, Callable] = {}
     for ph in phases:
         fns.update(ph.editor.reference_fns())
@@ -159,6 +228,13 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
     metric = cfg.eval_metric if (eval_f and eval_r) else "loss"
 
     def evaluate():
+        score, stats = evaluate_editor()
+        if calib is None:
+            return score, stats
+        cstats = calib.measure(model)
+        return score - calib.score(cstats), {**stats, **cstats}
+
+    def evaluate_editor():
         if metric == "qa":
             fe, re_ = qa_accuracy(model, tok, eval_f), qa_accuracy(model, tok, eval_r)
             return re_ - fe, {"forget_qa_em": fe, "retain_qa_em": re_}
@@ -186,16 +262,19 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
         p.requires_grad_(True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    kept = f"the checkpoint {work / CHECKPOINT} holds all {summary['steps']} steps"
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        atomic_write_json(tmp / "unlearn.json", {
-            **resolved, "summary": summary,
-            "provenance": provenance(model=model, data=getattr(corpus, "source", None), config=resolved,
-                                     seed=cfg.seed, source_model=str(_model_source(model) or source or ""),
-                                     source_fingerprint=fingerprint)})
-        shutil.copy(work / "log.jsonl", tmp / "log.jsonl")
-        os.replace(tmp, out)
+        with named_write_errors("edited model", out, kept):
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            atomic_write_json(tmp / "unlearn.json", {
+                **resolved, "summary": summary,
+                "provenance": provenance(model=model, data=getattr(corpus, "source", None), config=resolved,
+                                         seed=cfg.seed, source_model=str(_model_source(model) or source or ""),
+                                         source_fingerprint=fingerprint)})
+            shutil.copy(work / "log.jsonl", tmp / "log.jsonl")
+            share_permissions(tmp)  # safetensors writes model.safetensors 0600
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

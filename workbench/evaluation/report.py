@@ -4,10 +4,12 @@
     report.table()              # rows of (metric, original, edited, edited - original)
     report.save("runs/eval1")   # report.json (every number + provenance) and report.html (tables + figures)
 
-Per model: forget/retain QA recall, MIA (every attack's AUC, the SemEval MIA score, privleak),
-MMLU-format accuracy, the SemEval-2025 Task 4 terms, TaskAgg and final score. With both
-models, the same causal-trace config re-runs on both (one noise sigma, measured on the
-original) and the report shows the per-layer drop in indirect effect.
+Per model: forget/retain QA recall and regurgitation, MIA (every attack's AUC, the members' and
+non-members' mean loss, the SemEval MIA score, privleak), MMLU accuracy in the letter and cloze
+formulations, the SemEval-2025 Task 4 terms, TaskAgg and final score. With both models, the
+same causal-trace config re-runs on both (one noise sigma, measured on the original) and the
+report shows the per-layer drop in indirect effect. The report opens with a verdict
+(evaluation/verdict.py): is the edit indistinguishable from the retain-only baseline?
 
 A retain-only baseline (a model trained on everything but the forget set: the target unlearning
 approximates, as in TOFU/MUSE) adds a third column, is the baseline of privleak, and, unless another
@@ -46,10 +48,35 @@ class TraceConfig:
     n_boot: int = 1000
     seed: int = 0
 
+    def __post_init__(self):
+        from ..aggregate import POSITIONS
+        from ..results import KINDS
+        from ..tracing import METRICS
+
+        self.kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
+        bad = [k for k in self.kinds if k not in KINDS]
+        _need(self.kinds and not bad, f"re-trace kinds {list(self.kinds)}: expected some of {list(KINDS)}")
+        _need(self.n_samples >= 1, f"re-trace n_samples must be >= 1, got {self.n_samples}")
+        _need(self.n_facts is None or self.n_facts >= 1,
+              f"re-trace n_facts must be >= 1 (or None: every fact; turn re-tracing off with trace=False), "
+              f"got {self.n_facts}")
+        _need(self.window is None or self.window >= 1, f"re-trace window must be >= 1 layer, got {self.window}")
+        _need(self.position in POSITIONS, f"re-trace position {self.position!r}: expected one of {POSITIONS}")
+        _need(self.metric in METRICS, f"re-trace metric {self.metric!r}: expected one of {METRICS}")
+        _need(self.n_boot >= 1, f"re-trace n_boot must be >= 1, got {self.n_boot}")
+
+
+def _need(ok, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
 
 @dataclass
 class EvalConfig:
     mmlu_source: str | None = None   # None: the corpus's own MMLU-format set
+    # which MMLU formulation enters the final score; both are reported. "auto": cloze on the corpus's own set (the
+    # organism, too small to answer by letter), letter (as SemEval-2025 Task 4 scores OLMo) for a given source
+    mmlu_formulation: str = "auto"
     mmlu_shots: int = 5
     max_new_tokens: int = semeval_mod.MAX_NEW_TOKENS
     limit: int | None = None         # at most this many items per group (split/task/kind, MMLU subject)
@@ -57,6 +84,22 @@ class EvalConfig:
     batch_size: int = 16
     trace: bool = True
     seed: int = 0
+    # the verdict's tolerances (evaluation/verdict.py)
+    recall_tol: float = 0.1
+    auc_tol: float = 0.1
+    mmlu_drop: float = 0.05
+
+    def formulation(self) -> str:
+        if self.mmlu_formulation != "auto":
+            return self.mmlu_formulation
+        return "cloze" if self.mmlu_source in (None, "organism") else "letter"
+
+    def __post_init__(self):
+        _need(self.mmlu_shots >= 0, f"evaluation mmlu_shots must be >= 0, got {self.mmlu_shots}")
+        _need(self.max_new_tokens >= 1, f"evaluation max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _need(self.limit is None or self.limit >= 1, f"evaluation limit must be >= 1 or None, got {self.limit}")
+        _need(0 < self.k <= 1, f"evaluation k (the Min-K% fraction) must be in (0, 1], got {self.k}")
+        _need(self.batch_size >= 1, f"evaluation batch_size must be >= 1, got {self.batch_size}")
 
 
 def _limit_questions(questions, limit):
@@ -88,17 +131,20 @@ def model_metrics(model, tok, corpus, cfg: EvalConfig, questions=None, mmlu_note
         out["mia"] = None
         out["notes"].append("MIA skipped: the data has no holdout (non-member) split")
     out["seconds_mia"] = time.perf_counter() - t0
-    # MMLU-format utility
+    # MMLU utility in both formulations; `mmlu` is the one that enters the final score
     t0 = time.perf_counter()
-    out["mmlu"] = None
+    out["mmlu"], out["mmlu_formulations"] = None, {}
     if questions:
-        try:
-            out["mmlu"] = mmlu_mod.evaluate_mmlu(model, tok, questions, shots=cfg.mmlu_shots,
-                                                 batch_size=cfg.batch_size, progress=progress).to_json()
-        except ConfigError as e:
-            if cfg.mmlu_source is not None:  # asked for explicitly: a real error
-                raise
-            out["notes"].append(f"MMLU skipped: {e}")
+        for formulation in mmlu_mod.FORMULATIONS:
+            try:
+                out["mmlu_formulations"][formulation] = mmlu_mod.evaluate_mmlu(
+                    model, tok, questions, shots=cfg.mmlu_shots, batch_size=cfg.batch_size, formulation=formulation,
+                    progress=progress).to_json()
+            except ConfigError as e:
+                if cfg.mmlu_source is not None and formulation == cfg.formulation():  # asked for: a real error
+                    raise
+                out["notes"].append(f"MMLU ({formulation}) skipped: {e}")
+        out["mmlu"] = out["mmlu_formulations"].get(cfg.formulation())
     elif mmlu_note:
         out["notes"].append(f"MMLU skipped: {mmlu_note}")
     out["seconds_mmlu"] = time.perf_counter() - t0
@@ -109,10 +155,11 @@ def model_metrics(model, tok, corpus, cfg: EvalConfig, questions=None, mmlu_note
         mmlu=out["mmlu"]["accuracy"] if out["mmlu"] else None, max_new_tokens=cfg.max_new_tokens,
         batch_size=max(cfg.batch_size, 32), limit=cfg.limit, progress=progress)
     out["semeval"] = sem.to_json()
-    out["qa_recall"] = {}
+    out["qa_recall"], out["regurgitation"] = {}, {}
     for split in ("forget", "retain"):
-        hits = [g["score"] for g in sem.generations if g["split"] == split and g["kind"] == "qa"]
-        out["qa_recall"][split] = sum(hits) / len(hits) if hits else None
+        for key, kind in (("qa_recall", "qa"), ("regurgitation", "sc")):
+            hits = [g["score"] for g in sem.generations if g["split"] == split and g["kind"] == kind]
+            out[key][split] = sum(hits) / len(hits) if hits else None
     out["generations"] = sem.generations
     out["seconds_semeval"] = time.perf_counter() - t0
     if log:
@@ -164,10 +211,17 @@ def retrace(original, edited, corpus, tc: TraceConfig, progress: bool = False) -
 ROWS = [  # (label, path into a model's metrics)
     ("forget QA recall", ("qa_recall", "forget")),
     ("retain QA recall", ("qa_recall", "retain")),
+    ("forget regurgitation (ROUGE-L recall)", ("regurgitation", "forget")),
+    ("retain regurgitation (ROUGE-L recall)", ("regurgitation", "retain")),
     *[(f"MIA AUC {a}", ("mia", "auc", a)) for a in mia_mod.ATTACKS],
+    ("forget docs mean NLL (members)", ("mia", "mean_nll", "members")),
+    ("holdout docs mean NLL (non-members)", ("mia", "mean_nll", "nonmembers")),
     ("SemEval MIA score", ("mia", "mia_score")),
     ("privleak (loss, %)", ("mia", "privleak", "loss")),
-    ("MMLU-format accuracy", ("mmlu", "accuracy")),
+    ("MMLU letter accuracy", ("mmlu_formulations", "letter", "accuracy")),
+    ("MMLU cloze accuracy", ("mmlu_formulations", "cloze", "accuracy")),
+    ("MMLU cloze acc_norm", ("mmlu_formulations", "cloze", "accuracy_norm")),
+    ("MMLU in the final score", ("mmlu", "accuracy")),
     ("SemEval TaskAgg", ("semeval", "task_agg")),
     ("SemEval final", ("semeval", "final")),
 ]
@@ -187,6 +241,8 @@ class Report:
     edited: dict | None = None
     baseline: dict | None = None     # the retain-only model's metrics, when one was given
     trace: dict | None = None
+    verdict: dict | None = None      # evaluation/verdict.py, when there is an edited model
+    edit_log: list | None = None     # the editor's evaluations (step, QA, calibration AUC), when given
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -212,8 +268,9 @@ class Report:
 
     def to_json(self) -> dict:
         strip = lambda m: m and {k: v for k, v in m.items() if k != "generations"}  # noqa: E731
-        return to_jsonable({"original": strip(self.original), "edited": strip(self.edited),
+        return to_jsonable({"verdict": self.verdict, "original": strip(self.original), "edited": strip(self.edited),
                             "baseline": strip(self.baseline), "trace": self.trace, "table": self.table(),
+                            "edit_log": self.edit_log,
                             "baseline_column": self.baseline_column() if self.baseline else None,
                             "config": self.config, "seconds": self.seconds, "provenance": self.provenance})
 
@@ -239,8 +296,11 @@ class Report:
                  f"<p>model: {html.escape(str(_get(self.provenance, ('model', 'name'))))}; data: "
                  f"{html.escape(str(_get(self.provenance, ('data', 'source'))))}; "
                  f"wall time {self.seconds:.1f} s</p>",
+                 *self._verdict_html(),
+                 "<h2>All numbers</h2>",
                  f"<table>{head}{body}</table>",
-                 f"<p>MMLU gate for 7B awards: accuracy &gt; {mmlu_mod.SEMEVAL_MMLU_GATE}</p>"]
+                 f"<p>MMLU in the final score: {html.escape(str(_get(self.original, ('mmlu', 'formulation'))))} "
+                 f"formulation. SemEval-2025 gate for 7B awards: MMLU accuracy &ge; {mmlu_mod.SEMEVAL_MMLU_GATE}.</p>"]
         if notes:
             parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
         first = True
@@ -251,6 +311,31 @@ class Report:
             first = False
         parts.append("</body></html>")
         return "\n".join(parts)
+
+    def verdict_lines(self) -> list[str]:
+        from .verdict import Criterion, Verdict
+
+        if not self.verdict:
+            return []
+        v = Verdict(self.verdict["against"], [Criterion(**c) for c in self.verdict["criteria"]],
+                    self.verdict["forget_quality"])
+        return v.lines()
+
+    def _verdict_html(self) -> list[str]:
+        if not self.verdict:
+            return []
+        color = {True: "#1a7f37", False: "#cf222e", None: "#666"}
+        word = {True: "PASS", False: "FAIL", None: "n/a"}
+        v = self.verdict
+        rows = "".join(f"<tr><td>{html.escape(c['name'])}</td><td style='color:{color[c['passed']]};font-weight:bold'>"
+                       f"{word[c['passed']]}</td><td style='text-align:left'>{html.escape(c['detail'])}</td></tr>"
+                       for c in v["criteria"])
+        fq = v.get("forget_quality")
+        return [f"<h2 style='color:{color[v['passed']]}'>Verdict against the {html.escape(v['against'])}: "
+                f"{word[v['passed']]}</h2>", f"<table>{rows}</table>",
+                "" if fq is None else f"<p>Forget quality (TOFU-style: KS-test p-value of the per-document loss on "
+                                      f"the forget set, edited vs baseline; &ge; 0.05 reads as indistinguishable): "
+                                      f"{fq:.3g}</p>"]
 
     def save(self, run_dir: str | Path) -> Path:
         run_dir = Path(run_dir)
@@ -273,20 +358,39 @@ def _mia_figure(report: Report):
     return fig
 
 
+def _calibration_figure(edit_log: list[dict]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    steps = [e["step"] for e in edit_log]
+    for key, name in (("calibration_auc", "calibration AUC (forget vs calibration docs)"),
+                      ("forget_qa_em", "forget QA (eval slice)"), ("retain_qa_em", "retain QA (eval slice)")):
+        if any(key in e for e in edit_log):
+            fig.add_scatter(x=steps, y=[e.get(key) for e in edit_log], mode="lines+markers", name=name)
+    fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"))
+    fig.update_layout(title="Unlearning run: calibration AUC per evaluation (0.5 = forget docs look never-seen)",
+                      xaxis_title="optimizer step", yaxis_range=[0, 1.02], width=700, height=380)
+    return fig
+
+
 def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | None = None,
              config: EvalConfig | None = None, reference=None, retain_auc: dict | None = None,
-             retain_baseline=None, out_dir: str | Path | None = None, progress: bool = False) -> Report:
+             retain_baseline=None, out_dir: str | Path | None = None, progress: bool = False,
+             edit_log: list[dict] | None = None) -> Report:
     """Evaluate the original model and (optionally) `edited` = (model, tokenizer) side by side.
 
     retain_baseline: (model, tokenizer) trained without the forget set: its metrics become a third column, its
     AUCs the baseline of privleak and, when `reference` is None, it is the reference-model attack's reference.
     reference: (model, tokenizer) for the reference-model MIA attack; retain_auc: a retain-only model's AUCs
     for privleak when no retain_baseline model is given (default: the ideal 0.5).
-    out_dir: write report.json/report.html and a jsonl log there."""
+    out_dir: write report.json/report.html and a jsonl log there.
+    edit_log: the editor's evaluations (unlearn.json's summary["evals"]); plotted when they hold a calibration AUC."""
     cfg = config or EvalConfig()
     tc = trace_config or TraceConfig()
     if cfg.mmlu_shots < 0 or cfg.max_new_tokens < 1 or (cfg.limit is not None and cfg.limit < 1):
         raise ConfigError(f"bad evaluation config {cfg}: need mmlu_shots >= 0, max_new_tokens >= 1, limit >= 1")
+    if cfg.mmlu_formulation not in ("auto", *mmlu_mod.FORMULATIONS):
+        raise ConfigError(f"mmlu_formulation {cfg.mmlu_formulation!r}: expected 'auto' or one of {mmlu_mod.FORMULATIONS}")
     for what, pair in (("edited", edited), ("retain_baseline", retain_baseline), ("reference", reference)):
         if pair is not None and not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ConfigError(f"{what} must be a (model, tokenizer) pair")
@@ -302,7 +406,7 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
         if cfg.mmlu_source is not None:
             raise
         mmlu_note = str(e)
-    if questions and cfg.mmlu_source is not None:
+    if questions and cfg.mmlu_source is not None and cfg.formulation() == "letter":
         mmlu_mod.letter_token_ids(tok)  # an explicit MMLU source the tokenizer cannot score: fail now
     if log:
         log("start", config=asdict(cfg), trace=asdict(tc), data=corpus.source)
@@ -319,6 +423,15 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
     report = Report(original=original, edited=edited_metrics, baseline=baseline,
                     config={"eval": asdict(cfg), "trace": asdict(tc)})
     report.figures["mia_auc"] = _mia_figure(report)
+    if edited is not None:
+        from .verdict import Tolerances, verdict
+
+        report.verdict = verdict(original, edited_metrics, baseline,
+                                 Tolerances(cfg.recall_tol, cfg.auc_tol, cfg.mmlu_drop)).to_json()
+    if edit_log:
+        report.edit_log = edit_log
+        if any("calibration_auc" in e for e in edit_log):
+            report.figures["calibration"] = _calibration_figure(edit_log)
     if edited is not None and cfg.trace:
         t0 = time.perf_counter()
         report.trace, figs = retrace((model, tok), edited, corpus, tc, progress)
