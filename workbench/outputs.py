@@ -29,7 +29,7 @@ os.umask(_UMASK)
 _FIXABLE = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
             errno.EPERM: "operation not permitted", errno.EDQUOT: "disk quota exceeded",
             errno.EFBIG: "file too large"}
-# the same conditions as the Rust I/O error kinds that safetensors reports in its message
+# the same conditions as Rust I/O error kinds, for messages that name the kind but not the errno
 _RUST_KINDS = {"StorageFull": "disk full", "ReadOnlyFilesystem": "read-only file system",
                "PermissionDenied": "permission denied", "FileTooLarge": "file too large",
                "QuotaExceeded": "disk quota exceeded"}
@@ -54,11 +54,12 @@ def failure_reason(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno in _FIXABLE:
         return _FIXABLE[exc.errno]
     text = str(exc)
+    m = re.search(r"os error (\d+)", text)  # safetensors: "I/O error: No space left on device (os error 28)"
+    if m and int(m.group(1)) in _FIXABLE:
+        return _FIXABLE[int(m.group(1))]
     for kind, reason in _RUST_KINDS.items():
         if kind in text:
             return reason
-    if "No space left on device" in text or "os error 28" in text:
-        return "disk full"
     return None
 
 
@@ -145,13 +146,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-_PID_TEMP = re.compile(r"^\.(?P<name>.+?)(?:\.tmp-(?P<pid1>\d+)|\.(?P<pid2>\d+)\.tmp)$")
+# `.<name>.tmp-<pid>` (a directory being saved), `.<name>.<pid>.tmp` and `.<name>.<pid>.<random>.tmp` (a file)
+_PID_TEMP = re.compile(r"^\.(?P<name>.+?)(?:\.tmp-(?P<pid1>\d+)|\.(?P<pid2>\d+)(?:\.[A-Za-z0-9_]+)?\.tmp)$")
 
 
 def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[Path]:
     """Delete the temp files/dirs in `directory` that a killed process left (PID in the name, process gone).
 
-    `name`: only the temps of that output (`.<name>.tmp-<pid>` and `.<name>.<pid>.tmp`). Returns what was removed."""
+    `name`: only the temps of that output. Returns what was removed."""
     directory = Path(directory)
     removed = []
     if not directory.is_dir():
@@ -208,3 +210,53 @@ def check_writable(directory: str | Path, what: str = "output directory") -> Pat
         probe.write_bytes(b"")
         probe.unlink()
     return directory
+
+
+def entry_complete(path: str | Path, marker: str) -> bool:
+    """A cache entry is complete when its marker file (written last) parses as JSON and every safetensors weight
+    file in it is as long as its header says (a truncated copy or a full disk is not complete)."""
+    import json
+
+    from .models import ModelLoadError, check_weight_files
+
+    path = Path(path)
+    try:
+        json.loads((path / marker).read_text())
+        if any(path.glob("*.safetensors")):
+            check_weight_files(path)
+    except (OSError, ValueError, ModelLoadError):
+        return False
+    return True
+
+
+def cached_build(target: str | Path, make, *, marker: str, force: bool = False, wait: float = -1) -> Path:
+    """Build the cache entry `target` once, whatever runs at the same time, and return its path.
+
+    `make(tmp)` writes the entry into an empty temp directory beside `target`, `marker` last. A complete entry is
+    returned as it is; otherwise the entry's lock is taken (waiting up to `wait` s, -1: for ever, while another
+    process builds it), temp directories of killed builds of this entry are removed, and `make` runs; its result
+    gets shared permissions and replaces `target` in one rename. A truncated or corrupt entry is rebuilt, not loaded."""
+    import tempfile
+
+    target = Path(target)
+    if not force and entry_complete(target, marker):
+        return target
+    with locked(target, "cache entry", wait=wait):
+        if not force and entry_complete(target, marker):  # another process built it while this one waited
+            return target
+        remove_temp_dirs(target.parent, f".{target.name}.")  # no live builder: the lock is held here
+        with named_write_errors("cache entry", target):
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        old = target.parent / f".{target.name}.old"
+        try:
+            make(tmp)
+            share_permissions(tmp)
+            if target.exists():  # a forced rebuild or an incomplete entry: set aside, then one rename swaps them
+                os.replace(target, old)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
