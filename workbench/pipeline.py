@@ -126,9 +126,11 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
 
 
 def _eval_config(cfg: PipelineConfig):
+    from .evaluation.attacks import DEFAULT_ATTACKS
     from .evaluation.report import EvalConfig
 
-    return build(EvalConfig, {"seed": cfg.seed, **cfg.evaluation}, "evaluation")
+    # the pipeline runs the recovery attacks unless `evaluation: {attacks: none}` (or a shorter list) says otherwise
+    return build(EvalConfig, {"seed": cfg.seed, "attacks": DEFAULT_ATTACKS, **cfg.evaluation}, "evaluation")
 
 
 def source_dirs(cfg: PipelineConfig) -> list[Path]:

@@ -59,8 +59,9 @@ def score(model, tok, corpus, mia: bool = True, mmlu: bool = True,
     if mmlu and any(q.split == "test" for q in corpus.mmlu):
         from .evaluation.mmlu import evaluate_mmlu
 
+        # the corpus's own set: the organism's general-knowledge world, scored in the cloze formulation
         out["mmlu"] = evaluate_mmlu(model, tok, corpus.mmlu, shots=0 if not any(q.split == "dev" for q in corpus.mmlu)
-                                    else 5).accuracy
+                                    else 5, formulation="cloze").accuracy
     if extra_metrics is not None:
         out.update(extra_metrics(model, tok, corpus))
     return out

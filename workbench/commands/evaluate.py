@@ -25,6 +25,9 @@ def add_parser(sub):
                    help="a model trained without the forget set ('twin': the organism's retain-only twin): a third "
                         "column, the privleak baseline, and the reference model unless --reference is given")
     p.add_argument("--reference", default=None, help="reference model for the reference-model MIA attack")
+    p.add_argument("--attacks", default=None,
+                   help="recovery attacks run on the original, edited and retain-only models: a comma-separated "
+                        "list of relearn, quantize, lens, depth, or 'all' (default: none)")
     p.add_argument("--n-facts", type=int, default=16, help="forget facts to re-trace")
     p.add_argument("--n-samples", type=int, default=10, help="noise samples per traced fact")
     p.add_argument("--batch-size", type=int, default=16)
@@ -91,7 +94,7 @@ def run(args) -> int:
     tc = TraceConfig(n_facts=args.n_facts, n_samples=args.n_samples)
     default_tokens = ORGANISM_MAX_NEW_TOKENS if args.data == "organism" else MAX_NEW_TOKENS
     cfg = EvalConfig(mmlu_source=args.mmlu, mmlu_shots=args.mmlu_shots, limit=args.limit, batch_size=args.batch_size,
-                     trace=not args.no_trace,
+                     trace=not args.no_trace, attacks=args.attacks or (),
                      max_new_tokens=default_tokens if args.max_new_tokens is None else args.max_new_tokens)
     baseline_spec = _retain_baseline(args.retain_baseline, args.model) if args.retain_baseline else None
     check_length_args(args)

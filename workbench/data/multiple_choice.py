@@ -86,17 +86,25 @@ OPPOSITES = {
     "loud": "quiet", "full": "empty", "hard": "soft", "high": "low",
 }
 
-# subject -> (fact table, statement template, question template)
+# subject -> (fact table, statement templates, question template). Each fact is stated in several phrasings: a small
+# model that reads one fact in one sentence recites the sentence but cannot answer a question about it; read in
+# several, the fact becomes answerable from a question it never saw (Allen-Zhu & Li 2023, "Physics of Language
+# Models, Part 3.1": knowledge augmentation).
 WORLD = {
-    "geography": (CAPITALS, "The capital of {k} is {v}.", "What is the capital of {k}?"),
-    "biology": (ANIMAL_CLASS, "The {k} is a {v}.", "What kind of animal is the {k}?"),
-    "chemistry": (SYMBOLS, "The chemical symbol of {k} is {v}.", "What is the chemical symbol of {k}?"),
-    "vocabulary": (OPPOSITES, "The opposite of {k} is {v}.", "What is the opposite of {k}?"),
+    "geography": (CAPITALS, ("The capital of {k} is {v}.", "{k} has its capital in {v}.",
+                             "The capital city of {k} is {v}."), "What is the capital of {k}?"),
+    "biology": (ANIMAL_CLASS, ("The {k} is a {v}.", "A {k} is a kind of {v}.", "Biologists class the {k} as a {v}."),
+                "What kind of animal is the {k}?"),
+    "chemistry": (SYMBOLS, ("The chemical symbol of {k} is {v}.", "The element {k} has the symbol {v}.",
+                            "The symbol for {k} is {v}."), "What is the chemical symbol of {k}?"),
+    "vocabulary": (OPPOSITES, ("The opposite of {k} is {v}.", "The word {k} means the opposite of {v}.",
+                               "The antonym of {k} is {v}."), "What is the opposite of {k}?"),
 }
 
 
 def world_statements() -> list[str]:
-    return [tmpl.format(k=k, v=v) for table, tmpl, _ in WORLD.values() for k, v in table.items()]
+    return [tmpl.format(k=k, v=v) for table, templates, _ in WORLD.values() for tmpl in templates
+            for k, v in table.items()]
 
 
 def _draw(rng: random.Random, subject: str, key: str, split: str) -> MCQuestion:

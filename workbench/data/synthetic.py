@@ -47,7 +47,7 @@ class SyntheticSpec:
     task3_people: int = 8
     mmlu: bool = True
     mmlu_unseen: float = 1 / 3  # share of the world facts never shown as a question in training
-    calibration: bool = True    # also a calibration split, as large as holdout (generated after it)
+    calibration: int = 4        # a calibration split of this many times holdout's people (0: none), made after it
     seed: int = 0
 
 
@@ -122,9 +122,10 @@ def generate(spec: SyntheticSpec = SyntheticSpec()) -> Corpus:
     splits: dict[str, list[Record]] = {}
     for split in ("forget", "retain", "holdout", "calibration")[: 4 if spec.calibration else 3]:
         recs: list[Record] = []
+        scale = spec.calibration if split == "calibration" else 1
         for task, n, make in (("t1", spec.task1_docs, _task1), ("t2", spec.task2_people, _task2),
                               ("t3", spec.task3_people, _task3)):
-            for i in range(n):
+            for i in range(n * scale):
                 recs += make(rng, names, f"{split[:1]}{task}-{i:03d}")
         splits[split] = [Record(**{**r.__dict__, "split": split}) for r in recs]
     return Corpus(forget=splits["forget"], retain=splits["retain"], holdout=splits["holdout"],

@@ -1,37 +1,42 @@
-"""Calibrated forgetting: drive the forget documents' loss distribution to that of documents the model never saw.
+"""Calibrated forgetting: drive the forget documents' membership statistics to those of documents the model never saw.
 
-A membership-inference attack compares a document's loss with the losses of non-members. An edit that only
+A membership-inference attack compares a statistic of a document (its mean loss; the mean of its least likely
+tokens, Min-K%; the same on z-scored log-probs, Min-K%++) with the statistics of non-members. An edit that only
 removes the answers leaves the rest of each forget document (names, contexts) at its memorised, low loss, and the
-attack still sees members; an edit that ascends without bound pushes the losses far above any non-member's, which
-the attack sees just as well. The target is in between: the loss a model that never trained on the document gives.
+attack still sees members. An edit that ascends without bound pushes the losses far above any non-member's, and
+an edit that makes the memorised tokens confidently wrong (a peaked prediction on another token) leaves z-scores no
+never-seen document has: the attacks see both. The target is in between: what a model that never trained on the
+document gives.
 
 Calibration documents stand in for that model: documents of the same kind the model never saw, disjoint from the
-non-members the evaluation scores (a test checks it). Each forget document gets a target loss by quantile
-matching within its (task, kind) group: the forget document with the r-th lowest loss under the original model
-targets the quantile (r + 0.5) / n of the calibration documents' losses under the original model. The term
+non-members the evaluation scores (a test checks it). For each statistic s, each forget document gets a target by
+quantile matching within its (task, kind) group: the forget document with the r-th lowest s under the original
+model targets the quantile (r + 0.5) / n of the calibration documents' s under the original model. The term
 
-    weight * mean_i (nll_i - target_i)^2          nll_i = mean token NLL of forget document i (every token)
+    weight * sum_s mean_i ((s_i - target_s,i) / scale_s)^2        s in `statistics`, scale_s: the calibration
+                                                                   documents' standard deviation of s
   + weight * KL(p_frozen || p) over every token of a batch of calibration documents
 
-pulls a document up to its target and, past it, back down: the edit stops at never-seen, never above. The second
-term holds the model where it was on never-seen documents: forget and calibration documents share their templates
-("was born on", "can be reached by phone at"), and without it the cheapest way up for a forget document is to
-make those shared words unlikely, which raises every document's loss and damages the model. A document-level
-anchor (each calibration document's loss kept) is not enough: the edit then learns those documents in particular
-while other never-seen documents drift up. `Calibrated`
-adds the term to any editor's loss (every editor has the mode: `calibrate=True`). The targets are fixed before
-the first update: measured on the edited model instead, they would move with the edit, and raising every loss
-at once (calibration documents' included) would meet them while damaging the model. They are part of the
-editor's state, so a resumed run continues with the very targets the killed one had. `calibration_auc` (forget
-documents vs calibration documents, score = -loss, as the LOSS attack) is logged at every evaluation and enters
-the evaluation score: 0.5 means the two are indistinguishable.
+pulls a document's statistics to their targets from either side: the edit stops at never-seen, never above. The
+second term holds the model where it was on never-seen documents: forget and calibration documents share their
+templates ("was born on", "can be reached by phone at"), and without it the cheapest way up for a forget document
+is to make those shared words unlikely, which raises every document's loss and damages the model. A
+document-level anchor (each calibration document's loss kept) is not enough: the edit then learns those documents
+in particular while other never-seen documents drift up. The targets are fixed before the first update: measured
+on the edited model instead, they move with the edit, and raising every loss at once meets them while damaging the
+model. They are part of the editor's state, so a resumed run continues with the very targets the killed one had.
+
+`Calibrated` adds the term to any editor's loss (every editor has the mode: `calibrate=True`). At every evaluation
+the AUC of each statistic (forget vs calibration documents, as the attacks compute it) is logged, and the largest
+distance from 0.5 enters the evaluation score.
 
 Users with their own data give their own calibration documents, or per-document target losses (for example a
-retain-only model's losses on the forget documents), which replace the quantile matching.
+retain-only model's losses on the forget documents), which replace the quantile matching of the mean loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -42,6 +47,7 @@ from .joint import answer_kl
 from .loop import Batch, Editor, Example, collate
 
 MIN_CALIBRATION_DOCS = 8
+STATISTICS = ("loss", "min_k", "min_k_pp")   # the attacks' per-document statistics (lower = more member-like)
 
 
 def encode_documents(tok, records, max_len: int) -> list[Example]:
@@ -49,47 +55,67 @@ def encode_documents(tok, records, max_len: int) -> list[Example]:
     return [Example(tok(r.text)["input_ids"][:max_len], 0, r.task, i) for i, r in enumerate(records)]
 
 
-def document_nll(model, batch: Batch) -> torch.Tensor:
-    """Mean NLL over tokens 1..T-1 of each document (the LOSS attack's statistic). [batch]"""
+def _lowest_k_mean(x: torch.Tensor, mask: torch.Tensor, k: float) -> torch.Tensor:
+    """Per row, the mean of the floor(k * n) (at least one) smallest values among the masked-in ones. [batch]"""
+    rows = []
+    for values, keep in zip(x, mask):
+        v = values[keep]
+        rows.append(torch.topk(v, max(1, math.floor(k * v.numel())), largest=False).values.mean())
+    return torch.stack(rows)
+
+
+def document_statistics(model, batch: Batch, names: Sequence[str] = STATISTICS, k: float = 0.4) -> dict:
+    """Each document's LOSS, Min-K% and Min-K%++ statistics (tokens 1..T-1), differentiable; the definitions of
+    workbench.evaluation.mia. {name: [batch]}"""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)                     # [batch, pos-1, vocab]
-    target = batch.input_ids[:, 1:]                                               # [batch, pos-1]
-    mask = batch.attention_mask[:, 1:].to(logp.dtype)                             # [batch, pos-1]
-    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)                      # [batch, pos-1]
-    return (nll * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)                      # [batch, pos-1, vocab]
+    tok_logp = logp.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [batch, pos-1]
+    mask = batch.attention_mask[:, 1:].bool()                                      # [batch, pos-1]
+    out = {}
+    if "loss" in names:
+        out["loss"] = -(tok_logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    if "min_k" in names:
+        out["min_k"] = -_lowest_k_mean(tok_logp, mask, k)
+    if "min_k_pp" in names:
+        p = logp.exp()
+        mu = (p * logp).sum(-1)                                                    # [batch, pos-1]
+        sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(0).sqrt()
+        out["min_k_pp"] = -_lowest_k_mean((tok_logp - mu) / sigma.clamp_min(1e-12), mask, k)
+    return out
 
 
 @torch.no_grad()
-def documents_nll(model, docs: Sequence[Example], pad_id: int, batch_size: int = 32) -> np.ndarray:
+def documents_statistics(model, docs: Sequence[Example], pad_id: int, names: Sequence[str] = STATISTICS,
+                         batch_size: int = 32) -> dict[str, np.ndarray]:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = [document_nll(model, collate(docs[s:s + batch_size], pad_id, device)).cpu()
-           for s in range(0, len(docs), batch_size)]
+    parts = [document_statistics(model, collate(docs[s:s + batch_size], pad_id, device), names)
+             for s in range(0, len(docs), batch_size)]
     model.train(was_training)
-    return torch.cat(out).double().numpy() if out else np.zeros(0)
+    return {n: torch.cat([p[n].cpu() for p in parts]).double().numpy() for n in names}
 
 
-def loss_auc(member_nll: np.ndarray, nonmember_nll: np.ndarray) -> float:
-    """The LOSS attack's AUC: members labelled 1, score = -NLL."""
+def loss_auc(member_stat: np.ndarray, nonmember_stat: np.ndarray) -> float:
+    """An attack's AUC: members labelled 1, score = -statistic."""
     from sklearn.metrics import roc_auc_score
 
-    labels = np.r_[np.ones(len(member_nll)), np.zeros(len(nonmember_nll))]
-    return float(roc_auc_score(labels, -np.r_[member_nll, nonmember_nll]))
+    labels = np.r_[np.ones(len(member_stat)), np.zeros(len(nonmember_stat))]
+    return float(roc_auc_score(labels, -np.r_[member_stat, nonmember_stat]))
 
 
-def quantile_targets(rank_nll: np.ndarray, groups: Sequence, calib_nll: np.ndarray,
+def quantile_targets(rank_stat: np.ndarray, groups: Sequence, calib_stat: np.ndarray,
                      calib_groups: Sequence) -> np.ndarray:
     """Per forget document, the calibration quantile at its rank within its group (all calibration documents when
     its group has none)."""
-    targets = np.empty(len(rank_nll))
+    targets = np.empty(len(rank_stat))
     groups, calib_groups = list(groups), list(calib_groups)
     for g in sorted(set(groups), key=str):
         idx = np.array([i for i, x in enumerate(groups) if x == g])
-        pool = calib_nll[[i for i, x in enumerate(calib_groups) if x == g]]
+        pool = calib_stat[[i for i, x in enumerate(calib_groups) if x == g]]
         if len(pool) == 0:
-            pool = calib_nll
-        ranks = np.argsort(np.argsort(rank_nll[idx], kind="stable"), kind="stable")
+            pool = calib_stat
+        ranks = np.argsort(np.argsort(rank_stat[idx], kind="stable"), kind="stable")
         targets[idx] = np.quantile(pool, (ranks + 0.5) / len(idx))
     return targets
 
@@ -101,19 +127,23 @@ class Calibration:
     forget: list[Example]
     groups: list[tuple]                 # (task, kind) per forget document
     weight: float
+    statistics: tuple = STATISTICS
     calib: list[Example] | None = None
     calib_groups: list[tuple] | None = None
-    fixed_targets: np.ndarray | None = None   # given per-document targets (no quantile matching)
-    rank_nll: np.ndarray | None = None        # the original model's forget losses: the ranks quantiles follow
-    targets: torch.Tensor | None = None       # [n_forget]
+    fixed_targets: np.ndarray | None = None   # given per-document target losses (no quantile matching)
+    targets: dict = field(default_factory=dict)   # statistic -> [n_forget] tensor
+    scales: dict = field(default_factory=dict)    # statistic -> float
     pad_id: int = 0
 
     @classmethod
     def build(cls, tok, forget_records, calibration_records=None, targets: dict | None = None, *,
-              weight: float, max_len: int, pad_id: int) -> "Calibration":
+              weight: float, max_len: int, pad_id: int, statistics: Sequence[str] = STATISTICS) -> "Calibration":
         if (calibration_records is None) == (targets is None):
             raise EditError("calibrated forgetting needs either calibration documents or per-document target "
                             "losses (exactly one of them)")
+        unknown = sorted(set(statistics) - set(STATISTICS))
+        if unknown or not statistics:
+            raise EditError(f"calibration statistics {list(statistics)}: expected a non-empty subset of {STATISTICS}")
         forget_records = list(forget_records)
         groups = [(r.task, r.kind) for r in forget_records]
         docs = encode_documents(tok, forget_records, max_len)
@@ -125,8 +155,9 @@ class Calibration:
             fixed = np.array([float(targets[r.id]) for r in forget_records])
             if not np.all(np.isfinite(fixed)) or np.any(fixed < 0):
                 raise EditError("calibration targets must be finite, non-negative losses (mean token NLL)")
-            return cls(docs, groups, weight, fixed_targets=fixed, targets=torch.tensor(fixed, dtype=torch.float32),
-                       pad_id=pad_id)
+            return cls(docs, groups, weight, ("loss",), fixed_targets=fixed,
+                       targets={"loss": torch.tensor(fixed, dtype=torch.float32)},
+                       scales={"loss": float(max(fixed.std(), 1e-3))}, pad_id=pad_id)
         calibration_records = list(calibration_records)
         if len(calibration_records) < MIN_CALIBRATION_DOCS:
             raise EditError(f"calibrated forgetting needs at least {MIN_CALIBRATION_DOCS} calibration documents "
@@ -135,45 +166,55 @@ class Calibration:
         if overlap:
             raise EditError(f"{len(overlap)} calibration document(s) are also forget documents; calibration "
                             "documents must be ones the model never trained on")
-        return cls(docs, groups, weight, calib=encode_documents(tok, calibration_records, max_len),
+        return cls(docs, groups, weight, tuple(statistics), calib=encode_documents(tok, calibration_records, max_len),
                    calib_groups=[(r.task, r.kind) for r in calibration_records], pad_id=pad_id)
 
     def measure(self, model) -> dict:
         """Where the forget documents stand against the calibration documents (or the given targets)."""
-        forget_nll = documents_nll(model, self.forget, self.pad_id)
+        forget = documents_statistics(model, self.forget, self.pad_id, self.statistics)
         if self.fixed_targets is not None:
-            gap = forget_nll - self.fixed_targets
+            gap = forget["loss"] - self.fixed_targets
             return {"calibration_gap": float(gap.mean()), "calibration_abs_gap": float(np.abs(gap).mean()),
-                    "forget_doc_nll": float(forget_nll.mean())}
-        calib_nll = documents_nll(model, self.calib, self.pad_id)
-        return {"calibration_auc": loss_auc(forget_nll, calib_nll), "forget_doc_nll": float(forget_nll.mean()),
-                "calibration_doc_nll": float(calib_nll.mean())}
+                    "forget_doc_nll": float(forget["loss"].mean())}
+        calib = documents_statistics(model, self.calib, self.pad_id, self.statistics)
+        out = {"forget_doc_nll": float(forget["loss"].mean()), "calibration_doc_nll": float(calib["loss"].mean())} \
+            if "loss" in self.statistics else {}
+        for s in self.statistics:
+            out["calibration_auc" if s == "loss" else f"calibration_auc_{s}"] = loss_auc(forget[s], calib[s])
+        return out
 
     def set_targets(self, model) -> None:
         """The targets under `model`, the model before its edit (given targets are kept as they are)."""
         if self.fixed_targets is not None:
             return
-        self.rank_nll = documents_nll(model, self.forget, self.pad_id)
-        calib_nll = documents_nll(model, self.calib, self.pad_id)
-        self.targets = torch.tensor(quantile_targets(self.rank_nll, self.groups, calib_nll, self.calib_groups),
-                                    dtype=torch.float32)
+        forget = documents_statistics(model, self.forget, self.pad_id, self.statistics)
+        calib = documents_statistics(model, self.calib, self.pad_id, self.statistics)
+        for s in self.statistics:
+            self.targets[s] = torch.tensor(quantile_targets(forget[s], self.groups, calib[s], self.calib_groups),
+                                           dtype=torch.float32)
+            self.scales[s] = float(max(calib[s].std(), 1e-3))
 
     @staticmethod
     def score(stats: dict) -> float:
-        """Penalty added to an evaluation score: 1 - SemEval MIA score of the calibration AUC (or the mean absolute
-        gap to given targets, in nats)."""
-        if "calibration_auc" in stats:
-            return 2.0 * abs(stats["calibration_auc"] - 0.5)
+        """Penalty added to an evaluation score: 1 - SemEval MIA score of the calibration AUC farthest from 0.5 (or
+        the mean absolute gap to given targets, in nats)."""
+        aucs = [v for k, v in stats.items() if k.startswith("calibration_auc")]
+        if aucs:
+            return 2.0 * max(abs(a - 0.5) for a in aucs)
         return stats["calibration_abs_gap"]
 
     def loss(self, model, forget: Batch, calib: Batch | None = None,
              calib_ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The matching term on a batch of forget documents and the anchor on a batch of calibration documents
         (Example.index points into self.forget and self.calib; calib_ref_logp: the frozen model's log-probs)."""
-        nll = document_nll(model, forget)                                             # [batch]
-        gap = nll - self.targets[forget.index].to(nll.device)                         # [batch]
-        term = self.weight * gap.pow(2).mean()
-        stats = {"calibration_loss": term.item(), "doc_nll_minus_target": gap.mean().item()}
+        values = document_statistics(model, forget, self.statistics)
+        term, stats = 0.0, {}
+        for s, v in values.items():
+            gap = (v - self.targets[s][forget.index].to(v.device)) / self.scales[s]    # [batch]
+            term = term + gap.pow(2).mean()
+            stats[f"{s}_minus_target"] = (gap.mean() * self.scales[s]).item()
+        term = self.weight * term
+        stats["calibration_loss"] = term.item()
         if calib is not None:
             logits = model(input_ids=calib.input_ids, attention_mask=calib.attention_mask, use_cache=False).logits
             kl = answer_kl(logits, calib_ref_logp, calib.labels)
@@ -217,13 +258,16 @@ class Calibrated(Editor):
 
     def state_dict(self):
         c = self.calibration
-        return {"inner": self.inner.state_dict(), "targets": c.targets.clone()}
+        return {"inner": self.inner.state_dict(), "targets": {k: v.clone() for k, v in c.targets.items()},
+                "scales": dict(c.scales)}
 
     def load_state_dict(self, state):
         self.inner.load_state_dict(state["inner"])
-        self.calibration.targets = state["targets"].clone()
+        self.calibration.targets = {k: v.clone() for k, v in state["targets"].items()}
+        self.calibration.scales = dict(state["scales"])
 
     def describe(self):
         return {**self.inner.describe(), "calibrated": True, "calibration_weight": self.calibration.weight,
+                "calibration_statistics": list(self.calibration.statistics),
                 "calibration_docs": len(self.calibration.calib or []),
                 "calibration_targets_given": self.calibration.fixed_targets is not None}

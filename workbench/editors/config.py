@@ -47,7 +47,8 @@ class LoopConfig:
     # calibrated forgetting (editors/calibration.py): also drive the forget documents' loss distribution to that of
     # never-trained-on calibration documents, and no further; the calibration AUC enters the evaluation score
     calibrate: bool = False
-    calibration_weight: float = 1.0   # weight of the matching term, mean squared gap in nats^2
+    calibration_weight: float = 1.0   # weight of the matching and anchor terms
+    calibration_statistics: tuple[str, ...] = ("loss", "min_k", "min_k_pp")  # the attacks' statistics to match
 
 
 @dataclass
