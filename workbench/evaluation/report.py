@@ -84,10 +84,15 @@ class EvalConfig:
     batch_size: int = 16
     trace: bool = True
     seed: int = 0
+    # recovery attacks on the original, edited and retain-only models (evaluation/attacks: relearn, quantize, lens,
+    # depth); attack_settings: {attack: {field: value}} overrides of each attack's settings
+    attacks: tuple[str, ...] = ()
+    attack_settings: dict = field(default_factory=dict)
     # the verdict's tolerances (evaluation/verdict.py)
     recall_tol: float = 0.1
     auc_tol: float = 0.1
     mmlu_drop: float = 0.05
+    recovery_tol: float = 0.1        # an attack's recovery on the edited model at most the twin's + this
 
     def formulation(self) -> str:
         if self.mmlu_formulation != "auto":
@@ -100,6 +105,11 @@ class EvalConfig:
         _need(self.limit is None or self.limit >= 1, f"evaluation limit must be >= 1 or None, got {self.limit}")
         _need(0 < self.k <= 1, f"evaluation k (the Min-K% fraction) must be in (0, 1], got {self.k}")
         _need(self.batch_size >= 1, f"evaluation batch_size must be >= 1, got {self.batch_size}")
+        _need(self.recovery_tol >= 0, f"evaluation recovery_tol must be >= 0, got {self.recovery_tol}")
+        from .attacks import AttackConfig, parse_attacks
+
+        self.attacks = parse_attacks(self.attacks)
+        AttackConfig.from_dict(self.attack_settings)
 
 
 def _limit_questions(questions, limit):
@@ -242,6 +252,7 @@ class Report:
     baseline: dict | None = None     # the retain-only model's metrics, when one was given
     trace: dict | None = None
     verdict: dict | None = None      # evaluation/verdict.py, when there is an edited model
+    attacks: dict | None = None      # evaluation/attacks: recovery of each model under each attack, when run
     edit_log: list | None = None     # the editor's evaluations (step, QA, calibration AUC), when given
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
@@ -269,7 +280,8 @@ class Report:
     def to_json(self) -> dict:
         strip = lambda m: m and {k: v for k, v in m.items() if k != "generations"}  # noqa: E731
         return to_jsonable({"verdict": self.verdict, "original": strip(self.original), "edited": strip(self.edited),
-                            "baseline": strip(self.baseline), "trace": self.trace, "table": self.table(),
+                            "baseline": strip(self.baseline), "trace": self.trace, "attacks": self.attacks,
+                            "table": self.table(),
                             "edit_log": self.edit_log,
                             "baseline_column": self.baseline_column() if self.baseline else None,
                             "config": self.config, "seconds": self.seconds, "provenance": self.provenance})
@@ -304,6 +316,10 @@ class Report:
         if notes:
             parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
         first = True
+        if self.attacks:
+            from .attacks import html_table
+
+            parts += ["<h2>Does it come back?</h2>", html_table(self.attacks)]
         for name, fig in self.figures.items():
             parts.append(f"<h2>{html.escape(name)}</h2>")
             # plotly.js inlined once, so the file works offline
@@ -423,11 +439,6 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
     report = Report(original=original, edited=edited_metrics, baseline=baseline,
                     config={"eval": asdict(cfg), "trace": asdict(tc)})
     report.figures["mia_auc"] = _mia_figure(report)
-    if edited is not None:
-        from .verdict import Tolerances, verdict
-
-        report.verdict = verdict(original, edited_metrics, baseline,
-                                 Tolerances(cfg.recall_tol, cfg.auc_tol, cfg.mmlu_drop)).to_json()
     if edit_log:
         report.edit_log = edit_log
         if any("calibration_auc" in e for e in edit_log):
@@ -437,6 +448,22 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
         report.trace, figs = retrace((model, tok), edited, corpus, tc, progress)
         report.trace["seconds"] = time.perf_counter() - t0
         report.figures.update(figs)
+    if cfg.attacks:
+        from . import attacks
+
+        importance = {k: v["ie_before"] for k, v in report.trace["kinds"].items()} if report.trace else None
+        models = {"original": (model, tok), "edited": edited, "twin": retain_baseline}
+        report.attacks = attacks.run_attacks(cfg.attacks, models, corpus, attacks.AttackConfig.from_dict(
+            cfg.attack_settings), importance=importance, progress=progress)
+        report.figures.update(attacks.figures(report.attacks))
+        if log:
+            log("attacks", recovery=attacks.recoveries(report.attacks), seconds=report.attacks["seconds"])
+    if edited is not None:
+        from .verdict import Tolerances, verdict
+
+        report.verdict = verdict(original, edited_metrics, baseline,
+                                 Tolerances(cfg.recall_tol, cfg.auc_tol, cfg.mmlu_drop, cfg.recovery_tol),
+                                 attacks=report.attacks).to_json()
     report.seconds = time.perf_counter() - start
     report.provenance = provenance(
         model=model, seed=cfg.seed, config=report.config,

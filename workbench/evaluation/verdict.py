@@ -8,6 +8,9 @@ TOFU and MUSE) when one was evaluated, else against the ideal a baseline would s
     utility     retain QA recall at least the baseline's - recall_tol (the original's without a baseline), and
                 the MMLU accuracy that enters the final score at most mmlu_drop below the original's
 
+and, when recovery attacks ran (evaluation/attacks), one line per attack: the edited model's recovery (forget recall
+after the attack minus before) at most the baseline's recovery under the same attack + recovery_tol (0 without one).
+
 Beside them, TOFU's forget quality (Maini et al. 2024): the p-value of a two-sample Kolmogorov-Smirnov test
 between the edited model's and the baseline's per-document LOSS statistic on the forget documents; p >= 0.05
 reads as "cannot be told apart". TOFU computes it on the truth ratio; here the statistic is the one the LOSS
@@ -23,6 +26,7 @@ class Tolerances:
     recall_tol: float = 0.1
     auc_tol: float = 0.1
     mmlu_drop: float = 0.05
+    recovery_tol: float = 0.1
 
 
 @dataclass
@@ -77,8 +81,26 @@ def forget_quality(edited: dict, baseline: dict) -> float | None:
     return float(ks_2samp(a, b).pvalue) if a and b else None
 
 
-def verdict(original: dict, edited: dict, baseline: dict | None, tol: Tolerances | None = None) -> Verdict:
-    """The three criteria for `edited` (metrics dicts as report.model_metrics makes them)."""
+def attack_criteria(attacks: dict, tol: float) -> list[Criterion]:
+    """One criterion per attack of evaluation/attacks.run_attacks' results: edited recovery <= twin's + tol."""
+    out = []
+    for name in attacks["attacks"]:
+        per = attacks[name]["per_model"]
+        e = (per.get("edited") or {}).get("recovery")
+        twin = "twin" in per
+        ref = (per["twin"].get("recovery") if twin else 0.0)
+        if e is None or ref is None:
+            out.append(Criterion(name, None, "no recovery number (needs the edited model)"))
+            continue
+        out.append(Criterion(name, e <= ref + tol, f"recovered {e:+.3f} vs {'the twin' if twin else 'ideal'} "
+                                                   f"{ref:+.3f} (+{tol}); original {_fmt(per['original'].get('recovery'))}"))
+    return out
+
+
+def verdict(original: dict, edited: dict, baseline: dict | None, tol: Tolerances | None = None,
+            attacks: dict | None = None) -> Verdict:
+    """The three criteria for `edited` (metrics dicts as report.model_metrics makes them), and a line per recovery
+    attack when `attacks` (evaluation/attacks.run_attacks' results) is given."""
     tol = tol or Tolerances()
     v = Verdict("retain-only baseline" if baseline else "ideal (no baseline)")
 
@@ -120,6 +142,8 @@ def verdict(original: dict, edited: dict, baseline: dict | None, tol: Tolerances
                      f"(drop <= {tol.mmlu_drop})")
     v.criteria.append(Criterion("utility", all(checks) if checks else None, "; ".join(parts) or "no retain QA or MMLU"))
 
+    if attacks:
+        v.criteria += attack_criteria(attacks, tol.recovery_tol)
     if baseline:
         v.forget_quality = forget_quality(edited, baseline)
     return v

@@ -1,0 +1,151 @@
+"""The reading attack (Patil, Hase and Bansal, arXiv 2309.17410, recovered 38% of ROME-deleted facts from
+intermediate layers): are the forget answers still decodable from the residual stream, layer by layer?
+
+Two readouts of resid_post.l at every answer position of the teacher-forced forget QA records:
+
+  lens    the logit lens: the model's final norm, then its unembedding matrix (W_U; an unembedding *bias* is left
+          out, so an edit that only biases the output against the answer is read straight through)
+  probe   a linear probe fitted on retain QA only and tested on forget QA: ridge regression from resid_post.l to
+          the model's own final normed residual at the same positions, read through W_U (a closed-form cousin of the
+          tuned lens, Belrose et al. arXiv 2303.08112). The attacker needs nothing but the model and retain data.
+
+Each readout gives per layer the exact-match recall (every answer token and EOS the arg-max, as recall.py) and the
+token accuracy. recovery = the best recall any readout reaches at any layer - the model's own output recall.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import ConfigError
+from ...hooks import capture, n_layers
+from .recall import answer_mask, batches, encode_qa
+
+READOUTS = ("lens", "probe")
+
+
+@dataclass
+class LensConfig:
+    ridge: float = 1e-2      # probe ridge penalty, relative to the mean squared residual norm
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if not self.ridge >= 0:
+            raise ConfigError(f"lens ridge must be >= 0, got {self.ridge}")
+        if self.batch_size < 1:
+            raise ConfigError(f"lens batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class Positions:
+    """Every answer position of a set of records, flattened."""
+    resid: torch.Tensor      # [n_layers, n_pos, d_model] resid_post.l at the position before each answer token
+    target: torch.Tensor     # [n_pos] the answer token (or EOS) it should predict
+    example: torch.Tensor    # [n_pos] which record the position belongs to
+    content: torch.Tensor    # [n_pos] bool: an answer token, not EOS
+    logits: torch.Tensor     # [n_pos, vocab] the model's own output there
+    n_examples: int
+
+
+@torch.no_grad()
+def positions(model, tok, records, batch_size: int = 32) -> Positions:
+    """One teacher-forced forward per batch, capturing resid_post of every layer at the answer positions."""
+    was_training = model.training
+    model.eval()
+    L = n_layers(model)
+    sites = [f"resid_post.{l}" for l in range(L)]
+    device = next(model.parameters()).device
+    examples = encode_qa(tok, records)
+    resid, target, example, logits = [], [], [], []
+    try:
+        for b in batches(examples, tok.pad_token_id, device, batch_size):
+            with capture(model, sites) as acts:
+                out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+            tgt, mask = answer_mask(b)                                          # [batch, pos-1]
+            rows, cols = mask.nonzero(as_tuple=True)
+            resid.append(torch.stack([acts[s][:, :-1][rows, cols] for s in sites]).float().cpu())  # [L, n, d_model]
+            target.append(tgt[rows, cols].cpu())
+            example.append(torch.tensor(b.index)[rows.cpu()])
+            logits.append(out[:, :-1][rows, cols].float().cpu())               # [n, vocab]
+    finally:
+        model.train(was_training)
+    target_t = torch.cat(target)
+    return Positions(torch.cat(resid, 1), target_t, torch.cat(example), target_t != tok.eos_token_id,
+                     torch.cat(logits), len(examples))
+
+
+def read(pos: Positions, logits: torch.Tensor) -> tuple[float, float]:
+    """(exact-match recall, token accuracy) of logits [n_pos, vocab] at `pos`."""
+    right = (logits.argmax(-1) == pos.target).float()                           # [n_pos]
+    n = pos.n_examples
+    wrong = torch.zeros(n).index_add_(0, pos.example, 1 - right)
+    hit = torch.zeros(n).index_add_(0, pos.example, right * pos.content)
+    count = torch.zeros(n).index_add_(0, pos.example, pos.content.float())
+    return float((wrong == 0).float().mean()), float((hit / count.clamp(min=1)).mean())
+
+
+def unembed(model, h: torch.Tensor) -> torch.Tensor:
+    """Final norm and the unembedding matrix, no bias: h [n, d_model] -> logits [n, vocab]."""
+    W = model.get_output_embeddings().weight
+    with torch.no_grad():
+        return F.linear(model.model.norm(h.to(W.dtype)), W).float()
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Ridge regression with an intercept: W [d_model + 1, d_out] minimising |[x, 1] W - y|^2 + lam |W|^2, with lam
+    `ridge` x the mean squared norm of x's rows."""
+    X = torch.cat([x, torch.ones(len(x), 1)], 1).double()                     # [n, d_model + 1]
+    lam = ridge * float((x.double() ** 2).sum(1).mean())
+    gram = X.T @ X + lam * torch.eye(X.shape[1], dtype=torch.float64)
+    return torch.linalg.solve(gram, X.T @ y.double()).float()
+
+
+def run(model, tok, corpus, cfg: LensConfig, progress: bool = False) -> dict:
+    """Per layer, the recall and token accuracy of each readout on the forget QA records."""
+    forget = positions(model, tok, corpus.forget, cfg.batch_size)
+    retain = positions(model, tok, corpus.retain, cfg.batch_size)
+    L = forget.resid.shape[0]
+    final = retain.resid[-1]
+    with torch.no_grad():
+        final_normed = model.model.norm(final.to(next(model.parameters()).dtype)).float()  # [n_retain, d_model]
+    metrics: dict[str, list[float]] = {f"{r}_{m}": [] for r in READOUTS for m in ("recall", "tokens")}
+    for l in range(L):
+        x = forget.resid[l]                                                     # [n_forget, d_model]
+        r, t = read(forget, unembed(model, x))
+        metrics["lens_recall"].append(r)
+        metrics["lens_tokens"].append(t)
+        W = fit_probe(retain.resid[l], final_normed, cfg.ridge)               # [d_model + 1, d_model]
+        pred = torch.cat([x, torch.ones(len(x), 1)], 1) @ W                   # [n_forget, d_model]
+        W_U = model.get_output_embeddings().weight
+        r, t = read(forget, F.linear(pred.to(W_U.dtype), W_U).float().detach())
+        metrics["probe_recall"].append(r)
+        metrics["probe_tokens"].append(t)
+    before, before_tokens = read(forget, forget.logits)
+    best = max(((r, l) for r in READOUTS for l in range(L)), key=lambda rl: metrics[f"{rl[0]}_recall"][rl[1]])
+    after = metrics[f"{best[0]}_recall"][best[1]]
+    return {"layers": L, "metrics": metrics, "before": before, "before_tokens": before_tokens, "after": after,
+            "best": {"readout": best[0], "layer": best[1]}, "recovery": after - before,
+            "n_forget": forget.n_examples, "n_retain": retain.n_examples}
+
+
+def figure(result: dict, importance=None):
+    """Layer x readout-metric heatmap per model: how decodable the forget answers are in each layer."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from . import LABELS
+
+    per = result["per_model"]
+    fig = make_subplots(rows=1, cols=len(per), subplot_titles=[LABELS[n] for n in per], shared_yaxes=True)
+    for i, (n, r) in enumerate(per.items()):
+        names = list(r["metrics"])
+        fig.add_trace(go.Heatmap(z=[r["metrics"][m] for m in names], x=list(range(r["layers"])),
+                                 y=[m.replace("_", " ") for m in names], zmin=0, zmax=1, colorscale="Viridis",
+                                 showscale=i == 0, hovertemplate="layer %{x}<br>%{y}: %{z:.2f}<extra></extra>"),
+                      row=1, col=i + 1)
+        fig.update_xaxes(title_text="layer (resid_post)", row=1, col=i + 1)
+    fig.update_layout(title="Logit lens and retain-trained probe on the forget answers (recall, token accuracy)",
+                      width=320 * len(per) + 120, height=360)
+    return fig

@@ -1,0 +1,106 @@
+"""The quantisation attack (Zhang et al., ICLR 2025, arXiv 2410.16454): round every linear layer's weights to a few
+bits and see whether forgotten answers come back.
+
+Unlearning with a small learning rate moves each weight by far less than one quantisation step, so rounding the edited
+weights can land them on the same grid points as the original's, and the original's answers with them; the paper saw
+forget-set knowledge rise from 21% to 83% at 4 bits.
+
+Round-to-nearest, group-wise, asymmetric (min-max) quantisation, in torch so it runs on a CPU: each row of a weight
+[out, in] is cut into groups of `group` consecutive inputs (the last group of a row may be shorter); a group's
+2**bits levels span its min..max, and each weight becomes its nearest level (stored back in the weight's dtype, so
+the model runs unchanged: "fake" quantisation, the arithmetic of a real int kernel's weights).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import ConfigError
+from .recall import encode_qa, score
+
+
+def quantize_weight(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """w [out, in] rounded to `bits`-bit levels per group of `group` inputs; returns a new tensor of w's dtype."""
+    if not 1 <= bits <= 16:
+        raise ConfigError(f"quantisation bits must be between 1 and 16, got {bits}")
+    if group < 1:
+        raise ConfigError(f"quantisation group size must be >= 1, got {group}")
+    levels = 2 ** bits - 1
+    out = torch.empty_like(w)
+    for s in range(0, w.shape[1], group):
+        g = w[:, s:s + group].float()                                  # [out, group]
+        lo, hi = g.min(-1, keepdim=True).values, g.max(-1, keepdim=True).values  # [out, 1]
+        step = ((hi - lo) / levels).clamp(min=torch.finfo(torch.float32).tiny)
+        q = torch.round((g - lo) / step).clamp(0, levels)             # [out, group] integer levels
+        out[:, s:s + group] = (lo + q * step).to(w.dtype)
+    return out
+
+
+def step_size(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """[out, in]: the quantisation step of the group each weight belongs to."""
+    out = torch.empty_like(w, dtype=torch.float32)
+    for s in range(0, w.shape[1], group):
+        g = w[:, s:s + group].float()
+        out[:, s:s + group] = (g.max(-1, keepdim=True).values - g.min(-1, keepdim=True).values) / (2 ** bits - 1)
+    return out
+
+
+def linear_layers(model) -> dict[str, torch.nn.Linear]:
+    """Every nn.Linear of the model (attention and MLP projections of every block, and the unembedding)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+@torch.no_grad()
+def quantized(model, bits: int, group: int = 128):
+    """A copy of `model` with every linear layer's weight rounded (biases and norms stay in full precision)."""
+    q = copy.deepcopy(model)
+    for mod in linear_layers(q).values():
+        mod.weight.copy_(quantize_weight(mod.weight, bits, group))
+    return q
+
+
+@dataclass
+class QuantizeConfig:
+    bits: tuple[int, ...] = (8, 4)
+    group: int = 128
+
+    def __post_init__(self):
+        self.bits = (self.bits,) if isinstance(self.bits, int) else tuple(self.bits)
+        if not self.bits or any(not 1 <= b <= 16 for b in self.bits):
+            raise ConfigError(f"quantize bits {list(self.bits)}: expected one or more bit widths between 1 and 16")
+        if self.group < 1:
+            raise ConfigError(f"quantize group must be >= 1 input per group, got {self.group}")
+
+
+def run(model, tok, corpus, cfg: QuantizeConfig, progress: bool = False) -> dict:
+    """Forget and retain recall of `model` unquantised and at each bit width; recovery = forget recall gained."""
+    forget, retain = encode_qa(tok, corpus.forget), encode_qa(tok, corpus.retain)
+    before = {"forget": score(model, tok, forget).recall, "retain": score(model, tok, retain).recall}
+    after = {}
+    for bits in cfg.bits:
+        q = quantized(model, bits, cfg.group)
+        after[str(bits)] = {"forget": score(q, tok, forget).recall, "retain": score(q, tok, retain).recall}
+    best = max(after, key=lambda b: after[b]["forget"])
+    return {"before": before, "after": after, "recovery": after[best]["forget"] - before["forget"],
+            "worst_bits": int(best)}
+
+
+def figure(result: dict, importance=None):
+    """Forget and retain recall at full precision and at each bit width, per model."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from . import LABELS
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("forget recall", "retain recall"))
+    for n, r in result["per_model"].items():
+        x = ["full"] + [f"{b}-bit" for b in r["after"]]
+        for col, split in ((1, "forget"), (2, "retain")):
+            fig.add_trace(go.Bar(x=x, y=[r["before"][split]] + [a[split] for a in r["after"].values()],
+                                 name=LABELS[n], legendgroup=n, showlegend=col == 1), row=1, col=col)
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_layout(title="Quantisation (round-to-nearest, group-wise): does rounding undo the edit?",
+                      barmode="group", width=800, height=400)
+    return fig
