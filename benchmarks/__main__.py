@@ -1,4 +1,5 @@
-"""python -m benchmarks [--quick] [--only tracing,editors,evaluation] [--out PATH]: run, print, write RESULTS.md."""
+"""python -m benchmarks [--quick] [--only tracing,editors,evaluation,attacks] [--out PATH]: run, print, write
+RESULTS.md."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ import torch
 
 from . import machine_info, table
 
-SECTIONS = ("tracing", "editors", "evaluation")
+SECTIONS = ("tracing", "editors", "evaluation", "attacks")
 
 
 GAPS = """

@@ -145,7 +145,7 @@ def test_relearn_twin_stays_at_chance_and_a_masked_model_comes_back(micro, micro
     """Planted: fine-tuning the twin on half the forget facts leaves the other half where it was (at chance); a
     model whose answers are masked by noise in one layer gets the other half back."""
     model, tok, corpus = micro
-    cfg = relearn.RelearnConfig()
+    cfg = relearn.RelearnConfig(lr=1e-3)   # micro's scale (the default, 3e-4, is the default organism's)
     twin = relearn.run(micro_retain[0], tok, corpus, cfg)
     assert twin["n_train"] + twin["n_measured"] == len(encode_qa(tok, corpus.forget))
     assert len(twin["forget_half"]) == cfg.steps + 1
@@ -260,7 +260,7 @@ def test_report_has_the_attacks_section_and_verdict_lines(micro, micro_retain, t
     model, tok, corpus = micro
     masked = _noised(model, 3, 0.25)
     cfg = EvalConfig(max_new_tokens=24, limit=3, trace=False, attacks=("relearn", "quantize", "lens", "depth"),
-                     attack_settings={"depth": {"n_facts": 8}})
+                     attack_settings={"relearn": {"lr": 1e-3}, "depth": {"n_facts": 8}})
     rep = evaluate(model, tok, corpus, edited=(masked, tok), retain_baseline=(micro_retain[0], tok), config=cfg,
                    out_dir=tmp_path)
     js = json.loads((tmp_path / "report.json").read_text())

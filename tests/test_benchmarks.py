@@ -52,3 +52,13 @@ def test_goal_and_render():
     sec = Section("S", table(["a", "b"], [[1, 2.5]]), [goal("g", 3.0, 2.0, True)])
     md = render(info, [sec], 1.0, quick=True)
     assert "## Machine" in md and "| g | 3.00x | >= 2x | yes | met |" in md and "| 1 | 2.5 |" in md
+
+
+def test_attacks_benchmark_runs_and_checks_its_fast_recall():
+    """The attacks section on micro: all four attacks time, and its teacher-forced recall equals greedy generation."""
+    from benchmarks import attacks as ba
+
+    sec = ba.run(quick=True, log=lambda *_: None)
+    assert sec.goals[0]["equal"] and "micro" in sec.goals[0]["name"]
+    for a in ("relearn", "quantize", "lens", "depth"):
+        assert f"| {a} |" in sec.markdown

@@ -6,13 +6,11 @@ sequence `input + ' ' + output + EOS` (the editors' encoding, editors.loop.encod
 `evaluation.generation.qa_accuracy` computes by generating, except for a model that spells the answer with other
 tokens. It costs one forward instead of one per generated token, which matters when the attacks score a model after
 every relearning step.
-
-`token_accuracy` is the softer reading: the fraction of answer tokens (EOS left out) that are the arg-max.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -25,15 +23,10 @@ MAX_LEN = 256
 @dataclass
 class Scores:
     exact: torch.Tensor      # [n_records] bool: the whole answer and EOS are the arg-max
-    tokens: torch.Tensor     # [n_records] fraction of answer tokens (EOS left out) that are the arg-max
 
     @property
     def recall(self) -> float:
         return float(self.exact.float().mean()) if len(self.exact) else float("nan")
-
-    @property
-    def token_accuracy(self) -> float:
-        return float(self.tokens.mean()) if len(self.tokens) else float("nan")
 
 
 def encode_qa(tok, records, max_len: int = MAX_LEN) -> list[Example]:
@@ -53,32 +46,23 @@ def batches(examples: Sequence[Example], pad_id: int, device, batch_size: int = 
         yield collate(examples[s:s + batch_size], pad_id, device)
 
 
-def hits(logits: torch.Tensor, batch: Batch, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example (exact [batch] bool, token accuracy [batch]) of next-token logits [batch, pos-1, vocab]."""
+def hits(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """[batch] bool: every answer token and EOS is the arg-max of next-token logits [batch, pos-1, vocab]."""
     target, mask = answer_mask(batch)
-    right = (logits.argmax(-1) == target) | ~mask                  # [batch, pos-1]
-    content = mask & (target != eos_id)                             # answer tokens without EOS
-    tok_acc = ((right & content).sum(-1) / content.sum(-1).clamp(min=1)).float()
-    return right.all(-1), tok_acc
+    return ((logits.argmax(-1) == target) | ~mask).all(-1)          # [batch, pos-1] -> [batch]
 
 
 @torch.no_grad()
-def score(model, tok, examples: Sequence[Example], batch_size: int = 32,
-          logits_of: Callable[[object, Batch], torch.Tensor] | None = None) -> Scores:
-    """Exact match and token accuracy of each example. `logits_of(model, batch)` -> [batch, pos, vocab] replaces the
-    plain forward (the lens reads other logits through it)."""
+def score(model, tok, examples: Sequence[Example], batch_size: int = 32) -> Scores:
+    """Exact match of each example (eval mode; the model's training flag is restored)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    exact, tokens = [], []
+    exact = []
     try:
         for b in batches(examples, tok.pad_token_id, device, batch_size):
-            logits = (logits_of(model, b) if logits_of else
-                      model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits)
-            e, t = hits(logits[:, :-1].float(), b, tok.eos_token_id)
-            exact.append(e.cpu())
-            tokens.append(t.cpu())
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+            exact.append(hits(logits[:, :-1], b).cpu())
     finally:
         model.train(was_training)
-    return Scores(torch.cat(exact) if exact else torch.zeros(0, dtype=torch.bool),
-                  torch.cat(tokens) if tokens else torch.zeros(0))
+    return Scores(torch.cat(exact) if exact else torch.zeros(0, dtype=torch.bool))

@@ -27,7 +27,9 @@ from .recall import MAX_LEN, encode_qa, score
 @dataclass
 class RelearnConfig:
     steps: int = 10          # optimizer steps of each fine-tune (the curve runs 0..steps)
-    lr: float = 1e-3
+    # on the default organism 1e-3 already costs the original a quarter of the held-out half (recall 1.00 -> 0.77
+    # in 10 steps) while 3e-4 leaves it and the twin where they were; micro, a quarter the size, takes 1e-3
+    lr: float = 3e-4
     batch_size: int = 8
     seed: int = 0
 

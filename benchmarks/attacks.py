@@ -1,0 +1,66 @@
+"""Recovery attacks (workbench.evaluation.attacks): wall time of all four on the original, an edited model and the
+retain-only twin of the default organism (micro with --quick); the budget is 2 minutes on 2 CPU cores.
+
+The edited model here is a stand-in: the original with Gaussian noise in its last layer's MLP weights, which hides
+the forget answers. The attacks' work does not depend on what the edit did (same shapes, same records, fixed step and
+fact counts), so an editor run (a minute or more) would only lengthen the benchmark.
+
+What makes the budget: recall is read from one teacher-forced forward per batch instead of generating; its equality
+with greedy generation (the report's exact match) is checked on every model first, and the time of both is shown.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from . import Section, goal, measure, table
+
+BUDGET_S = 120.0
+
+
+def stand_in_edit(model, sd: float = 0.25, seed: int = 0):
+    out = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in out.model.layers[-1].mlp.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * sd)
+    return out
+
+
+def run(quick: bool = False, log=print) -> Section:
+    from workbench import organism
+    from workbench.data.records import questions
+    from workbench.evaluation.attacks import ATTACKS, recoveries, run_attacks
+    from workbench.evaluation.attacks.recall import encode_qa, score
+    from workbench.evaluation.generation import exact_match, greedy_generate
+
+    name = "micro" if quick else "default"
+    log(f"attacks: organism {name} and its twin")
+    model, tok, corpus = organism.load(name)
+    twin = organism.load(f"{name}-retain")[0]
+    models = {"original": (model, tok), "edited": (stand_in_edit(model), tok), "twin": (twin, tok)}
+
+    qa = questions(corpus.forget)
+    same, t_forced, t_generated = True, 0.0, 0.0
+    for m, _ in models.values():
+        forced, t_f, _ = measure(lambda: score(m, tok, encode_qa(tok, qa)).exact.tolist())
+        texts, t_g, _ = measure(lambda: greedy_generate(m, tok, [r.input for r in qa], 32))
+        same &= forced == [exact_match(p, r.output) for p, r in zip(texts, qa)]
+        t_forced, t_generated = t_forced + t_f, t_generated + t_g
+
+    log("attacks: relearn, quantize, lens, depth")
+    res, wall, peak = measure(lambda: run_attacks(ATTACKS, models, corpus))
+    rec = recoveries(res)
+    rows = [[a, res["seconds"][a]] + [f"{rec[a][m]:+.3f}" for m in res["models"]] for a in ATTACKS]
+    rows.append(["all four", wall, "", "", ""])
+    md = (f"### Recovery attacks on the {name} organism (original, stand-in edit, retain-only twin)\n\n"
+          f"{len(qa)} forget QA records, {len(questions(corpus.retain))} retain QA records; relearn 10 steps x 2 "
+          f"fine-tunes x 3 models, 8- and 4-bit quantisation, lens and probe at every layer, depth at every "
+          f"(kind, layer) in five directions. Peak RSS delta {peak:.0f} MiB. Recall of the forget QA records on "
+          f"all three models: teacher-forced {t_forced:.2f} s, greedy generation {t_generated:.2f} s, "
+          f"identical exact match: {'yes' if same else 'NO'}.\n\n"
+          + table(["attack", "seconds", "recovery original", "recovery edited", "recovery twin"], rows))
+    goals = [goal(f"attacks on the {name} organism within {BUDGET_S:.0f} s", BUDGET_S / wall, 1.0, same,
+                  f"{wall:.1f} s wall; ratio = budget / wall")]
+    return Section("Recovery attacks", md, goals)
