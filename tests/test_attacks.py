@@ -255,14 +255,14 @@ def test_report_has_the_attacks_section_and_verdict_lines(micro, micro_retain, t
     """evaluate(..., attacks): every attack on the three models, a 'Does it come back?' section with one figure per
     attack, and one verdict line per attack. A noise-masked 'edit' is shallow: relearning and reading the layers
     brings its answers back, more than the twin's + 0.1, so that line fails."""
-    from workbench.evaluation.report import EvalConfig, evaluate
+    from workbench.evaluation.report import EvalConfig, TraceConfig, evaluate
 
     model, tok, corpus = micro
     masked = _noised(model, 3, 0.25)
-    cfg = EvalConfig(max_new_tokens=24, limit=3, trace=False, attacks=("relearn", "quantize", "lens", "depth"),
+    cfg = EvalConfig(max_new_tokens=24, limit=3, attacks=("relearn", "quantize", "lens", "depth"),
                      attack_settings={"relearn": {"lr": 1e-3}, "depth": {"n_facts": 8}})
     rep = evaluate(model, tok, corpus, edited=(masked, tok), retain_baseline=(micro_retain[0], tok), config=cfg,
-                   out_dir=tmp_path)
+                   trace_config=TraceConfig(kinds=("mlp",), n_facts=2, n_samples=2, n_boot=20), out_dir=tmp_path)
     js = json.loads((tmp_path / "report.json").read_text())
     assert js["attacks"]["models"] == ["original", "edited", "twin"]
     assert js["provenance"]["model"]["fingerprint"] and js["config"]["eval"]["attacks"] == list(cfg.attacks)
@@ -272,5 +272,8 @@ def test_report_has_the_attacks_section_and_verdict_lines(micro, micro_retain, t
         assert f"attack_{a}" in rep.figures
     assert lines["relearn"]["passed"] is False and "vs the twin" in lines["relearn"]["detail"]
     assert js["verdict"]["passed"] is False
+    # the depth curves sit next to the re-traced importance of the original
+    assert js["attacks"]["importance"]["mlp"] == pytest.approx(js["trace"]["kinds"]["mlp"]["ie_before"])
+    assert any(t.name == "traced importance (original)" for t in rep.figures["attack_depth"].data)
     page = (tmp_path / "report.html").read_text()
     assert "Does it come back?" in page and page.count("plotly-graph-div") >= 5

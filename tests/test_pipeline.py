@@ -33,6 +33,10 @@ def test_pipeline_on_micro_and_resume(tmp_path):
     assert "reference" in rep["original"]["mia"]["auc"] and "micro-retain" in rep["provenance"]["retain_baseline"]["name"]
     assert (run_dir / "figures" / "layer_importance.html").is_file()
     assert any("selected layers" in l for l in lines)
+    # the recovery attacks run by default: their section, figures and verdict lines
+    assert rep["attacks"]["attacks"] == ["relearn", "quantize", "lens", "depth"]
+    assert {"relearn", "quantize", "lens", "depth"} <= {c["name"] for c in rep["verdict"]["criteria"]}
+    assert "Does it come back?" in report.read_text() and (run_dir / "figures" / "attack_depth.html").is_file()
 
     # a second run with the same config reuses the trace and the edited model instead of redoing them
     run(cfg, progress=False, say=lambda s: None)
