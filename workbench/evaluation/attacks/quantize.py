@@ -92,14 +92,15 @@ def figure(result: dict, importance=None):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from . import LABELS
+    from . import COLORS, LABELS
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("forget recall", "retain recall"))
     for n, r in result["per_model"].items():
         x = ["full"] + [f"{b}-bit" for b in r["after"]]
         for col, split in ((1, "forget"), (2, "retain")):
             fig.add_trace(go.Bar(x=x, y=[r["before"][split]] + [a[split] for a in r["after"].values()],
-                                 name=LABELS[n], legendgroup=n, showlegend=col == 1), row=1, col=col)
+                                 name=LABELS[n], legendgroup=n, showlegend=col == 1, marker_color=COLORS[n]),
+                          row=1, col=col)
     fig.update_yaxes(range=[0, 1.02])
     fig.update_layout(title="Quantisation (round-to-nearest, group-wise): does rounding undo the edit?",
                       barmode="group", width=800, height=400)

@@ -105,13 +105,13 @@ def figure(result: dict, importance=None):
     (dotted)."""
     import plotly.graph_objects as go
 
-    from . import LABELS
+    from . import COLORS, LABELS
 
     fig = go.Figure()
     for n, r in result["per_model"].items():
         fig.add_scatter(x=r["steps"], y=r["forget_half"], mode="lines+markers", name=f"{LABELS[n]}: forget half",
-                        legendgroup=n)
-        fig.add_scatter(x=r["steps"], y=r["retain_only"], mode="lines", line=dict(dash="dot"),
+                        legendgroup=n, line=dict(color=COLORS[n]))
+        fig.add_scatter(x=r["steps"], y=r["retain_only"], mode="lines", line=dict(dash="dot", color=COLORS[n]),
                         name=f"{LABELS[n]}: retain only", legendgroup=n)
     fig.update_layout(title="Relearning: recall of forget facts never fine-tuned on", xaxis_title="fine-tuning steps",
                       yaxis_title="exact-match recall", yaxis_range=[-0.02, 1.02], width=700, height=400)
