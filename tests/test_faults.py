@@ -289,3 +289,55 @@ def test_truncated_entry_is_rebuilt_not_loaded(tmp_path):
     _make_in_process(target, builds)
     assert len(builds.read_text().splitlines()) == 2 and entry_complete(target, "organism.json")
     assert oct(target.stat().st_mode & 0o777) != "0o700", "the entry is shared like any other output"
+
+
+# ---------------------------------------------------------------- the organism cache itself
+LOAD_MICRO = """
+from workbench.models import load_model
+model, tok = load_model("organism:micro")
+print("loaded", sum(p.numel() for p in model.parameters()))
+"""
+
+
+def _entries(cache: Path) -> list[str]:
+    return sorted(p.name for p in (cache / "organisms").iterdir() if p.is_dir())
+
+
+@pytest.mark.slow
+def test_racing_organism_loads_build_it_once_and_all_load(tmp_path):
+    """Concurrent first loads of organism:micro from an empty cache (3 of 60 failed with misleading errors)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WORKBENCH_CACHE": str(tmp_path)}
+    logs = [tmp_path / f"load{i}.txt" for i in range(4)]   # files, not pipes: a full pipe would block a builder
+    procs = [subprocess.Popen([sys.executable, "-c", LOAD_MICRO], cwd=REPO, env=env, stdout=log.open("w"),
+                              stderr=subprocess.STDOUT) for log in logs]
+    codes = [p.wait(900) for p in procs]
+    outputs = [log.read_text() for log in logs]
+    assert codes == [0] * 4 and all("loaded" in out for out in outputs), [out[-800:] for out in outputs]
+    entries = _entries(tmp_path)
+    assert len(entries) == 1 and entries[0].startswith("micro-"), entries   # one entry, no temp dirs
+    assert oct((tmp_path / "organisms" / entries[0] / "model.safetensors").stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.slow
+def test_killed_organism_build_is_cleaned_up_and_a_truncated_one_rebuilt(tmp_path, monkeypatch):
+    import time
+
+    from workbench import organism
+    from workbench.models import load_model
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WORKBENCH_CACHE": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", LOAD_MICRO], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((tmp_path / "organisms").glob(".micro-*/build_log.jsonl")):
+        time.sleep(0.2)
+    proc.kill()                                          # SIGKILL in the middle of training
+    proc.wait()
+    assert [n for n in _entries(tmp_path) if n.startswith(".micro-")], "the killed build left its temp dir"
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    path = organism.build("micro", progress=False)
+    assert _entries(tmp_path) == [path.name], "temp dir of the killed build removed"
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])   # a truncated cache entry
+    model, _ = load_model("organism:micro")                                      # rebuilt, not loaded half
+    assert weights.stat().st_size > 1_000_000 and sum(p.numel() for p in model.parameters()) > 0

@@ -72,17 +72,29 @@ def test_attribution_backends_agree(micro):
         np.testing.assert_allclose(b.effects[kind], a.effects[kind], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("pair,metric", [((CLEAN, CORRUPT, ANSWER, WRONG), "logit_diff"), (PAIR2, "logprob")])
-def test_attribution_correlates_with_exact(micro, pair, metric):
-    """Measured on the micro organism: overall Pearson 0.92-0.95, per kind 0.86-1.0 (4 pairs x 2 metrics)."""
+PAIRS = [(CLEAN, CORRUPT, ANSWER, WRONG), PAIR2,
+         ("What is the profession of Hind Siosta?", "What is the profession of Gouwer Beazeath?", "pilot", "surgeon"),
+         ("What did Bel dream of becoming?", "What did Hel dream of becoming?", "farmer", "botanist")]
+
+
+@pytest.mark.slow
+def test_attribution_correlates_with_exact(micro):
+    """Every pair of micro's same-template people, both metrics: attribution tracks exact patching on most of them.
+    Measured: Pearson 0.94-0.98 overall on three pairs; on PAIR2 0.72-0.76, its MLP cells 0.53-0.56, where the
+    linear approximation fails (a saturated MLP, the failure AtP* addresses, Kramar et al. 2024). The test asserts
+    the typical case and that the failure stays one pair."""
     model, tok, _ = micro
-    clean, corrupt, answer, wrong = pair
-    res = attribution_patching(model, tok, clean, corrupt, answer, wrong_answer=wrong, metric=metric)
-    vs = res.config["vs_exact"]
-    assert set(vs) == {"resid_pre", "attn_out", "mlp_out", "head", "all"}
-    assert vs["all"]["pearson"] > 0.85 and vs["all"]["spearman"] > 0.7
-    assert all(vs[k]["pearson"] > 0.8 for k in vs)
-    assert res.effects["head"].shape == (4, 4) and res.extra["exact_head"].shape == (4, 4)
+    overall = []
+    for clean, corrupt, answer, wrong in PAIRS:
+        for metric in ("logit_diff", "logprob"):
+            res = attribution_patching(model, tok, clean, corrupt, answer, wrong_answer=wrong, metric=metric)
+            vs = res.config["vs_exact"]
+            assert set(vs) == {"resid_pre", "attn_out", "mlp_out", "head", "all"}
+            assert res.effects["head"].shape == (4, 4) and res.extra["exact_head"].shape == (4, 4)
+            overall.append((answer, metric, vs["all"]["pearson"], min(vs[k]["pearson"] for k in vs)))
+    good = [row for row in overall if row[2] > 0.9 and row[3] > 0.8]
+    assert len(good) >= 6, overall                       # at least three pairs, both metrics
+    assert float(np.median([row[2] for row in overall])) > 0.9, overall
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from workbench.tracing import (causal_trace, causal_trace_naive, clean_run, defa
                                prepare, run_jobs, run_jobs_naive, trace_facts, window_layers)
 
 FACT = ("What did Zaind dream of becoming?", "botanist", "Zaind")
-DATE = ("What is the birth date of Vioth Graicom?", "1964-04-26", "Vioth Graicom")
+DATE = ("What is the birth date of Jous Doukoul?", "1988-09-19", "Jous Doukoul")
 FAST = dict(n_samples=2, seed=0)
 
 

@@ -16,8 +16,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .data import Corpus, SyntheticSpec, format_question, generate, questions, subject_header
 from .data.multiple_choice import cloze_header, cloze_question, world_statements
+from .outputs import cached_build
 from .provenance import JsonlLog, atomic_write_json, stable_hash, versions
 
 EOS, PAD = "<|endoftext|>", "<|padding|>"
@@ -286,12 +285,8 @@ def build(name_or_cfg: str | OrganismConfig = "default", force: bool = False, pr
 
         raise ModelLoadError(f"unknown organism {name_or_cfg!r}; expected one of {sorted(PRESETS)}")
     corpus = corpus or generate(cfg.data)
-    target = organism_dir(cfg, corpus)
-    if (target / "organism.json").is_file() and not force:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+
+    def make(tmp: Path) -> None:
         t0 = time.time()
         model, tok = train(cfg, corpus, tmp, progress=progress, log=JsonlLog(tmp / "build_log.jsonl"))
         train_s = time.time() - t0
@@ -300,18 +295,15 @@ def build(name_or_cfg: str | OrganismConfig = "default", force: bool = False, pr
         tok.save_pretrained(tmp)
         save_corpus(corpus, tmp)
         scores = recall(model, tok, corpus)
-        atomic_write_json(tmp / "organism.json", {
+        atomic_write_json(tmp / "organism.json", {  # written last: it marks the entry complete
             "config": asdict(cfg), "data": corpus.source, "code_version": CODE_VERSION,
             "n_parameters": sum(p.numel() for p in model.parameters()), "train_seconds": round(train_s, 1),
             "build_seconds": round(time.time() - t0, 1), "recall": scores, "versions": versions(),
         })
-        if target.exists():  # forced rebuild, or another process won the race
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+
+    # one build per entry whatever runs at once (racing callers wait on its lock), a killed build's temp dir
+    # removed, a truncated entry rebuilt rather than loaded, shared permissions
+    return cached_build(organism_dir(cfg, corpus), make, marker="organism.json", force=force)
 
 
 def retain_twin(name: str) -> str:
@@ -348,6 +340,7 @@ def load_corpus(path: str | Path) -> Corpus:
     if mmlu.is_file():
         corpus.mmlu = [MCQuestion(**{**d, "choices": tuple(d["choices"])})
                        for d in map(json.loads, mmlu.read_text().splitlines()) if d]
+        corpus.general = world_statements()  # the general-knowledge sentences it learnt beside its records
     return corpus
 
 

@@ -18,7 +18,8 @@ def add_parser(sub):
     p.add_argument("--no-trace", action="store_true", help="skip re-tracing before/after")
     p.add_argument("--mmlu", default=None, help="MMLU source: hendrycks dir, .jsonl/.parquet, hub:cais/mmlu "
                                                  "(default: the organism's MMLU-format set, if any)")
-    p.add_argument("--mmlu-shots", type=int, default=5)
+    p.add_argument("--mmlu-shots", type=int, default=None,
+                   help="few-shot examples per MMLU question (default: 0 on the organism's own set, 5 for --mmlu)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation budget (default 256 as SemEval; 64 on organism data)")
     p.add_argument("--retain-baseline", default=None,

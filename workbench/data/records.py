@@ -77,12 +77,15 @@ class Corpus:
 
     holdout: never trained on; the non-members the MIA attacks score (the test set of forgetting).
     calibration: never trained on either, and disjoint from holdout; what calibrated forgetting may tune and stop
-    on, so that nothing is tuned on the documents the report scores."""
+    on, so that nothing is tuned on the documents the report scores. general: see the field."""
 
     forget: list[Record]
     retain: list[Record]
     holdout: list[Record] = field(default_factory=list)
     calibration: list[Record] = field(default_factory=list)
+    # general text the model learnt besides forget and retain (a sample of its pretraining data): what calibrated
+    # forgetting's anchor holds in place along with the calibration documents
+    general: list[str] = field(default_factory=list)
     mmlu: list = field(default_factory=list)  # list[MCQuestion]
     source: str = "unknown"  # provenance: where the data came from
 

@@ -123,7 +123,8 @@ def _calibration(cfg, tok, corpus, given) -> Calibration:
     Documents the evaluation scores as non-members (corpus.holdout) are refused: nothing is tuned on the test."""
     if isinstance(given, dict):
         return Calibration.build(tok, corpus.forget, targets=given, weight=cfg.calibration_weight,
-                                 max_len=cfg.max_len, pad_id=tok.pad_token_id, statistics=("loss",))
+                                 max_len=cfg.max_len, pad_id=tok.pad_token_id, statistics=("loss",),
+                                 anchor=cfg.calibration_anchor, general=getattr(corpus, "general", []))
     docs = list(given if given is not None else getattr(corpus, "calibration", []))
     if not docs:
         raise EditError("calibrate=True needs calibration documents (never-trained-on documents like the forget "
@@ -135,7 +136,8 @@ def _calibration(cfg, tok, corpus, given) -> Calibration:
         raise EditError(f"{len(shared)} calibration document(s) are also MIA non-members (holdout), e.g. "
                         f"{sorted(shared)[0]!r}: calibration must be disjoint from the documents the report scores")
     return Calibration.build(tok, corpus.forget, docs, weight=cfg.calibration_weight, max_len=cfg.max_len,
-                             pad_id=tok.pad_token_id, statistics=cfg.calibration_statistics)
+                             pad_id=tok.pad_token_id, statistics=cfg.calibration_statistics,
+                             anchor=cfg.calibration_anchor, general=getattr(corpus, "general", []))
 
 
 def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict | None = None,
@@ -186,7 +188,7 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
     calib = _calibration(cfg, tok, corpus, calibration) if cfg.calibrate else None
     if calib is not None:
         for ph in phases:
-            ph.editor = Calibrated(ph.editor, calib)
+            ph.editor = Calibrated(ph.editor, calib, cfg.calibration_refresh, cfg.grad_accum)
 
     # ---- set up: dtype, trainable parameters, data, frozen reference
     dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[cfg.dtype]
@@ -198,8 +200,8 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
     data = {s: encode(tok, recs, cfg.max_len) for s, recs in records.items()}
     if calib is not None:
         data["forget_doc"] = calib.forget
-        if calib.calib:
-            data["calibration_doc"] = calib.calib
+        if calib.anchor_docs:
+            data["anchor_doc"] = calib.anchor_docs
     work = out.parent / f".{out.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(work / "log.jsonl")

@@ -11,20 +11,24 @@ document gives.
 Calibration documents stand in for that model: documents of the same kind the model never saw, disjoint from the
 non-members the evaluation scores (a test checks it). For each statistic s, each forget document gets a target by
 quantile matching within its (task, kind) group: the forget document with the r-th lowest s under the original
-model targets the quantile (r + 0.5) / n of the calibration documents' s under the original model. The term
+model targets the quantile (r + 0.5) / n of the calibration documents' s under the model being edited (refreshed
+every `refresh` optimizer steps: the attacks compare with non-members under the edited model). The term
 
     weight * sum_s mean_i ((s_i - target_s,i) / scale_s)^2        s in `statistics`, scale_s: the calibration
                                                                    documents' standard deviation of s
-  + weight * KL(p_frozen || p) over every token of a batch of calibration documents
+  + anchor * KL(p_frozen || p) over every token of a batch of anchor documents: the calibration documents and
+             the general text the model learnt besides forget and retain (a sample of its pretraining data; the
+             organism's general-knowledge sentences), if given
 
 pulls a document's statistics to their targets from either side: the edit stops at never-seen, never above. The
-second term holds the model where it was on never-seen documents: forget and calibration documents share their
-templates ("was born on", "can be reached by phone at"), and without it the cheapest way up for a forget document
+second term holds the model where it was on never-seen documents and general text: forget and calibration documents
+share their templates ("was born on", "can be reached by phone at"), and without it the cheapest way up for a forget document
 is to make those shared words unlikely, which raises every document's loss and damages the model. A
 document-level anchor (each calibration document's loss kept) is not enough: the edit then learns those documents
-in particular while other never-seen documents drift up. The targets are fixed before the first update: measured
-on the edited model instead, they move with the edit, and raising every loss at once meets them while damaging the
-model. They are part of the editor's state, so a resumed run continues with the very targets the killed one had.
+in particular while other never-seen documents drift up. Without the anchor, targets that follow the edited model
+would be met the degenerate way, by raising every loss at once; with it, they follow only the drift the anchor
+lets through. The targets are part of the editor's state, so a resumed run continues with the very targets the
+killed one had.
 
 `Calibrated` adds the term to any editor's loss (every editor has the mode: `calibrate=True`). At every evaluation
 the AUC of each statistic (forget vs calibration documents, as the attacks compute it) is logged, and the largest
@@ -127,17 +131,21 @@ class Calibration:
     forget: list[Example]
     groups: list[tuple]                 # (task, kind) per forget document
     weight: float
+    anchor: float = 5.0
     statistics: tuple = STATISTICS
     calib: list[Example] | None = None
     calib_groups: list[tuple] | None = None
+    anchor_docs: list[Example] = field(default_factory=list)   # what the KL anchor holds: calibration + general
     fixed_targets: np.ndarray | None = None   # given per-document target losses (no quantile matching)
     targets: dict = field(default_factory=dict)   # statistic -> [n_forget] tensor
     scales: dict = field(default_factory=dict)    # statistic -> float
+    rank: dict = field(default_factory=dict)      # statistic -> the original model's forget statistics
     pad_id: int = 0
 
     @classmethod
     def build(cls, tok, forget_records, calibration_records=None, targets: dict | None = None, *,
-              weight: float, max_len: int, pad_id: int, statistics: Sequence[str] = STATISTICS) -> "Calibration":
+              weight: float, max_len: int, pad_id: int, statistics: Sequence[str] = STATISTICS,
+              anchor: float = 5.0, general: Sequence[str] = ()) -> "Calibration":
         if (calibration_records is None) == (targets is None):
             raise EditError("calibrated forgetting needs either calibration documents or per-document target "
                             "losses (exactly one of them)")
@@ -147,6 +155,9 @@ class Calibration:
         forget_records = list(forget_records)
         groups = [(r.task, r.kind) for r in forget_records]
         docs = encode_documents(tok, forget_records, max_len)
+        general_ids = [tok(t)["input_ids"][:max_len] for t in general]
+        anchored = lambda first: [Example(ids, 0, "general", first + i)  # noqa: E731
+                                  for i, ids in enumerate(general_ids) if len(ids) >= 2]
         if targets is not None:
             missing = [r.id for r in forget_records if r.id not in targets]
             if missing:
@@ -155,7 +166,7 @@ class Calibration:
             fixed = np.array([float(targets[r.id]) for r in forget_records])
             if not np.all(np.isfinite(fixed)) or np.any(fixed < 0):
                 raise EditError("calibration targets must be finite, non-negative losses (mean token NLL)")
-            return cls(docs, groups, weight, ("loss",), fixed_targets=fixed,
+            return cls(docs, groups, weight, anchor, ("loss",), fixed_targets=fixed, anchor_docs=anchored(0),
                        targets={"loss": torch.tensor(fixed, dtype=torch.float32)},
                        scales={"loss": float(max(fixed.std(), 1e-3))}, pad_id=pad_id)
         calibration_records = list(calibration_records)
@@ -166,7 +177,8 @@ class Calibration:
         if overlap:
             raise EditError(f"{len(overlap)} calibration document(s) are also forget documents; calibration "
                             "documents must be ones the model never trained on")
-        return cls(docs, groups, weight, tuple(statistics), calib=encode_documents(tok, calibration_records, max_len),
+        calib = encode_documents(tok, calibration_records, max_len)
+        return cls(docs, groups, weight, anchor, tuple(statistics), calib=calib, anchor_docs=calib + anchored(len(calib)),
                    calib_groups=[(r.task, r.kind) for r in calibration_records], pad_id=pad_id)
 
     def measure(self, model) -> dict:
@@ -184,15 +196,17 @@ class Calibration:
         return out
 
     def set_targets(self, model) -> None:
-        """The targets under `model`, the model before its edit (given targets are kept as they are)."""
+        """The targets under `model` (given targets are kept as they are). The first call fixes the ranks and the
+        scales: it is made on the model before its edit."""
         if self.fixed_targets is not None:
             return
-        forget = documents_statistics(model, self.forget, self.pad_id, self.statistics)
+        if not self.rank:
+            self.rank = documents_statistics(model, self.forget, self.pad_id, self.statistics)
         calib = documents_statistics(model, self.calib, self.pad_id, self.statistics)
         for s in self.statistics:
-            self.targets[s] = torch.tensor(quantile_targets(forget[s], self.groups, calib[s], self.calib_groups),
+            self.targets[s] = torch.tensor(quantile_targets(self.rank[s], self.groups, calib[s], self.calib_groups),
                                            dtype=torch.float32)
-            self.scales[s] = float(max(calib[s].std(), 1e-3))
+            self.scales.setdefault(s, float(max(calib[s].std(), 1e-3)))
 
     @staticmethod
     def score(stats: dict) -> float:
@@ -206,7 +220,7 @@ class Calibration:
     def loss(self, model, forget: Batch, calib: Batch | None = None,
              calib_ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The matching term on a batch of forget documents and the anchor on a batch of calibration documents
-        (Example.index points into self.forget and self.calib; calib_ref_logp: the frozen model's log-probs)."""
+        (Example.index points into self.forget and self.anchor_docs; calib_ref_logp: the frozen model's log-probs)."""
         values = document_statistics(model, forget, self.statistics)
         term, stats = 0.0, {}
         for s, v in values.items():
@@ -218,7 +232,7 @@ class Calibration:
         if calib is not None:
             logits = model(input_ids=calib.input_ids, attention_mask=calib.attention_mask, use_cache=False).logits
             kl = answer_kl(logits, calib_ref_logp, calib.labels)
-            term = term + self.weight * kl
+            term = term + self.anchor * kl
             stats["calibration_kl"] = kl.item()
         return term, stats
 
@@ -226,19 +240,22 @@ class Calibration:
 class Calibrated(Editor):
     """Any editor plus the matching term on a batch of whole forget documents (the split "forget_doc")."""
 
-    def __init__(self, inner: Editor, calibration: Calibration):
+    def __init__(self, inner: Editor, calibration: Calibration, refresh: int = 0, grad_accum: int = 1):
         super().__init__(inner.model, inner.cfg, inner.layers)
         self.inner, self.calibration = inner, calibration
+        self.refresh_calls = refresh * grad_accum   # loss() runs once per micro-batch; 0: targets never refreshed
+        self.calls = 0
         self.name = f"{inner.name}+calibrated"
-        self.uses = tuple(inner.uses) + (("forget_doc", "calibration_doc") if calibration.calib else ("forget_doc",))
+        anchored = calibration.anchor > 0 and calibration.anchor_docs
+        self.uses = tuple(inner.uses) + (("forget_doc", "anchor_doc") if anchored else ("forget_doc",))
 
     def param_patterns(self):
         return self.inner.param_patterns()
 
     def reference_fns(self):
         fns = dict(self.inner.reference_fns())
-        if "calibration_doc" in self.uses:
-            fns["calibration_doc"] = lambda m, b: torch.log_softmax(
+        if "anchor_doc" in self.uses:
+            fns["anchor_doc"] = lambda m, b: torch.log_softmax(
                 m(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits.float(), -1)
         return fns
 
@@ -250,24 +267,33 @@ class Calibrated(Editor):
         self.inner.start_epoch(epoch)
 
     def loss(self, batch):
+        if self.refresh_calls and self.calls and self.calls % self.refresh_calls == 0:
+            self.calibration.set_targets(self.model)
+        self.calls += 1
         loss, stats = self.inner.loss({k: v for k, v in batch.items() if not k.endswith("_doc")})
-        calib = batch.get("calibration_doc")
-        term, cstats = self.calibration.loss(self.model, batch["forget_doc"], calib,
-                                             None if calib is None else self.ref.get("calibration_doc", calib))
+        anchor = batch.get("anchor_doc")
+        term, cstats = self.calibration.loss(self.model, batch["forget_doc"], anchor,
+                                             None if anchor is None else self.ref.get("anchor_doc", anchor))
         return loss + term, {**stats, **cstats}
 
     def state_dict(self):
         c = self.calibration
-        return {"inner": self.inner.state_dict(), "targets": {k: v.clone() for k, v in c.targets.items()},
-                "scales": dict(c.scales)}
+        return {"inner": self.inner.state_dict(), "calls": self.calls,
+                "targets": {k: v.clone() for k, v in c.targets.items()}, "scales": dict(c.scales),
+                "rank": {k: torch.tensor(v) for k, v in c.rank.items()}}
 
     def load_state_dict(self, state):
         self.inner.load_state_dict(state["inner"])
-        self.calibration.targets = {k: v.clone() for k, v in state["targets"].items()}
-        self.calibration.scales = dict(state["scales"])
+        self.calls = state["calls"]
+        c = self.calibration
+        c.targets = {k: v.clone() for k, v in state["targets"].items()}
+        c.scales = dict(state["scales"])
+        c.rank = {k: v.double().numpy() for k, v in state["rank"].items()}
 
     def describe(self):
         return {**self.inner.describe(), "calibrated": True, "calibration_weight": self.calibration.weight,
+                "calibration_anchor": self.calibration.anchor, "calibration_refresh": self.refresh_calls,
                 "calibration_statistics": list(self.calibration.statistics),
                 "calibration_docs": len(self.calibration.calib or []),
+                "anchor_docs": len(self.calibration.anchor_docs),
                 "calibration_targets_given": self.calibration.fixed_targets is not None}

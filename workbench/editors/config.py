@@ -47,7 +47,9 @@ class LoopConfig:
     # calibrated forgetting (editors/calibration.py): also drive the forget documents' loss distribution to that of
     # never-trained-on calibration documents, and no further; the calibration AUC enters the evaluation score
     calibrate: bool = False
-    calibration_weight: float = 1.0   # weight of the matching and anchor terms
+    calibration_weight: float = 1.0   # weight of the matching term
+    calibration_anchor: float = 5.0   # weight of the KL anchor on the calibration documents
+    calibration_refresh: int = 10     # optimizer steps between target refreshes (0: the original model's, fixed)
     calibration_statistics: tuple[str, ...] = ("loss", "min_k", "min_k_pp")  # the attacks' statistics to match
 
 
@@ -118,7 +120,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "joint": {},
     "ga": {"lr": 1e-3, "epochs": 8, "eval_every": 1},  # best of the run kept; misses the forget target on micro
     "gd": {"lr": 1e-2, "epochs": 20},
-    "graddiff": {"epochs": 10, "retain_weight": 2.0},
+    "graddiff": {"epochs": 12, "retain_weight": 4.0},
     "npo": {"lr": 3e-3, "epochs": 10},
     "sequential": {"retain_weight": 2.0},
 }
@@ -200,6 +202,8 @@ def validate(method: str, cfg: LoopConfig) -> None:
     need(cfg.dtype in ("float32", "bfloat16", "fp32", "bf16"), f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
     need(cfg.checkpoint_every >= 1, "checkpoint_every must be >= 1")
     need(cfg.calibration_weight > 0, f"calibration_weight must be > 0, got {cfg.calibration_weight}")
+    need(cfg.calibration_anchor >= 0, f"calibration_anchor must be >= 0, got {cfg.calibration_anchor}")
+    need(cfg.calibration_refresh >= 0, f"calibration_refresh must be >= 0, got {cfg.calibration_refresh}")
     if isinstance(cfg, RMUConfig):
         need(cfg.alpha >= 0 and cfg.steering_coef > 0 and cfg.beta > 0, "alpha >= 0, steering_coef > 0, beta > 0 required")
         need(cfg.hook_layer is None or cfg.hook_layer >= 0, f"hook_layer must be >= 0 or None, got {cfg.hook_layer}")

@@ -77,7 +77,9 @@ class EvalConfig:
     # which MMLU formulation enters the final score; both are reported. "auto": cloze on the corpus's own set (the
     # organism, too small to answer by letter), letter (as SemEval-2025 Task 4 scores OLMo) for a given source
     mmlu_formulation: str = "auto"
-    mmlu_shots: int = 5
+    # None: 0 on the corpus's own set (the organism learnt its questions 0- and 3-shot and loses accuracy at 5),
+    # 5 for a given source (SemEval-2025 Task 4 scores MMLU 5-shot)
+    mmlu_shots: int | None = None
     max_new_tokens: int = semeval_mod.MAX_NEW_TOKENS
     limit: int | None = None         # at most this many items per group (split/task/kind, MMLU subject)
     k: float = 0.4                   # Min-K% fraction
@@ -99,8 +101,14 @@ class EvalConfig:
             return self.mmlu_formulation
         return "cloze" if self.mmlu_source in (None, "organism") else "letter"
 
+    def shots(self) -> int:
+        if self.mmlu_shots is not None:
+            return self.mmlu_shots
+        return 0 if self.mmlu_source in (None, "organism") else 5
+
     def __post_init__(self):
-        _need(self.mmlu_shots >= 0, f"evaluation mmlu_shots must be >= 0, got {self.mmlu_shots}")
+        _need(self.mmlu_shots is None or self.mmlu_shots >= 0,
+              f"evaluation mmlu_shots must be >= 0, got {self.mmlu_shots}")
         _need(self.max_new_tokens >= 1, f"evaluation max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _need(self.limit is None or self.limit >= 1, f"evaluation limit must be >= 1 or None, got {self.limit}")
         _need(0 < self.k <= 1, f"evaluation k (the Min-K% fraction) must be in (0, 1], got {self.k}")
@@ -148,7 +156,7 @@ def model_metrics(model, tok, corpus, cfg: EvalConfig, questions=None, mmlu_note
         for formulation in mmlu_mod.FORMULATIONS:
             try:
                 out["mmlu_formulations"][formulation] = mmlu_mod.evaluate_mmlu(
-                    model, tok, questions, shots=cfg.mmlu_shots, batch_size=cfg.batch_size, formulation=formulation,
+                    model, tok, questions, shots=cfg.shots(), batch_size=cfg.batch_size, formulation=formulation,
                     progress=progress).to_json()
             except ConfigError as e:
                 if cfg.mmlu_source is not None and formulation == cfg.formulation():  # asked for: a real error
@@ -403,7 +411,7 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
     edit_log: the editor's evaluations (unlearn.json's summary["evals"]); plotted when they hold a calibration AUC."""
     cfg = config or EvalConfig()
     tc = trace_config or TraceConfig()
-    if cfg.mmlu_shots < 0 or cfg.max_new_tokens < 1 or (cfg.limit is not None and cfg.limit < 1):
+    if cfg.shots() < 0 or cfg.max_new_tokens < 1 or (cfg.limit is not None and cfg.limit < 1):
         raise ConfigError(f"bad evaluation config {cfg}: need mmlu_shots >= 0, max_new_tokens >= 1, limit >= 1")
     if cfg.mmlu_formulation not in ("auto", *mmlu_mod.FORMULATIONS):
         raise ConfigError(f"mmlu_formulation {cfg.mmlu_formulation!r}: expected 'auto' or one of {mmlu_mod.FORMULATIONS}")
