@@ -302,6 +302,77 @@ def sweep_plot(rows: list[dict], x: str, ys, title: str | None = None, width="co
     return fig.update_layout(margin=dict(b=110))
 
 
+def _centre(layers) -> float:
+    return (layers[0] + layers[-1]) / 2
+
+
+def _caption(fig: go.Figure, text: str, lines: int) -> None:
+    """`text` (lines joined by <br>) under the plot, left-aligned, as a paper caption."""
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=0, yshift=-45, xanchor="left", yanchor="top",
+                       align="left", showarrow=False, font=dict(size=8))
+    fig.update_layout(margin=dict(b=60 + 13 * lines))
+
+
+def localization_figure(windows, importance, stats: dict, caption: str, efficacy: str = "budget",
+                        width="column") -> go.Figure:
+    """Traced importance (top) and unlearning efficacy (bottom) on one layer axis, 95% intervals as bands.
+
+    windows: the layer windows edited; importance: the per-layer LayerImportance of the traced kind; stats:
+    {editor: workbench.correlation.Correlation JSON} (each window's importance and efficacy with intervals), drawn
+    at the window's centre layer; caption: the correlation, printed under the figure."""
+    if not stats:
+        raise ConfigError("localization_figure: no editor statistics to draw")
+    x = [_centre(w) for w in windows]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    _band(fig, range(importance.n_layers), importance.mean, importance.lo, importance.hi, "#999999",
+          f"{kind_title(importance.kind)} per layer", row=1, col=1)
+    first = next(iter(stats.values()))
+    lo, hi = np.asarray(first["importance_ci"], float).T
+    _band(fig, x, first["importance"], lo, hi, qualitative.Plotly[2], f"window mean ({len(windows[0])} layers)",
+          row=1, col=1)
+    for i, (label, s) in enumerate(stats.items()):
+        lo, hi = np.asarray(s["efficacy_ci"], float).T
+        _band(fig, x, s["efficacy"], lo, hi, qualitative.Plotly[(i + 3) % 10], label, row=2, col=1)
+    n_layers = importance.n_layers
+    fig.update_xaxes(title_text="layer (edited window: its centre)", dtick=1 if n_layers <= 16 else None, row=2, col=1)
+    fig.update_yaxes(title_text="traced importance<br>(normalised effect)", row=1, col=1)
+    fig.update_yaxes(title_text=f"efficacy ({efficacy})<br>forget-recall drop", row=2, col=1)
+    fig.update_layout(title_text="Does tracing predict where unlearning works?",
+                      # inside the axes, top right: traced importance is concentrated in few layers
+                      legend=dict(orientation="v", x=0.98, xanchor="right", y=1.0, yanchor="top", tracegroupgap=0,
+                                  bgcolor="rgba(255,255,255,0.75)"))
+    paper_layout(fig, width=width, height=int(_width_px(width) * 1.3))
+    _caption(fig, caption, caption.count("<br>") + 1)
+    return fig
+
+
+def importance_efficacy_scatter(windows, stats: dict, caption: str, kind: str = "mlp", efficacy: str = "budget",
+                                width="column") -> go.Figure:
+    """One point per window and editor: traced importance against efficacy, 95% intervals as error bars, the window
+    in the point's hover text; stats as for `localization_figure`."""
+    if not stats:
+        raise ConfigError("importance_efficacy_scatter: no editor statistics to draw")
+    fig = go.Figure()
+    labels = [f"{w[0]}-{w[-1]}" for w in windows]
+    for i, (label, s) in enumerate(stats.items()):
+        x, y = np.asarray(s["importance"], float), np.asarray(s["efficacy"], float)
+        xlo, xhi = np.asarray(s["importance_ci"], float).T
+        ylo, yhi = np.asarray(s["efficacy_ci"], float).T
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="markers", name=label, text=labels, hovertemplate="layers %{text}<br>importance %{x:.4f}"
+            "<br>efficacy %{y:.3f}", marker=dict(size=6, color=qualitative.Plotly[(i + 3) % 10]),
+            error_x=dict(type="data", symmetric=False, array=xhi - x, arrayminus=x - xlo, thickness=0.8, width=0),
+            error_y=dict(type="data", symmetric=False, array=yhi - y, arrayminus=y - ylo, thickness=0.8, width=0)))
+    fig.update_xaxes(title_text=f"traced {kind_title(kind)} importance of the window")
+    fig.update_yaxes(title_text=f"efficacy ({efficacy}): forget-recall drop")
+    fig.update_layout(title_text="Traced importance vs unlearning efficacy, per window",
+                      legend=dict(orientation="v", x=0.98, xanchor="right", y=0.02, yanchor="bottom",
+                                  bgcolor="rgba(255,255,255,0.75)"))
+    paper_layout(fig, width=width, height=int(_width_px(width) * 0.95))
+    _caption(fig, caption, caption.count("<br>") + 1)
+    return fig
+
+
 # --- export ----------------------------------------------------------------------------------------
 def browser_path() -> str | None:
     """The Chrome/Chromium kaleido would use (BROWSER_PATH, PATH, or kaleido's own download), or None."""

@@ -95,7 +95,7 @@ def select_layers(importance, strategy: str = "window", k: int = 3, window: int 
         if not 1 <= window <= n:
             raise ConfigError(f"window: window={window} must be between 1 and the number of layers ({n})")
         sums = np.convolve(scores, np.ones(window), mode="valid")   # [n - window + 1], sum of each run
-        start = int(np.argmax(sums))                                 # first maximum: earliest best window
+        start = int(best_window(scores, window))
         layers = list(range(start, start + window))
         params = {"window": window, "window_sums": sums.round(6).tolist()}
     elif strategy == "threshold":
@@ -109,6 +109,45 @@ def select_layers(importance, strategy: str = "window", k: int = 3, window: int 
     prov = provenance(config={"strategy": strategy, "kind": kind, **params}, **src)
     return LayerSelection(layers=[int(l) for l in layers], scores=scores.tolist(), strategy=strategy, kind=kind,
                           params=params, provenance=prov)
+
+
+def best_window(scores: np.ndarray, window: int) -> np.ndarray:
+    """Start of the run of `window` consecutive layers with the largest summed score (the earliest on ties), for each
+    score vector along the last axis.  [..., n_layers] -> [...]"""
+    c = np.cumsum(np.asarray(scores, float), axis=-1)
+    c = np.concatenate([np.zeros(c.shape[:-1] + (1,)), c], axis=-1)
+    sums = c[..., window:] - c[..., :-window]                    # [..., n_layers - window + 1]
+    return np.argmax(sums.round(12), axis=-1)
+
+
+def selection_agreement(per_fact: np.ndarray, sizes, window: int = 3, reps: int = 200, seed: int = 0) -> list[dict]:
+    """How many traced facts make a stable window selection? per_fact: [n_facts, n_layers] importance of each fact.
+
+    For each n in `sizes`, `reps` random draws of facts:
+      same_window  two disjoint sets of n facts select the same window (None when 2n > n_facts)
+      jaccard      mean overlap |A & B| / |A | B| of the two sets' windows' layers (None when 2n > n_facts)
+      same_as_all  a set of n facts selects the window that all n_facts select
+    """
+    per_fact = np.asarray(per_fact, float)
+    F, L = per_fact.shape
+    if not 1 <= window <= L:
+        raise ConfigError(f"selection_agreement: window {window} must be between 1 and the number of layers ({L})")
+    bad = [n for n in sizes if not 1 <= n <= F]
+    if bad or reps < 1:
+        raise ConfigError(f"selection_agreement: sizes {bad} must be between 1 and the {F} facts, reps >= 1")
+    rng = np.random.default_rng(seed)
+    full = int(best_window(per_fact.mean(0), window))
+    rows = []
+    for n in sizes:
+        order = np.argsort(rng.random((reps, F)), axis=1)       # [reps, F] a random order of the facts per draw
+        a = best_window(per_fact[order[:, :n]].mean(1), window)  # [reps]
+        row = {"n_facts": int(n), "same_window": None, "jaccard": None, "same_as_all": float((a == full).mean())}
+        if 2 * n <= F:
+            b = best_window(per_fact[order[:, n:2 * n]].mean(1), window)
+            overlap = np.maximum(0, window - np.abs(a - b))
+            row.update(same_window=float((a == b).mean()), jaccard=float((overlap / (2 * window - overlap)).mean()))
+        rows.append(row)
+    return rows
 
 
 _RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")

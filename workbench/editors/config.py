@@ -157,6 +157,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                    "cyber-7b": dict(params=("*",), weight_decay=2e-4, forget_floor=None,
                                     stages=(Stage("ga", 3, 1e-5), Stage("gd", 3, 2e-6), Stage("ga", 1, 2e-5)))},
 }
+# workbench localize (configs/localize*.yaml) on the deep organism: the unlearning of 16 facts at any 3-layer window
+# with a trajectory gradual enough that its forget/retain trade-off is resolved point by point: after the last step
+# forget recall is 0.0-0.42 depending on the window for joint (24 steps), 0.04-0.80 for RMU (120 steps); ~9 s per edit
+# on 2 busy cores
+PRESETS["joint"]["localize"] = dict(retain_loss="kl", m_init=5.0, m_max=10.0, lr=2e-3, epochs=12)
+PRESETS["rmu"]["localize"] = dict(lr=2e-2, epochs=30, steering_coef=300.0)
 
 
 def _coerce(method: str, types_: dict, name: str, value):

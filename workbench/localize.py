@@ -1,0 +1,562 @@
+"""Does causal tracing predict where unlearning works? One run answers it for one model and one fact set.
+
+    from workbench.localize import LocalizeConfig, localize
+    result = localize(model, tok, corpus, LocalizeConfig(), out_dir="runs/localize")
+    workbench localize --config configs/localize.yaml          # the same from the command line
+
+1. Facts: the first `n_facts` traceable forget facts of `task`. Kept are those the model recalls (exact match) and
+   the noise hurts by at least `min_total_effect` (the normalised effect divides by that amount).
+2. Trace: ROME causal tracing of each kept fact, every kind; per-layer importance with a bootstrap interval over
+   facts. A window's importance for one fact is the mean of that fact's per-layer importance over the window.
+3. Edits: every window x editor x seed edits a fresh copy of the model. The forget set is the kept facts and the
+   retain set the corpus's retain records. Every window gets the same editor settings and the same number of steps
+   (matched effort). Every `eval_every` steps each fact's forget recall and the retain recall are measured
+   (teacher-forced exact match, workbench.evaluation.attacks.recall), giving each run's forget/retain trade-off curve.
+4. Efficacy of a window, per fact and seed (`efficacy_of`):
+     budget  the forget-recall drop at the edit's best point whose retain recall is within `retain_budget` of the
+             original's. The number of steps is the edit strength, tuned per window and seed (as early stopping
+             would) under a fixed cost in retained knowledge. This is the headline: what a window buys at a set
+             cost, the quantity a practitioner choosing layers cares about.
+     area    the area under the envelope of forget drop against retain damage, from 0 to `area_damage`, normalised
+             to 1. It covers the whole trade-off instead of one budget, and so checks that the answer does not
+             hinge on the budget chosen.
+5. Statistics (workbench.correlation) for each editor, kind of importance and efficacy definition.
+6. Outputs: localize.json (with provenance), table.md, figures/, a jsonl log, and runs/ (one file per finished edit:
+   a killed run resumes from them and from the saved trace).
+
+Two trace-only studies answer open questions about localisation:
+  tasks            trace every listed LUME task's facts and compare where their importance peaks
+  agreement_sizes  how often windows selected from two disjoint sets of n traced facts agree (SHA256 traced 125)
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .configfile import build, coerce_fields, read_mapping
+from .errors import ConfigError
+from .provenance import JsonlLog, atomic_write_json, atomic_write_text, model_fingerprint, provenance, stable_hash
+
+EFFICACIES = ("budget", "area")
+# Loop housekeeping for every edit: localize measures the trajectory itself (on every step callback), so the loop
+# evaluates only once, cheaply, keeps the last weights and checkpoints only at its start and end.
+RUN_SETTINGS = {"eval_metric": "loss", "eval_size": 4, "eval_every": 0, "keep_best": False,
+                "checkpoint_every": 1_000_000}
+
+
+@dataclass
+class EditorSpec:
+    """One editor arm: a method with a preset and overrides (workbench.editors.config), and how often its
+    trajectory is measured."""
+    method: str
+    preset: str | None = None
+    config: dict = field(default_factory=dict)
+    eval_every: int = 5
+
+
+def _default_editors() -> dict:
+    return {"joint": {"method": "joint", "preset": "localize"}, "rmu": {"method": "rmu", "preset": "localize"}}
+
+
+@dataclass
+class LocalizeConfig:
+    model: str = "organism:deep"     # organism[:name] | local dir | hub id
+    data: str = "organism"           # "organism" = the corpus the organism learned | a LUME directory
+    out: str = "runs/localize"
+    figures: str | None = None       # also copy the PNG figures here (e.g. the README's figures/)
+    seed: int = 0
+    # facts and trace (as the pipeline traces)
+    task: str | None = "Task2"
+    n_facts: int | None = 16
+    n_samples: int = 10
+    kinds: tuple[str, ...] = ("resid", "mlp", "attn")
+    position: str = "last_subject"
+    metric: str = "logprob_mean"
+    min_total_effect: float = 0.5
+    kind: str = "mlp"                # the importance of the headline correlation and figure
+    # windows and edits
+    window: int = 3
+    stride: int = 1
+    editors: dict = field(default_factory=_default_editors)  # label -> EditorSpec fields
+    seeds: int = 3
+    # efficacy
+    efficacy: str = "budget"         # headline definition: budget | area (both are computed)
+    retain_budget: float = 0.1       # budget: largest allowed fall of retain recall below the original's
+    area_damage: float = 0.5         # area: retain damage the area integrates up to
+    # statistics
+    n_boot: int = 1000
+    n_perm: int = 10000
+    # trace-only studies
+    tasks: tuple[str, ...] = ()            # trace each task's facts too and compare the peaks
+    agreement_sizes: tuple[int, ...] = ()  # selection agreement vs number of traced facts
+    agreement_reps: int = 200
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LocalizeConfig":
+        d = dict(d)
+        for key in ("kinds", "tasks"):  # "mlp" or "resid,mlp": a short list, not its characters
+            if isinstance(d.get(key), str):
+                d[key] = [k.strip() for k in d[key].split(",") if k.strip()]
+        return checked(cls(**coerce_fields(cls, d, "localize config")))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "LocalizeConfig":
+        return cls.from_dict(read_mapping(path, "localize config"))
+
+    def editor_specs(self) -> dict[str, EditorSpec]:
+        return {label: build(EditorSpec, spec, f"localize editor {label!r}") for label, spec in self.editors.items()}
+
+
+def checked(cfg: LocalizeConfig) -> LocalizeConfig:
+    """Every setting checked before any model work; a bad one is a ConfigError naming it."""
+    from .aggregate import POSITIONS
+    from .editors import METHODS, resolve_config
+    from .results import KINDS
+    from .tracing import METRICS
+
+    def need(ok, msg):
+        if not ok:
+            raise ConfigError(f"localize config: {msg}")
+
+    cfg = LocalizeConfig(**coerce_fields(LocalizeConfig, {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+                                         "localize config"))
+    need(cfg.n_facts is None or cfg.n_facts >= 3, f"n_facts must be >= 3 or null (every fact), got {cfg.n_facts}")
+    need(cfg.n_samples >= 1, f"n_samples must be >= 1, got {cfg.n_samples}")
+    bad = [k for k in cfg.kinds if k not in KINDS]
+    need(cfg.kinds and not bad, f"kinds {list(cfg.kinds)}: expected some of {list(KINDS)}")
+    need(cfg.kind in cfg.kinds, f"kind {cfg.kind!r} is not traced; kinds are {list(cfg.kinds)}")
+    need(cfg.position in POSITIONS, f"position {cfg.position!r}: expected one of {POSITIONS}")
+    need(cfg.metric in METRICS, f"metric {cfg.metric!r}: expected one of {METRICS}")
+    need(cfg.min_total_effect >= 0, f"min_total_effect must be >= 0, got {cfg.min_total_effect}")
+    need(cfg.window >= 1 and cfg.stride >= 1, f"window and stride must be >= 1, got {cfg.window}, {cfg.stride}")
+    need(cfg.seeds >= 1, f"seeds must be >= 1, got {cfg.seeds}")
+    need(cfg.efficacy in EFFICACIES, f"efficacy {cfg.efficacy!r}: expected one of {EFFICACIES}")
+    need(0 < cfg.retain_budget <= 1, f"retain_budget must be in (0, 1], got {cfg.retain_budget}")
+    need(0 < cfg.area_damage <= 1, f"area_damage must be in (0, 1], got {cfg.area_damage}")
+    need(cfg.n_boot >= 1 and cfg.n_perm >= 1, f"n_boot and n_perm must be >= 1, got {cfg.n_boot}, {cfg.n_perm}")
+    need(all(n >= 1 for n in cfg.agreement_sizes), f"agreement_sizes must be >= 1, got {list(cfg.agreement_sizes)}")
+    need(cfg.n_facts is None or all(n <= cfg.n_facts for n in cfg.agreement_sizes),
+         f"agreement_sizes {list(cfg.agreement_sizes)} exceed n_facts {cfg.n_facts}")
+    need(cfg.agreement_reps >= 1, f"agreement_reps must be >= 1, got {cfg.agreement_reps}")
+    need(isinstance(cfg.editors, dict), "editors must map a label to {method, preset, config, eval_every}")
+    for label, spec in cfg.editor_specs().items():
+        need(spec.method in METHODS, f"editor {label!r}: method {spec.method!r}; expected one of {list(METHODS)}")
+        need(spec.eval_every >= 1, f"editor {label!r}: eval_every must be >= 1, got {spec.eval_every}")
+        resolve_config(spec.method, preset=spec.preset, overrides={**spec.config, **RUN_SETTINGS})
+    return cfg
+
+
+# ---------------------------------------------------------------- efficacy of one edit
+def efficacy_of(forget: np.ndarray, retain: np.ndarray, retain_budget: float, area_damage: float) -> dict:
+    """Per-fact efficacy of one edit from its trajectory.
+
+    forget [n_points, n_facts]: each fact's recall (1/0) at each measured point, point 0 the unedited model.
+    retain [n_points]: retain recall at the same points.
+    budget: the drop of each fact's recall at the edit's best point within the retain budget: among the points whose
+    retain recall is at most `retain_budget` below point 0's, the one with the largest mean forget drop (the earliest
+    on ties; point 0 qualifies, so there always is one). Retain recall is not monotone along an edit (a KL or CE
+    retain term wins back what a step lost), so the best point is taken, not the last one before a first dip.
+    area: the area under each fact's envelope (its best drop among the points with retain damage <= x) over x in
+    [0, area_damage], divided by area_damage.
+    Returns {"budget": [n_facts], "area": [n_facts], "operating_point": the budget's point}."""
+    forget, retain = np.asarray(forget, float), np.asarray(retain, float)
+    if forget.ndim != 2 or retain.shape != forget.shape[:1] or len(retain) < 1:
+        raise ConfigError(f"efficacy_of: expected forget [n_points, n_facts] and retain [n_points], got "
+                          f"{forget.shape} and {retain.shape}")
+    drop = forget[0] - forget                                   # [P, F]
+    damage = np.maximum(0.0, retain[0] - retain)                # [P]
+    within = damage <= retain_budget + 1e-9                     # [P]; point 0 always
+    point = int(np.argmax(np.where(within, drop.mean(1), -np.inf)))
+    order = np.argsort(damage, kind="stable")
+    d = np.minimum(damage[order], area_damage)                  # [P] ascending
+    best = np.maximum.accumulate(drop[order], axis=0)           # [P, F] envelope from each point's damage on
+    widths = np.diff(np.append(d, area_damage))                 # [P] the stretch of x each envelope value holds
+    area = (best * widths[:, None]).sum(0) / area_damage        # [F]
+    return {"budget": drop[point], "area": area, "operating_point": point}
+
+
+# ---------------------------------------------------------------- facts and trace
+def _recalled(model, tok, records) -> np.ndarray:
+    from .evaluation.attacks.recall import encode_qa, score
+
+    return score(model, tok, encode_qa(tok, records)).exact.numpy()
+
+
+def trace_set(model, tok, records, cfg: LocalizeConfig, kinds, path: Path, progress: bool, log) -> dict:
+    """Trace `records`, keep the recalled facts the noise hurts enough; {kind: LayerImportance} and the fact ids.
+    Saved at `path` and reused when the same facts and settings were traced before."""
+    from .aggregate import LayerImportance, aggregate
+    from .tracing import trace_facts
+
+    key = stable_hash({"model": model_fingerprint(model), "facts": [r.id for r in records], "kinds": list(kinds),
+                       "n_samples": cfg.n_samples, "position": cfg.position, "metric": cfg.metric,
+                       "min_total_effect": cfg.min_total_effect, "seed": cfg.seed, "n_boot": cfg.n_boot})
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            log("trace_reused", path=str(path))
+            return {**saved, "importance": {k: LayerImportance.from_json(v) for k, v in saved["importance"].items()}}
+    recalled = _recalled(model, tok, records)
+    results = trace_facts(model, tok, records, kinds=kinds, n_samples=cfg.n_samples, seed=cfg.seed,
+                          metric=cfg.metric, progress=progress)
+    excluded = {}
+    for r, res, ok in zip(records, results, recalled):
+        if not ok:
+            excluded[r.id] = "not recalled by the model"
+        elif res.total_effect < cfg.min_total_effect:
+            excluded[r.id] = f"total effect {res.total_effect:.3f} < min_total_effect {cfg.min_total_effect}"
+    kept = [res for r, res in zip(records, results) if r.id not in excluded]
+    if len(kept) < 3:
+        raise ConfigError(f"only {len(kept)} of {len(records)} facts are recalled and hurt enough by the noise "
+                          f"(excluded: {excluded}); tracing needs at least 3: raise n_facts or lower min_total_effect")
+    importance = {k: aggregate(kept, k, position=cfg.position, n_boot=cfg.n_boot, seed=cfg.seed) for k in kinds}
+    out = {"key": key, "facts": [r.id for r in records if r.id not in excluded], "excluded": excluded,
+           "importance": importance}
+    atomic_write_json(path, {**out, "importance": {k: v.to_json() for k, v in importance.items()}})
+    log("traced", path=str(path), kept=len(kept), excluded=excluded)
+    return out
+
+
+def window_importance(per_fact: np.ndarray, wins: list[list[int]]) -> np.ndarray:
+    """[n_facts, n_windows]: each fact's mean per-layer importance over each window's layers."""
+    return np.stack([per_fact[:, w].mean(1) for w in wins], axis=1)
+
+
+def bootstrap_peaks(per_fact: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot] layer where the mean importance of facts resampled with replacement peaks."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, per_fact.shape[0], size=(n_boot, per_fact.shape[0]))
+    return per_fact[idx].mean(1).argmax(-1)
+
+
+# ---------------------------------------------------------------- one edit
+def edit_trajectory(original, tok, corpus, spec: EditorSpec, layers: list[int], seed: int, forget_ex, retain_ex,
+                    baseline: dict, model_dir: Path) -> dict:
+    """Unlearn `corpus.forget` at `layers` on a copy of `original`; the forget recall of each fact and the retain
+    recall every `spec.eval_every` steps and after the last step, after `baseline` (the unedited model's)."""
+    from .editors import unlearn
+    from .evaluation.attacks.recall import score
+
+    model = copy.deepcopy(original)
+    points = [baseline]
+
+    def measure(step: int) -> None:
+        points.append({"step": step, "forget": score(model, tok, forget_ex).exact.int().tolist(),
+                       "retain": score(model, tok, retain_ex).recall})
+
+    t0 = time.perf_counter()
+    for stale in (model_dir, model_dir.parent / f".{model_dir.name}.work"):  # a killed edit is redone from its start,
+        shutil.rmtree(stale, ignore_errors=True)                             # so its trajectory is whole
+    unlearn(model, tok, corpus, spec.method, layers, {**spec.config, **RUN_SETTINGS, "seed": seed}, model_dir,
+            preset=spec.preset, on_step=lambda s: measure(s) if s % spec.eval_every == 0 else None)
+    steps = json.loads((model_dir / "unlearn.json").read_text())["summary"]["steps"]
+    if points[-1]["step"] != steps:
+        measure(steps)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    return {"points": points, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+# ---------------------------------------------------------------- the run
+def localize(model, tok, corpus, cfg: LocalizeConfig | None = None, out_dir: str | Path | None = None, *,
+             progress: bool = True) -> dict:
+    """Trace, edit every window with every editor and seed, correlate; writes out_dir (see the module doc)."""
+    from .outputs import check_writable, locked
+
+    cfg = checked(cfg or LocalizeConfig())
+    out = Path(out_dir if out_dir is not None else cfg.out)
+    with locked(check_writable(out, "localize output"), "localize output"):
+        return _localize(model, tok, corpus, cfg, out, progress)
+
+
+def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool) -> dict:
+    from .correlation import correlate
+    from .data.records import questions
+    from .editors import resolve_config
+    from .evaluation.attacks.recall import encode_qa, score
+    from .models import decoder_layers
+    from .selection import selection_agreement
+    from .sweep import windows
+
+    t_start = time.perf_counter()
+    log = JsonlLog(out / "localize.jsonl")
+    log("start", config=asdict(cfg))
+    n_layers = len(decoder_layers(model))
+    wins = windows(n_layers, cfg.window, cfg.stride)
+    specs = cfg.editor_specs()
+    if specs and len(wins) < 3:
+        raise ConfigError(f"{len(wins)} window(s) of {cfg.window} layers in a {n_layers}-layer model; a correlation "
+                          "over windows needs at least 3: use a smaller window or stride, or a deeper model")
+    original = copy.deepcopy(model).eval()  # every edit starts from these weights; the caller's model is untouched
+    fingerprint = model_fingerprint(original)
+
+    # 1-2. facts and trace ----------------------------------------------------------------------------
+    def facts_of(task):
+        facts = corpus.facts("forget", task)
+        facts = facts[: cfg.n_facts] if cfg.n_facts else facts
+        if len(facts) < 3:
+            raise ConfigError(f"task {task!r} has {len(facts)} traceable forget facts in {corpus.source}; "
+                              "localize needs at least 3 (QA records that name their subject)")
+        return facts
+
+    t0 = time.perf_counter()
+    main = trace_set(original, tok, facts_of(cfg.task), cfg, cfg.kinds, out / "trace" / "main.json", progress, log)
+    trace_seconds = time.perf_counter() - t0
+    by_id = {r.id: r for r in corpus.forget}
+    facts = [by_id[i] for i in main["facts"]]
+    imp_fw = {k: window_importance(v.per_fact, wins) for k, v in main["importance"].items()}  # kind -> [F, W]
+
+    # 3-4. every window x editor x seed --------------------------------------------------------------
+    forget_ex, retain_ex = encode_qa(tok, facts), encode_qa(tok, questions(corpus.retain))
+    edit_corpus = dataclasses.replace(corpus, forget=facts)
+    baseline = {"step": 0, "forget": score(original, tok, forget_ex).exact.int().tolist(),
+                "retain": score(original, tok, retain_ex).recall}
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    jobs = [(label, spec, w, s) for label, spec in specs.items() for w in wins for s in seeds]
+    runs: dict[str, dict] = {label: {} for label in specs}
+    t0 = time.perf_counter()
+    for label, spec, layers, s in tqdm(jobs, desc="localize edits", disable=not progress or not jobs):
+        resolved = resolve_config(spec.method, preset=spec.preset,
+                                  overrides={**spec.config, **RUN_SETTINGS, "seed": s})
+        key = stable_hash({"model": fingerprint, "facts": main["facts"], "retain": [r.id for r in corpus.retain],
+                           "method": spec.method, "config": asdict(resolved), "layers": layers,
+                           "eval_every": spec.eval_every})
+        path = out / "runs" / label / f"layers-{layers[0]}-{layers[-1]}" / f"seed-{s}.json"
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        reused = saved.get("key") == key
+        if reused:
+            traj = saved
+        else:
+            traj = {"key": key, **edit_trajectory(original, tok, edit_corpus, spec, layers, s, forget_ex, retain_ex,
+                                                  baseline, path.parent / f"model-seed-{s}")}
+            atomic_write_json(path, traj)
+        forget = np.array([p["forget"] for p in traj["points"]])   # [P, F]
+        retain = np.array([p["retain"] for p in traj["points"]])   # [P]
+        eff = efficacy_of(forget, retain, cfg.retain_budget, cfg.area_damage)
+        point = traj["points"][eff["operating_point"]]
+        row = {"layers": layers, "seed": s, "seconds": traj["seconds"], "operating_step": point["step"],
+               "operating_retain": point["retain"], "budget": eff["budget"].tolist(), "area": eff["area"].tolist(),
+               "curve": [[p["step"], float(np.mean(p["forget"])), p["retain"]] for p in traj["points"]]}
+        runs[label].setdefault(str(layers), []).append(row)
+        log("edit", editor=label, reused=reused, **{k: v for k, v in row.items() if k != "curve"},
+            forget_drop=float(eff["budget"].mean()))
+    edit_seconds = time.perf_counter() - t0
+
+    # 5. statistics --------------------------------------------------------------------------------------
+    efficacy = {label: {e: np.array([[row[e] for row in runs[label][str(w)]] for w in wins]).transpose(1, 2, 0)
+                        for e in EFFICACIES} for label in specs}            # label -> def -> [S, F, W]
+    statistics = {label: {k: {e: correlate(imp_fw[k], efficacy[label][e], n_boot=cfg.n_boot, n_perm=cfg.n_perm,
+                                           seed=cfg.seed).to_json() for e in EFFICACIES} for k in cfg.kinds}
+                  for label in specs}
+
+    # trace-only studies ------------------------------------------------------------------------------------
+    agreement = None
+    if cfg.agreement_sizes:
+        per_fact = main["importance"][cfg.kind].per_fact
+        too_many = [n for n in cfg.agreement_sizes if n > len(per_fact)]
+        if too_many:
+            log("agreement_sizes_dropped", sizes=too_many, reason=f"only {len(per_fact)} facts were kept")
+        agreement = selection_agreement(per_fact, [n for n in cfg.agreement_sizes if n <= len(per_fact)],
+                                        window=cfg.window, reps=cfg.agreement_reps, seed=cfg.seed)
+    tasks = {}
+    for task in cfg.tasks:
+        traced = main if task == cfg.task else trace_set(
+            original, tok, facts_of(task), cfg, (cfg.kind,), out / "trace" / f"task-{task}.json", progress, log)
+        tasks[task] = traced["importance"][cfg.kind]
+
+    result = {
+        "question": "Does tracing predict where unlearning works?",
+        "config": asdict(cfg), "n_layers": n_layers, "windows": wins,
+        "facts": {"kept": main["facts"], "excluded": main["excluded"]},
+        "baseline": {"forget_recall": float(np.mean(baseline["forget"])), "retain_recall": baseline["retain"]},
+        "importance": {k: {"per_layer": imp.summary(), "per_window": imp_fw[k].mean(0).tolist()}
+                       for k, imp in main["importance"].items()},
+        "editors": {label: {"method": spec.method, "preset": spec.preset, "config": spec.config,
+                            "eval_every": spec.eval_every, "windows": [runs[label][str(w)] for w in wins]}
+                    for label, spec in specs.items()},
+        "statistics": statistics,
+        "headline": {label: _headline(statistics[label][cfg.kind][cfg.efficacy], wins) for label in specs},
+        "agreement": agreement,
+        "tasks": {t: _peak_summary(imp, cfg) for t, imp in tasks.items()},
+        "seconds": {"trace": round(trace_seconds, 1), "edits": round(edit_seconds, 1),
+                    "total": round(time.perf_counter() - t_start, 1)},
+        "provenance": provenance(model=original, data=getattr(corpus, "source", None), config=asdict(cfg),
+                                 seed=cfg.seed),
+    }
+    # 6. outputs -----------------------------------------------------------------------------------------
+    atomic_write_text(out / "table.md", table(result))
+    _figures(result, main["importance"], tasks, cfg, out)
+    result["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
+    atomic_write_json(out / "localize.json", result)
+    log("done", headline=result["headline"], seconds=result["seconds"])
+    return result
+
+
+def _headline(stat: dict, wins: list[list[int]]) -> dict:
+    """The correlations, and what following the trace costs: the efficacy of the window with the largest traced
+    importance (the one a window selection picks) next to that of the most effective window."""
+    pf = stat["per_fact"]
+    traced, best = int(np.argmax(stat["importance"])), int(np.argmax(stat["efficacy"]))
+    return {"spearman": stat["spearman"]["r"], "spearman_ci": stat["spearman"]["ci"], "spearman_p": stat["spearman"]["p"],
+            "pearson": stat["pearson"]["r"], "pearson_ci": stat["pearson"]["ci"], "pearson_p": stat["pearson"]["p"],
+            "per_fact_spearman": pf["spearman_mean"], "per_fact_spearman_ci": pf["spearman_ci"],
+            "per_fact_p_own": pf["p_own"], "peak_hit": pf["peak_hit"], "peak_hit_chance": pf["peak_hit_chance"],
+            "traced_window": wins[traced], "traced_window_efficacy": stat["efficacy"][traced],
+            "traced_window_efficacy_ci": stat["efficacy_ci"][traced], "best_window": wins[best],
+            "best_window_efficacy": stat["efficacy"][best], "best_window_efficacy_ci": stat["efficacy_ci"][best]}
+
+
+def _peak_summary(imp, cfg: LocalizeConfig) -> dict:
+    from .selection import select_layers
+
+    peaks = bootstrap_peaks(imp.per_fact, cfg.n_boot, cfg.seed)
+    share = np.bincount(peaks, minlength=imp.n_layers) / len(peaks)
+    return {"n_facts": imp.n_facts, "peak": imp.peak, "peak_share": float(share[imp.peak["layer"]]),
+            "peak_interval": [int(v) for v in np.quantile(peaks, [0.025, 0.975], method="nearest")],
+            "peak_distribution": share.round(4).tolist(),
+            "window": select_layers(imp, "window", window=cfg.window).layers, "mean": imp.mean.round(4).tolist()}
+
+
+# ---------------------------------------------------------------- table and figures
+def _fmt(v, ci=None, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    s = f"{v:.{digits}f}"
+    if ci is not None:
+        lo, hi = ci
+        s += " [" + ", ".join("n/a" if c is None else f"{c:.{digits}f}" for c in (lo, hi)) + "]"
+    return s
+
+
+def _p_fmt(p) -> str:
+    return "n/a" if p is None else (f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}")
+
+
+def caption(result: dict) -> str:
+    """Two lines per editor (Spearman, Pearson: value, 95% CI, p) and one on what was correlated."""
+    cfg = result["config"]
+    lines = []
+    for label, h in result["headline"].items():
+        lines += [f"{label}: Spearman {_fmt(h['spearman'], h['spearman_ci'])}, p = {_p_fmt(h['spearman_p'])}",
+                  f"{label}: Pearson {_fmt(h['pearson'], h['pearson_ci'])}, p = {_p_fmt(h['pearson_p'])}"]
+    lines += [f"{cfg['kind']} importance vs {cfg['efficacy']} efficacy, {len(result['windows'])} windows of "
+              f"{cfg['window']} layers;", f"{len(result['facts']['kept'])} facts x {cfg['seeds']} seeds, "
+              "95% bootstrap CIs over facts and seeds"]
+    return "<br>".join(lines)
+
+
+def table(result: dict) -> str:
+    """The run as markdown: efficacy per window, the statistics, and the trace-only studies."""
+    cfg = result["config"]
+    kind, eff = cfg["kind"], cfg["efficacy"]
+    stats = result["statistics"]
+    edits = (f", windows of {cfg['window']} layers, editors {', '.join(stats)} x {cfg['seeds']} seeds; efficacy `{eff}` "
+             f"(retain budget {cfg['retain_budget']}, area up to damage {cfg['area_damage']})") if stats else ""
+    out = [f"# Does tracing predict where unlearning works?\n",
+           f"model `{cfg['model']}` ({result['n_layers']} layers), {len(result['facts']['kept'])} {cfg['task']} facts "
+           f"traced (excluded {len(result['facts']['excluded'])}){edits}; original forget recall "
+           f"{result['baseline']['forget_recall']:.2f}, retain {result['baseline']['retain_recall']:.2f}\n"]
+    if stats:
+        labels = list(stats)
+        first = stats[labels[0]][kind][eff]
+        out += ["| window | " + f"traced {kind} importance | " + " | ".join(f"{l} efficacy" for l in labels) + " |",
+                "|---" * (2 + len(labels)) + "|"]
+        for i, w in enumerate(result["windows"]):
+            cells = [_fmt(first["importance"][i], first["importance_ci"][i], 3)]
+            cells += [_fmt(stats[l][kind][eff]["efficacy"][i], stats[l][kind][eff]["efficacy_ci"][i]) for l in labels]
+            out.append(f"| {w[0]}-{w[-1]} | " + " | ".join(cells) + " |")
+        out += ["", "| editor | importance | efficacy | Spearman [95% CI] | p | Pearson [95% CI] | p | per-fact Spearman "
+                "[95% CI] | p (own vs other facts' traces) | peak hit (chance / population peak / other facts) |",
+                "|---" * 10 + "|"]
+        for l in labels:
+            for k in cfg["kinds"]:
+                for e in EFFICACIES:
+                    s, pf = stats[l][k][e], stats[l][k][e]["per_fact"]
+                    out.append(f"| {l} | {k} | {e} | {_fmt(s['spearman']['r'], s['spearman']['ci'])} | "
+                               f"{_p_fmt(s['spearman']['p'])} | {_fmt(s['pearson']['r'], s['pearson']['ci'])} | "
+                               f"{_p_fmt(s['pearson']['p'])} | {_fmt(pf['spearman_mean'], pf['spearman_ci'])} | "
+                               f"{_p_fmt(pf['p_own'])} | {pf['peak_hit']:.2f} ({pf['peak_hit_chance']:.2f} / "
+                               f"{pf['peak_hit_population']:.2f} / {pf['peak_hit_shuffled']:.2f}) |")
+        out.append("")
+    if result["agreement"]:
+        out += [f"## Selection agreement vs number of traced facts ({kind}, window {cfg['window']})\n",
+                "| facts | two disjoint sets pick the same window | mean overlap (Jaccard) | same window as all "
+                f"{len(result['facts']['kept'])} facts |", "|---|---|---|---|"]
+        for r in result["agreement"]:
+            out.append(f"| {r['n_facts']} | {_fmt(r['same_window'])} | {_fmt(r['jaccard'])} | {_fmt(r['same_as_all'])} |")
+        out.append("")
+    if result["tasks"]:
+        out += [f"## Does the LUME task change the peak? ({kind}, position {cfg['position']})\n",
+                "| task | facts | peak layer | share of bootstrap peaks there | 95% interval of the peak layer | "
+                "peak effect [95% CI] | selected window |", "|---|---|---|---|---|---|---|"]
+        for t, s in result["tasks"].items():
+            p = s["peak"]
+            out.append(f"| {t} | {s['n_facts']} | {p['layer']} | {s['peak_share']:.2f} | {s['peak_interval'][0]}-"
+                       f"{s['peak_interval'][1]} | {_fmt(p['mean'], (p['lo'], p['hi']), 3)} | "
+                       f"{s['window'][0]}-{s['window'][-1]} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def _figures(result: dict, importance: dict, tasks: dict, cfg: LocalizeConfig, out: Path) -> None:
+    from .figures import (browser_path, export_session, importance_curve, importance_efficacy_scatter,
+                          localization_figure, save_figure, sweep_plot)
+
+    formats = ("html", "png") if browser_path() else ("html",)
+    figs = {"localize_importance": importance_curve(list(importance.values()))}
+    stats = {label: s[cfg.kind][cfg.efficacy] for label, s in result["statistics"].items()}
+    if stats:
+        figs["localize"] = localization_figure(result["windows"], importance[cfg.kind], stats, caption(result),
+                                               efficacy=cfg.efficacy)
+        figs["localize_scatter"] = importance_efficacy_scatter(result["windows"], stats, caption(result),
+                                                               kind=cfg.kind, efficacy=cfg.efficacy)
+    if result["agreement"]:
+        figs["localize_agreement"] = sweep_plot(  # None (two disjoint sets do not fit) draws as a gap
+            result["agreement"], x="n_facts", ys=["same_window", "jaccard", "same_as_all"],
+            title=f"Window selection ({cfg.kind}, {cfg.window} layers) vs number of traced facts")
+    if tasks:
+        figs["localize_tasks"] = importance_curve(tasks, title=f"{cfg.kind} importance per LUME task")
+    with export_session():
+        for name, fig in figs.items():
+            save_figure(fig, out / "figures" / name, formats=formats)
+    if cfg.figures:
+        dest = Path(cfg.figures)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in figs:
+            src = out / "figures" / f"{name}.png"
+            if src.is_file():
+                tmp = dest / f".{name}.png.tmp"
+                shutil.copyfile(src, tmp)
+                tmp.replace(dest / f"{name}.png")
+
+
+# ---------------------------------------------------------------- from a config
+def run(cfg: LocalizeConfig, progress: bool = True) -> dict:
+    """Load cfg.model and cfg.data, then `localize` into cfg.out."""
+    from . import organism
+    from .data import load_lume
+    from .data.limits import bound_records
+    from .models import load_model, organism_name
+    from .outputs import check_not_source
+
+    cfg = checked(cfg)
+    name = organism_name(cfg.model)
+    if cfg.data == "organism" and name is None:
+        raise ConfigError(f"data 'organism' needs an organism model, but model is {cfg.model!r}; "
+                          "give a LUME directory as data")
+    sources = [organism.cache_root()] if name is not None else [Path(cfg.model)]
+    src = check_not_source(cfg.out, [s for s in sources if Path(s).exists()])
+    if src is not None:
+        raise ConfigError(f"out {cfg.out} overlaps the source model directory {src}; choose an out directory outside it")
+    path = organism.build(name, progress=progress) if name is not None else None
+    model, tok = load_model(path or cfg.model)
+    corpus = bound_records(organism.load_corpus(path) if cfg.data == "organism" else load_lume(cfg.data), tok)
+    return localize(model, tok, corpus, cfg, cfg.out, progress=progress)
