@@ -13,7 +13,10 @@ and forces eager attention, so we hand it a structural copy of our model that *s
 weight copy; in-place weight edits to the original stay visible) and keep the original untouched.
 
 nnsight: `nnsight.NNsight(hf_model)` and, inside `with nm.trace(ids):`, read/assign `.output` / `.input` of the same
-modules our hooks use, in execution order (nnsight 0.5+ requires that order).
+modules our hooks use, in execution order (nnsight 0.5+ requires that order). For a model too large to load, nnsight
+runs the same interventions remotely on models NDIF hosts: `LanguageModel("<hosted hub id>")` and
+`with model.trace(prompt, remote=True):`, with an NDIF API key (NDIF_API_KEY); `NNsightBackend._envoy` names the
+modules each site reads. This backend runs locally, on a model loaded here.
 """
 from __future__ import annotations
 

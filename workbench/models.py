@@ -4,6 +4,13 @@
     model, tok = load_model("organism:micro")                 # the tiny one the tests use
     model, tok = load_model("/path/to/OLMo-1B-0724-hf")       # local weights
     model, tok = load_model("allenai/OLMo-1B-0724-hf")        # hub id: network or a local HF cache
+    model, tok = load_model(path, device_map="auto", max_memory={0: "20GiB", 1: "20GiB", "cpu": "64GiB"})
+
+A model larger than one device is spread over several by layer: `max_memory` (GPU index or "cpu" -> size) plans
+the placement as `from_pretrained(device_map="auto")` does (`plan_device_map`), layers that fit nowhere go to
+`offload_folder` on disk (loaded to the CPU at each forward, meta tensors in between), and accelerate's hooks move
+activations between devices. The workbench's hooks sit on the same modules, so tracing and patching work unchanged
+(tests/test_placement.py traces a model whose later layers are offloaded, against the same model in one piece).
 """
 from __future__ import annotations
 
@@ -117,8 +124,34 @@ def check_weight_files(directory: str | Path, allow_pickle_weights: bool = False
     return files
 
 
+def plan_device_map(config, max_memory: dict, dtype=None) -> dict[str, int | str]:
+    """Where each module of a model with `config` goes under `max_memory` ({GPU index or "cpu": size, e.g. "20GiB"}):
+    accelerate's infer_auto_device_map on an empty (meta-device) copy of the model, decoder layers kept whole, the
+    rest filled in device order; what does not fit goes to "disk". {module name: GPU index, "cpu" or "disk"}"""
+    from accelerate import infer_auto_device_map, init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return infer_auto_device_map(skeleton, max_memory=max_memory, dtype=dtype or getattr(config, "dtype", None),
+                                 no_split_module_classes=list(skeleton._no_split_modules or []))
+
+
+def layer_devices(model) -> list[str]:
+    """The device each decoder layer runs on ('cpu', 'cuda:1', ...; 'disk' for a layer offloaded to disk)."""
+    placed = getattr(model, "hf_device_map", None) or {}
+    out = []
+    for i, layer in enumerate(decoder_layers(model)):
+        name = f"model.layers.{i}"
+        covering = [k for k in placed if k in ("", name) or name.startswith(k + ".")]  # the most specific entry wins
+        where = placed[max(covering, key=len)] if covering else next(layer.parameters()).device
+        out.append(f"cuda:{where}" if isinstance(where, int) else str(where))
+    return out
+
+
 def _from_pretrained(source: str, dtype, device, device_map, local_only: bool, trust_remote_code: bool = False,
-                     allow_pickle_weights: bool = False):
+                     allow_pickle_weights: bool = False, max_memory: dict | None = None,
+                     offload_folder: str | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     check_device(device)
@@ -143,8 +176,17 @@ def _from_pretrained(source: str, dtype, device, device_map, local_only: bool, t
     kwargs = {"local_files_only": local_only, "use_safetensors": not allow_pickle_weights, **remote}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if max_memory is not None:  # an explicit plan, checked before any weight is read
+        device_map = plan_device_map(config, dict(max_memory), dtype)
+        on_disk = [k for k, v in device_map.items() if v == "disk"]
+        if on_disk and offload_folder is None:
+            raise ModelLoadError(f"{source}: {len(on_disk)} module(s) ({', '.join(on_disk[:3])}"
+                                 f"{', ...' if len(on_disk) > 3 else ''}) do not fit max_memory {max_memory}; give "
+                                 "more memory or an offload folder (--offload-folder DIR) for them")
     if device_map is not None:
-        kwargs["device_map"] = device_map  # accelerate spreads layers over several GPUs
+        kwargs["device_map"] = device_map  # accelerate spreads layers over several devices
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
     except ValueError as e:
@@ -174,29 +216,35 @@ def organism_name(spec) -> str | None:
 
 
 def load_model(spec: str | Path = "organism", dtype=None, device: str | None = None, device_map=None, *,
+               max_memory: dict | None = None, offload_folder: str | Path | None = None,
                trust_remote_code: bool = False, allow_pickle_weights: bool = False):
     """Return `(model, tokenizer)`, the model in eval mode. See the module docstring for specs.
 
+    device_map ("auto", "balanced", a dict) or max_memory spread the layers over devices (module docstring); with
+    max_memory the placement is `plan_device_map`'s, and modules that fit nowhere need `offload_folder`.
     Safe by default: a model's own Python code (config `auto_map`) is never run unless trust_remote_code=True, and
     only safetensors weights are read unless allow_pickle_weights=True (pickled .bin weights can run code)."""
     dtype = resolve_dtype(dtype)
+    if (device_map is not None or max_memory is not None) and device is not None:
+        raise ModelLoadError(f"device {device!r} and a device map / max_memory both place the model; give one of them")
     opts = {"trust_remote_code": trust_remote_code, "allow_pickle_weights": allow_pickle_weights}
+    place = {"max_memory": max_memory, "offload_folder": None if offload_folder is None else str(offload_folder)}
     spec_s = str(spec)
     name = organism_name(spec_s)
     if name is not None:
         from . import organism
 
         path = organism.build(name)
-        model, tok = _from_pretrained(str(path), dtype, device, device_map, local_only=True)
+        model, tok = _from_pretrained(str(path), dtype, device, device_map, local_only=True, **place)
     elif Path(spec_s).expanduser().exists():
         p = Path(spec_s).expanduser()
         if not p.is_dir():
             raise ModelLoadError(f"model path {p} is a file; expected a directory saved by `save_pretrained`")
-        model, tok = _from_pretrained(str(p), dtype, device, device_map, local_only=True, **opts)
+        model, tok = _from_pretrained(str(p), dtype, device, device_map, local_only=True, **opts, **place)
     elif spec_s.startswith((".", "/", "~")) or spec_s.count("/") > 1 or "\\" in spec_s:
         raise ModelLoadError(f"model directory {spec_s} does not exist (expected a directory saved by `save_pretrained`)")
     elif _HUB_ID.match(spec_s):
-        model, tok = _from_pretrained(spec_s, dtype, device, device_map, local_only=False, **opts)
+        model, tok = _from_pretrained(spec_s, dtype, device, device_map, local_only=False, **opts, **place)
     else:
         raise ModelLoadError(f"model spec {spec_s!r} is neither 'organism[:name]', an existing directory, "
                              f"nor a hub id like 'allenai/OLMo-1B-0724-hf'")

@@ -53,10 +53,21 @@ def stable_hash(obj: Any, n: int = 16) -> str:
 
 
 def model_fingerprint(model) -> str:
-    """Hash of parameter names, shapes and leading bytes: tells two checkpoints apart cheaply."""
+    """Hash of parameter names, shapes and leading bytes: tells two checkpoints apart cheaply. A model whose layers
+    are offloaded (meta tensors until a forward, models.load_model with an offload folder) has its offloaded
+    tensors read back one module at a time, so it gets the fingerprint of the same weights loaded in one piece."""
     h = hashlib.sha256()
     for name, p in model.state_dict().items():
-        t = p.detach().flatten()[:4096].float().cpu().contiguous()
+        if p.is_meta:
+            from accelerate.utils import align_module_device
+
+            owner, _, leaf = name.rpartition(".")
+            module = model.get_submodule(owner)
+            with align_module_device(module):
+                p = getattr(module, leaf)
+                t = p.detach().flatten()[:4096].float().cpu().contiguous()
+        else:
+            t = p.detach().flatten()[:4096].float().cpu().contiguous()
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         h.update(t.numpy().tobytes())

@@ -183,8 +183,7 @@ def restore_edits(jobs: list[Job], S: int, clean: dict[str, torch.Tensor], t0: i
 
 def run_jobs(run, ids: torch.Tensor, jobs: list[Job], clean: dict[str, torch.Tensor], metric: Callable, keep: int,
              *, noise: torch.Tensor | None = None, subject_range: tuple[int, int] | None = None,
-             source_ids: torch.Tensor | None = None, rows: int = 64, progress: bool = False,
-             desc: str = "restoring") -> torch.Tensor:
+             rows: int = 64, progress: bool = False, desc: str = "restoring") -> torch.Tensor:
     """Metric after each job, batched. Returns [n_jobs, n_samples].
 
     ids:     [1, pos] the input of every row (for tracing the clean prompt, noised via `noise`; for patching the
@@ -211,7 +210,7 @@ def run_jobs(run, ids: torch.Tensor, jobs: list[Job], clean: dict[str, torch.Ten
                 return x
             restore = edits.get("embed")  # restoring the embedding itself: noise first, then restore
             edits["embed"] = add_noise if restore is None else (lambda x, r=restore, a=add_noise: r(a(x)))
-        logits = run(ids.expand(B, -1) if source_ids is None else source_ids.expand(B, -1), edits, keep)
+        logits = run(ids.expand(B, -1), edits, keep)
         out.append(metric(logits).reshape(len(chunk), S).float().cpu())
         bar.update(len(chunk))
     bar.close()
@@ -485,7 +484,10 @@ def check_noise(noise) -> None:
 
 def trace_facts(model, tok, records, *, noise: float | None = None, progress: bool = True, **kw) -> list[TraceResult]:
     """Causal trace of each Record (.input prompt, .output answer, .subject). One sigma for the whole set, measured
-    over all subjects (as ROME does) unless `noise` is given."""
+    over all subjects (as ROME does) unless `noise` is given. Under `accelerate launch` each process traces its
+    share of the facts (each fact's trace depends on that fact alone) and every process gets them all."""
+    from . import distributed
+
     records = list(records)
     missing = [r.id for r in records if not getattr(r, "subject", None)]
     if missing:
@@ -495,9 +497,11 @@ def trace_facts(model, tok, records, *, noise: float | None = None, progress: bo
     for r in records:  # fail on a bad record before hours of tracing
         prepare(model, tok, r.input, r.output, r.subject)
     sigma = noise_scale(model, tok, [r.subject for r in records]) if noise is None else noise
-    out = []
-    for r in tqdm(records, desc="tracing facts", disable=not progress):
-        res = causal_trace(model, tok, r.input, r.output, r.subject, noise=sigma, **kw)
-        res.config["record_id"] = r.id
-        out.append(res)
-    return out
+    found: dict[int, TraceResult] = {}
+    mine = distributed.split(range(len(records)), model)
+    for i in tqdm(mine, desc="tracing facts", disable=not progress):
+        r = records[i]
+        found[i] = causal_trace(model, tok, r.input, r.output, r.subject, noise=sigma, **kw)
+        found[i].config["record_id"] = r.id
+    found = distributed.gather(found)
+    return [found[i] for i in range(len(records))]

@@ -78,10 +78,11 @@ def run(args) -> int:
     from ..errors import ConfigError
     from ..evaluation.report import EvalConfig, TraceConfig, evaluate
     from ..evaluation.semeval import MAX_NEW_TOKENS, ORGANISM_MAX_NEW_TOKENS
+    from .. import distributed
     from ..models import load_model
-    from ..outputs import check_not_source, check_writable, locked
+    from ..outputs import check_not_source, check_writable
     from ..data.limits import bound_records
-    from . import check_length_args, model_options
+    from . import check_length_args, model_options, process_device
 
     out = Path(args.out)
     sources = [Path(m) for m in (args.model, args.edited, args.reference, args.retain_baseline)
@@ -99,19 +100,24 @@ def run(args) -> int:
                      max_new_tokens=default_tokens if args.max_new_tokens is None else args.max_new_tokens)
     baseline_spec = _retain_baseline(args.retain_baseline, args.model) if args.retain_baseline else None
     check_length_args(args)
-    check_writable(out, "--out")
+    if distributed.is_main():  # under `accelerate launch` the main process writes, the others score their share
+        check_writable(out, "--out")
     corpus = _corpus(args.data, args.model)
     opts = model_options(args)
-    model, tok = load_model(args.model, device=args.device, **opts)
+    device = process_device(args.device)
+    model, tok = load_model(args.model, device=device, **opts)
     corpus = bound_records(corpus, tok, args.max_record_tokens, args.long_records)
-    edited = load_model(args.edited, device=args.device, **opts) if args.edited else None
-    reference = load_model(args.reference, device=args.device, **opts) if args.reference else None
-    baseline = load_model(baseline_spec, device=args.device, **opts) if baseline_spec else None
+    edited = load_model(args.edited, device=device, **opts) if args.edited else None
+    reference = load_model(args.reference, device=device, **opts) if args.reference else None
+    baseline = load_model(baseline_spec, device=device, **opts) if baseline_spec else None
     edit_info = Path(args.edited) / "unlearn.json" if args.edited else None
     edit_log = json.loads(edit_info.read_text())["summary"]["evals"] if edit_info and edit_info.is_file() else None
-    with locked(out, "evaluation output"):
+    with distributed.main_locked(out, "evaluation output"):
         report = evaluate(model, tok, corpus, edited=edited, trace_config=tc, config=cfg, reference=reference,
-                          retain_baseline=baseline, out_dir=out, progress=args.progress, edit_log=edit_log)
+                          retain_baseline=baseline, out_dir=out if distributed.is_main() else None,
+                          progress=args.progress and distributed.is_main(), edit_log=edit_log)
+    if not distributed.is_main():
+        return 0
     rows = {r[0]: {"original": r[1], "edited": r[2]} for r in report.table() if not r[0].startswith("term ")}
     print(json.dumps({"out": str(out), "seconds": round(report.seconds, 1), "verdict": report.verdict,
                       "metrics": rows}, indent=2))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import add_length_args, add_model_safety_args, check_length_args
+from . import add_length_args, add_model_safety_args, add_placement_args, check_length_args
 
 FIGURE_FACTS = 3  # per-fact heatmaps drawn for the first few facts only (a 125-fact run needs no 125 figures)
 
@@ -55,6 +55,7 @@ def add_run_args(p) -> None:
     p.add_argument("--formats", default="html,png", help="figure formats: html,png,svg,pdf; 'none' for no figures")
     p.add_argument("--dtype", help="model dtype, e.g. float32 or bfloat16")
     p.add_argument("--device", help="e.g. cpu or cuda")
+    add_placement_args(p)
     p.add_argument("--progress", action="store_true", help="show progress bars (stderr)")
     p.add_argument("--out", required=True, help="output directory")
     add_model_safety_args(p)
@@ -77,6 +78,7 @@ def check_args(args) -> str:
     from ..figures import STATIC_FORMATS
     from ..results import KINDS
     from ..tracing import METRICS
+    from . import placement_options
 
     single = [args.prompt, args.subject, args.answer]
     if args.facts and any(x is not None for x in single):
@@ -105,6 +107,7 @@ def check_args(args) -> str:
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_length_args(args)
+    placement_options(args)  # a bad --max-memory fails here, before anything is loaded
     args.kinds_list = parse_list(args.kinds, "--kinds", KINDS)
     args.formats_list = [] if args.formats.strip().lower() == "none" else parse_list(
         args.formats.lower(), "--formats", ("html", *STATIC_FORMATS))
@@ -175,7 +178,8 @@ def write_figures(figs: dict, fig_dir: Path, formats: list[str], log, command: s
 
 
 def run(args) -> int:
-    from ..outputs import check_writable, locked
+    from .. import distributed
+    from ..outputs import check_writable
 
     mode = check_args(args)
     out = Path(args.out)
@@ -183,8 +187,9 @@ def run(args) -> int:
         raise ConfigError(f"--out {out} exists and is not a directory")
     records, source = (load_facts(args.facts, args.model, args.data, args.task, args.limit) if mode == "facts"
                        else (None, "command line"))
-    check_writable(out, "--out")
-    with locked(out, "trace output"):
+    if distributed.is_main():  # under `accelerate launch` the main process writes, the others trace their share
+        check_writable(out, "--out")
+    with distributed.main_locked(out, "trace output"):
         return _trace(args, mode, out, records, source)
 
 
@@ -195,25 +200,30 @@ def _trace(args, mode: str, out: Path, records, source: str) -> int:
     from ..figures import heatmaps, importance_curve, token_role_heatmap
     from ..models import load_model
     from ..provenance import JsonlLog, atomic_write_json
-    from .. import tracing
-    from . import model_options
+    from .. import distributed, tracing
+    from ..models import layer_devices
+    from . import model_options, placement_options
 
-    log = JsonlLog(out / "trace.jsonl")
+    log = JsonlLog(out / "trace.jsonl") if distributed.is_main() else (lambda event, **fields: None)
     t0 = time.perf_counter()
-    model, tok = load_model(args.model, dtype=args.dtype, device=args.device, **model_options(args))
+    model, tok = load_model(args.model, dtype=args.dtype, **placement_options(args), **model_options(args))
     if records is not None:
         records = bound_records(Corpus(forget=records, retain=[], source=source), tok, args.max_record_tokens,
                                 args.long_records).forget
     load_s, t1 = time.perf_counter() - t0, time.perf_counter()
     kw = dict(kinds=tuple(args.kinds_list), n_samples=args.samples, window=args.window, metric=args.metric,
               backend=args.backend, seed=args.seed, batch_size=args.batch_size)
-    log("start", model=args.model, mode=mode, source=source, n_facts=len(records) if records else 1, **kw)
+    placed = {"layer_devices": layer_devices(model)} if args.max_memory else {}  # where --max-memory put each layer
+    log("start", model=args.model, mode=mode, source=source, n_facts=len(records) if records else 1, **placed, **kw)
     if mode == "facts":
-        results = tracing.trace_facts(model, tok, records, noise=args.noise, progress=args.progress, **kw)
+        results = tracing.trace_facts(model, tok, records, noise=args.noise,
+                                      progress=args.progress and distributed.is_main(), **kw)
     else:
         results = [tracing.causal_trace(model, tok, args.prompt, args.answer, args.subject, noise=args.noise,
                                         progress=args.progress, **kw)]
     trace_s = time.perf_counter() - t1
+    if not distributed.is_main():
+        return 0
 
     files = []
     for i, r in enumerate(results):

@@ -2,7 +2,8 @@
 
     workbench unlearn --method adaptive-rmu --layers selection.json --model organism:micro --data organism --out runs/armu
     workbench unlearn --method joint --layers 0-5 --model /path/OLMo-1B --data /path/lume --preset sha256 --out runs/sha
-    accelerate launch -m workbench unlearn ...        # same flags, under accelerate (one CPU process works too)
+    accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 -m workbench unlearn ...
+                                                      # same flags, data parallel, the same edited model (README)
 """
 from __future__ import annotations
 
@@ -54,9 +55,10 @@ def load_inputs(args):
     from ..data.limits import bound_records
     from ..errors import ConfigError
     from ..models import load_model, organism_name
-    from . import model_options
+    from . import model_options, process_device
 
-    model, tok = load_model(args.model, dtype=getattr(args, "dtype", None), device=args.device, **model_options(args))
+    model, tok = load_model(args.model, dtype=getattr(args, "dtype", None), device=process_device(args.device),
+                            **model_options(args))
     if args.data == "organism":
         name = organism_name(args.model)
         if name is None:
@@ -90,8 +92,12 @@ def run(args) -> int:
     cfg = resolve_config(args.method, preset=args.preset, file=args.config, overrides=over)  # fail before loading
     check_length_args(args)
     model, tok, corpus, source = load_inputs(args)
+    from .. import distributed
+
     out = unlearn(model, tok, corpus, args.method, args.layers, cfg, args.out, preset=args.preset, source=source,
                   progress=not args.quiet)
+    if not distributed.is_main():  # under `accelerate launch` the main process reports
+        return 0
     summary = json.loads((out / "unlearn.json").read_text())["summary"]
     print(json.dumps({"out": str(out), "steps": summary["steps"], "best_step": summary["best_step"],
                       "train_seconds": summary["train_seconds"], "last_eval": (summary["evals"] or [None])[-1]},

@@ -13,6 +13,7 @@ Read top to bottom:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -92,19 +93,24 @@ class Reference:
         if not fns:
             return
         if cache:
+            from .. import distributed
+
             device = next(model.parameters()).device
             was_training = model.training
             model.eval()
             with torch.no_grad():
                 for split, fn in fns.items():
-                    rows: list[torch.Tensor] = []
+                    found: dict[int, torch.Tensor] = {}
                     exs = data[split]
-                    for s in tqdm(range(0, len(exs), batch_size), desc=f"cache {split}", disable=not progress):
+                    # several processes: each caches its share of the batches, and every process gets them all
+                    for s in tqdm(distributed.split(range(0, len(exs), batch_size), model), desc=f"cache {split}",
+                                  disable=not progress):
                         b = collate(exs[s:s + batch_size], pad_id, device)
                         out = fn(model, b)
-                        rows += [out[i, :n].detach().clone() if out.dim() >= 2 else out[i].detach().clone()
-                                 for i, n in enumerate(b.lengths)]
-                    self.store[split] = rows
+                        found.update({s + i: out[i, :n].detach().clone() if out.dim() >= 2 else out[i].detach().clone()
+                                      for i, n in enumerate(b.lengths)})
+                    found = distributed.gather(found)
+                    self.store[split] = [found[i].to(device) for i in range(len(exs))]
             model.train(was_training)
         else:
             self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
@@ -145,6 +151,11 @@ class Editor:
 
     def setup(self, ref: Reference, data: dict[str, list[Example]]) -> None:
         self.ref = ref
+
+    def bind(self, model) -> None:
+        """Run this editor's forwards through `model`: the loop's multi-process view of the same weights
+        (editors/parallel.py), or the plain model again."""
+        self.model = model
 
     def start_epoch(self, epoch: int) -> None:
         pass
@@ -239,57 +250,88 @@ def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopC
           pad_id: int, params: dict[str, torch.nn.Parameter], evaluate: Callable[[], tuple[float, dict]],
           log, run_key: dict[str, str], progress: bool = False, on_step: Callable[[int], None] | None = None) -> dict:
     """Run every phase; returns a summary. Resumes from work_dir/checkpoint.safetensors when its run key (hashes of
-    the source model, the data and the config) equals `run_key`."""
+    the source model, the data and the config) equals `run_key`.
+
+    Under `accelerate launch` with several processes the steps are data parallel (editors/parallel.py) and give
+    the one-process result; only the main process writes the checkpoint, and a resume may use another number of
+    processes. `params` are the model's own trainable parameters; `live` are those the optimizer updates: the same
+    ones, except under FSDP2, which trains a sharded copy and copies its weights into the model before every
+    evaluation and at the end."""
+    from .. import distributed
     from ..outputs import named_write_errors, remove_stale_temps
     from .checkpoint import load_checkpoint, save_checkpoint
 
     device = next(model.parameters()).device
     ckpt_path = work_dir / CHECKPOINT
-    pickled = work_dir / "checkpoint.pt"
-    if pickled.exists():  # torch.save's pickle format: loading it could run code, so it is never read
-        raise EditError(f"{pickled} is a pickle checkpoint, which can run code when loaded; it is not loaded. "
-                        f"Delete {work_dir} to start the run afresh, or pick another --out")
-    remove_stale_temps(work_dir)
+    par = None
+    if distributed.launched():
+        from .parallel import Parallel
+
+        par = Parallel()
+
+    def read_checkpoint():  # by the main process, which sends it to the others (they may be on other machines)
+        pickled = work_dir / "checkpoint.pt"
+        if pickled.exists():  # torch.save's pickle format: loading it could run code, so it is never read
+            raise EditError(f"{pickled} is a pickle checkpoint, which can run code when loaded; it is not loaded. "
+                            f"Delete {work_dir} to start the run afresh, or pick another --out")
+        remove_stale_temps(work_dir)
+        return load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
     plan = _plan(phases, data, cfg)
     total = sum(p[2] for p in plan)
     if total == 0:
         raise EditError("the plan has no training steps (empty data or max_steps=0)")
     names = list(params)
+    live = params
 
-    def make_opt(lr):
-        return torch.optim.AdamW([params[n] for n in names], lr=lr, weight_decay=cfg.weight_decay)
+    def make_opt(lr, trainable=None):
+        trainable = live if trainable is None else trainable
+        return torch.optim.AdamW([trainable[n] for n in names], lr=lr, weight_decay=cfg.weight_decay)
 
     state = {"step": 0, "best_score": -math.inf, "best_step": None, "best": None, "evals": []}
     start_phase, opt = 0, None
-    if ckpt_path.is_file():
-        ck = load_checkpoint(ckpt_path)
+    ck = distributed.on_main(read_checkpoint, f"checkpoint {ckpt_path}", share=True)
+    if ck is not None:
         _check_resumable(ck, run_key, ckpt_path, work_dir)
+        start_phase = ck["phase"]
+    if par is not None:  # wrapped with the optimizer of the phase that runs first (FSDP2 replaces the parameters)
+        live, opt = par.prepare(model, names, lambda trainable: make_opt(phases[start_phase].lr, trainable))
+        for ph in phases:
+            ph.editor.bind(par.forward)
+    if ck is not None:
         with torch.no_grad():
             for n in names:
-                params[n].copy_(ck["params"][n])
+                live[n].copy_(ck["params"][n] if par is None else par.like(ck["params"][n], live[n]))
         state.update({k: ck[k] for k in ("step", "best_score", "best_step", "best", "evals")})
-        start_phase = ck["phase"]
         for ph, es in zip(phases, ck["editor_states"]):
             ph.editor.load_state_dict(es)
-        opt = make_opt(phases[start_phase].lr)
-        opt.load_state_dict(ck["optimizer"])
+        if opt is None:
+            opt = make_opt(phases[start_phase].lr)
+        opt.load_state_dict(ck["optimizer"] if par is None else
+                            par.optimizer_state_like(ck["optimizer"], [live[n] for n in names]))
         _set_rng_state(ck["rng"])
         log("resume", step=state["step"], phase=start_phase, checkpoint=str(ckpt_path))
 
     def checkpoint(phase: int):
         last_good = (f"the last good checkpoint {ckpt_path} (step {saved['step']}) is intact"
                      if saved["step"] is not None else "no checkpoint was written yet")
-        with named_write_errors("checkpoint", ckpt_path, last_good):
-            save_checkpoint(ckpt_path, {
-                "run_key": run_key, "phase": phase, "optimizer": opt.state_dict(),
-                "params": {n: params[n].detach() for n in names},
-                "editor_states": [ph.editor.state_dict() for ph in phases], "rng": _rng_state(),
-                **{k: state[k] for k in ("step", "best_score", "best_step", "best", "evals")}})
+        payload = {"run_key": run_key, "phase": phase, "optimizer": opt.state_dict(),
+                   "params": {n: live[n].detach() for n in names},
+                   "editor_states": [ph.editor.state_dict() for ph in phases], "rng": _rng_state(),
+                   **{k: state[k] for k in ("step", "best_score", "best_step", "best", "evals")}}
+        if par is not None:
+            payload = par.whole(payload)  # FSDP2 shards made whole, by every process
+
+        def write():
+            with named_write_errors("checkpoint", ckpt_path, last_good):
+                save_checkpoint(ckpt_path, payload)
+        distributed.on_main(write, f"checkpoint {ckpt_path}")
         saved["step"] = state["step"]
 
-    saved = {"step": state["step"] if ckpt_path.is_file() else None}
+    saved = {"step": state["step"] if ck is not None else None}
 
     def run_eval(step: int):
+        if par is not None:
+            par.copy_into(params, live)
         score, stats = evaluate()
         state["evals"].append({"step": step, "score": score, **stats})
         log("eval", step=step, score=score, **stats)
@@ -297,7 +339,8 @@ def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopC
             state.update(best_score=score, best_step=step,
                          best={n: params[n].detach().clone() for n in names} if cfg.keep_best else None)
 
-    bar = tqdm(total=total, initial=state["step"], desc=f"unlearn:{phases[0].editor.name}", disable=not progress)
+    bar = tqdm(total=total, initial=state["step"], desc=f"unlearn:{phases[0].editor.name}",
+               disable=not progress or not distributed.is_main())
     step_times: list[float] = []
     done_before = 0
     model.train()
@@ -319,18 +362,25 @@ def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopC
             t0 = time.perf_counter()
             micro = _micro_batches(ph.editor, data, cfg, p, epoch, s_epoch, pad_id, device)
             sums: dict[str, float] = {}
-            for mb in micro:
-                loss, stats = ph.editor.loss(mb)
-                if not torch.isfinite(loss):
-                    raise EditError(
-                        f"non-finite loss ({loss.item()}) at step {state['step']} of {ph.editor.name} "
-                        f"(stats {({k: round(v, 4) for k, v in stats.items()})}); training stopped. The last good "
-                        f"checkpoint is {ckpt_path}; lower lr (now {ph.lr}) or use float32")
-                (loss / len(micro)).backward()
+            for j, mb in enumerate(micro):
+                # several processes synchronise gradients once per step, after the last micro-batch
+                with contextlib.nullcontext() if par is None else par.no_sync(j == len(micro) - 1):
+                    loss, stats = ph.editor.loss(mb)
+                    if not torch.isfinite(loss):
+                        raise EditError(
+                            f"non-finite loss ({loss.item()}) at step {state['step']} of {ph.editor.name} "
+                            f"(stats {({k: round(v, 4) for k, v in stats.items()})}); training stopped. The last good "
+                            f"checkpoint is {ckpt_path}; lower lr (now {ph.lr}) or use float32")
+                    if par is None:
+                        (loss / len(micro)).backward()
+                    else:
+                        par.backward(loss / len(micro))
                 for k, v in {"loss": loss.item(), **stats}.items():
                     sums[k] = sums.get(k, 0.0) + v / len(micro)
             if cfg.max_grad_norm:
-                gnorm = torch.nn.utils.clip_grad_norm_([params[n] for n in names], cfg.max_grad_norm)
+                trained = [live[n] for n in names]
+                gnorm = (torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm) if par is None else
+                         par.clip_grad_norm(trained, cfg.max_grad_norm))
                 if not torch.isfinite(gnorm):
                     raise EditError(f"non-finite gradient norm at step {state['step']} of {ph.editor.name}; "
                                     f"last good checkpoint is {ckpt_path}; lower lr (now {ph.lr})")
@@ -356,6 +406,9 @@ def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopC
         done_before += steps
     bar.close()
     model.eval()
+    if par is not None:
+        for ph in phases:
+            ph.editor.bind(model)
     restored = False
     if cfg.keep_best and state["best"] is not None and state["best_step"] != state["step"]:
         with torch.no_grad():

@@ -22,6 +22,7 @@ from ..errors import EditError
 from ..models import decoder_layers
 from ..provenance import stable_hash
 from .loop import Batch, Editor
+from .parallel import RowSharded, unwrap
 
 
 class _StopForward(Exception):
@@ -46,13 +47,18 @@ def capture_layer(model, layer: int, stop: bool = True):
 
 
 def layer_output(model, batch: Batch, layer: int) -> torch.Tensor:
-    """Decoder layer `layer`'s output on `batch`, with gradients if enabled. [batch, pos, d_model]"""
-    with capture_layer(model, layer) as store:
+    """Decoder layer `layer`'s output on `batch`, with gradients if enabled. [batch, pos, d_model]
+
+    On the loop's multi-process view of the model (editors/parallel.py) the hook sits on the unwrapped model's
+    layer, the forward runs to its end (DDP and FSDP set up their gradient sync when their forward returns, which a
+    forward stopped by an exception never does) and every process's rows are gathered."""
+    sharded = isinstance(model, RowSharded)
+    with capture_layer(unwrap(model), layer, stop=not sharded) as store:
         try:
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         except _StopForward:
-            pass
-    return store["h"]
+            return store["h"]
+    return out.gather(store["h"])
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

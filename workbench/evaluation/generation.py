@@ -10,25 +10,30 @@ from tqdm.auto import tqdm
 @torch.no_grad()
 def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256, batch_size: int = 32,
                     progress: bool = False) -> list[str]:
-    """Continuations (decoded, special tokens dropped) of each raw prompt; stops at EOS."""
+    """Continuations (decoded, special tokens dropped) of each raw prompt; stops at EOS.
+
+    Under `accelerate launch` each process generates its share of the batches and every process gets them all."""
+    from .. import distributed
+
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # so every prompt ends where generation starts
-    out: list[str] = [""] * len(prompts)
+    found: dict[int, str] = {}
     # longest first: fewer pad tokens per batch, and an OOM shows up at once
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
+        for start in tqdm(distributed.split(range(0, len(order), batch_size), model), desc="generate",
+                          disable=not progress):
             idx = order[start:start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             new = gen[:, enc["input_ids"].shape[1]:]  # [batch, new_tokens]
-            for i, row in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                out[i] = row
+            found.update(zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)))
     finally:
         tokenizer.padding_side = old_side
-    return out
+    found = distributed.gather(found)
+    return [found[i] for i in range(len(prompts))]
 
 
 def exact_match(prediction: str, reference: str) -> bool:

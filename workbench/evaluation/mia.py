@@ -52,14 +52,18 @@ def token_stats_ids(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size
                     progress: bool = False) -> list[TokenStats]:
     """TokenStats for each token-id sequence, batched with right padding masked out.
 
-    Right padding keeps positions identical to an unpadded run, so batched scores equal one-by-one scores."""
+    Right padding keeps positions identical to an unpadded run, so batched scores equal one-by-one scores. Under
+    `accelerate launch` each process scores its share of the batches and every process gets them all."""
+    from .. import distributed
+
     for i, row in enumerate(ids):
         if len(row) < 2:
             raise ConfigError(f"document {i} has {len(row)} token(s); membership scores need at least 2")
     device = next(model.parameters()).device
-    out: list[TokenStats | None] = [None] * len(ids)
+    found: dict[int, TokenStats] = {}
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch
-    for start in tqdm(range(0, len(order), batch_size), desc="mia nll", disable=not progress):
+    for start in tqdm(distributed.split(range(0, len(order), batch_size), model), desc="mia nll",
+                      disable=not progress):
         idx = order[start:start + batch_size]
         width = max(len(ids[i]) for i in idx)
         input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
@@ -77,10 +81,11 @@ def token_stats_ids(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size
         sigma = var.clamp_min(0).sqrt()
         for b, i in enumerate(idx):
             n = len(ids[i]) - 1
-            out[i] = TokenStats(tok_logp[b, :n].cpu().numpy().astype(np.float64),
-                                mu[b, :n].cpu().numpy().astype(np.float64),
-                                sigma[b, :n].cpu().numpy().astype(np.float64))
-    return out  # type: ignore[return-value]
+            found[i] = TokenStats(tok_logp[b, :n].cpu().numpy().astype(np.float64),
+                                  mu[b, :n].cpu().numpy().astype(np.float64),
+                                  sigma[b, :n].cpu().numpy().astype(np.float64))
+    found = distributed.gather(found)
+    return [found[i] for i in range(len(ids))]
 
 
 def encode(tok, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:

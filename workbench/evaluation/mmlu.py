@@ -110,14 +110,17 @@ class MMLUResult:
 
 @torch.no_grad()
 def letter_logits(model, tok, prompts: Sequence[str], batch_size: int = 16, progress: bool = False) -> torch.Tensor:
-    """[n, 4] next-token logits of " A".." D" after each prompt (right padding; last real position read)."""
+    """[n, 4] next-token logits of " A".." D" after each prompt (right padding; last real position read). Under
+    `accelerate launch` each process scores its share of the batches and every process gets them all."""
+    from .. import distributed
+
     letters = letter_token_ids(tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     device = next(model.parameters()).device
     ids = [tok(p)["input_ids"] for p in prompts]
-    out = torch.empty(len(prompts), 4)
+    found: dict[int, torch.Tensor] = {}
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    for start in tqdm(range(0, len(order), batch_size), desc="mmlu", disable=not progress):
+    for start in tqdm(distributed.split(range(0, len(order), batch_size), model), desc="mmlu", disable=not progress):
         idx = order[start:start + batch_size]
         width = max(len(ids[i]) for i in idx)
         input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -128,8 +131,9 @@ def letter_logits(model, tok, prompts: Sequence[str], batch_size: int = 16, prog
         logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits  # [batch, pos, vocab]
         last = torch.tensor([len(ids[i]) - 1 for i in idx], device=logits.device)
         final = logits[torch.arange(len(idx), device=logits.device), last]  # [batch, vocab]
-        out[idx] = final[:, letters].float().cpu()
-    return out
+        found.update(zip(idx, final[:, letters].float().cpu()))
+    found = distributed.gather(found)
+    return torch.stack([found[i] for i in range(len(prompts))]) if prompts else torch.empty(0, 4)
 
 
 def continuation_ids(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -147,7 +151,10 @@ def continuation_ids(tok, context: str, continuation: str) -> tuple[list[int], l
 @torch.no_grad()
 def continuation_logliks(model, tok, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
                          progress: bool = False) -> list[float]:
-    """Summed log-likelihood of each continuation given its context, batched with right padding."""
+    """Summed log-likelihood of each continuation given its context, batched with right padding. Under
+    `accelerate launch` each process scores its share of the batches and every process gets them all."""
+    from .. import distributed
+
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     device = next(model.parameters()).device
     max_len = getattr(model.config, "max_position_embeddings", None)
@@ -160,9 +167,10 @@ def continuation_logliks(model, tok, pairs: Sequence[tuple[str, str]], batch_siz
         if max_len and len(ids) > max_len:  # lm-eval keeps the rightmost tokens
             ids = ids[-max_len:]
         seqs.append((ids, cont))
-    out = [0.0] * len(seqs)
+    found: dict[int, float] = {}
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
-    for start in tqdm(range(0, len(order), batch_size), desc="mmlu cloze", disable=not progress):
+    for start in tqdm(distributed.split(range(0, len(order), batch_size), model), desc="mmlu cloze",
+                      disable=not progress):
         idx = order[start:start + batch_size]
         width = max(len(seqs[i][0]) for i in idx)
         input_ids = torch.full((len(idx), width), pad, dtype=torch.long)  # [batch, pos]
@@ -175,8 +183,9 @@ def continuation_logliks(model, tok, pairs: Sequence[tuple[str, str]], batch_siz
         for b, i in enumerate(idx):
             ids, cont = seqs[i]
             pos = torch.arange(len(ids) - len(cont), len(ids), device=logp.device)
-            out[i] = float(logp[b, pos, torch.tensor(cont, device=logp.device)].sum())
-    return out
+            found[i] = float(logp[b, pos, torch.tensor(cont, device=logp.device)].sum())
+    found = distributed.gather(found)
+    return [found[i] for i in range(len(seqs))]
 
 
 def _prompts(test: Sequence[MCQuestion], pool: dict, shots: int, build, tok, max_length: int | None):
