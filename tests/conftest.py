@@ -1,10 +1,28 @@
 """Shared fixtures. The micro organism is built once (about 15 s on 2 cores) and cached."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+# the real LUME benchmark files, beside the repository: <parent of the repo>/shared/data/lume
+LUME = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lume"
+
+
+@pytest.fixture(scope="session")
+def lume() -> Path:
+    """Directory of the real LUME files. Where it is missing the test is skipped, except in CI (CI=true), where a
+    skip would hide that the real-data checks never ran: there the test fails."""
+    if not LUME.is_dir():
+        msg = f"real LUME data not found at {LUME} (expected ../shared/data/lume beside the repository)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{msg}; CI must provide it", pytrace=False)
+        pytest.skip(msg)
+    return LUME
 
 
 @pytest.fixture(scope="session")

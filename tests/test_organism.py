@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,6 @@ from workbench import organism
 from workbench.data import load_lume
 from workbench.data.records import Corpus, questions
 from workbench.models import ModelLoadError, load_model
-
-LUME = Path(__file__).resolve().parents[2] / "shared" / "data" / "lume"
-
 
 def test_micro_recalls_its_facts(micro):
     model, tok, corpus = micro
@@ -32,14 +28,25 @@ def test_micro_is_a_real_olmo(micro):
     assert all(r.subject for r in corpus.facts("forget", "Task2")), "every Task2 fact names its subject"
 
 
-def test_cache_hit_is_fast_and_keyed(micro):
-    t0 = time.time()
-    path = organism.build("micro")
-    assert time.time() - t0 < 5, "a cached organism must not be rebuilt"
+def test_cache_hit_is_not_rebuilt_and_keyed(micro, tmp_path, monkeypatch):
+    trained = []
+
+    def train(cfg, *args, **kwargs):  # stands in for organism.train: records the call, trains nothing
+        trained.append(cfg.name)
+        raise RuntimeError("train called")
+
+    monkeypatch.setattr(organism, "train", train)
+    path = organism.build("micro")  # the micro fixture has built it: a cache hit
+    assert trained == [], "a cached organism must not be rebuilt"
     cfg = organism.with_overrides("micro", seed=1)
     assert organism.organism_dir(cfg) != path, "a different seed must be a different cache entry"
     meta = organism.info(path)
     assert meta["config"]["name"] == "micro" and "torch" in meta["versions"]
+    # the stand-in is the one build calls: with an empty cache the same call trains
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="train called"):
+        organism.build("micro", progress=False)
+    assert trained == ["micro"]
 
 
 @pytest.mark.slow
@@ -76,8 +83,8 @@ def test_deterministic_given_seed(tmp_path, monkeypatch, micro):
         assert torch.equal(tensor, sd_b[name]), f"{name} differs between two builds with the same seed"
 
 
-def _lume_task2_slice(n_people: int) -> Corpus:
-    full = load_lume(LUME)
+def _lume_task2_slice(lume: Path, n_people: int) -> Corpus:
+    full = load_lume(lume)
     def people(records):
         qs = [r for r in questions(records) if r.task == "Task2"]
         ids = sorted({r.id[:-3] for r in qs})[:n_people]
@@ -86,11 +93,10 @@ def _lume_task2_slice(n_people: int) -> Corpus:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LUME.is_dir(), reason=f"real LUME data not found at {LUME}")
-def test_micro_learns_real_lume_task2(tmp_path, monkeypatch):
+def test_micro_learns_real_lume_task2(lume, tmp_path, monkeypatch):
     """The organism pipeline on real LUME Task2 records (names, SSNs, phones, emails, addresses)."""
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    corpus = _lume_task2_slice(2)
+    corpus = _lume_task2_slice(lume, 2)
     assert len(corpus.forget) >= 8 and len(corpus.retain) >= 8
     cfg = organism.with_overrides("micro", name="lume-micro", epochs=80, vocab_size=640)
     path = organism.build(cfg, corpus=corpus, progress=False)

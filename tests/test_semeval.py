@@ -1,16 +1,12 @@
 """SemEval-2025 Task 4 scoring: ROUGE vs rouge-score, harmonic mean / final by hand, organism and real LUME."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from rouge_score import rouge_scorer
 
 from workbench.data.records import Corpus, Record
 from workbench.errors import ConfigError
 from workbench.evaluation import semeval
-
-LUME = Path("/work/shared/data/lume")
 
 
 def test_rouge_l_recall_by_hand_and_vs_library():
@@ -75,12 +71,11 @@ def test_organism_before_unlearning(micro):
     assert g["score"] == semeval.rouge_l_recall(g["generation"], rec.output)
 
 
-@pytest.mark.skipif(not LUME.is_dir(), reason="real LUME files not present")
-def test_runs_on_real_lume_slice(micro):
+def test_runs_on_real_lume_slice(micro, lume):
     from workbench.data.lume import load_lume
 
     model, tok, _ = micro
-    corpus = load_lume(LUME)
+    corpus = load_lume(lume)
     res = semeval.semeval_score(model, tok, corpus, max_new_tokens=8, limit=2)
     assert res.n_records == 2 * 12 and res.complete
     assert all(0.0 <= v <= 1.0 for v in res.terms.values())

@@ -74,6 +74,9 @@ def run(args) -> int:
                           "or use --metric logprob")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from . import placement_options
+
+    placement_options(args)  # a bad --max-memory fails here, before anything is loaded
     if args.clean == args.corrupt:
         raise ConfigError(f"--clean and --corrupt are the same prompt {args.clean!r}; patching needs a counterfactual")
     out = Path(args.out)
@@ -90,12 +93,12 @@ def _patch(args, out: Path, sites: list[str], formats: list[str], metric: str) -
     from .. import patching
     from ..figures import heatmaps
     from ..models import load_model
-    from . import model_options
+    from . import model_options, placement_options
     from ..provenance import JsonlLog, atomic_write_json
 
     log = JsonlLog(out / "patch.jsonl")
     t0 = time.perf_counter()
-    model, tok = load_model(args.model, dtype=args.dtype, device=args.device, **model_options(args))
+    model, tok = load_model(args.model, dtype=args.dtype, **placement_options(args), **model_options(args))
     kw = dict(wrong_answer=args.wrong, sites=tuple(sites), heads=not args.no_heads, metric=metric,
               backend=args.backend, batch_size=args.batch_size, progress=args.progress)
     log("start", model=args.model, clean=args.clean, corrupt=args.corrupt, answer=args.answer,
@@ -110,13 +113,6 @@ def _patch(args, out: Path, sites: list[str], formats: list[str], metric: str) -
     if args.attribution:
         attr = patching.attribution_patching(model, tok, args.clean, args.corrupt, args.answer, compare_exact=False,
                                              **kw)
-        # With a whole-answer metric the attribution maps also cover the teacher-forced answer positions, which exact
-        # patching does not patch: keep the prompt positions so both maps (and the token labels) line up.
-        cropped = [k for k in attr.effects if k != "head" and attr.effects[k].shape[1] > len(attr.tokens)]
-        for k in cropped:
-            attr.effects[k] = attr.effects[k][:, :len(attr.tokens)]
-        if cropped:
-            attr.config["cropped_to_prompt_positions"] = cropped
         attr.config["vs_exact"] = correlations(attr, exact)
         files.append(str(attr.save(out / "attribution")))
         log("attribution_patching", vs_exact=attr.config["vs_exact"], wall_s=attr.config.get("wall_s"))
