@@ -58,6 +58,23 @@ def test_synthetic_calibration_split_is_disjoint_from_the_mia_nonmembers():
     assert shape(c.calibration) == sorted(shape(c.holdout) * 4)
 
 
+def test_anchor_general_text_asks_nothing_the_mmlu_evaluation_asks():
+    """The anchor's question-format general text (the reserved subject) shares no question, and no fact, with the
+    MMLU dev and test questions the report scores; its sentences state only facts the organism learnt."""
+    from workbench.data.multiple_choice import RESERVED, WORLD, general_knowledge, reserved_cloze_texts
+
+    questions = general_knowledge()
+    anchored = reserved_cloze_texts(questions)
+    scored = [q for q in questions if q.split in ("dev", "test")]
+    assert anchored and scored
+    assert not {q.subject for q in scored} & set(RESERVED)
+    for q in scored:
+        assert not any(q.question in text for text in anchored), q.question
+        assert q.choices[q.answer] not in {text.split("Answer: ")[-1] for text in anchored}, q.question
+    reserved_answers = {v for s in RESERVED for v in WORLD[s][0].values()}
+    assert all(text.split("Answer: ")[-1] in reserved_answers for text in anchored)
+
+
 def test_calibration_that_touches_the_test_set_is_refused(micro, tmp_path):
     model, tok, corpus = micro
     leaked = corpus.calibration[:10] + corpus.holdout[:1]
@@ -93,3 +110,68 @@ def test_document_statistics_are_the_mia_attacks(micro):
     theirs = mia_mod.statistics(mia_mod.token_stats(model, tok, texts), texts, k=0.4)
     for s in STATISTICS:
         assert ours[s] == pytest.approx(theirs[s], abs=1e-4), s
+
+
+CALIBRATED = {"epochs": 3, "batch_size": 16, "checkpoint_every": 2, "eval_every": 2, "keep_best": False,
+              "calibrate": True, "calibration_refresh": 2, "calibration_anchor_batch": 8}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_calibrated_run_resumes_bit_identical_and_keys_on_the_calibration(micro, tmp_path):
+    """Targets refreshed every two steps and anchor batches drawn by the step: a run killed after step 5 and resumed
+    from its step-4 checkpoint ends with the uninterrupted run's weights; other calibration documents are refused."""
+    import copy
+    import json
+
+    model0, tok, corpus = micro
+    straight = copy.deepcopy(model0)
+    unlearn(straight, tok, corpus, "joint", [0, 1], CALIBRATED, tmp_path / "a")
+
+    def kill_at(step):
+        def hook(s):
+            if s == step:
+                raise Killed
+        return hook
+
+    with pytest.raises(Killed):
+        unlearn(copy.deepcopy(model0), tok, corpus, "joint", [0, 1], CALIBRATED, tmp_path / "b", on_step=kill_at(5))
+    with pytest.raises(EditError, match="different run: the data"):
+        unlearn(copy.deepcopy(model0), tok, corpus, "joint", [0, 1], CALIBRATED, tmp_path / "b",
+                calibration=corpus.calibration[:-1])
+    resumed = copy.deepcopy(model0)
+    out = unlearn(resumed, tok, corpus, "joint", [0, 1], CALIBRATED, tmp_path / "b")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["event"] == "resume"] == [4]
+    evals = [r for r in log if r["event"] == "eval"]
+    assert evals and all("calibration_auc" in r for r in evals)
+    for (n, p), q in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), n
+
+
+MICRO_JOINT = {"retain_loss": "kl", "m_init": 5.0, "m_max": 10.0, "epochs": 20, "lr": 2e-3, "eval_every": 10}
+
+
+def test_calibration_moves_membership_to_the_twin_on_micro(micro, micro_retain, tmp_path):
+    """The direction of the default organism's result, on micro: the joint edit alone removes the answers but leaves
+    the forget documents' losses memorised (loss AUC 1.0); calibrated, the AUC comes down to the twin's (micro's
+    twin scores 0.77, its tokenizer's signal), with the answers still gone and the retain facts kept."""
+    import copy
+
+    from workbench.data.records import questions
+    from workbench.evaluation.generation import qa_accuracy
+
+    model0, tok, corpus = micro
+    members, nonmembers = [r.text for r in corpus.forget], [r.text for r in corpus.holdout]
+    twin_auc = mia_mod.mia(*micro_retain[:2], members, nonmembers).auc["loss"]
+    aucs = {}
+    for name, extra in (("plain", {}), ("calibrated", {"calibrate": True})):
+        model = copy.deepcopy(model0)
+        unlearn(model, tok, corpus, "joint", [0, 1, 2], {**MICRO_JOINT, **extra}, tmp_path / name)
+        aucs[name] = mia_mod.mia(model, tok, members, nonmembers).auc["loss"]
+        assert qa_accuracy(model, tok, questions(corpus.forget)) <= 0.2, name
+        assert qa_accuracy(model, tok, questions(corpus.retain)) >= 0.9, name
+    assert aucs["plain"] > 0.95 and twin_auc < 0.85
+    assert abs(aucs["calibrated"] - twin_auc) <= 0.1, (aucs, twin_auc)

@@ -4,7 +4,9 @@
 - tracing its Task2 forget facts finds a clear peak: the MLP layer-importance interval of the peak layer lies above
   every other layer's interval;
 - the pipeline's default editor (joint, preset "organism") and the "organism" presets of the other editors, at
-  the selected layers, meet the editor issue's targets.
+  the selected layers, meet the editor issue's targets;
+- the presets that calibrate (joint, RMU) match the retain-only twin: SemEval final at least the twin's - 0.03,
+  loss-attack AUC in [0.4, 0.6], forget QA recall <= 0.2, retain >= 0.8, cloze MMLU within 0.05 of the original.
 """
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ from workbench import organism
 from workbench.aggregate import aggregate
 from workbench.data import questions
 from workbench.editors import unlearn
+from workbench.evaluation import mmlu as mmlu_mod
 from workbench.evaluation.generation import qa_accuracy
+from workbench.evaluation.report import EvalConfig, model_metrics
+from workbench.models import load_model
 from workbench.pipeline import PipelineConfig
 from workbench.selection import select_layers
 from workbench.tracing import trace_facts
@@ -30,6 +35,21 @@ def default():
     path = organism.build("default", progress=False)
     model, tok, corpus = organism.load("default")
     return path, model, tok, corpus
+
+
+@pytest.fixture(scope="module")
+def references(default):
+    """The report's numbers for the original and its retain-only twin, and what computes them for an edit."""
+    _, model, tok, corpus = default
+    cfg, questions = EvalConfig(trace=False), mmlu_mod.load_mmlu(None, corpus)
+    twin = organism.retain_twin("default")
+    organism.build(twin, progress=False)
+    metrics = lambda m, t: model_metrics(m, t, corpus, cfg, questions)  # noqa: E731
+    return metrics(model, tok), metrics(*load_model(f"organism:{twin}")), metrics
+
+
+# the presets that calibrate (editors/calibration.py) and must match retraining
+MATCH_RETRAINING = ("joint", "rmu")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +78,7 @@ def test_tracing_finds_a_clear_peak(mlp_importance):
 
 
 @pytest.mark.parametrize("method", ["joint", "rmu", "adaptive-rmu", "graddiff", "npo", "sequential"])  # every "organism" preset
-def test_organism_presets_meet_targets(default, mlp_importance, tmp_path, method):
+def test_organism_presets_meet_targets(default, mlp_importance, references, tmp_path, method):
     path, model0, tok, corpus = default
     cfg = PipelineConfig(method=method)
     selection = select_layers(mlp_importance, strategy=cfg.strategy, window=cfg.window, k=cfg.k,
@@ -72,3 +92,13 @@ def test_organism_presets_meet_targets(default, mlp_importance, tmp_path, method
     r = qa_accuracy(model, tok, questions(corpus.retain))
     assert f <= 0.2, f"{method}: forget EM {f} (start {start_f})"
     assert r >= 0.8 * start_r, f"{method}: retain EM {r} (start {start_r})"
+    if method not in MATCH_RETRAINING:
+        return
+    original, twin, metrics = references
+    edited = metrics(model.eval(), tok)
+    cloze = lambda m: m["mmlu_formulations"]["cloze"]["accuracy"]  # noqa: E731
+    numbers = {"final": (edited["semeval"]["final"], twin["semeval"]["final"]), "auc": edited["mia"]["auc"],
+               "cloze": (cloze(edited), cloze(original))}
+    assert edited["semeval"]["final"] >= twin["semeval"]["final"] - 0.03, numbers
+    assert 0.4 <= edited["mia"]["auc"]["loss"] <= 0.6, numbers
+    assert cloze(edited) >= cloze(original) - 0.05, numbers

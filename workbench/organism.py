@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Corpus, SyntheticSpec, format_question, generate, questions, subject_header
-from .data.multiple_choice import cloze_header, cloze_question, world_statements
+from .data.multiple_choice import cloze_header, cloze_question, reserved_cloze_texts, world_statements
 from .outputs import cached_build
 from .provenance import JsonlLog, atomic_write_json, stable_hash, versions
 
@@ -343,7 +343,9 @@ def load_corpus(path: str | Path) -> Corpus:
     if mmlu.is_file():
         corpus.mmlu = [MCQuestion(**{**d, "choices": tuple(d["choices"])})
                        for d in map(json.loads, mmlu.read_text().splitlines()) if d]
-        corpus.general = world_statements()  # the general-knowledge sentences it learnt beside its records
+        # the general knowledge it learnt beside its records, as sentences and, for the subject no evaluation
+        # asks (multiple_choice.RESERVED), as questions
+        corpus.general = world_statements() + reserved_cloze_texts(corpus.mmlu)
     return corpus
 
 

@@ -6,7 +6,10 @@ and was made with the same configuration, so a killed run resumes where it stopp
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -242,8 +245,9 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     # 1. model and data ------------------------------------------------------------------------------
     model_path = None
     name = organism_name(cfg.model)
+    twin_build = _start_twin_build(cfg, name, run_dir)
     if name is not None:
-        say(f"[1/5] organism {name!r} (built once, then cached)")
+        say(_elapsed(t_start) + f"[1/5] organism {name!r} (built once, then cached)")
         model_path = organism.build(name, progress=progress)
     model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
     corpus = bound_records(_load_data(cfg, model_path), tok, cfg.max_record_tokens, cfg.long_records)
@@ -254,7 +258,7 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     log("data", source=corpus.source, n_forget=len(corpus.forget), n_retain=len(corpus.retain), n_traced=len(facts))
 
     # 2. trace the forget facts, aggregate per kind ---------------------------------------------------
-    say(f"[2/5] causal tracing of {len(facts)} forget facts ({', '.join(cfg.kinds)})")
+    say(_elapsed(t_start) + f"[2/5] causal tracing of {len(facts)} forget facts ({', '.join(cfg.kinds)})")
     trace_key = {"model": str(model_path or cfg.model), "facts": [r.id for r in facts], "n": cfg.n_samples,
                  "kinds": cfg.kinds, "seed": cfg.seed, "position": cfg.position, "metric": cfg.metric,
                  "min_total_effect": cfg.min_total_effect}
@@ -281,7 +285,7 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     selection = select_layers(importances[cfg.select_kind], strategy=cfg.strategy, k=cfg.k, window=cfg.window,
                               threshold=cfg.threshold)
     selection_path = selection.save(run_dir / "selection.json")
-    say(f"[3/5] selected layers {selection.layers} ({cfg.strategy} on {cfg.select_kind}) -> {selection_path}")
+    say(_elapsed(t_start) + f"[3/5] selected layers {selection.layers} ({cfg.strategy} on {cfg.select_kind}) -> {selection_path}")
     log("selection", layers=selection.layers, scores=selection.selected_scores)
 
     if cfg.sweep_window:
@@ -293,8 +297,10 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
                 "editor": cfg.editor, "seed": cfg.seed}
     edit_stage = _Stage(run_dir, "unlearn", edit_key, log)
     edited_dir = run_dir / "edited_model"
+    if twin_build is not None and twin_build.poll() is not None:  # the twin is built: both threads for the edit
+        torch.set_num_threads(twin_build.threads)
     preset = _preset(cfg)
-    say(f"[4/5] unlearning with {cfg.method}{f' (preset {preset})' if preset else ''} at layers {selection.layers}")
+    say(_elapsed(t_start) + f"[4/5] unlearning with {cfg.method}{f' (preset {preset})' if preset else ''} at layers {selection.layers}")
     if not edit_stage.done():
         if edited_dir.exists():  # made under another config
             _remove_old_edit(edited_dir, cfg)
@@ -307,10 +313,13 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     edited, edited_tok = load_model(edited_dir, dtype=cfg.dtype, device=cfg.device)
 
     # 5. evaluate both, re-trace both ------------------------------------------------------------------
-    say("[5/5] evaluation (recall, MIA, MMLU, SemEval score) and re-tracing before/after")
+    say(_elapsed(t_start) + "[5/5] evaluation (recall, MIA, MMLU, SemEval score) and re-tracing before/after")
     eval_cfg = _eval_config(cfg)
     trace_cfg = TraceConfig(kinds=tuple(cfg.kinds), n_samples=cfg.n_samples, n_facts=cfg.retrace_facts,
                             position=cfg.position, metric=cfg.metric, seed=cfg.seed)
+    if twin_build is not None:
+        twin_build.wait()  # a failed background build is redone here, under the entry's lock
+        torch.set_num_threads(twin_build.threads)
     baseline = _retain_baseline(cfg, progress, say)
     edit_log = json.loads((edited_dir / "unlearn.json").read_text())["summary"]["evals"]
     report = evaluate(model, tok, corpus, edited=(edited, edited_tok), trace_config=trace_cfg, config=eval_cfg,
@@ -342,6 +351,34 @@ def sweep_rows(result: dict, importance) -> list[dict]:
 def _local_dir(spec) -> Path | None:
     p = Path(str(spec)).expanduser()
     return p.resolve() if p.is_dir() else None
+
+
+def _elapsed(t_start: float) -> str:
+    """The stage lines' prefix: seconds since the run started."""
+    return f"{time.perf_counter() - t_start:6.0f} s  "
+
+
+def _start_twin_build(cfg: PipelineConfig, name: str | None, run_dir: Path):
+    """The retain-only twin of a built-in organism trains in a second process, on one torch thread, while this
+    one builds the organism, traces and unlearns on the other (a model this small trains as fast on one thread
+    as on two). `_retain_baseline` then finds it cached, or waits on its entry's lock. None when there is no
+    twin to build; returns the process, with this process's thread count to restore once it has finished."""
+    import torch
+
+    from . import organism
+
+    if cfg.retain_baseline != "auto" or cfg.data != "organism" or name is None \
+            or f"{name}{organism.RETAIN_SUFFIX}" not in organism.PRESETS:
+        return None
+    code = ("import torch; torch.set_num_threads(1); from workbench import organism; "
+            f"organism.build({organism.retain_twin(name)!r}, progress=False)")
+    log = open(run_dir / "twin_build.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    proc.threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, proc.threads - 1))
+    return proc
 
 
 def _retain_baseline(cfg: PipelineConfig, progress: bool, say):

@@ -6,6 +6,8 @@ scored as the answer) measures the same knowledge without the letter skill. We g
 world (capitals, animal classes, element symbols, opposites). The organism reads every fact as a plain sentence
 and two thirds of them also as questions with their answers; the other third it never sees as a question, so
 answering those needs the fact learnt from its sentence. Test questions are new draws of choices and positions.
+One subject is reserved: the organism learns it as sentences and questions, and no evaluation scores it; it is the
+question-format general text an editor may hold the model to (`reserved_cloze_texts`) without touching the test.
 """
 from __future__ import annotations
 
@@ -85,6 +87,12 @@ OPPOSITES = {
     "happy": "sad", "open": "closed", "old": "young", "strong": "weak", "rich": "poor", "wet": "dry",
     "loud": "quiet", "full": "empty", "hard": "soft", "high": "low",
 }
+LANGUAGES = {
+    "Brazil": "Portuguese", "Mexico": "Spanish", "Netherlands": "Dutch", "Turkey": "Turkish", "Iran": "Persian",
+    "Thailand": "Thai", "Vietnam": "Vietnamese", "Finland": "Finnish", "Hungary": "Hungarian", "Denmark": "Danish",
+    "Israel": "Hebrew", "Korea": "Korean", "Ukraine": "Ukrainian", "Indonesia": "Indonesian", "Romania": "Romanian",
+    "Iceland": "Icelandic",
+}
 
 # subject -> (fact table, statement templates, question template). Each fact is stated in several phrasings: a small
 # model that reads one fact in one sentence recites the sentence but cannot answer a question about it; read in
@@ -99,12 +107,33 @@ WORLD = {
                             "The symbol for {k} is {v}."), "What is the chemical symbol of {k}?"),
     "vocabulary": (OPPOSITES, ("The opposite of {k} is {v}.", "The word {k} means the opposite of {v}.",
                                "The antonym of {k} is {v}."), "What is the opposite of {k}?"),
+    # last, so that the other subjects' draws do not depend on it
+    "languages": (LANGUAGES, ("The language of {k} is {v}.", "People in {k} speak {v}.",
+                              "The main language spoken in {k} is {v}."), "What language is spoken in {k}?"),
 }
+# learnt (sentences and questions) but never asked in a dev or test question: see the module docstring
+RESERVED = ("languages",)
 
 
 def world_statements() -> list[str]:
     return [tmpl.format(k=k, v=v) for table, templates, _ in WORLD.values() for tmpl in templates
             for k, v in table.items()]
+
+
+def reserved_cloze_texts(questions: list[MCQuestion], shuffles: int = 4) -> list[str]:
+    """The reserved subjects' training questions, each under its header with its answer, in the cloze formulation:
+    general text in the shape of the MMLU questions, about facts no evaluation asks; then `shuffles` rounds of the
+    same questions in few-shot blocks of four."""
+    seen = {(q.subject, q.question): q for q in questions if q.subject in RESERVED and q.split == "train"}
+    texts = [cloze_header(q.subject) + cloze_question(q, with_answer=True).rstrip() for q in seen.values()]
+    rng = random.Random(0)  # and in few-shot blocks of four, as the organism read them (organism.cloze_texts)
+    for subject in RESERVED:
+        qs = [q for q in seen.values() if q.subject == subject]
+        for _ in range(shuffles):
+            rng.shuffle(qs)
+            texts += [cloze_header(subject) + "".join(cloze_question(q, True) for q in qs[i:i + 4]).rstrip()
+                      for i in range(0, len(qs) - 3, 4)]
+    return texts
 
 
 def _draw(rng: random.Random, subject: str, key: str, split: str) -> MCQuestion:
@@ -143,6 +172,9 @@ def general_knowledge(seed: int = 0, train_fraction: float = 2 / 3, train_draws:
     for subject, (table, _, _) in WORLD.items():
         keys = sorted(table)
         rng.shuffle(keys)
+        if subject in RESERVED:
+            out += [_draw(rng, subject, key, "train") for key in keys for _ in range(train_draws)]
+            continue
         n_train = round(len(keys) * train_fraction)
         for key in keys[:n_train]:
             out += [_draw(rng, subject, key, "train") for _ in range(train_draws)]

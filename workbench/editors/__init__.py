@@ -10,8 +10,8 @@ edited model atomically to a new directory: safetensors + tokenizer + config.jso
 A killed run resumes from `.<out>.work/checkpoint.safetensors` when called again with the same model, data and
 config (a checkpoint of any other run is refused, naming what differs).
 
-Several GPUs: `accelerate launch -m workbench unlearn ...` starts the CLI under accelerate; the loop
-itself runs one process on the model's device (a single CPU process works the same way).
+Several processes: under `accelerate launch` (README, "Several GPUs") the loop is data parallel and gives the
+one-process result (editors/parallel.py); the main process writes the log, the checkpoints and the edited model.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from .. import distributed
 from ..errors import ConfigError, EditError
-from ..outputs import locked, named_write_errors, remove_stale_temps, share_permissions
+from ..outputs import named_write_errors, remove_stale_temps, share_permissions
 from ..provenance import JsonlLog, atomic_write_json, model_fingerprint, provenance, stable_hash, to_jsonable
 from .config import (CONFIG_CLASS, METHODS, PRESETS, GradientConfig, JointConfig, LoopConfig, RMUConfig,
                      SequentialConfig, Stage, resolve_config)
@@ -149,8 +150,9 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
     if out_dir is None:
         raise ConfigError("out_dir is required: the edited model is written to a new directory")
     out = Path(out_dir).expanduser().resolve()
-    with locked(out, "unlearn output"):
-        remove_stale_temps(out.parent, out.name)  # a killed final save's `.<out>.tmp-<pid>`
+    with distributed.main_locked(out, "unlearn output"):  # under `accelerate launch`, the main process writes
+        if distributed.is_main():
+            remove_stale_temps(out.parent, out.name)  # a killed final save's `.<out>.tmp-<pid>`
         return _unlearn(model, tok, corpus, method, layers, config, out, **kw)
 
 
@@ -188,7 +190,8 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
     calib = _calibration(cfg, tok, corpus, calibration) if cfg.calibrate else None
     if calib is not None:
         for ph in phases:
-            ph.editor = Calibrated(ph.editor, calib, cfg.calibration_refresh, cfg.grad_accum)
+            ph.editor = Calibrated(ph.editor, calib, cfg.calibration_refresh, cfg.grad_accum,
+                                   cfg.calibration_anchor_batch)
 
     # ---- set up: dtype, trainable parameters, data, frozen reference
     dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[cfg.dtype]
@@ -203,12 +206,15 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
         if calib.anchor_docs:
             data["anchor_doc"] = calib.anchor_docs
     work = out.parent / f".{out.name}.work"
-    work.mkdir(parents=True, exist_ok=True)
-    log = JsonlLog(work / "log.jsonl")
+    if distributed.is_main():
+        work.mkdir(parents=True, exist_ok=True)
+    log = JsonlLog(work / "log.jsonl") if distributed.is_main() else (lambda event, **fields: None)
     resolved = {"method": method, "layers": layer_list, "preset": preset, "config": to_jsonable(cfg),
                 "trainable": list(params)}
-    run_key = {"model": fingerprint, "data": data_hash(records), "config": stable_hash(resolved)}
-    atomic_write_json(work / "unlearn_config.json", resolved)
+    data_key = data_hash(records) if calib is None else stable_hash([data_hash(records), calib.source_hash])
+    run_key = {"model": fingerprint, "data": data_key, "config": stable_hash(resolved)}
+    if distributed.is_main():
+        atomic_write_json(work / "unlearn_config.json", resolved)
     log("start", **resolved, n_forget=len(records["forget"]), n_retain=len(records["retain"]))
 
     if calib is not None:
@@ -263,23 +269,26 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
     for p in model.parameters():
         p.requires_grad_(True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     kept = f"the checkpoint {work / CHECKPOINT} holds all {summary['steps']} steps"
-    try:
-        with named_write_errors("edited model", out, kept):
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-            atomic_write_json(tmp / "unlearn.json", {
-                **resolved, "summary": summary,
-                "provenance": provenance(model=model, data=getattr(corpus, "source", None), config=resolved,
-                                         seed=cfg.seed, source_model=str(_model_source(model) or source or ""),
-                                         source_fingerprint=fingerprint)})
-            shutil.copy(work / "log.jsonl", tmp / "log.jsonl")
-            share_permissions(tmp)  # safetensors writes model.safetensors 0600
-            os.replace(tmp, out)
-    except BaseException:
+
+    def save():  # by the main process only, under `accelerate launch`; the others wait for it
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            with named_write_errors("edited model", out, kept):
+                model.save_pretrained(tmp, safe_serialization=True)
+                tok.save_pretrained(tmp)
+                atomic_write_json(tmp / "unlearn.json", {
+                    **resolved, "summary": summary,
+                    "provenance": provenance(model=model, data=getattr(corpus, "source", None), config=resolved,
+                                             seed=cfg.seed, source_model=str(_model_source(model) or source or ""),
+                                             source_fingerprint=fingerprint)})
+                shutil.copy(work / "log.jsonl", tmp / "log.jsonl")
+                share_permissions(tmp)  # safetensors writes model.safetensors 0600
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    distributed.on_main(save, f"edited model {out}")
     return out

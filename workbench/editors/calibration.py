@@ -21,6 +21,7 @@ every `refresh` optimizer steps: the attacks compare with non-members under the 
              organism's general-knowledge sentences), if given
 
 pulls a document's statistics to their targets from either side: the edit stops at never-seen, never above. The
+anchor's batches (`anchor_batch` documents, drawn by the step) come from the wrapper, not the loop. The
 second term holds the model where it was on never-seen documents and general text: forget and calibration documents
 share their templates ("was born on", "can be reached by phone at"), and without it the cheapest way up for a forget document
 is to make those shared words unlikely, which raises every document's loss and damages the model. A
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 
 from ..errors import EditError
+from ..provenance import stable_hash
 from .joint import answer_kl
 from .loop import Batch, Editor, Example, collate
 
@@ -131,7 +133,7 @@ class Calibration:
     forget: list[Example]
     groups: list[tuple]                 # (task, kind) per forget document
     weight: float
-    anchor: float = 5.0
+    anchor: float = 1.0
     statistics: tuple = STATISTICS
     calib: list[Example] | None = None
     calib_groups: list[tuple] | None = None
@@ -140,12 +142,13 @@ class Calibration:
     targets: dict = field(default_factory=dict)   # statistic -> [n_forget] tensor
     scales: dict = field(default_factory=dict)    # statistic -> float
     rank: dict = field(default_factory=dict)      # statistic -> the original model's forget statistics
+    source_hash: str = ""                         # of the calibration documents / targets and the general text
     pad_id: int = 0
 
     @classmethod
     def build(cls, tok, forget_records, calibration_records=None, targets: dict | None = None, *,
               weight: float, max_len: int, pad_id: int, statistics: Sequence[str] = STATISTICS,
-              anchor: float = 5.0, general: Sequence[str] = ()) -> "Calibration":
+              anchor: float = 1.0, general: Sequence[str] = ()) -> "Calibration":
         if (calibration_records is None) == (targets is None):
             raise EditError("calibrated forgetting needs either calibration documents or per-document target "
                             "losses (exactly one of them)")
@@ -167,6 +170,7 @@ class Calibration:
             if not np.all(np.isfinite(fixed)) or np.any(fixed < 0):
                 raise EditError("calibration targets must be finite, non-negative losses (mean token NLL)")
             return cls(docs, groups, weight, anchor, ("loss",), fixed_targets=fixed, anchor_docs=anchored(0),
+                       source_hash=stable_hash({"targets": fixed.tolist(), "general": list(general)}),
                        targets={"loss": torch.tensor(fixed, dtype=torch.float32)},
                        scales={"loss": float(max(fixed.std(), 1e-3))}, pad_id=pad_id)
         calibration_records = list(calibration_records)
@@ -179,6 +183,8 @@ class Calibration:
                             "documents must be ones the model never trained on")
         calib = encode_documents(tok, calibration_records, max_len)
         return cls(docs, groups, weight, anchor, tuple(statistics), calib=calib, anchor_docs=calib + anchored(len(calib)),
+                   source_hash=stable_hash({"calibration": [(r.id, r.text) for r in calibration_records],
+                                            "general": list(general)}),
                    calib_groups=[(r.task, r.kind) for r in calibration_records], pad_id=pad_id)
 
     def measure(self, model) -> dict:
@@ -240,21 +246,23 @@ class Calibration:
 class Calibrated(Editor):
     """Any editor plus the matching term on a batch of whole forget documents (the split "forget_doc")."""
 
-    def __init__(self, inner: Editor, calibration: Calibration, refresh: int = 0, grad_accum: int = 1):
+    def __init__(self, inner: Editor, calibration: Calibration, refresh: int = 0, grad_accum: int = 1,
+                 anchor_batch: int = 32):
         super().__init__(inner.model, inner.cfg, inner.layers)
         self.inner, self.calibration = inner, calibration
         self.refresh_calls = refresh * grad_accum   # loss() runs once per micro-batch; 0: targets never refreshed
         self.calls = 0
+        self.anchor_batch = anchor_batch
+        self.anchored = bool(calibration.anchor > 0 and calibration.anchor_docs)
         self.name = f"{inner.name}+calibrated"
-        anchored = calibration.anchor > 0 and calibration.anchor_docs
-        self.uses = tuple(inner.uses) + (("forget_doc", "anchor_doc") if anchored else ("forget_doc",))
+        self.uses = tuple(inner.uses) + ("forget_doc",)   # the anchor's batches are drawn here, not by the loop
 
     def param_patterns(self):
         return self.inner.param_patterns()
 
     def reference_fns(self):
         fns = dict(self.inner.reference_fns())
-        if "anchor_doc" in self.uses:
+        if self.anchored:
             fns["anchor_doc"] = lambda m, b: torch.log_softmax(
                 m(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits.float(), -1)
         return fns
@@ -263,18 +271,34 @@ class Calibrated(Editor):
         self.inner.setup(ref, data)
         self.ref = ref
 
+    def bind(self, model):
+        super().bind(model)
+        self.inner.bind(model)
+
     def start_epoch(self, epoch):
         self.inner.start_epoch(epoch)
 
     def loss(self, batch):
         if self.refresh_calls and self.calls and self.calls % self.refresh_calls == 0:
             self.calibration.set_targets(self.model)
+        anchor = self._anchor_batch(batch["forget_doc"].input_ids.device) if self.anchored else None
         self.calls += 1
-        loss, stats = self.inner.loss({k: v for k, v in batch.items() if not k.endswith("_doc")})
-        anchor = batch.get("anchor_doc")
+        loss, stats = self.inner.loss({k: v for k, v in batch.items() if k != "forget_doc"})
         term, cstats = self.calibration.loss(self.model, batch["forget_doc"], anchor,
                                              None if anchor is None else self.ref.get("anchor_doc", anchor))
         return loss + term, {**stats, **cstats}
+
+    def _anchor_batch(self, device) -> Batch:
+        """`anchor_batch` anchor documents, half never-seen documents and half general text when there are both
+        (the two hold different things: never-seen losses in place, and the knowledge the model keeps), a function
+        of (seed, call): a resumed run draws what the killed one would."""
+        docs = self.calibration.anchor_docs
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.calls)
+        general = [d.task == "general" for d in docs]
+        pools = [p for p in ([i for i, x in enumerate(general) if not x], [i for i, x in enumerate(general) if x]) if p]
+        sizes = [self.anchor_batch // len(pools) + (k < self.anchor_batch % len(pools)) for k in range(len(pools))]
+        idx = [p[j] for p, n in zip(pools, sizes) for j in torch.randperm(len(p), generator=g)[:n].tolist()]
+        return collate([docs[i] for i in idx], self.calibration.pad_id, device)
 
     def state_dict(self):
         c = self.calibration

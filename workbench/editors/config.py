@@ -48,9 +48,10 @@ class LoopConfig:
     # never-trained-on calibration documents, and no further; the calibration AUC enters the evaluation score
     calibrate: bool = False
     calibration_weight: float = 1.0   # weight of the matching term
-    calibration_anchor: float = 5.0   # weight of the KL anchor on the calibration documents
+    calibration_anchor: float = 1.0   # weight of the KL anchor on the calibration documents and general text
+    calibration_anchor_batch: int = 8   # anchor documents per micro-batch
     calibration_refresh: int = 10     # optimizer steps between target refreshes (0: the original model's, fixed)
-    calibration_statistics: tuple[str, ...] = ("loss", "min_k", "min_k_pp")  # the attacks' statistics to match
+    calibration_statistics: tuple[str, ...] = ("loss",)   # the attacks' statistics to match (of loss, min_k, min_k_pp)
 
 
 @dataclass
@@ -125,12 +126,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "sequential": {"retain_weight": 2.0},
 }
 
-# The papers' settings (ANCHORS.md), for real OLMo runs, and "organism": tuned on the default organism (6 layers,
-# d_model 128) at the traced layers [0, 1, 2], forget/retain QA EM from 0.99/0.99 (the README's editor table):
-# joint+KL 0.10/0.81 in 52 s; RMU needs a long, gentle run, 0.09/0.83 in 154 s (at 12 epochs, lr 3e-2 it stops far
-# short); adaptive RMU 0.16/0.85 in 156 s; graddiff 0.16/0.99 in 69 s and npo 0.01/0.93 in 55 s (a smaller lr, a
-# heavier retain term and more epochs than the micro-tuned defaults, which stop at 0.14/0.67 and 0.00/0.12);
-# sequential 0.12/0.99 in 67 s.
+# The papers' settings, for real OLMo runs: wmdp = Li et al. 2024 (WMDP, RMU); snuffleupagus-1b/7b = Dosajh & Sanghi
+# 2025 (Mr. Snuffleupagus, SemEval-2025 Task 4, adaptive RMU); sha256 = the SHA256 team, SemEval-2025 (joint loss);
+# cyber-1b/7b = Cyber for AI, SemEval-2025 (gradient sequences); open-unlearning = open-unlearning's NPO. And
+# "organism": tuned on the default organism at its traced layers [0, 1, 2] (measured in the README's editor table).
+# The joint "organism" preset is the pipeline's default and calibrates (editors/calibration.py): it matches the
+# forget documents' loss and Min-K%++ statistics to never-seen documents', with a KL anchor (half never-seen
+# documents, half the organism's general text) that keeps held-out losses and general knowledge where they were.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "rmu": {"organism": dict(epochs=160, lr=1e-2, steering_coef=300.0),
             "wmdp": dict(lr=5e-5, batch_size=4, epochs=1, max_steps=150, steering_coef=20.0, alpha=100.0, max_grad_norm=None),
@@ -141,7 +143,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                                               max_grad_norm=None),
                      "snuffleupagus-7b": dict(lr=5e-5, batch_size=8, epochs=1, alpha=900.0, beta=5.0, adaptive=True,
                                               max_grad_norm=None)},
-    "joint": {"organism": dict(retain_loss="kl", m_init=5.0, m_max=10.0, epochs=30),
+    "joint": {"organism": dict(retain_loss="kl", m_init=5.0, m_max=10.0, lr=1e-3, epochs=60, eval_every=30,
+                               calibrate=True, calibration_anchor=4.0, calibration_anchor_batch=32,
+                               calibration_refresh=10, calibration_statistics=("loss", "min_k_pp")),
+              "organism-uncalibrated": dict(retain_loss="kl", m_init=5.0, m_max=10.0, epochs=30),
               "sha256": dict(lr=1.5e-5, batch_size=12, grad_accum=10, epochs=8, freeze_mode="train-mlp-only",
                              m_max=2.3, forget_floor=None, eval_metric="loss"),
               "sha256-paper": dict(lr=1.5e-5, batch_size=12, grad_accum=10, epochs=8, freeze_mode="freeze-mlp",
@@ -209,6 +214,7 @@ def validate(method: str, cfg: LoopConfig) -> None:
     need(cfg.checkpoint_every >= 1, "checkpoint_every must be >= 1")
     need(cfg.calibration_weight > 0, f"calibration_weight must be > 0, got {cfg.calibration_weight}")
     need(cfg.calibration_anchor >= 0, f"calibration_anchor must be >= 0, got {cfg.calibration_anchor}")
+    need(cfg.calibration_anchor_batch >= 1, f"calibration_anchor_batch must be >= 1, got {cfg.calibration_anchor_batch}")
     need(cfg.calibration_refresh >= 0, f"calibration_refresh must be >= 0, got {cfg.calibration_refresh}")
     if isinstance(cfg, RMUConfig):
         need(cfg.alpha >= 0 and cfg.steering_coef > 0 and cfg.beta > 0, "alpha >= 0, steering_coef > 0, beta > 0 required")
