@@ -31,6 +31,8 @@ mkdir -p "$(dirname "$out")"
   grep -E '\[[1-5]/5\]|seconds|verdict|PASS|FAIL' "$tmp/run.log" | tail -n 40
   echo '```'
 } | tee "$out"
-cp "$tmp/repo/runs/default/report.json" "${out%.md}.report.json" 2>/dev/null || true
+for f in report.json trace/importance_mlp.json trace/importance_attn.json; do
+  cp "$tmp/repo/runs/default/$f" "${out%.md}.$(basename "$f")" 2>/dev/null || true
+done
 cp "$tmp/run.log" "${out%.md}.run.log"
 rm -rf "$tmp"

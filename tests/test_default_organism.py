@@ -5,8 +5,9 @@
   every other layer's interval;
 - the pipeline's default editor (joint, preset "organism") and the "organism" presets of the other editors, at
   the selected layers, meet the editor issue's targets;
-- the presets that calibrate (joint, RMU) match the retain-only twin: SemEval final at least the twin's - 0.03,
-  loss-attack AUC in [0.4, 0.6], forget QA recall <= 0.2, retain >= 0.8, cloze MMLU within 0.05 of the original.
+- the preset that calibrates (joint, the pipeline's default) matches the retain-only twin: SemEval final at
+  least the twin's - 0.03, loss-attack AUC in [0.4, 0.6], forget QA recall <= 0.2, retain >= 0.8, cloze MMLU
+  within 0.05 of the original.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def references(default):
 
 
 # the presets that calibrate (editors/calibration.py) and must match retraining
-MATCH_RETRAINING = ("joint", "rmu")
+MATCH_RETRAINING = ("joint",)
 
 
 @pytest.fixture(scope="module")
