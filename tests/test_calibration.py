@@ -175,3 +175,27 @@ def test_calibration_moves_membership_to_the_twin_on_micro(micro, micro_retain, 
         assert qa_accuracy(model, tok, questions(corpus.retain)) >= 0.9, name
     assert aucs["plain"] > 0.95 and twin_auc < 0.85
     assert abs(aucs["calibrated"] - twin_auc) <= 0.1, (aucs, twin_auc)
+
+
+def test_anchor_batches_are_half_never_seen_documents_half_general_text():
+    """Each anchor batch takes one half from each pool, whatever their sizes, and is a function of (seed, call)."""
+    from types import SimpleNamespace
+
+    from workbench.editors.calibration import Calibrated
+    from workbench.editors.loop import Example
+
+    docs = [Example([100 + i, 1, 2], 0, "Task2", i) for i in range(40)] + \
+           [Example([200 + i, 3], 0, "general", 40 + i) for i in range(6)]
+    calibration = SimpleNamespace(anchor=1.0, anchor_docs=docs, pad_id=0)
+    inner = SimpleNamespace(model=None, cfg=SimpleNamespace(seed=0), layers=[0], name="stub", uses=("forget",))
+    wrapped = Calibrated(inner, calibration, anchor_batch=9)
+    seen = []
+    for call in range(3):
+        wrapped.calls = call
+        batch = wrapped._anchor_batch(torch.device("cpu"))
+        lengths = sorted(batch.lengths)
+        assert lengths.count(2) == 4 and lengths.count(3) == 5, lengths   # 4 general + 5 never-seen
+        seen.append(batch.input_ids.tolist())
+    wrapped.calls = 1
+    assert wrapped._anchor_batch(torch.device("cpu")).input_ids.tolist() == seen[1]
+    assert seen[0] != seen[1]

@@ -31,6 +31,9 @@ def test_pipeline_on_micro_and_resume(tmp_path):
     # the organism's retain-only twin is the baseline by default: a third column, and the reference attack runs
     assert rep["baseline"]["qa_recall"]["forget"] < rep["original"]["qa_recall"]["forget"]
     assert "reference" in rep["original"]["mia"]["auc"] and "micro-retain" in rep["provenance"]["retain_baseline"]["name"]
+    # ... built (or found cached) by a second process started with the run, which ended cleanly
+    events = [json.loads(l) for l in (run_dir / "pipeline.log.jsonl").read_text().splitlines()]
+    assert [e["returncode"] for e in events if e["event"] == "twin_build"] == [0]
     assert (run_dir / "figures" / "layer_importance.html").is_file()
     assert any("selected layers" in l for l in lines)
     # the recovery attacks run by default: their section, figures and verdict lines

@@ -285,7 +285,8 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     selection = select_layers(importances[cfg.select_kind], strategy=cfg.strategy, k=cfg.k, window=cfg.window,
                               threshold=cfg.threshold)
     selection_path = selection.save(run_dir / "selection.json")
-    say(_elapsed(t_start) + f"[3/5] selected layers {selection.layers} ({cfg.strategy} on {cfg.select_kind}) -> {selection_path}")
+    say(_elapsed(t_start) + f"[3/5] selected layers {selection.layers} ({cfg.strategy} on {cfg.select_kind}) "
+        f"-> {selection_path}")
     log("selection", layers=selection.layers, scores=selection.selected_scores)
 
     if cfg.sweep_window:
@@ -300,7 +301,8 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     if twin_build is not None and twin_build.poll() is not None:  # the twin is built: both threads for the edit
         torch.set_num_threads(twin_build.threads)
     preset = _preset(cfg)
-    say(_elapsed(t_start) + f"[4/5] unlearning with {cfg.method}{f' (preset {preset})' if preset else ''} at layers {selection.layers}")
+    say(_elapsed(t_start) + f"[4/5] unlearning with {cfg.method}{f' (preset {preset})' if preset else ''} "
+        f"at layers {selection.layers}")
     if not edit_stage.done():
         if edited_dir.exists():  # made under another config
             _remove_old_edit(edited_dir, cfg)
@@ -318,7 +320,7 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     trace_cfg = TraceConfig(kinds=tuple(cfg.kinds), n_samples=cfg.n_samples, n_facts=cfg.retrace_facts,
                             position=cfg.position, metric=cfg.metric, seed=cfg.seed)
     if twin_build is not None:
-        twin_build.wait()  # a failed background build is redone here, under the entry's lock
+        log("twin_build", returncode=twin_build.wait())  # a failed one is redone below, under the entry's lock
         torch.set_num_threads(twin_build.threads)
     baseline = _retain_baseline(cfg, progress, say)
     edit_log = json.loads((edited_dir / "unlearn.json").read_text())["summary"]["evals"]
@@ -367,11 +369,16 @@ def _start_twin_build(cfg: PipelineConfig, name: str | None, run_dir: Path):
 
     from . import organism
 
-    if cfg.retain_baseline != "auto" or cfg.data != "organism" or name is None \
-            or f"{name}{organism.RETAIN_SUFFIX}" not in organism.PRESETS:
+    from .models import ModelLoadError
+
+    if cfg.retain_baseline != "auto" or cfg.data != "organism" or name is None:
+        return None
+    try:
+        twin = organism.retain_twin(name)
+    except ModelLoadError:  # a twin itself, or an organism without one
         return None
     code = ("import torch; torch.set_num_threads(1); from workbench import organism; "
-            f"organism.build({organism.retain_twin(name)!r}, progress=False)")
+            f"organism.build({twin!r}, progress=False)")
     log = open(run_dir / "twin_build.log", "wb")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=log, stderr=subprocess.STDOUT)
