@@ -112,6 +112,42 @@ def test_document_statistics_are_the_mia_attacks(micro):
         assert ours[s] == pytest.approx(theirs[s], abs=1e-4), s
 
 
+
+def test_length_grouped_terms_equal_the_padded_batch(micro):
+    """The editor computes the statistics and the anchor's KL over groups of similar length; per document and in
+    total they equal one right-padded batch of every document (in the batch's own row order)."""
+    from workbench.editors.calibration import (Calibration, encode_documents, grouped_statistics, length_groups,
+                                               document_statistics)
+    from workbench.editors.joint import answer_kl
+    from workbench.editors.loop import collate
+
+    model, tok, corpus = micro
+    docs = encode_documents(tok, corpus.forget[:6] + corpus.calibration[:5], 512)
+    assert len({len(d.ids) for d in docs}) > 3                     # lengths differ: grouping reorders rows
+    groups = length_groups([len(d.ids) for d in docs], 4)
+    assert sorted(i for g in groups for i in g) == list(range(len(docs))) and max(map(len, groups)) == 4
+    batch = collate(docs, tok.pad_token_id)
+    with torch.no_grad():
+        whole, grouped = document_statistics(model, batch), grouped_statistics(model, batch, group=3)
+        for s in whole:
+            assert torch.allclose(grouped[s], whole[s], atol=1e-4), s
+        ref = {d.index: torch.log_softmax(model(input_ids=torch.tensor([d.ids])).logits[0].float(), -1) for d in docs}
+        pad_rows = lambda b: torch.stack([torch.nn.functional.pad(ref[i], (0, 0, 0, b.input_ids.shape[1] - len(ref[i])))
+                                          for i in b.index])  # noqa: E731
+        torch.manual_seed(0)
+        for p in model.parameters():   # away from the reference, so that the KL is not zero
+            p.add_(0.02 * torch.randn_like(p))
+        try:
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            whole_kl = answer_kl(logits, pad_rows(batch), batch.labels)
+            grouped_kl = Calibration.anchor_kl(model, batch, pad_rows, group=3)
+        finally:
+            torch.manual_seed(0)
+            for p in model.parameters():
+                p.sub_(0.02 * torch.randn_like(p))
+    assert float(whole_kl) > 1e-3
+    assert float(grouped_kl) == pytest.approx(float(whole_kl), rel=1e-4)
+
 CALIBRATED = {"epochs": 3, "batch_size": 16, "checkpoint_every": 2, "eval_every": 2, "keep_best": False,
               "calibrate": True, "calibration_refresh": 2, "calibration_anchor_batch": 8}
 

@@ -90,16 +90,41 @@ def document_statistics(model, batch: Batch, names: Sequence[str] = STATISTICS, 
     return out
 
 
+def length_groups(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Row indices in groups of at most `size`, by increasing length: a group padded to its own longest row wastes
+    little, where a batch of documents and short sentences padded together is mostly padding. With right padding
+    and causal attention a row's outputs do not depend on the rows beside it, so grouping changes no result."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[s:s + size] for s in range(0, len(order), size)]
+
+
+def sub_batch(batch: Batch, rows: Sequence[int]) -> Batch:
+    """The given rows of a right-padded batch, cut to their longest row."""
+    width = int(batch.attention_mask[rows].sum(1).max())
+    return Batch(batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.labels[rows, :width],
+                 [batch.index[i] for i in rows], [batch.tasks[i] for i in rows])
+
+
+def grouped_statistics(model, batch: Batch, names: Sequence[str] = STATISTICS, group: int = 8) -> dict:
+    """document_statistics over groups of similar length, in the batch's row order. {name: [batch]}"""
+    groups = length_groups(batch.lengths, group)
+    parts = [document_statistics(model, sub_batch(batch, rows), names) for rows in groups]
+    back = torch.tensor([r for rows in groups for r in rows]).argsort()          # grouped order -> row order
+    return {n: torch.cat([p[n] for p in parts])[back.to(batch.input_ids.device)] for n in names}
+
+
 @torch.no_grad()
 def documents_statistics(model, docs: Sequence[Example], pad_id: int, names: Sequence[str] = STATISTICS,
                          batch_size: int = 32) -> dict[str, np.ndarray]:
+    """document_statistics of every document, batched by length; in the documents' order."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    parts = [document_statistics(model, collate(docs[s:s + batch_size], pad_id, device), names)
-             for s in range(0, len(docs), batch_size)]
+    groups = length_groups([len(d.ids) for d in docs], batch_size)
+    parts = [document_statistics(model, collate([docs[i] for i in rows], pad_id, device), names) for rows in groups]
     model.train(was_training)
-    return {n: torch.cat([p[n].cpu() for p in parts]).double().numpy() for n in names}
+    back = torch.tensor([r for rows in groups for r in rows]).argsort()
+    return {n: torch.cat([p[n].cpu() for p in parts])[back].double().numpy() for n in names}
 
 
 def loss_auc(member_stat: np.ndarray, nonmember_stat: np.ndarray) -> float:
@@ -215,6 +240,19 @@ class Calibration:
             self.scales.setdefault(s, float(max(calib[s].std(), 1e-3)))
 
     @staticmethod
+    def anchor_kl(model, batch: Batch, ref_logp, group: int = 8) -> torch.Tensor:
+        """KL(p_frozen || p) averaged over every labelled token of the batch, computed over groups of similar
+        length (`ref_logp(sub_batch)`: the frozen model's log-probs of a group)."""
+        total, count = 0.0, 0
+        for rows in length_groups(batch.lengths, group):
+            b = sub_batch(batch, rows)
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+            n = int((b.labels[:, 1:] != -100).sum())
+            total = total + answer_kl(logits, ref_logp(b), b.labels) * n
+            count += n
+        return total / max(count, 1)
+
+    @staticmethod
     def score(stats: dict) -> float:
         """Penalty added to an evaluation score: 1 - SemEval MIA score of the calibration AUC farthest from 0.5 (or
         the mean absolute gap to given targets, in nats)."""
@@ -224,10 +262,11 @@ class Calibration:
         return stats["calibration_abs_gap"]
 
     def loss(self, model, forget: Batch, calib: Batch | None = None,
-             calib_ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+             calib_ref_logp=None) -> tuple[torch.Tensor, dict]:
         """The matching term on a batch of forget documents and the anchor on a batch of calibration documents
-        (Example.index points into self.forget and self.anchor_docs; calib_ref_logp: the frozen model's log-probs)."""
-        values = document_statistics(model, forget, self.statistics)
+        (Example.index points into self.forget and self.anchor_docs; calib_ref_logp(batch): the frozen model's
+        log-probs of those documents)."""
+        values = grouped_statistics(model, forget, self.statistics)
         term, stats = 0.0, {}
         for s, v in values.items():
             gap = (v - self.targets[s][forget.index].to(v.device)) / self.scales[s]    # [batch]
@@ -236,8 +275,7 @@ class Calibration:
         term = self.weight * term
         stats["calibration_loss"] = term.item()
         if calib is not None:
-            logits = model(input_ids=calib.input_ids, attention_mask=calib.attention_mask, use_cache=False).logits
-            kl = answer_kl(logits, calib_ref_logp, calib.labels)
+            kl = self.anchor_kl(model, calib, calib_ref_logp)
             term = term + self.anchor * kl
             stats["calibration_kl"] = kl.item()
         return term, stats
@@ -285,7 +323,7 @@ class Calibrated(Editor):
         self.calls += 1
         loss, stats = self.inner.loss({k: v for k, v in batch.items() if k != "forget_doc"})
         term, cstats = self.calibration.loss(self.model, batch["forget_doc"], anchor,
-                                             None if anchor is None else self.ref.get("anchor_doc", anchor))
+                                             lambda b: self.ref.get("anchor_doc", b))
         return loss + term, {**stats, **cstats}
 
     def _anchor_batch(self, device) -> Batch:
