@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -134,14 +134,31 @@ class Reference:
 
 # ---------------------------------------------------------------- editors
 class Editor:
-    """One unlearning objective. Subclasses set `name`, `uses`, `param_patterns`, `reference_fns`, `loss`."""
+    """One unlearning method. A subclass, in its own file and registered in editors/registry.py, sets
+
+        name       the method name (CLI --method, registry key, log field)
+        Config     its config dataclass (a LoopConfig)
+        defaults   organism-tuned values of Config's fields for this method (over the dataclass defaults)
+        presets    named settings, e.g. a paper's: {preset name: {field: value}}
+        uses       the splits a batch holds ("forget", "retain")
+
+    and implements `loss(batch) -> (loss, stats)`, and where it needs them `param_patterns`, `reference_fns`,
+    `setup`, `start_epoch`, `state_dict` / `load_state_dict` (state a resumed run continues with) and `describe`."""
 
     name = "base"
+    Config: type[LoopConfig] = LoopConfig
+    defaults: dict[str, Any] = {}
+    presets: dict[str, dict[str, Any]] = {}
     uses: tuple[str, ...] = ("forget", "retain")
 
     def __init__(self, model, cfg, layers: Sequence[int]):
         self.model, self.cfg, self.layers = model, cfg, list(layers)
         self.ref: Reference | None = None
+
+    @classmethod
+    def phases(cls, model, cfg, layers: Sequence[int]) -> list[Phase]:
+        """What the loop runs for this method: one phase, this editor for cfg.epochs at cfg.lr."""
+        return [Phase(cls(model, cfg, layers), cfg.epochs, cfg.lr)]
 
     def param_patterns(self) -> list[str]:
         return list(self.cfg.params)
