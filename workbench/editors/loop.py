@@ -5,8 +5,10 @@ Read top to bottom:
   Reference        what the frozen model must provide (RMU activations, reference log-probs), computed once
                    over the whole data set before training and looked up per batch; `cache=False` keeps a
                    frozen copy of the model instead and recomputes every step (twice the memory, ~2x forwards)
-  Editor           base class: trainable-parameter patterns, reference needs, `loss(batch) -> (loss, stats)`
-  train            phases (one per sequential stage) of AdamW steps with gradient accumulation; the data
+  Editor           base class of the methods (one per file, by name in editors/registry.py): name, Config,
+                   defaults, presets, trainable-parameter patterns, reference needs, `loss(batch) -> (loss, stats)`
+  train            phases (one per sequential stage) of AdamW steps with gradient accumulation, read top to
+                   bottom: resume, then per step: step, evaluate, checkpoint (`_Run` holds the state); the data
                    order is a function of (seed, phase, epoch) only, so a resumed run sees exactly the
                    batches the killed one would have; checkpoints hold the trainable parameters, the
                    optimizer, the step, the editor state, the best-so-far weights and the RNG states.
