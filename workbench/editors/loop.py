@@ -319,14 +319,16 @@ class _Run:
             start_phase = ck["phase"]
         if self.par is not None:
             lr = self.phases[start_phase].lr
-            self.live, self.opt = self.par.prepare(self.model, self.names, lambda trainable: self.optimizer(lr, trainable))
+            self.live, self.opt = self.par.prepare(self.model, self.names,
+                                                   lambda trainable: self.optimizer(lr, trainable))
             for ph in self.phases:
                 ph.editor.bind(self.par.forward)
         if ck is None:
             return start_phase
         with torch.no_grad():
             for n in self.names:
-                self.live[n].copy_(ck["params"][n] if self.par is None else self.par.like(ck["params"][n], self.live[n]))
+                saved = ck["params"][n]
+                self.live[n].copy_(saved if self.par is None else self.par.like(saved, self.live[n]))
         self.state.update({k: ck[k] for k in ("step", "best_score", "best_step", "best", "evals")})
         for ph, es in zip(self.phases, ck["editor_states"]):
             ph.editor.load_state_dict(es)
