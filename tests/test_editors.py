@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from workbench.data.records import questions
-from workbench.editors import EDITORS, METHODS, resolve_config, unlearn
-from workbench.editors.config import Stage
-from workbench.editors.gradient import mean_ce, npo_loss, sequence_logprob, token_nll
+from workbench.editors import EDITORS, Stage, resolve_config, unlearn
+from workbench.editors.gradient import mean_ce, sequence_logprob, token_nll
 from workbench.editors.joint import adaptive_m, answer_kl
+from workbench.editors.npo import npo_loss
 from workbench.editors.params import select_parameters
 from workbench.editors.rmu import control_vector, masked_mse
 from workbench.errors import ConfigError, EditError
@@ -79,7 +79,11 @@ def test_answer_kl_by_hand():
 # ------------------------------------------------------------------ configs and bad inputs
 
 def test_presets_resolve_and_registry_complete():
-    assert set(EDITORS) == set(METHODS)
+    assert list(EDITORS) == ["rmu", "adaptive-rmu", "joint", "ga", "gd", "graddiff", "npo", "sequential"]
+    for method, cls in EDITORS.items():  # every method's defaults and every preset resolve to its own config
+        assert cls.name == method
+        for preset in (None, *cls.presets):
+            assert isinstance(resolve_config(method, preset=preset), cls.Config), (method, preset)
     assert resolve_config("rmu", preset="wmdp").steering_coef == 20.0
     assert resolve_config("adaptive-rmu", preset="snuffleupagus-7b").beta == 5.0
     assert resolve_config("joint", preset="sha256").grad_accum == 10

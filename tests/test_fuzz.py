@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from workbench.configfile import read_mapping
 from workbench.data import load_lume
-from workbench.editors import METHODS, resolve_config
+from workbench.editors import EDITORS, resolve_config
 from workbench.errors import UserError
 from workbench.pipeline import PipelineConfig, checked
 
@@ -88,7 +88,7 @@ def test_pipeline_config_reader_accepts_or_raises_config_error(mapping, editor):
 
 
 @FUZZ
-@given(method=st.sampled_from(list(METHODS) + ["bogus"]),
+@given(method=st.sampled_from(list(EDITORS) + ["bogus"]),
        overrides=st.dictionaries(st.sampled_from(EDITOR_KEYS), config_value, max_size=4))
 def test_editor_config_accepts_or_raises_config_error(method, overrides):
     try:

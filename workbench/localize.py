@@ -119,7 +119,7 @@ class LocalizeConfig:
 def checked(cfg: LocalizeConfig) -> LocalizeConfig:
     """Every setting checked before any model work; a bad one is a ConfigError naming it."""
     from .aggregate import POSITIONS
-    from .editors import METHODS, resolve_config
+    from .editors import EDITORS, resolve_config
     from .results import KINDS
     from .tracing import METRICS
 
@@ -149,7 +149,7 @@ def checked(cfg: LocalizeConfig) -> LocalizeConfig:
     need(cfg.agreement_reps >= 1, f"agreement_reps must be >= 1, got {cfg.agreement_reps}")
     need(isinstance(cfg.editors, dict), "editors must map a label to {method, preset, config, eval_every}")
     for label, spec in cfg.editor_specs().items():
-        need(spec.method in METHODS, f"editor {label!r}: method {spec.method!r}; expected one of {list(METHODS)}")
+        need(spec.method in EDITORS, f"editor {label!r}: method {spec.method!r}; expected one of {list(EDITORS)}")
         need(spec.eval_every >= 1, f"editor {label!r}: eval_every must be >= 1, got {spec.eval_every}")
         resolve_config(spec.method, preset=spec.preset, overrides={**spec.config, **RUN_SETTINGS})
     return cfg

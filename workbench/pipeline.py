@@ -48,10 +48,10 @@ class PipelineConfig:
     threshold: float = 0.5
     # unlearning
     method: str = "joint"            # fastest to the target on the default organism (forget 0.99 -> 0.10, retain 0.99 -> 0.81)
-    # named editor preset (workbench.editors.config.PRESETS); "auto": the method's "organism" preset on the built-in
-    # default organism (where it has one), else the dataclass defaults; None: the dataclass defaults
+    # named editor preset (the method's `presets`, workbench/editors/<method>.py); "auto": the method's "organism"
+    # preset on the built-in default organism (where it has one), else the dataclass defaults; None: those defaults
     preset: str | None = "auto"
-    editor: dict = field(default_factory=dict)   # overrides of the editor's config (see workbench.editors.config)
+    editor: dict = field(default_factory=dict)   # overrides of the editor's config (see workbench/editors/)
     # evaluation
     evaluation: dict = field(default_factory=dict)  # overrides of workbench.evaluation.report.EvalConfig
     retrace_facts: int | None = 16
@@ -85,7 +85,7 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
     (a method, an editor or evaluation field, n_samples) is a ConfigError before the first stage runs."""
     from .aggregate import POSITIONS
     from .data.limits import check_bound
-    from .editors import METHODS, resolve_config
+    from .editors import EDITORS, resolve_config
     from .evaluation.report import TraceConfig
     from .models import check_device, organism_name, resolve_dtype
     from .organism import PRESETS as ORGANISMS
@@ -111,7 +111,7 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
     need(cfg.window >= 1 and cfg.k >= 1, f"window and k must be >= 1, got window={cfg.window}, k={cfg.k}")
     need(cfg.retrace_facts is None or cfg.retrace_facts >= 1, f"retrace_facts must be >= 1, got {cfg.retrace_facts}")
     need(cfg.sweep_window is None or cfg.sweep_window >= 1, f"sweep_window must be >= 1, got {cfg.sweep_window}")
-    need(cfg.method in METHODS, f"method {cfg.method!r}: expected one of {list(METHODS)}")
+    need(cfg.method in EDITORS, f"method {cfg.method!r}: expected one of {list(EDITORS)}")
     name = organism_name(cfg.model)
     need(name is None or name in ORGANISMS, f"model {cfg.model!r}: unknown organism; expected one of {sorted(ORGANISMS)}")
     need(cfg.data != "organism" or name is not None,
@@ -413,11 +413,11 @@ def _preset(cfg: PipelineConfig) -> str | None:
     the dataclass defaults or what the config names)."""
     if cfg.preset != "auto":
         return cfg.preset
-    from .editors.config import PRESETS
+    from .editors import editor_class
     from .models import organism_name
 
     on_default = organism_name(cfg.model) == "default"
-    return "organism" if on_default and "organism" in PRESETS.get(cfg.method, {}) else None
+    return "organism" if on_default and "organism" in editor_class(cfg.method).presets else None
 
 
 def _sweep(cfg, model, tok, corpus, importance, run_dir: Path, progress: bool, say, log) -> None:

@@ -71,10 +71,8 @@ def sweep(model, tok, corpus, method: str, window: int = 3, out_dir: str | Path 
           preset: str | None = None, stride: int = 1, keep_models: bool = False, mia: bool = True,
           mmlu: bool = True, extra_metrics: Callable | None = None, progress: bool = False) -> dict:
     """Edit a copy of `model` at each window; returns (and writes to out_dir/sweep.json) the per-window scores."""
-    from .editors import EDITORS, METHODS, resolve_config, unlearn
+    from .editors import resolve_config, unlearn
 
-    if method not in EDITORS:
-        raise ConfigError(f"unknown unlearning method {method!r}; expected one of {list(METHODS)}")
     resolve_config(method, preset=preset, overrides=dict(config or {}))  # a bad config fails before any run
     out = check_sweep_out(out_dir)
     wins = windows(len(decoder_layers(model)), window, stride)

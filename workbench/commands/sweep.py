@@ -8,11 +8,11 @@ import json
 
 
 def add_parser(sub):
-    from ..editors import METHODS
+    from ..editors import EDITORS
     from .unlearn import add_data_args
 
     p = sub.add_parser("sweep", help="unlearn at every consecutive layer window and score each")
-    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--method", required=True, choices=list(EDITORS))
     p.add_argument("--window", type=int, default=3, help="layers per window")
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--out", required=True, help="directory for sweep.json / sweep.jsonl")

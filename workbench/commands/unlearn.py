@@ -75,10 +75,10 @@ def load_inputs(args):
 
 
 def add_parser(sub):
-    from ..editors import METHODS
+    from ..editors import EDITORS
 
     p = sub.add_parser("unlearn", help="unlearn the forget set with RMU, adaptive RMU, joint loss or gradient baselines")
-    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--method", required=True, choices=list(EDITORS))
     p.add_argument("--layers", required=True, help="LayerSelection JSON path, or layers like 12,13,14 or 12-14")
     p.add_argument("--out", required=True, help="new directory for the edited model (never the source)")
     add_data_args(p)

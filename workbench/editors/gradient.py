@@ -1,22 +1,44 @@
-"""Gradient baselines (Cyber for AI at SemEval-2025 Task 4) and NPO, on answer tokens.
+"""What the gradient editors (ga, gd, graddiff, npo, sequential) share: their config and answer-token losses.
 
-    ga        -CE(forget)                       gradient ascent
-    gd        CE(retain)                        gradient descent on retain only
-    graddiff  -CE(forget) + w * CE(retain)
-    npo       -(2/beta) * mean log sigmoid(-beta * (log p(y|x) - log p_ref(y|x)))  [+ w * CE(retain)]
-              (Zhang et al. 2024; log p summed over the answer tokens; p_ref from the frozen model, cached)
-    sequential  stages of the above, each with its own epochs and lr (see config.Stage)
-
-`forget_floor` caps each forget token's CE in the ascent term: a token whose CE is
-already above the floor gives no more gradient, so ascent stops pushing facts
-that are gone instead of wrecking the rest of the model (None: plain ascent).
+Every loss here is on answer tokens only (the record's `output` + EOS; the prompt is context).
+`forget_floor` caps each forget token's CE in an ascent term: a token whose CE is already above the floor gives
+no more gradient, so ascent stops pushing facts that are gone instead of wrecking the rest of the model
+(None: plain ascent).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .config import LoopConfig
 from .loop import Batch, Editor
+
+
+@dataclass
+class GradientConfig(LoopConfig):
+    """Cyber for AI baselines: ga (ascent on forget), gd (descent on retain), graddiff, npo."""
+    lr: float = 2e-3
+    epochs: int = 6
+    batch_size: int = 8
+    retain_weight: float = 1.0           # graddiff / npo: weight of the retain CE (npo: 0 = plain NPO)
+    npo_beta: float = 0.1                # NPO inverse temperature (Zhang et al. 2024, open-unlearning default)
+    forget_floor: float | None = 3.0     # ga / graddiff: stop pushing a token's CE above this
+    params: tuple[str, ...] = ("model.layers.{layer}.*",)
+
+    def check(self, need) -> None:
+        super().check(need)
+        need(self.npo_beta > 0 and self.retain_weight >= 0, "npo_beta > 0 and retain_weight >= 0 required")
+
+
+class GradientEditor(Editor):
+    """Base of the gradient editors: a GradientConfig, described by the method and the splits it trains on."""
+
+    Config = GradientConfig
+
+    def describe(self):
+        return {"method": self.name, "uses": list(self.uses)}
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,48 +66,3 @@ def mean_ce(nll: torch.Tensor, mask: torch.Tensor, floor: float | None = None) -
 def sequence_logprob(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """log p(answer | prompt) per example: minus the summed answer-token NLL. [batch]"""
     return -(nll * mask).sum(-1)
-
-
-def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
-    """NPO: -(2/beta) * mean log sigmoid(-beta * (log p - log p_ref)). At logp = ref_logp it is (2/beta) log 2."""
-    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()
-
-
-class Gradient(Editor):
-    """One gradient objective; `method` in ga, gd, graddiff, npo."""
-
-    def __init__(self, model, cfg, layers, method: str):
-        super().__init__(model, cfg, layers)
-        self.name = method
-        self.uses = {"ga": ("forget",), "gd": ("retain",), "graddiff": ("forget", "retain"),
-                     "npo": ("forget", "retain") if cfg.retain_weight > 0 else ("forget",)}[method]
-
-    def reference_fns(self):
-        if self.name != "npo":
-            return {}
-        return {"forget": lambda m, b: sequence_logprob(*answer_nll(m, b))}
-
-    def loss(self, batch):
-        stats, total = {}, 0.0
-        if "forget" in self.uses:
-            nll, mask = answer_nll(self.model, batch["forget"])
-            stats["forget_loss"] = mean_ce(nll, mask).item()
-            if self.name == "npo":
-                ref = self.ref.get("forget", batch["forget"]).to(nll.dtype)
-                logp = sequence_logprob(nll, mask)
-                forget_term = npo_loss(logp, ref, self.cfg.npo_beta)
-                stats["npo_loss"] = forget_term.item()
-                stats["logp_minus_ref"] = (logp - ref).mean().item()
-                total = total + forget_term
-            else:
-                total = total - mean_ce(nll, mask, self.cfg.forget_floor)
-        if "retain" in self.uses:
-            nll, mask = answer_nll(self.model, batch["retain"])
-            retain = mean_ce(nll, mask)
-            stats["retain_loss"] = retain.item()
-            w = 1.0 if self.name == "gd" else self.cfg.retain_weight
-            total = total + w * retain
-        return total, stats
-
-    def describe(self):
-        return {"method": self.name, "uses": list(self.uses)}

@@ -13,11 +13,35 @@ model's next-token distribution (cached once before training).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from .config import LoopConfig
 from .gradient import answer_nll, mean_ce
 from .loop import Editor
+
+@dataclass
+class JointConfig(LoopConfig):
+    """SHA256 joint loss: -CE(forget answers) + m * CE(retain answers) (or m * KL to the frozen reference)."""
+    lr: float = 5e-3
+    epochs: int = 8
+    batch_size: int = 8
+    freeze_mode: str = "train-mlp-only"  # or "freeze-mlp": in the selected layers only attention trains
+    retain_loss: str = "ce"              # "ce" | "kl"
+    m_init: float = 1.2
+    m_max: float = 2.3                    # released code; the paper text says 2.8
+    forget_floor: float | None = 3.0      # stop pushing a forget token's CE above this (None: unbounded ascent)
+    params: tuple[str, ...] | None = None  # overrides freeze_mode when set
+
+    def check(self, need) -> None:
+        super().check(need)
+        need(self.freeze_mode in ("freeze-mlp", "train-mlp-only"),
+             f"freeze_mode must be 'freeze-mlp' or 'train-mlp-only', got {self.freeze_mode!r}")
+        need(self.retain_loss in ("ce", "kl"), f"retain_loss must be 'ce' or 'kl', got {self.retain_loss!r}")
+        need(1.0 <= self.m_init <= self.m_max, "need 1 <= m_init <= m_max")
+
 
 FREEZE_PATTERNS = {
     "train-mlp-only": ("model.layers.{layer}.mlp.*",),
@@ -47,6 +71,22 @@ def answer_kl(logits: torch.Tensor, ref_logp: torch.Tensor, labels: torch.Tensor
 
 class Joint(Editor):
     name = "joint"
+    Config = JointConfig
+    defaults = {}
+    # sha256 / sha256-paper: the SHA256 team's released code / paper text. organism: the pipeline's default edit,
+    # tuned on the default organism; it calibrates (editors/calibration.py): it matches the forget documents' loss
+    # and Min-K%++ statistics to never-seen documents', with a KL anchor (half never-seen documents, half the
+    # organism's general text) that keeps held-out losses and general knowledge where they were. localize: a
+    # trajectory gradual enough that `workbench localize` resolves its forget/retain trade-off step by step.
+    presets = {"organism": dict(retain_loss="kl", m_init=5.0, m_max=10.0, lr=1e-3, epochs=60, eval_every=30,
+                                calibrate=True, calibration_anchor=4.0, calibration_anchor_batch=32,
+                                calibration_refresh=10, calibration_statistics=("loss", "min_k_pp")),
+               "organism-uncalibrated": dict(retain_loss="kl", m_init=5.0, m_max=10.0, epochs=30),
+               "sha256": dict(lr=1.5e-5, batch_size=12, grad_accum=10, epochs=8, freeze_mode="train-mlp-only",
+                              m_max=2.3, forget_floor=None, eval_metric="loss"),
+               "sha256-paper": dict(lr=1.5e-5, batch_size=12, grad_accum=10, epochs=8, freeze_mode="freeze-mlp",
+                                    m_max=2.8, forget_floor=None, eval_metric="loss"),
+               "localize": dict(retain_loss="kl", m_init=5.0, m_max=10.0, lr=2e-3, epochs=12)}
     uses = ("forget", "retain")
 
     def __init__(self, model, cfg, layers):

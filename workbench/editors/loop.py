@@ -5,8 +5,10 @@ Read top to bottom:
   Reference        what the frozen model must provide (RMU activations, reference log-probs), computed once
                    over the whole data set before training and looked up per batch; `cache=False` keeps a
                    frozen copy of the model instead and recomputes every step (twice the memory, ~2x forwards)
-  Editor           base class: trainable-parameter patterns, reference needs, `loss(batch) -> (loss, stats)`
-  train            phases (one per sequential stage) of AdamW steps with gradient accumulation; the data
+  Editor           base class of the methods (one per file, by name in editors/registry.py): name, Config,
+                   defaults, presets, trainable-parameter patterns, reference needs, `loss(batch) -> (loss, stats)`
+  train            phases (one per sequential stage) of AdamW steps with gradient accumulation, read top to
+                   bottom: resume, then per step: step, evaluate, checkpoint (`_Run` holds the state); the data
                    order is a function of (seed, phase, epoch) only, so a resumed run sees exactly the
                    batches the killed one would have; checkpoints hold the trainable parameters, the
                    optimizer, the step, the editor state, the best-so-far weights and the RNG states.
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -134,14 +137,31 @@ class Reference:
 
 # ---------------------------------------------------------------- editors
 class Editor:
-    """One unlearning objective. Subclasses set `name`, `uses`, `param_patterns`, `reference_fns`, `loss`."""
+    """One unlearning method. A subclass, in its own file and registered in editors/registry.py, sets
+
+        name       the method name (CLI --method, registry key, log field)
+        Config     its config dataclass (a LoopConfig)
+        defaults   organism-tuned values of Config's fields for this method (over the dataclass defaults)
+        presets    named settings, e.g. a paper's: {preset name: {field: value}}
+        uses       the splits a batch holds ("forget", "retain")
+
+    and implements `loss(batch) -> (loss, stats)`, and where it needs them `param_patterns`, `reference_fns`,
+    `setup`, `start_epoch`, `state_dict` / `load_state_dict` (state a resumed run continues with) and `describe`."""
 
     name = "base"
+    Config: type[LoopConfig] = LoopConfig
+    defaults: dict[str, Any] = {}
+    presets: dict[str, dict[str, Any]] = {}
     uses: tuple[str, ...] = ("forget", "retain")
 
     def __init__(self, model, cfg, layers: Sequence[int]):
         self.model, self.cfg, self.layers = model, cfg, list(layers)
         self.ref: Reference | None = None
+
+    @classmethod
+    def phases(cls, model, cfg, layers: Sequence[int]) -> list[Phase]:
+        """What the loop runs for this method: one phase, this editor for cfg.epochs at cfg.lr."""
+        return [Phase(cls(model, cfg, layers), cfg.epochs, cfg.lr)]
 
     def param_patterns(self) -> list[str]:
         return list(self.cfg.params)
@@ -246,6 +266,171 @@ def _micro_batches(editor: Editor, data, cfg: LoopConfig, phase: int, epoch: int
     return out
 
 
+class _Run:
+    """The state of one `train` call and the four things the loop does with it: resume, step, evaluate, checkpoint.
+
+    `params` are the model's own trainable parameters; `live` are those the optimizer updates: the same ones,
+    except under FSDP2, which trains a sharded copy and copies its weights into the model before every evaluation
+    and at the end."""
+
+    def __init__(self, model, phases: list[Phase], cfg: LoopConfig, work_dir: Path,
+                 params: dict[str, torch.nn.Parameter], log, run_key: dict[str, str]):
+        from .. import distributed
+
+        self.model, self.phases, self.cfg, self.log, self.run_key = model, phases, cfg, log, run_key
+        self.work_dir, self.ckpt_path = work_dir, work_dir / CHECKPOINT
+        self.par = None   # under `accelerate launch`: the data-parallel wrapper (editors/parallel.py)
+        if distributed.launched():
+            from .parallel import Parallel
+
+            self.par = Parallel()
+        self.params, self.names, self.live = params, list(params), params
+        self.opt = None
+        self.state = {"step": 0, "best_score": -math.inf, "best_step": None, "best": None, "evals": []}
+        self.saved_step: int | None = None   # the step of the last checkpoint written (None: none yet)
+
+    def optimizer(self, lr: float, trainable: dict[str, torch.nn.Parameter] | None = None):
+        trainable = self.live if trainable is None else trainable
+        return torch.optim.AdamW([trainable[n] for n in self.names], lr=lr, weight_decay=self.cfg.weight_decay)
+
+    # ---- resume
+    def _read_checkpoint(self) -> dict | None:
+        """By the main process, which sends it to the others (they may be on other machines)."""
+        from ..outputs import remove_stale_temps
+        from .checkpoint import load_checkpoint
+
+        pickled = self.work_dir / "checkpoint.pt"
+        if pickled.exists():  # torch.save's pickle format: loading it could run code, so it is never read
+            raise EditError(f"{pickled} is a pickle checkpoint, which can run code when loaded; it is not loaded. "
+                            f"Delete {self.work_dir} to start the run afresh, or pick another --out")
+        remove_stale_temps(self.work_dir)
+        return load_checkpoint(self.ckpt_path) if self.ckpt_path.is_file() else None
+
+    def resume(self) -> int:
+        """Restore this run's last checkpoint, if any: trainable weights, optimizer, step, best-so-far, editor states
+        and RNG states. Returns the phase to start in. Several processes: the model is wrapped here, with the
+        optimizer of that phase (FSDP2 replaces the parameters)."""
+        from .. import distributed
+
+        ck = distributed.on_main(self._read_checkpoint, f"checkpoint {self.ckpt_path}", share=True)
+        start_phase = 0
+        if ck is not None:
+            _check_resumable(ck, self.run_key, self.ckpt_path, self.work_dir)
+            start_phase = ck["phase"]
+        if self.par is not None:
+            lr = self.phases[start_phase].lr
+            self.live, self.opt = self.par.prepare(self.model, self.names,
+                                                   lambda trainable: self.optimizer(lr, trainable))
+            for ph in self.phases:
+                ph.editor.bind(self.par.forward)
+        if ck is None:
+            return start_phase
+        with torch.no_grad():
+            for n in self.names:
+                saved = ck["params"][n]
+                self.live[n].copy_(saved if self.par is None else self.par.like(saved, self.live[n]))
+        self.state.update({k: ck[k] for k in ("step", "best_score", "best_step", "best", "evals")})
+        for ph, es in zip(self.phases, ck["editor_states"]):
+            ph.editor.load_state_dict(es)
+        if self.opt is None:
+            self.opt = self.optimizer(self.phases[start_phase].lr)
+        self.opt.load_state_dict(ck["optimizer"] if self.par is None else
+                                 self.par.optimizer_state_like(ck["optimizer"], [self.live[n] for n in self.names]))
+        _set_rng_state(ck["rng"])
+        self.log("resume", step=self.state["step"], phase=start_phase, checkpoint=str(self.ckpt_path))
+        self.saved_step = self.state["step"]
+        return start_phase
+
+    # ---- step
+    def step(self, ph: Phase, micro: list[dict[str, Batch]]) -> dict[str, float]:
+        """One optimizer update: gradients accumulated over the micro-batches, clipped, applied. Returns the
+        micro-batches' mean loss and stats (and the gradient norm)."""
+        par, names, step = self.par, self.names, self.state["step"]
+        ckpt_path = self.ckpt_path
+        sums: dict[str, float] = {}
+        for j, mb in enumerate(micro):
+            # several processes synchronise gradients once per step, after the last micro-batch
+            with contextlib.nullcontext() if par is None else par.no_sync(j == len(micro) - 1):
+                loss, stats = ph.editor.loss(mb)
+                if not torch.isfinite(loss):
+                    raise EditError(
+                        f"non-finite loss ({loss.item()}) at step {step} of {ph.editor.name} "
+                        f"(stats {({k: round(v, 4) for k, v in stats.items()})}); training stopped. The last good "
+                        f"checkpoint is {ckpt_path}; lower lr (now {ph.lr}) or use float32")
+                if par is None:
+                    (loss / len(micro)).backward()
+                else:
+                    par.backward(loss / len(micro))
+            for k, v in {"loss": loss.item(), **stats}.items():
+                sums[k] = sums.get(k, 0.0) + v / len(micro)
+        if self.cfg.max_grad_norm:
+            trained = [self.live[n] for n in names]
+            gnorm = (torch.nn.utils.clip_grad_norm_(trained, self.cfg.max_grad_norm) if par is None else
+                     par.clip_grad_norm(trained, self.cfg.max_grad_norm))
+            if not torch.isfinite(gnorm):
+                raise EditError(f"non-finite gradient norm at step {step} of {ph.editor.name}; "
+                                f"last good checkpoint is {ckpt_path}; lower lr (now {ph.lr})")
+            sums["grad_norm"] = float(gnorm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.state["step"] += 1
+        return sums
+
+    # ---- evaluate
+    def evaluate(self, evaluate: Callable[[], tuple[float, dict]]) -> None:
+        """Score the model now; keep its weights if it is the best so far (with keep_best)."""
+        step = self.state["step"]
+        if self.par is not None:
+            self.par.copy_into(self.params, self.live)
+        score, stats = evaluate()
+        self.state["evals"].append({"step": step, "score": score, **stats})
+        self.log("eval", step=step, score=score, **stats)
+        if score > self.state["best_score"]:
+            self.state.update(best_score=score, best_step=step,
+                              best={n: self.params[n].detach().clone() for n in self.names}
+                              if self.cfg.keep_best else None)
+
+    # ---- checkpoint
+    def checkpoint(self, phase: int) -> None:
+        """Write what a resumed run needs to continue exactly (main process; FSDP2 shards made whole first)."""
+        from .. import distributed
+
+        payload = {"run_key": self.run_key, "phase": phase, "optimizer": self.opt.state_dict(),
+                   "params": {n: self.live[n].detach() for n in self.names},
+                   "editor_states": [ph.editor.state_dict() for ph in self.phases], "rng": _rng_state(),
+                   **{k: self.state[k] for k in ("step", "best_score", "best_step", "best", "evals")}}
+        if self.par is not None:
+            payload = self.par.whole(payload)  # by every process
+        distributed.on_main(functools.partial(self._write_checkpoint, payload), f"checkpoint {self.ckpt_path}")
+        self.saved_step = self.state["step"]
+
+    def _write_checkpoint(self, payload: dict) -> None:
+        from ..outputs import named_write_errors
+        from .checkpoint import save_checkpoint
+
+        last_good = (f"the last good checkpoint {self.ckpt_path} (step {self.saved_step}) is intact"
+                     if self.saved_step is not None else "no checkpoint was written yet")
+        with named_write_errors("checkpoint", self.ckpt_path, last_good):
+            save_checkpoint(self.ckpt_path, payload)
+
+    # ---- end
+    def finish(self, step_times: list[float]) -> dict:
+        """Unwrap the editors, restore the best evaluated weights (with keep_best); the run's summary."""
+        self.model.eval()
+        if self.par is not None:
+            for ph in self.phases:
+                ph.editor.bind(self.model)
+        state, restored = self.state, False
+        if self.cfg.keep_best and state["best"] is not None and state["best_step"] != state["step"]:
+            with torch.no_grad():
+                for n in self.names:
+                    self.params[n].copy_(state["best"][n])
+            restored = True
+        return {"steps": state["step"], "best_step": state["best_step"], "best_score": state["best_score"],
+                "restored_best": restored, "evals": state["evals"],
+                "mean_step_seconds": sum(step_times) / len(step_times) if step_times else None}
+
+
 def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopConfig, work_dir: Path, *,
           pad_id: int, params: dict[str, torch.nn.Parameter], evaluate: Callable[[], tuple[float, dict]],
           log, run_key: dict[str, str], progress: bool = False, on_step: Callable[[int], None] | None = None) -> dict:
@@ -254,142 +439,40 @@ def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopC
 
     Under `accelerate launch` with several processes the steps are data parallel (editors/parallel.py) and give
     the one-process result; only the main process writes the checkpoint, and a resume may use another number of
-    processes. `params` are the model's own trainable parameters; `live` are those the optimizer updates: the same
-    ones, except under FSDP2, which trains a sharded copy and copies its weights into the model before every
-    evaluation and at the end."""
+    processes."""
     from .. import distributed
-    from ..outputs import named_write_errors, remove_stale_temps
-    from .checkpoint import load_checkpoint, save_checkpoint
 
     device = next(model.parameters()).device
-    ckpt_path = work_dir / CHECKPOINT
-    par = None
-    if distributed.launched():
-        from .parallel import Parallel
-
-        par = Parallel()
-
-    def read_checkpoint():  # by the main process, which sends it to the others (they may be on other machines)
-        pickled = work_dir / "checkpoint.pt"
-        if pickled.exists():  # torch.save's pickle format: loading it could run code, so it is never read
-            raise EditError(f"{pickled} is a pickle checkpoint, which can run code when loaded; it is not loaded. "
-                            f"Delete {work_dir} to start the run afresh, or pick another --out")
-        remove_stale_temps(work_dir)
-        return load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    run = _Run(model, phases, cfg, work_dir, params, log, run_key)
     plan = _plan(phases, data, cfg)
     total = sum(p[2] for p in plan)
     if total == 0:
         raise EditError("the plan has no training steps (empty data or max_steps=0)")
-    names = list(params)
-    live = params
+    start_phase = run.resume()
 
-    def make_opt(lr, trainable=None):
-        trainable = live if trainable is None else trainable
-        return torch.optim.AdamW([trainable[n] for n in names], lr=lr, weight_decay=cfg.weight_decay)
-
-    state = {"step": 0, "best_score": -math.inf, "best_step": None, "best": None, "evals": []}
-    start_phase, opt = 0, None
-    ck = distributed.on_main(read_checkpoint, f"checkpoint {ckpt_path}", share=True)
-    if ck is not None:
-        _check_resumable(ck, run_key, ckpt_path, work_dir)
-        start_phase = ck["phase"]
-    if par is not None:  # wrapped with the optimizer of the phase that runs first (FSDP2 replaces the parameters)
-        live, opt = par.prepare(model, names, lambda trainable: make_opt(phases[start_phase].lr, trainable))
-        for ph in phases:
-            ph.editor.bind(par.forward)
-    if ck is not None:
-        with torch.no_grad():
-            for n in names:
-                live[n].copy_(ck["params"][n] if par is None else par.like(ck["params"][n], live[n]))
-        state.update({k: ck[k] for k in ("step", "best_score", "best_step", "best", "evals")})
-        for ph, es in zip(phases, ck["editor_states"]):
-            ph.editor.load_state_dict(es)
-        if opt is None:
-            opt = make_opt(phases[start_phase].lr)
-        opt.load_state_dict(ck["optimizer"] if par is None else
-                            par.optimizer_state_like(ck["optimizer"], [live[n] for n in names]))
-        _set_rng_state(ck["rng"])
-        log("resume", step=state["step"], phase=start_phase, checkpoint=str(ckpt_path))
-
-    def checkpoint(phase: int):
-        last_good = (f"the last good checkpoint {ckpt_path} (step {saved['step']}) is intact"
-                     if saved["step"] is not None else "no checkpoint was written yet")
-        payload = {"run_key": run_key, "phase": phase, "optimizer": opt.state_dict(),
-                   "params": {n: live[n].detach() for n in names},
-                   "editor_states": [ph.editor.state_dict() for ph in phases], "rng": _rng_state(),
-                   **{k: state[k] for k in ("step", "best_score", "best_step", "best", "evals")}}
-        if par is not None:
-            payload = par.whole(payload)  # FSDP2 shards made whole, by every process
-
-        def write():
-            with named_write_errors("checkpoint", ckpt_path, last_good):
-                save_checkpoint(ckpt_path, payload)
-        distributed.on_main(write, f"checkpoint {ckpt_path}")
-        saved["step"] = state["step"]
-
-    saved = {"step": state["step"] if ck is not None else None}
-
-    def run_eval(step: int):
-        if par is not None:
-            par.copy_into(params, live)
-        score, stats = evaluate()
-        state["evals"].append({"step": step, "score": score, **stats})
-        log("eval", step=step, score=score, **stats)
-        if score > state["best_score"]:
-            state.update(best_score=score, best_step=step,
-                         best={n: params[n].detach().clone() for n in names} if cfg.keep_best else None)
-
-    bar = tqdm(total=total, initial=state["step"], desc=f"unlearn:{phases[0].editor.name}",
+    bar = tqdm(total=total, initial=run.state["step"], desc=f"unlearn:{phases[0].editor.name}",
                disable=not progress or not distributed.is_main())
     step_times: list[float] = []
-    done_before = 0
+    done_before = 0   # steps of the phases before this one
     model.train()
     for p, spe, steps in plan:
-        if p < start_phase or state["step"] >= done_before + steps:
+        if p < start_phase or run.state["step"] >= done_before + steps:   # done before the resume
             done_before += steps
             continue
         ph = phases[p]
-        if opt is None or p != start_phase:
-            opt = make_opt(ph.lr)  # a fresh optimizer per stage, as separate runs would have
+        if run.opt is None or p != start_phase:
+            run.opt = run.optimizer(ph.lr)  # a fresh optimizer per stage, as separate runs would have
             start_phase = p
-            if state["step"] == 0:
-                checkpoint(p)  # a last-good checkpoint exists from the very start
-        while state["step"] < done_before + steps:
-            s_phase = state["step"] - done_before
-            epoch, s_epoch = divmod(s_phase, spe)
+            if run.state["step"] == 0:
+                run.checkpoint(p)  # a last-good checkpoint exists from the very start
+        while run.state["step"] < done_before + steps:
+            epoch, s_epoch = divmod(run.state["step"] - done_before, spe)
             if s_epoch == 0 or not step_times:
                 ph.editor.start_epoch(epoch)
             t0 = time.perf_counter()
-            micro = _micro_batches(ph.editor, data, cfg, p, epoch, s_epoch, pad_id, device)
-            sums: dict[str, float] = {}
-            for j, mb in enumerate(micro):
-                # several processes synchronise gradients once per step, after the last micro-batch
-                with contextlib.nullcontext() if par is None else par.no_sync(j == len(micro) - 1):
-                    loss, stats = ph.editor.loss(mb)
-                    if not torch.isfinite(loss):
-                        raise EditError(
-                            f"non-finite loss ({loss.item()}) at step {state['step']} of {ph.editor.name} "
-                            f"(stats {({k: round(v, 4) for k, v in stats.items()})}); training stopped. The last good "
-                            f"checkpoint is {ckpt_path}; lower lr (now {ph.lr}) or use float32")
-                    if par is None:
-                        (loss / len(micro)).backward()
-                    else:
-                        par.backward(loss / len(micro))
-                for k, v in {"loss": loss.item(), **stats}.items():
-                    sums[k] = sums.get(k, 0.0) + v / len(micro)
-            if cfg.max_grad_norm:
-                trained = [live[n] for n in names]
-                gnorm = (torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm) if par is None else
-                         par.clip_grad_norm(trained, cfg.max_grad_norm))
-                if not torch.isfinite(gnorm):
-                    raise EditError(f"non-finite gradient norm at step {state['step']} of {ph.editor.name}; "
-                                    f"last good checkpoint is {ckpt_path}; lower lr (now {ph.lr})")
-                sums["grad_norm"] = float(gnorm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            sums = run.step(ph, _micro_batches(ph.editor, data, cfg, p, epoch, s_epoch, pad_id, device))
             step_times.append(time.perf_counter() - t0)
-            state["step"] += 1
-            step = state["step"]
+            step = run.state["step"]
             log("step", step=step, phase=p, method=ph.editor.name, epoch=epoch, lr=ph.lr,
                 step_seconds=round(step_times[-1], 5), **sums)
             bar.update(1)
@@ -397,24 +480,12 @@ def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopC
             last = step == total
             if (cfg.eval_every and step % cfg.eval_every == 0) or last:
                 model.eval()
-                run_eval(step)
+                run.evaluate(evaluate)
                 model.train()
             if step % cfg.checkpoint_every == 0 or last or step == done_before + steps:
-                checkpoint(p)
+                run.checkpoint(p)
             if on_step is not None:
                 on_step(step)
         done_before += steps
     bar.close()
-    model.eval()
-    if par is not None:
-        for ph in phases:
-            ph.editor.bind(model)
-    restored = False
-    if cfg.keep_best and state["best"] is not None and state["best_step"] != state["step"]:
-        with torch.no_grad():
-            for n in names:
-                params[n].copy_(state["best"][n])
-        restored = True
-    return {"steps": state["step"], "best_step": state["best_step"], "best_score": state["best_score"],
-            "restored_best": restored, "evals": state["evals"],
-            "mean_step_seconds": sum(step_times) / len(step_times) if step_times else None}
+    return run.finish(step_times)

@@ -14,6 +14,7 @@ of the model being updated).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,33 @@ import torch.nn.functional as F
 from ..errors import EditError
 from ..models import decoder_layers
 from ..provenance import stable_hash
+from .config import LoopConfig
 from .loop import Batch, Editor
 from .parallel import RowSharded, unwrap
+
+
+@dataclass
+class RMUConfig(LoopConfig):
+    """RMU (Li et al. 2024): steer layer-l activations on forget data to c*u, keep retain activations.
+
+    Layer rule: the hook layer l is max(selected layers) unless `hook_layer` is set; the trained
+    parameters are `params` expanded over the selected layers (a 3-layer window l-2..l reproduces WMDP)."""
+    lr: float = 3e-2
+    epochs: int = 12
+    batch_size: int = 4
+    max_grad_norm: float | None = None
+    steering_coef: float = 100.0   # c (fixed); ignored when adaptive
+    alpha: float = 10.0            # retain weight
+    adaptive: bool = False
+    beta: float = 3.0              # adaptive RMU: c = beta * mean ||h_frozen^l(x_forget)||
+    hook_layer: int | None = None
+    params: tuple[str, ...] = ("model.layers.{layer}.mlp.down_proj.weight",)
+
+    def check(self, need) -> None:
+        super().check(need)
+        need(self.alpha >= 0 and self.steering_coef > 0 and self.beta > 0,
+             "alpha >= 0, steering_coef > 0, beta > 0 required")
+        need(self.hook_layer is None or self.hook_layer >= 0, f"hook_layer must be >= 0 or None, got {self.hook_layer}")
 
 
 class _StopForward(Exception):
@@ -83,6 +109,16 @@ def control_vector(task: str, d_model: int, seed: int) -> torch.Tensor:
 
 class RMU(Editor):
     name = "rmu"
+    Config = RMUConfig
+    defaults = {}
+    # wmdp: Li et al. 2024 (WMDP); organism: tuned on the default organism at the layers its trace selects;
+    # localize: a trajectory gradual enough that `workbench localize` resolves its forget/retain trade-off step by step
+    presets = {"organism": dict(epochs=160, lr=1e-2, steering_coef=300.0),
+               "wmdp": dict(lr=5e-5, batch_size=4, epochs=1, max_steps=150, steering_coef=20.0, alpha=100.0,
+                            max_grad_norm=None),
+               "wmdp-zephyr": dict(lr=5e-5, batch_size=4, epochs=1, max_steps=150, steering_coef=6.5, alpha=1200.0,
+                                   max_grad_norm=None),
+               "localize": dict(lr=2e-2, epochs=30, steering_coef=300.0)}
     uses = ("forget", "retain")
 
     def __init__(self, model, cfg, layers):
@@ -139,13 +175,3 @@ class RMU(Editor):
     def describe(self):
         return {"hook_layer": self.layer, "steering_coef": self.coef, "adaptive": self.cfg.adaptive}
 
-
-class AdaptiveRMU(RMU):
-    name = "adaptive-rmu"
-
-    def __init__(self, model, cfg, layers):
-        if not cfg.adaptive:
-            from dataclasses import replace
-
-            cfg = replace(cfg, adaptive=True)
-        super().__init__(model, cfg, layers)
