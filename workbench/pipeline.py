@@ -86,7 +86,7 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
     from .aggregate import POSITIONS
     from .data.limits import check_bound
     from .editors import METHODS, resolve_config
-    from .evaluation.report import TraceConfig
+    from .evaluation.retrace import TraceConfig
     from .models import check_device, organism_name, resolve_dtype
     from .organism import PRESETS as ORGANISMS
     from .results import KINDS
@@ -229,7 +229,8 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     from .aggregate import LayerImportance, aggregate
     from .data.limits import bound_records
     from .editors import unlearn
-    from .evaluation.report import TraceConfig, evaluate
+    from .evaluation.report import evaluate
+    from .evaluation.retrace import TraceConfig
     from .figures import heatmaps, importance_curve, save_figure
     from .models import load_model, organism_name
     from .selection import LayerSelection, select_layers

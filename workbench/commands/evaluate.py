@@ -76,7 +76,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..errors import ConfigError
-    from ..evaluation.report import EvalConfig, TraceConfig, evaluate
+    from ..evaluation.report import EvalConfig, evaluate
+    from ..evaluation.retrace import TraceConfig
     from ..evaluation.semeval import MAX_NEW_TOKENS, ORGANISM_MAX_NEW_TOKENS
     from .. import distributed
     from ..models import load_model
