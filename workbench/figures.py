@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb, qualitative
 from plotly.subplots import make_subplots
 
-from .errors import ConfigError, TraceError
+from .errors import ConfigError, FigureExportError, TraceError
 from .provenance import atomic_write_text
 from .results import TraceResult
 
@@ -34,10 +34,6 @@ KIND_COLORS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds",   # ROME's c
 METRIC_LABELS = {"prob": "p(answer)", "logprob_mean": "mean log p(answer)", "logprob": "log p(answer)",
                  "logit_diff": "logit difference"}
 STATIC_FORMATS = ("png", "svg", "pdf", "jpeg", "webp")
-
-
-class FigureExportError(ConfigError):
-    """Static export (PNG/SVG/PDF) is impossible here, typically because no Chrome/Chromium is installed."""
 
 
 # --- labels and style ------------------------------------------------------------------------------

@@ -370,7 +370,7 @@ def _start_twin_build(cfg: PipelineConfig, name: str | None, run_dir: Path):
 
     from . import organism
 
-    from .models import ModelLoadError
+    from .errors import ModelLoadError
 
     if cfg.retain_baseline != "auto" or cfg.data != "organism" or name is None:
         return None
@@ -392,7 +392,8 @@ def _start_twin_build(cfg: PipelineConfig, name: str | None, run_dir: Path):
 def _retain_baseline(cfg: PipelineConfig, progress: bool, say):
     """(model, tokenizer) of the retain-only baseline, or None (see PipelineConfig.retain_baseline)."""
     from . import organism
-    from .models import ModelLoadError, load_model, organism_name
+    from .errors import ModelLoadError
+    from .models import load_model, organism_name
 
     spec = cfg.retain_baseline
     if spec == "auto":

@@ -155,7 +155,8 @@ def _slug(text: str) -> str:
 
 def write_figures(figs: dict, fig_dir: Path, formats: list[str], log, command: str = "trace"):
     """Save figures; a missing browser for PNG/SVG/PDF is a warning (HTML is still written), not a failed run."""
-    from ..figures import FigureExportError, export_session, save_figure
+    from ..errors import FigureExportError
+    from ..figures import export_session, save_figure
 
     written, warning = [], None
     if not formats:
