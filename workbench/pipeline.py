@@ -180,18 +180,6 @@ def _remove_old_edit(edited_dir: Path, cfg: PipelineConfig) -> None:
     shutil.rmtree(edited_dir)
 
 
-def _load_data(cfg: PipelineConfig, model_path):
-    from .data import load_lume
-    from .organism import load_corpus
-
-    if cfg.data == "organism":
-        if model_path is None:
-            raise ConfigError(f"data 'organism' needs an organism model, but model is {cfg.model!r}; "
-                              "give a LUME directory as data")
-        return load_corpus(model_path)
-    return load_lume(cfg.data)
-
-
 class _Stage:
     """A stage's artifact is reused when its stamp (config hash) matches: resume after a kill."""
 
@@ -227,6 +215,7 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
 
     from . import organism
     from .aggregate import LayerImportance, aggregate
+    from .corpus import load_corpus
     from .data.limits import bound_records
     from .editors import unlearn
     from .evaluation.report import evaluate
@@ -251,7 +240,7 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
         say(_elapsed(t_start) + f"[1/5] organism {name!r} (built once, then cached)")
         model_path = organism.build(name, progress=progress)
     model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
-    corpus = bound_records(_load_data(cfg, model_path), tok, cfg.max_record_tokens, cfg.long_records)
+    corpus = bound_records(load_corpus(cfg.data, cfg.model)[0], tok, cfg.max_record_tokens, cfg.long_records)
     facts = corpus.facts("forget", cfg.task)[: cfg.n_facts] if cfg.n_facts else corpus.facts("forget", cfg.task)
     if not facts:
         raise ConfigError(f"no traceable forget facts for task {cfg.task!r} in {corpus.source} "
