@@ -16,34 +16,32 @@ SECTIONS = ("tracing", "editors", "evaluation", "attacks")
 
 
 GAPS = """
-## Missed goals: where the time goes and what would close it
+## Goals the tables above may miss: where the time goes and what would close it
 
-Analysis of the committed run (numbers above may differ slightly on regeneration).
+The ratios are this run's, in the tables above; the goals are 10x for tracing, 50x for attribution over exact
+patching and 1.5x for the joint loss's reference cache.
 
-- **Tracing, OLMo-1B shape, one 7-token fact (2.5-6x over runs, 5.2x in this one; goal 10x).** torch.profiler: ~85% of our self CPU time
-  is `aten::mm`: the engine is compute-bound; it already skips pre-subject cells, drops ROME's clean row and
-  batches every restoration x noise draw into a few large forwards (weights read once per batch). The peers do
-  the same FLOPs per cell. The suffix engine (`CorruptedRun`, this round) removes FLOPs: a restoration at
-  (layer l, position t) recomputes only layers >= l at positions >= t from the recorded corrupted run (its
-  resid_pre and K/V), equal to the full forwards to 1e-6 (tests/test_tracing.py). Measured on this shape: 4.7x
-  faster than our full-forward engine when the subject is at token 83 of 88 (the long-prompt rows of the
-  scaling table), but 15% *slower* on the 7-token fact, where it turns one large batch into per-layer batches;
-  so `causal_trace` uses it only when the subject sits in the prompt's second half, and this 7-token benchmark
-  runs the full-forward engine; the scaling table's 88-token row (6.2 s, subject late) runs the suffix engine.
-  What would close the gap here: trace several facts per batch (the 50-fact rows are where batching pays).
-- **Tracing, micro (3.9-4.1x vs the ROME loop on one fact, 5.6-6.8x on 50 facts; 6-14x vs nnsight / TL).** Tiny model:
-  each trace is 2-3 forwards plus fixed per-trace work (prepare, clean + corrupted runs, provenance), so the
-  ROME loop's 84 small forwards cost only ~4x more. Tracing several facts per batch would close it.
-- **Attribution vs exact (1.1-1.7x micro, 4.2-4.4x OLMo-1B shape; goal 50x).** Our exact patching is itself batched: all
-  sites of this 7-token, 4-layer prompt are one or two forwards, while attribution is 2 forwards + 1 backward.
-  Against exact one-forward-per-site it is 11-12x on micro (~130 sites). The ratio grows with the number of sites
-  (layers x positions x 3 + heads): ~5k for OLMo-1B (16 layers) at 100 tokens; not measured here.
-  Rank correlation with exact: Spearman 0.88 (micro), 0.65 (random-weight OLMo-1B shape).
-- **Joint loss with KL (1.16x in this run; 2.15x and 1.4x in earlier ones; goal 1.5x).** A step is
-  forward+backward on a forget and a retain batch; caching removes only the frozen reference's one no-grad
-  forward, so the saving is bounded (~1.2-1.3x by FLOPs) and the measured ratio swings with machine load. RMU
-  gains more because its frozen forwards run twice per step (forget and retain). Closing it would need the
-  step itself cheaper (e.g. stopping the forget forward at the last trained layer, as RMU's hook does).
+- **Tracing, OLMo-1B shape, one 7-token fact (goal 10x).** Under torch.profiler most of our self CPU time is
+  `aten::mm`: the engine is compute-bound. It already skips pre-subject cells, drops ROME's clean row and batches
+  every restoration x noise draw into a few large forwards (weights read once per batch); the peers do the same
+  FLOPs per cell. The suffix engine (`CorruptedRun`) removes FLOPs: a restoration at (layer l, position t)
+  recomputes only layers >= l at positions >= t from the recorded corrupted run (its resid_pre and K/V), equal to
+  the full forwards to 1e-6 (tests/test_tracing.py). It pays when the subject sits late in a long prompt and costs
+  time on a short one, where it turns one large batch into per-layer batches, so `causal_trace` uses it only when
+  the subject sits in the prompt's second half: this 7-token benchmark runs the full-forward engine, the scaling
+  table's long-prompt rows run the suffix engine. What would close the gap: trace several facts per batch (the
+  50-fact rows are where batching pays).
+- **Tracing, micro.** Tiny model: each trace is 2-3 forwards plus fixed per-trace work (prepare, clean + corrupted
+  runs, provenance), so the ROME loop's many small forwards cost only a few times more. Tracing several facts per
+  batch would close it.
+- **Attribution vs exact (goal 50x).** Our exact patching is itself batched: all sites of this 7-token, 4-layer
+  prompt are one or two forwards, while attribution is 2 forwards + 1 backward. The ratio grows with the number of
+  sites (layers x positions x 3 + heads): ~5k for OLMo-1B (16 layers) at 100 tokens; not measured here.
+- **Joint loss with KL (goal 1.5x).** A step is forward+backward on a forget and a retain batch; caching removes
+  only the frozen reference's one no-grad forward, so the saving is bounded (~1.2-1.3x by FLOPs) and the measured
+  ratio swings with machine load. RMU gains more because its frozen forwards run twice per step (forget and
+  retain). Closing it would need the step itself cheaper (e.g. stopping the forget forward at the last trained
+  layer, as RMU's hook does).
 """
 
 

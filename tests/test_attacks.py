@@ -255,7 +255,8 @@ def test_report_has_the_attacks_section_and_verdict_lines(micro, micro_retain, t
     """evaluate(..., attacks): every attack on the three models, a 'Does it come back?' section with one figure per
     attack, and one verdict line per attack. A noise-masked 'edit' is shallow: relearning and reading the layers
     brings its answers back, more than the twin's + 0.1, so that line fails."""
-    from workbench.evaluation.report import EvalConfig, TraceConfig, evaluate
+    from workbench.evaluation.report import EvalConfig, evaluate
+    from workbench.evaluation.retrace import TraceConfig
 
     model, tok, corpus = micro
     masked = _noised(model, 3, 0.25)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from workbench.data import (DataError, MCQuestion, Record, SyntheticSpec, format_question, general_knowledge, generate,
-                            guess_subject, load_lume, read_jsonl)
+                            guess_subject, load_lume, load_lume_hub, read_jsonl)
 from workbench.data.multiple_choice import answer_pools, redraw
 
 
@@ -98,3 +98,16 @@ def test_missing_paths_are_clear(tmp_path):
         load_lume(tmp_path / "nope")
     with pytest.raises(DataError, match="has no forget.jsonl"):
         load_lume(tmp_path)
+
+
+def test_load_lume_hub_reads_a_dataset_through_datasets(lume):
+    """The hub path, offline: `datasets` reads the LUME jsonl files as named splits, as it reads a hub release."""
+    hub = load_lume_hub("json", data_files={"forget_01": str(lume / "forget.jsonl"),
+                                            "retain_01": str(lume / "retain.jsonl")})
+    local = load_lume(lume)
+    assert hub.source == "hub:json"
+    assert [(r.id, r.input, r.output, r.subject) for r in hub.forget] == \
+        [(r.id, r.input, r.output, r.subject) for r in local.forget]
+    assert [r.id for r in hub.retain] == [r.id for r in local.retain]
+    with pytest.raises(DataError, match="has no split starting with 'retain'"):
+        load_lume_hub("json", data_files={"forget_01": str(lume / "forget.jsonl")})

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from workbench import figures as F
-from workbench.aggregate import aggregate, token_roles
+from workbench.aggregate import aggregate, importance_difference, token_roles
 from workbench.errors import ConfigError, TraceError
 from workbench.results import TraceResult
 
@@ -79,17 +79,18 @@ def test_token_role_heatmap():
 
 def test_before_after_traces_and_importances():
     before, after = make_result(), make_result(scale=0.2, seed=1)
-    fig = F.before_after(before, after, "resid")
+    fig = F.trace_before_after(before, after, "resid")
     zb, za, zd = (np.asarray(t.z) for t in fig.data)
     np.testing.assert_allclose(zd, za - zb)
     assert fig.data[2].zmid == 0 and fig.data[0].zmax == fig.data[1].zmax   # shared scale before/after
     # aggregated: paired difference of the same facts
     bs, as_ = [make_result(seed=s) for s in range(5)], [make_result(0.2, seed=s + 9) for s in range(5)]
-    fig2 = F.before_after(bs, as_, "mlp")
+    b, a = aggregate(bs, "mlp"), aggregate(as_, "mlp")
+    fig2 = F.importance_before_after(b, a, importance_difference(b, a))
     diff_line = fig2.data[5]
     np.testing.assert_allclose(diff_line.y, aggregate(as_, "mlp").mean - aggregate(bs, "mlp").mean, atol=1e-12)
     with pytest.raises(TraceError, match="differ in shape"):
-        F.before_after(before, make_result(n_layers=3), "resid")
+        F.trace_before_after(before, make_result(n_layers=3), "resid")
 
 
 def test_save_html_always_and_clear_error_without_browser(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from workbench.errors import ConfigError
-from workbench.evaluation.report import EvalConfig, TraceConfig, evaluate
+from workbench.evaluation.report import EvalConfig, evaluate
+from workbench.evaluation.retrace import TraceConfig
 
 
 @pytest.fixture(scope="module")

@@ -151,6 +151,18 @@ def aggregate(results, kind: str, position: str = "max", n_boot: int = 1000, see
                            config=cfg, provenance=_source_provenance(results, **cfg))
 
 
+def importance_difference(before: LayerImportance, after: LayerImportance):
+    """after - before per layer: (mean, lo, hi). A paired bootstrap over the facts when both cover the same facts
+    (the tighter, right interval); otherwise the difference of the means, with no interval."""
+    if before.n_layers != after.n_layers:
+        raise TraceError(f"before/after: {before.n_layers} vs {after.n_layers} layers; "
+                         "compare models of the same depth")
+    if before.per_fact.shape == after.per_fact.shape:
+        return bootstrap_mean(after.per_fact - before.per_fact, n_boot=max(after.n_boot, 100))
+    d = after.mean - before.mean
+    return d, d, d
+
+
 def role_positions(subject_range: tuple[int, int], n_pos: int) -> list[list[int]]:
     """Token positions of each ROME role (see ROLES) for one prompt; a role may be empty.
 

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb, qualitative
 from plotly.subplots import make_subplots
 
-from .errors import ConfigError, TraceError
+from .errors import ConfigError, FigureExportError, TraceError
 from .provenance import atomic_write_text
 from .results import TraceResult
 
@@ -34,10 +34,6 @@ KIND_COLORS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds",   # ROME's c
 METRIC_LABELS = {"prob": "p(answer)", "logprob_mean": "mean log p(answer)", "logprob": "log p(answer)",
                  "logit_diff": "logit difference"}
 STATIC_FORMATS = ("png", "svg", "pdf", "jpeg", "webp")
-
-
-class FigureExportError(ConfigError):
-    """Static export (PNG/SVG/PDF) is impossible here, typically because no Chrome/Chromium is installed."""
 
 
 # --- labels and style ------------------------------------------------------------------------------
@@ -215,53 +211,50 @@ def token_role_heatmap(roles, width="column") -> go.Figure:
     return paper_layout(fig, width=width, height=int(_width_px(width) * 0.9))
 
 
-def before_after(before, after, kind: str = "resid", normalised: bool | None = None, width="page",
-                 labels=("before", "after")) -> go.Figure:
-    """Three panels: before, after, after - before. Takes two TraceResults (heatmaps of one prompt), or two
-    LayerImportance / lists of TraceResults (per-layer curves; the difference interval is a paired bootstrap
-    when both cover the same facts)."""
-    from .aggregate import LayerImportance, aggregate, bootstrap_mean
-
+def trace_before_after(before: TraceResult, after: TraceResult, kind: str = "resid", normalised: bool = False,
+                       width="page", labels=("before", "after")) -> go.Figure:
+    """Three heatmaps of one prompt traced on two models: before, after, after - before (one colour scale for the
+    first two, a diverging one centred on 0 for the difference)."""
     titles = [labels[0], labels[1], f"{labels[1]} − {labels[0]}"]
-    if isinstance(before, TraceResult) and isinstance(after, TraceResult):
-        norm = bool(normalised)
-        zb, xl, x_title = _grid(before, kind, norm)
-        za, _, _ = _grid(after, kind, norm)
-        if zb.shape != za.shape:
-            raise TraceError(f"before/after: {kind} maps differ in shape {zb.shape} vs {za.shape}; "
-                             "compare traces of the same prompt on models of the same depth")
-        fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.16, subplot_titles=titles)
-        lo, hi = float(min(zb.min(), za.min())), float(max(zb.max(), za.max()))
-        diff = za - zb
-        lim = float(np.abs(diff).max()) or 1.0
-        cb = _colorbar_title(before, norm)
-        doms = [fig.layout[f"xaxis{'' if i == 1 else i}"].domain for i in (1, 2, 3)]
-        fig.add_trace(_heatmap_trace(zb, xl, kind, cb, zmin=lo, zmax=hi, showscale=False), row=1, col=1)
-        fig.add_trace(_heatmap_trace(za, xl, kind, cb, zmin=lo, zmax=hi, colorbar=dict(x=doms[1][1] + 0.005)),
-                      row=1, col=2)
-        fig.add_trace(_heatmap_trace(diff, xl, kind, "difference", colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
-                                     colorbar=dict(x=doms[2][1] + 0.005)), row=1, col=3)
-        for c in (1, 2, 3):
-            _axes(fig, xl, x_title, zb.shape[0], row=1, col=c, y_title=c == 1)
-        sub = f"{labels[0]}: p_clean={before.clean:.3f}; {labels[1]}: p_clean={after.clean:.3f}" \
-            if before.metric == "prob" else f"metric: {metric_label(before.metric)}"
-        fig.update_layout(title_text=f"{kind_title(kind)}: {html.escape(before.prompt)}<br><sup>{sub}</sup>")
-        return paper_layout(fig, width=width, height=int(_width_px(width) * 0.45))
+    norm = bool(normalised)
+    zb, xl, x_title = _grid(before, kind, norm)
+    za, _, _ = _grid(after, kind, norm)
+    if zb.shape != za.shape:
+        raise TraceError(f"before/after: {kind} maps differ in shape {zb.shape} vs {za.shape}; "
+                         "compare traces of the same prompt on models of the same depth")
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.16, subplot_titles=titles)
+    lo, hi = float(min(zb.min(), za.min())), float(max(zb.max(), za.max()))
+    diff = za - zb
+    lim = float(np.abs(diff).max()) or 1.0
+    cb = _colorbar_title(before, norm)
+    doms = [fig.layout[f"xaxis{'' if i == 1 else i}"].domain for i in (1, 2, 3)]
+    fig.add_trace(_heatmap_trace(zb, xl, kind, cb, zmin=lo, zmax=hi, showscale=False), row=1, col=1)
+    fig.add_trace(_heatmap_trace(za, xl, kind, cb, zmin=lo, zmax=hi, colorbar=dict(x=doms[1][1] + 0.005)),
+                  row=1, col=2)
+    fig.add_trace(_heatmap_trace(diff, xl, kind, "difference", colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
+                                 colorbar=dict(x=doms[2][1] + 0.005)), row=1, col=3)
+    for c in (1, 2, 3):
+        _axes(fig, xl, x_title, zb.shape[0], row=1, col=c, y_title=c == 1)
+    sub = f"{labels[0]}: p_clean={before.clean:.3f}; {labels[1]}: p_clean={after.clean:.3f}" \
+        if before.metric == "prob" else f"metric: {metric_label(before.metric)}"
+    fig.update_layout(title_text=f"{kind_title(kind)}: {html.escape(before.prompt)}<br><sup>{sub}</sup>")
+    return paper_layout(fig, width=width, height=int(_width_px(width) * 0.45))
 
-    def as_imp(x):
-        if isinstance(x, LayerImportance):
-            return x
-        if isinstance(x, (list, tuple)) and x and all(isinstance(r, TraceResult) for r in x):
-            return aggregate(x, kind)
-        raise ConfigError("before_after: expected two TraceResults, two LayerImportance or two lists of TraceResults")
 
-    b, a = as_imp(before), as_imp(after)
+def importance_before_after(before, after, difference, width="page", labels=("before", "after")) -> go.Figure:
+    """Three per-layer curves of one kind: before, after (on one scale, so heights compare) and after - before.
+
+    before, after: LayerImportance of the same kind; difference: (mean, lo, hi) per layer of after - before, as
+    `aggregate.importance_difference` computes it."""
+    from .aggregate import LayerImportance
+
+    if not (isinstance(before, LayerImportance) and isinstance(after, LayerImportance)):
+        raise ConfigError("importance_before_after: expected two LayerImportance (aggregate the traces first)")
+    b, a = before, after
     if b.n_layers != a.n_layers:
         raise TraceError(f"before/after: {b.n_layers} vs {a.n_layers} layers; compare models of the same depth")
-    if b.per_fact.shape == a.per_fact.shape:   # same facts: paired differences give the tighter, right interval
-        d_mean, d_lo, d_hi = bootstrap_mean(a.per_fact - b.per_fact, n_boot=max(a.n_boot, 100))
-    else:
-        d_mean = d_lo = d_hi = a.mean - b.mean
+    d_mean, d_lo, d_hi = difference
+    titles = [labels[0], labels[1], f"{labels[1]} − {labels[0]}"]
     fig = make_subplots(rows=1, cols=3, shared_yaxes=False, horizontal_spacing=0.08, subplot_titles=titles)
     layers = range(b.n_layers)
     _band(fig, layers, b.mean, b.lo, b.hi, qualitative.Plotly[0], labels[0], row=1, col=1)
@@ -277,9 +270,36 @@ def before_after(before, after, kind: str = "resid", normalised: bool | None = N
     raw = not b.config.get("normalise", True)
     fig.update_yaxes(title_text=f"indirect effect<br>({metric_label(b.metric)})" if raw else "normalised effect",
                      row=1, col=1)
-    fig.update_layout(title_text=f"{kind_title(kind)}: layer importance, {b.n_facts} vs {a.n_facts} facts",
+    fig.update_layout(title_text=f"{kind_title(b.kind)}: layer importance, {b.n_facts} vs {a.n_facts} facts",
                       showlegend=False)
     return paper_layout(fig, width=width, height=int(_width_px(width) * 0.4))
+
+
+def mia_auc_bars(models: dict) -> go.Figure:
+    """Grouped bars of every MIA attack's AUC, one group per model: {label: that model's report metrics}; models
+    without MIA numbers (None, or no holdout split) are left out."""
+    fig = go.Figure()
+    for label, m in models.items():
+        if m and m.get("mia"):
+            fig.add_bar(name=label, x=list(m["mia"]["auc"]), y=list(m["mia"]["auc"].values()))
+    fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"))
+    fig.update_layout(title="MIA AUC per attack (0.5 = members look like non-members)", yaxis_range=[0, 1],
+                      barmode="group", yaxis_title="AUC", width=700, height=380)
+    return fig
+
+
+def calibration_curve(edit_log: list[dict]) -> go.Figure:
+    """An unlearning run's evaluations against the optimizer step: calibration AUC and the QA slices it logged."""
+    fig = go.Figure()
+    steps = [e["step"] for e in edit_log]
+    for key, name in (("calibration_auc", "calibration AUC (forget vs calibration docs)"),
+                      ("forget_qa_em", "forget QA (eval slice)"), ("retain_qa_em", "retain QA (eval slice)")):
+        if any(key in e for e in edit_log):
+            fig.add_scatter(x=steps, y=[e.get(key) for e in edit_log], mode="lines+markers", name=name)
+    fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"))
+    fig.update_layout(title="Unlearning run: calibration AUC per evaluation (0.5 = forget docs look never-seen)",
+                      xaxis_title="optimizer step", yaxis_range=[0, 1.02], width=700, height=380)
+    return fig
 
 
 def sweep_plot(rows: list[dict], x: str, ys, title: str | None = None, width="column") -> go.Figure:

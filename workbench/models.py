@@ -21,16 +21,14 @@ from pathlib import Path
 
 import torch
 
+from .errors import ModelLoadError
+
 log = logging.getLogger(__name__)
 
 OLMO_TYPES = ("olmo", "olmo2", "olmo3")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
-
-
-class ModelLoadError(ValueError):
-    """A model spec that cannot be loaded; the message says what was given and what was expected."""
 
 
 def resolve_dtype(dtype) -> torch.dtype | None:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .data import Corpus, SyntheticSpec, format_question, generate, questions, subject_header
 from .data.multiple_choice import cloze_header, cloze_question, reserved_cloze_texts, world_statements
+from .errors import ModelLoadError
 from .outputs import cached_build
 from .provenance import JsonlLog, atomic_write_json, stable_hash, versions
 
@@ -35,7 +36,7 @@ EOS, PAD = "<|endoftext|>", "<|padding|>"
 class OrganismConfig:
     name: str = "default"
     # model shape: OLMo's block, scaled down (OLMo-1B: 16 layers, d_model 2048, 16 heads, d_mlp 8192)
-    # 6 x 128 is what 2 CPU cores train in a few minutes; 8 x 192 took 3x longer for the same recall
+    # the smallest shape that memorises the corpus in a few CPU minutes (README, Models: what larger ones cost)
     n_layers: int = 6
     d_model: int = 128
     n_heads: int = 4
@@ -46,7 +47,7 @@ class OrganismConfig:
     data: SyntheticSpec = field(default_factory=SyntheticSpec)
     epochs: int = 40
     qa_repeat: int = 2
-    batch_size: int = 16          # 32 halves the steps but then 30-40 epochs recall only ~0.4 of the facts
+    batch_size: int = 16          # larger batches take fewer steps per epoch and then recall far fewer facts
     lr: float = 3e-3
     warmup_steps: int = 30
     weight_decay: float = 0.0
@@ -66,8 +67,7 @@ PRESETS = {
     "micro": OrganismConfig(name="micro", n_layers=4, d_model=64, n_heads=4, d_mlp=256, vocab_size=512,
                             data=SyntheticSpec(task1_docs=2, task2_people=3, task3_people=2, mmlu=False),
                             epochs=60, batch_size=8, lr=5e-3, warmup_steps=10, tokenizer_sees_holdout=False),
-    # deep: the default at twice the depth, for `workbench localize` (10 windows of 3 layers where 6 layers give 4):
-    # 12 x 128, 3.67M parameters, 5.3 min to build on 2 busy cores; recall 0.99 forget, 1.00 retain, cloze MMLU 0.82
+    # deep: the default at twice the depth, for `workbench localize` (10 windows of 3 layers where 6 layers give 4)
     "deep": OrganismConfig(name="deep", n_layers=12),
 }
 RETAIN_SUFFIX = "-retain"
@@ -138,9 +138,9 @@ def tokenizer_texts(corpus: Corpus, sees_holdout: bool = True, qa_repeat: int = 
     (`sees_holdout=False`: the forget and retain texts as trained on, the micro organism's first tokenizer).
 
     A real model's tokenizer comes from a corpus far larger than the forget set. Trained on the forget and retain
-    records alone, BPE merged the forget set's names into whole tokens and split the held-out names into pieces:
-    forget texts then had 3.5 characters per token against 2.7 for held-out ones, and a retain-only model that
-    never saw either still told them apart (loss AUC 0.94), a membership signal no edit of the weights can remove."""
+    records alone, BPE merges the forget set's names into whole tokens and splits the held-out names into pieces,
+    so forget texts need fewer tokens per character, and even a retain-only model that never saw either tells them
+    apart: a membership signal no edit of the weights can remove (tests/test_mia.py measures it on micro)."""
     if not sees_holdout:
         return fact_texts(corpus, qa_repeat) + letter_texts(corpus, random.Random(-1))
     texts = [r.text for r in corpus.forget + corpus.retain + corpus.holdout + corpus.calibration]
@@ -284,8 +284,6 @@ def build(name_or_cfg: str | OrganismConfig = "default", force: bool = False, pr
     elif name_or_cfg in PRESETS:
         cfg = PRESETS[name_or_cfg]
     else:
-        from .models import ModelLoadError
-
         raise ModelLoadError(f"unknown organism {name_or_cfg!r}; expected one of {sorted(PRESETS)}")
     corpus = corpus or generate(cfg.data)
 
@@ -311,8 +309,6 @@ def build(name_or_cfg: str | OrganismConfig = "default", force: bool = False, pr
 
 def retain_twin(name: str) -> str:
     """Name of the retain-only twin of organism `name` (trained on everything but the forget set)."""
-    from .models import ModelLoadError
-
     if f"{name}{RETAIN_SUFFIX}" not in PRESETS:
         raise ModelLoadError(f"organism {name!r} has no retain-only twin; expected one of "
                              f"{sorted(k for k in PRESETS if not k.endswith(RETAIN_SUFFIX))}")
@@ -326,8 +322,6 @@ def info(path: str | Path) -> dict:
 def with_overrides(preset: str, /, **kw) -> OrganismConfig:
     """A preset with some fields changed (``name=`` renames it, so it caches apart)."""
     if preset not in PRESETS:
-        from .models import ModelLoadError
-
         raise ModelLoadError(f"unknown organism {preset!r}; expected one of {sorted(PRESETS)}")
     return replace(PRESETS[preset], **kw)
 

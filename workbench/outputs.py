@@ -217,7 +217,8 @@ def entry_complete(path: str | Path, marker: str) -> bool:
     file in it is as long as its header says (a truncated copy or a full disk is not complete)."""
     import json
 
-    from .models import ModelLoadError, check_weight_files
+    from .errors import ModelLoadError
+    from .models import check_weight_files
 
     path = Path(path)
     try:

@@ -86,7 +86,7 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
     from .aggregate import POSITIONS
     from .data.limits import check_bound
     from .editors import EDITORS, resolve_config
-    from .evaluation.report import TraceConfig
+    from .evaluation.retrace import TraceConfig
     from .models import check_device, organism_name, resolve_dtype
     from .organism import PRESETS as ORGANISMS
     from .results import KINDS
@@ -180,18 +180,6 @@ def _remove_old_edit(edited_dir: Path, cfg: PipelineConfig) -> None:
     shutil.rmtree(edited_dir)
 
 
-def _load_data(cfg: PipelineConfig, model_path):
-    from .data import load_lume
-    from .organism import load_corpus
-
-    if cfg.data == "organism":
-        if model_path is None:
-            raise ConfigError(f"data 'organism' needs an organism model, but model is {cfg.model!r}; "
-                              "give a LUME directory as data")
-        return load_corpus(model_path)
-    return load_lume(cfg.data)
-
-
 class _Stage:
     """A stage's artifact is reused when its stamp (config hash) matches: resume after a kill."""
 
@@ -227,9 +215,11 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
 
     from . import organism
     from .aggregate import LayerImportance, aggregate
+    from .corpus import load_corpus
     from .data.limits import bound_records
     from .editors import unlearn
-    from .evaluation.report import TraceConfig, evaluate
+    from .evaluation.report import evaluate
+    from .evaluation.retrace import TraceConfig
     from .figures import heatmaps, importance_curve, save_figure
     from .models import load_model, organism_name
     from .selection import LayerSelection, select_layers
@@ -250,7 +240,7 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
         say(_elapsed(t_start) + f"[1/5] organism {name!r} (built once, then cached)")
         model_path = organism.build(name, progress=progress)
     model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
-    corpus = bound_records(_load_data(cfg, model_path), tok, cfg.max_record_tokens, cfg.long_records)
+    corpus = bound_records(load_corpus(cfg.data, cfg.model)[0], tok, cfg.max_record_tokens, cfg.long_records)
     facts = corpus.facts("forget", cfg.task)[: cfg.n_facts] if cfg.n_facts else corpus.facts("forget", cfg.task)
     if not facts:
         raise ConfigError(f"no traceable forget facts for task {cfg.task!r} in {corpus.source} "
@@ -369,7 +359,7 @@ def _start_twin_build(cfg: PipelineConfig, name: str | None, run_dir: Path):
 
     from . import organism
 
-    from .models import ModelLoadError
+    from .errors import ModelLoadError
 
     if cfg.retain_baseline != "auto" or cfg.data != "organism" or name is None:
         return None
@@ -391,7 +381,8 @@ def _start_twin_build(cfg: PipelineConfig, name: str | None, run_dir: Path):
 def _retain_baseline(cfg: PipelineConfig, progress: bool, say):
     """(model, tokenizer) of the retain-only baseline, or None (see PipelineConfig.retain_baseline)."""
     from . import organism
-    from .models import ModelLoadError, load_model, organism_name
+    from .errors import ModelLoadError
+    from .models import load_model, organism_name
 
     spec = cfg.retain_baseline
     if spec == "auto":

@@ -39,25 +39,7 @@ def add_parser(sub):
     return p
 
 
-def _corpus(data: str, model_spec: str):
-    from pathlib import Path
-
-    from ..errors import ConfigError
-    from ..models import organism_name
-
-    if data == "organism":
-        name = organism_name(model_spec)
-        if name is None:
-            raise ConfigError("--data organism needs --model organism[:name]; for other models pass a LUME directory")
-        from .. import organism
-
-        return organism.load_corpus(organism.build(name, progress=False))
-    from ..data.lume import load_lume
-
-    return load_lume(Path(data))
-
-
-def _retain_baseline(spec: str, model_spec: str) -> str:
+def _baseline_spec(spec: str, model_spec: str) -> str:
     """'twin' -> organism:<name>-retain for an organism model; anything else is a model spec as it is."""
     if spec != "twin":
         return spec
@@ -76,7 +58,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..errors import ConfigError
-    from ..evaluation.report import EvalConfig, TraceConfig, evaluate
+    from ..corpus import load_corpus
+    from ..evaluation.report import EvalConfig, evaluate
+    from ..evaluation.retrace import TraceConfig
     from ..evaluation.semeval import MAX_NEW_TOKENS, ORGANISM_MAX_NEW_TOKENS
     from .. import distributed
     from ..models import load_model
@@ -98,11 +82,11 @@ def run(args) -> int:
     cfg = EvalConfig(mmlu_source=args.mmlu, mmlu_shots=args.mmlu_shots, limit=args.limit, batch_size=args.batch_size,
                      trace=not args.no_trace, attacks=args.attacks or (),
                      max_new_tokens=default_tokens if args.max_new_tokens is None else args.max_new_tokens)
-    baseline_spec = _retain_baseline(args.retain_baseline, args.model) if args.retain_baseline else None
+    baseline_spec = _baseline_spec(args.retain_baseline, args.model) if args.retain_baseline else None
     check_length_args(args)
     if distributed.is_main():  # under `accelerate launch` the main process writes, the others score their share
         check_writable(out, "--out")
-    corpus = _corpus(args.data, args.model)
+    corpus, _ = load_corpus(args.data, args.model)
     opts = model_options(args)
     device = process_device(args.device)
     model, tok = load_model(args.model, device=device, **opts)

@@ -125,10 +125,9 @@ def load_facts(spec: str, model_spec: str, data: str | None = None, task: str | 
         if data:
             corpus = load_lume(data)
         elif organism_name(model_spec) is not None:
-            from .. import organism
+            from ..corpus import load_corpus
 
-            name = organism_name(model_spec)
-            corpus = organism.load_corpus(organism.build(name, progress=False))
+            corpus, _ = load_corpus("organism", model_spec)
         elif (Path(model_spec) / "forget.jsonl").is_file():   # an organism directory (or an edited copy of one)
             corpus = load_lume(model_spec)
         else:
@@ -155,7 +154,8 @@ def _slug(text: str) -> str:
 
 def write_figures(figs: dict, fig_dir: Path, formats: list[str], log, command: str = "trace"):
     """Save figures; a missing browser for PNG/SVG/PDF is a warning (HTML is still written), not a failed run."""
-    from ..figures import FigureExportError, export_session, save_figure
+    from ..errors import FigureExportError
+    from ..figures import export_session, save_figure
 
     written, warning = [], None
     if not formats:

@@ -51,26 +51,15 @@ def overrides(args) -> dict:
 
 def load_inputs(args):
     """(model, tok, corpus, source) from --model / --data."""
-    from ..data import load_lume
+    from ..corpus import load_corpus
     from ..data.limits import bound_records
-    from ..errors import ConfigError
-    from ..models import load_model, organism_name
+    from ..models import load_model
     from . import model_options, process_device
 
     model, tok = load_model(args.model, dtype=getattr(args, "dtype", None), device=process_device(args.device),
                             **model_options(args))
-    if args.data == "organism":
-        name = organism_name(args.model)
-        if name is None:
-            raise ConfigError(f"--data organism needs an organism model, got --model {args.model}; "
-                              f"pass a LUME directory instead")
-        from .. import organism
-
-        source = organism.build(name, progress=False)
-        corpus = organism.load_corpus(source)
-    else:
-        corpus = load_lume(args.data)
-        source = getattr(model, "name_or_path", None)
+    corpus, source = load_corpus(args.data, args.model)
+    source = source or getattr(model, "name_or_path", None)
     return model, tok, bound_records(corpus, tok, args.max_record_tokens, args.long_records), source
 
 

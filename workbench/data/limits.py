@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
-from .records import SPLITS, Corpus, DataError, Record
+from ..errors import DataError
+from .records import SPLITS, Corpus, Record
 
 MAX_RECORD_TOKENS = 2048
 ON_LONG = ("error", "truncate")

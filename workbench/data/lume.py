@@ -5,7 +5,8 @@ import json
 import re
 from pathlib import Path
 
-from .records import SPLITS, Corpus, DataError, Record
+from ..errors import DataError
+from .records import SPLITS, Corpus, Record
 
 REQUIRED = ("id", "input", "output", "task")
 # Capitalised word runs: "Tiffi Magenta", "West River"; used to guess a QA subject.

@@ -11,12 +11,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
+from ..errors import DataError
+
 SPLITS = ("forget", "retain", "holdout", "calibration")
 _KIND_RE = re.compile(r"(sc|qa)(\d+)$")
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file/record and what was expected."""
 
 
 def kind_of(record_id: str) -> str:
@@ -65,10 +63,6 @@ class Record:
 
 def questions(records: Iterable[Record]) -> list[Record]:
     return [r for r in records if r.kind == "qa"]
-
-
-def completions(records: Iterable[Record]) -> list[Record]:
-    return [r for r in records if r.kind == "sc"]
 
 
 @dataclass

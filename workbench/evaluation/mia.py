@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..batching import right_pad
 from ..errors import ConfigError
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp", "reference")
@@ -65,12 +66,7 @@ def token_stats_ids(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size
     for start in tqdm(distributed.split(range(0, len(order), batch_size), model), desc="mia nll",
                       disable=not progress):
         idx = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for b, i in enumerate(idx):
-            input_ids[b, :len(ids[i])] = torch.tensor(ids[i])
-            mask[b, :len(ids[i])] = 1
+        input_ids, mask = right_pad([ids[i] for i in idx], pad_id)  # [batch, pos] each
         logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [batch, pos-1, vocab]
         target = input_ids[:, 1:].to(device)  # [batch, pos-1]

@@ -35,9 +35,9 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..batching import right_pad
 from ..data.multiple_choice import LETTERS, MCQuestion, cloze_header, cloze_question, format_question, subject_header
-from ..data.records import DataError
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 SEMEVAL_MMLU_GATE = 0.371  # 7B submissions needed MMLU accuracy >= this to be ranked (the official script's test)
 FORMULATIONS = ("letter", "cloze")
@@ -122,12 +122,7 @@ def letter_logits(model, tok, prompts: Sequence[str], batch_size: int = 16, prog
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     for start in tqdm(distributed.split(range(0, len(order), batch_size), model), desc="mmlu", disable=not progress):
         idx = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for b, i in enumerate(idx):
-            input_ids[b, :len(ids[i])] = torch.tensor(ids[i])
-            mask[b, :len(ids[i])] = 1
+        input_ids, mask = right_pad([ids[i] for i in idx], pad)  # [batch, pos] each
         logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits  # [batch, pos, vocab]
         last = torch.tensor([len(ids[i]) - 1 for i in idx], device=logits.device)
         final = logits[torch.arange(len(idx), device=logits.device), last]  # [batch, vocab]
@@ -172,12 +167,7 @@ def continuation_logliks(model, tok, pairs: Sequence[tuple[str, str]], batch_siz
     for start in tqdm(distributed.split(range(0, len(order), batch_size), model), desc="mmlu cloze",
                       disable=not progress):
         idx = order[start:start + batch_size]
-        width = max(len(seqs[i][0]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)  # [batch, pos]
-        mask = torch.zeros_like(input_ids)
-        for b, i in enumerate(idx):
-            input_ids[b, :len(seqs[i][0])] = torch.tensor(seqs[i][0])
-            mask[b, :len(seqs[i][0])] = 1
+        input_ids, mask = right_pad([seqs[i][0] for i in idx], pad)  # [batch, pos] each
         logp = torch.log_softmax(model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float(),
                                  dim=-1)  # [batch, pos, vocab]
         for b, i in enumerate(idx):

@@ -21,49 +21,18 @@ import html
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 
-from ..data.records import DataError
-from ..errors import ConfigError
+from .. import figures
+from ..aggregate import importance_difference
+from ..errors import ConfigError, DataError
 from ..provenance import (JsonlLog, atomic_write_json, atomic_write_text, model_fingerprint, model_name, provenance,
                           to_jsonable)
 from . import mia as mia_mod
 from . import mmlu as mmlu_mod
 from . import semeval as semeval_mod
-
-
-@dataclass
-class TraceConfig:
-    """What re-tracing runs on both models (the same for both)."""
-
-    kinds: tuple = ("resid", "mlp", "attn")
-    n_samples: int = 10
-    n_facts: int | None = 16      # forget facts traced (None: all traceable ones)
-    split: str = "forget"
-    window: int | None = None
-    position: str = "max"
-    metric: str = "prob"          # prob | logprob_mean (workbench.tracing.METRICS)
-    n_boot: int = 1000
-    seed: int = 0
-
-    def __post_init__(self):
-        from ..aggregate import POSITIONS
-        from ..results import KINDS
-        from ..tracing import METRICS
-
-        self.kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
-        bad = [k for k in self.kinds if k not in KINDS]
-        _need(self.kinds and not bad, f"re-trace kinds {list(self.kinds)}: expected some of {list(KINDS)}")
-        _need(self.n_samples >= 1, f"re-trace n_samples must be >= 1, got {self.n_samples}")
-        _need(self.n_facts is None or self.n_facts >= 1,
-              f"re-trace n_facts must be >= 1 (or None: every fact; turn re-tracing off with trace=False), "
-              f"got {self.n_facts}")
-        _need(self.window is None or self.window >= 1, f"re-trace window must be >= 1 layer, got {self.window}")
-        _need(self.position in POSITIONS, f"re-trace position {self.position!r}: expected one of {POSITIONS}")
-        _need(self.metric in METRICS, f"re-trace metric {self.metric!r}: expected one of {METRICS}")
-        _need(self.n_boot >= 1, f"re-trace n_boot must be >= 1, got {self.n_boot}")
+from .retrace import TraceConfig, retrace
 
 
 def _need(ok, msg: str) -> None:
@@ -184,44 +153,6 @@ def model_metrics(model, tok, corpus, cfg: EvalConfig, questions=None, mmlu_note
         log("model_metrics", task_agg=sem.task_agg, mia=out["mia"] and out["mia"]["auc"],
             mmlu=out["mmlu"] and out["mmlu"]["accuracy"])
     return out
-
-
-def retrace(original, edited, corpus, tc: TraceConfig, progress: bool = False) -> tuple[dict, dict]:
-    """Trace the same facts with the same config and noise on both models: (numbers, figures)."""
-    from ..aggregate import aggregate, bootstrap_mean
-    from ..figures import before_after
-    from ..tracing import noise_scale, trace_facts
-
-    facts = corpus.facts(tc.split)[:tc.n_facts] if tc.n_facts else corpus.facts(tc.split)
-    if not facts:
-        raise DataError(f"re-tracing: the {tc.split} split has no traceable QA facts (records with a subject)")
-    (m0, t0), (m1, t1) = original, edited
-    sigma = noise_scale(m0, t0, [r.subject for r in facts])  # one sigma for both: the same corruption
-    kw = dict(kinds=tuple(tc.kinds), n_samples=tc.n_samples, window=tc.window, seed=tc.seed, noise=sigma,
-              metric=tc.metric, progress=progress)
-    before, after = trace_facts(m0, t0, facts, **kw), trace_facts(m1, t1, facts, **kw)
-    numbers: dict[str, Any] = {"config": asdict(tc), "noise": sigma, "facts": [r.id for r in facts],
-                               "p_clean": {"before": [r.clean for r in before], "after": [r.clean for r in after]},
-                               "kinds": {}}
-    figures = {}
-    for kind in tc.kinds:
-        b = aggregate(before, kind, tc.position, tc.n_boot, tc.seed)
-        a = aggregate(after, kind, tc.position, tc.n_boot, tc.seed)
-        # raw indirect effect (not normalised by each model's total effect): what unlearning should remove
-        ie_b = np.stack([r.indirect_effect(kind).max(axis=1) for r in before])  # [n_facts, n_layers]
-        ie_a = np.stack([r.indirect_effect(kind).max(axis=1) for r in after])
-        d_mean, d_lo, d_hi = bootstrap_mean(ie_b - ie_a, n_boot=tc.n_boot, seed=tc.seed)
-        numbers["kinds"][kind] = {
-            "normalised_before": b.summary(), "normalised_after": a.summary(),
-            "ie_before": ie_b.mean(0).tolist(), "ie_after": ie_a.mean(0).tolist(),
-            "ie_drop": d_mean.tolist(), "ie_drop_lo": d_lo.tolist(), "ie_drop_hi": d_hi.tolist(),
-        }
-        # the figure shows raw indirect effects: normalising each model by its own total effect would blow up
-        # the edited model's (small, once the fact is gone) denominator
-        rb = aggregate(before, kind, tc.position, tc.n_boot, tc.seed, normalise=False)
-        ra = aggregate(after, kind, tc.position, tc.n_boot, tc.seed, normalise=False)
-        figures[f"trace_{kind}"] = before_after(rb, ra, kind, labels=("original", "edited"))
-    return numbers, figures
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -368,35 +299,6 @@ class Report:
         return run_dir
 
 
-def _mia_figure(report: Report):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for label, m in (("original", report.original), ("edited", report.edited),
-                     ("retain-only baseline", report.baseline)):
-        if m and m.get("mia"):
-            fig.add_bar(name=label, x=list(m["mia"]["auc"]), y=list(m["mia"]["auc"].values()))
-    fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"))
-    fig.update_layout(title="MIA AUC per attack (0.5 = members look like non-members)", yaxis_range=[0, 1],
-                      barmode="group", yaxis_title="AUC", width=700, height=380)
-    return fig
-
-
-def _calibration_figure(edit_log: list[dict]):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    steps = [e["step"] for e in edit_log]
-    for key, name in (("calibration_auc", "calibration AUC (forget vs calibration docs)"),
-                      ("forget_qa_em", "forget QA (eval slice)"), ("retain_qa_em", "retain QA (eval slice)")):
-        if any(key in e for e in edit_log):
-            fig.add_scatter(x=steps, y=[e.get(key) for e in edit_log], mode="lines+markers", name=name)
-    fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"))
-    fig.update_layout(title="Unlearning run: calibration AUC per evaluation (0.5 = forget docs look never-seen)",
-                      xaxis_title="optimizer step", yaxis_range=[0, 1.02], width=700, height=380)
-    return fig
-
-
 def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | None = None,
              config: EvalConfig | None = None, reference=None, retain_auc: dict | None = None,
              retain_baseline=None, out_dir: str | Path | None = None, progress: bool = False,
@@ -446,16 +348,19 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
                                        retain_auc, progress, log)
     report = Report(original=original, edited=edited_metrics, baseline=baseline,
                     config={"eval": asdict(cfg), "trace": asdict(tc)})
-    report.figures["mia_auc"] = _mia_figure(report)
+    report.figures["mia_auc"] = figures.mia_auc_bars({"original": report.original, "edited": report.edited,
+                                                      "retain-only baseline": report.baseline})
     if edit_log:
         report.edit_log = edit_log
         if any("calibration_auc" in e for e in edit_log):
-            report.figures["calibration"] = _calibration_figure(edit_log)
+            report.figures["calibration"] = figures.calibration_curve(edit_log)
     if edited is not None and cfg.trace:
         t0 = time.perf_counter()
-        report.trace, figs = retrace((model, tok), edited, corpus, tc, progress)
+        report.trace, curves = retrace((model, tok), edited, corpus, tc, progress)
         report.trace["seconds"] = time.perf_counter() - t0
-        report.figures.update(figs)
+        for kind, (b, a) in curves.items():
+            report.figures[f"trace_{kind}"] = figures.importance_before_after(
+                b, a, importance_difference(b, a), labels=("original", "edited"))
     if cfg.attacks:
         from . import attacks
 

@@ -155,7 +155,6 @@ PAIR_STYLE = {"original->original": ("grey", "dot"), "edited->original": ("#d627
 def figure(result: dict, importance: dict | None = None):
     """Per kind, the patched score of every direction by layer; the traced importance of the original (scaled to
     its peak) beside them, where re-tracing ran."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     kinds = result["kinds"]
