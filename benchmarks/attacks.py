@@ -33,7 +33,7 @@ def run(quick: bool = False, log=print) -> Section:
     from workbench.data.records import questions
     from workbench.evaluation.attacks import ATTACKS, recoveries, run_attacks
     from workbench.evaluation.attacks.recall import encode_qa, score
-    from workbench.evaluation.generation import exact_match, greedy_generate
+    from workbench.generation import exact_match, greedy_generate
 
     name = "micro" if quick else "default"
     log(f"attacks: organism {name} and its twin")

@@ -24,7 +24,7 @@ LAYERS = [0, 1, 2]
 def row(name: str, model, tok, corpus) -> dict:
     from workbench.data.records import questions
     from workbench.evaluation.attacks import recoveries, run_attacks
-    from workbench.evaluation.generation import qa_accuracy
+    from workbench.generation import qa_accuracy
     from workbench.evaluation.mia import mia
 
     # the three attacks act on each model alone: this one goes in the original's slot
@@ -40,7 +40,7 @@ def main() -> None:
 
     from workbench import organism
     from workbench.editors import unlearn
-    from workbench.models import load_model
+    from workbench.organism import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/depth_table.md")

@@ -27,7 +27,7 @@ def _noised(model, layer: int, sd: float, seed: int = 0):
 def test_teacher_forced_recall_equals_greedy_generation(micro, micro_retain):
     """The attacks' one-forward exact match is the report's greedy-generation exact match, record for record."""
     from workbench.data.records import questions
-    from workbench.evaluation.generation import exact_match, greedy_generate
+    from workbench.generation import exact_match, greedy_generate
 
     model, tok, corpus = micro
     half_broken = _noised(model, 2, 0.2)

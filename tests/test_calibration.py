@@ -197,7 +197,7 @@ def test_calibration_moves_membership_to_the_twin_on_micro(micro, micro_retain, 
     import copy
 
     from workbench.data.records import questions
-    from workbench.evaluation.generation import qa_accuracy
+    from workbench.generation import qa_accuracy
 
     model0, tok, corpus = micro
     members, nonmembers = [r.text for r in corpus.forget], [r.text for r in corpus.holdout]

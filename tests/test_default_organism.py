@@ -21,9 +21,9 @@ from workbench.aggregate import aggregate
 from workbench.data import questions
 from workbench.editors import unlearn
 from workbench.evaluation import mmlu as mmlu_mod
-from workbench.evaluation.generation import qa_accuracy
+from workbench.generation import qa_accuracy
 from workbench.evaluation.report import EvalConfig, model_metrics
-from workbench.models import load_model
+from workbench.organism import load_model
 from workbench.pipeline import PipelineConfig
 from workbench.selection import select_layers
 from workbench.tracing import trace_facts

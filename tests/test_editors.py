@@ -16,7 +16,7 @@ from workbench.editors.npo import npo_loss
 from workbench.editors.params import select_parameters
 from workbench.editors.rmu import control_vector, masked_mse
 from workbench.errors import ConfigError, EditError
-from workbench.evaluation.generation import qa_accuracy
+from workbench.generation import qa_accuracy
 
 # ------------------------------------------------------------------ toy losses, computed by hand
 

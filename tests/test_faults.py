@@ -293,7 +293,7 @@ def test_truncated_entry_is_rebuilt_not_loaded(tmp_path):
 
 # ---------------------------------------------------------------- the organism cache itself
 LOAD_MICRO = """
-from workbench.models import load_model
+from workbench.organism import load_model
 model, tok = load_model("organism:micro")
 print("loaded", sum(p.numel() for p in model.parameters()))
 """
@@ -323,7 +323,7 @@ def test_killed_organism_build_is_cleaned_up_and_a_truncated_one_rebuilt(tmp_pat
     import time
 
     from workbench import organism
-    from workbench.models import load_model
+    from workbench.organism import load_model
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "WORKBENCH_CACHE": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-c", LOAD_MICRO], cwd=REPO, env=env, stdout=subprocess.DEVNULL,

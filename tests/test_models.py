@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.models import ModelLoadError, load_model
+from workbench.models import ModelLoadError
+from workbench.organism import load_model
 
 
 def _save_random(tmp_path, config, tok):

@@ -10,7 +10,8 @@ import torch
 from workbench import organism
 from workbench.data import load_lume
 from workbench.data.records import Corpus, questions
-from workbench.models import ModelLoadError, load_model
+from workbench.models import ModelLoadError
+from workbench.organism import load_model
 
 def test_micro_recalls_its_facts(micro):
     model, tok, corpus = micro

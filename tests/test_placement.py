@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from workbench.errors import ConfigError
-from workbench.models import ModelLoadError, layer_devices, load_model, plan_device_map
+from workbench.models import ModelLoadError, layer_devices, plan_device_map
+from workbench.organism import load_model
 
 CLEAN, CORRUPT = "What did Nahound dream of becoming?", "What did Zaind dream of becoming?"
 ANSWER, WRONG = "chemist", "botanist"

@@ -1,5 +1,5 @@
 """Mechanistic-interpretability workbench for LLM unlearning on OLMo.
 
-Data flow: models -> data -> hooks -> tracing -> selection -> editors -> evaluation -> figures.
+Data flow: models -> data -> generation -> hooks -> tracing/patching -> selection -> editors -> evaluation -> organism -> report/figures -> pipeline/CLI.
 """
 __version__ = "0.1.0"

@@ -544,7 +544,8 @@ def run(cfg: LocalizeConfig, progress: bool = True) -> dict:
     from . import organism
     from .data import load_lume
     from .data.limits import bound_records
-    from .models import load_model, organism_name
+    from .models import organism_name
+    from .organism import load_model
     from .outputs import check_not_source
 
     cfg = checked(cfg)

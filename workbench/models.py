@@ -1,7 +1,6 @@
-"""Load an OLMo model and its tokenizer: hub id, local directory, or the built-in organism.
+"""Load an OLMo model and its tokenizer: a local directory or a hub id (the built-in organism, which is trained
+before it can be loaded, goes through `workbench.organism.load_model`, which takes every spec this module takes).
 
-    model, tok = load_model("organism")                       # embedded default (built once, cached)
-    model, tok = load_model("organism:micro")                 # the tiny one the tests use
     model, tok = load_model("/path/to/OLMo-1B-0724-hf")       # local weights
     model, tok = load_model("allenai/OLMo-1B-0724-hf")        # hub id: network or a local HF cache
     model, tok = load_model(path, device_map="auto", max_memory={0: "20GiB", 1: "20GiB", "cpu": "64GiB"})
@@ -213,7 +212,7 @@ def organism_name(spec) -> str | None:
     return spec_s.partition(":")[2] or "default"
 
 
-def load_model(spec: str | Path = "organism", dtype=None, device: str | None = None, device_map=None, *,
+def load_model(spec: str | Path, dtype=None, device: str | None = None, device_map=None, *,
                max_memory: dict | None = None, offload_folder: str | Path | None = None,
                trust_remote_code: bool = False, allow_pickle_weights: bool = False):
     """Return `(model, tokenizer)`, the model in eval mode. See the module docstring for specs.
@@ -228,13 +227,10 @@ def load_model(spec: str | Path = "organism", dtype=None, device: str | None = N
     opts = {"trust_remote_code": trust_remote_code, "allow_pickle_weights": allow_pickle_weights}
     place = {"max_memory": max_memory, "offload_folder": None if offload_folder is None else str(offload_folder)}
     spec_s = str(spec)
-    name = organism_name(spec_s)
-    if name is not None:
-        from . import organism
-
-        path = organism.build(name)
-        model, tok = _from_pretrained(str(path), dtype, device, device_map, local_only=True, **place)
-    elif Path(spec_s).expanduser().exists():
+    if organism_name(spec_s) is not None:
+        raise ModelLoadError(f"{spec_s!r} names a built-in organism, which is built before it is loaded: use "
+                             "workbench.organism.load_model, which loads every spec this function loads and organisms")
+    if Path(spec_s).expanduser().exists():
         p = Path(spec_s).expanduser()
         if not p.is_dir():
             raise ModelLoadError(f"model path {p} is a file; expected a directory saved by `save_pretrained`")

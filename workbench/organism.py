@@ -247,7 +247,7 @@ def train(cfg: OrganismConfig, corpus: Corpus, out_dir: Path, progress: bool = T
 def recall(model, tok, corpus: Corpus, batch_size: int = 64) -> dict:
     """Exact-match recall of QA facts per split, and 0-shot cloze MMLU accuracy on the test questions: all of
     them, and those about facts never shown as a question (knowledge carried over from the sentences)."""
-    from .evaluation.generation import qa_accuracy
+    from .generation import qa_accuracy
     from .evaluation.mmlu import evaluate_mmlu
 
     out = {f"{s}_qa_exact_match": qa_accuracy(model, tok, questions(corpus.split(s)), batch_size=batch_size)
@@ -343,9 +343,21 @@ def load_corpus(path: str | Path) -> Corpus:
     return corpus
 
 
+def load_model(spec: str | Path = "organism", dtype=None, device: str | None = None, device_map=None, **kw):
+    """`(model, tokenizer)` for any model spec: "organism" (the default) / "organism:NAME", built first if needed,
+    or whatever `workbench.models.load_model` loads (a local directory, a hub id), with the same options.
+
+        model, tok = load_model("organism")                       # embedded default (built once, cached)
+        model, tok = load_model("organism:micro")                 # the tiny one the tests use
+        model, tok = load_model("allenai/OLMo-1B-0724-hf")        # as workbench.models.load_model
+    """
+    from .models import load_model as load_pretrained, organism_name
+
+    name = organism_name(spec)
+    return load_pretrained(spec if name is None else build(name), dtype, device, device_map, **kw)
+
+
 def load(name: str = "default"):
     """(model, tokenizer, corpus) of a built-in organism, building it if needed."""
-    from .models import load_model
-
     model, tok = load_model(f"organism:{name}")
     return model, tok, load_corpus(build(name, progress=False))

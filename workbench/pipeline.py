@@ -221,7 +221,8 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     from .evaluation.report import evaluate
     from .evaluation.retrace import TraceConfig
     from .figures import heatmaps, importance_curve, save_figure
-    from .models import load_model, organism_name
+    from .models import organism_name
+    from .organism import load_model
     from .selection import LayerSelection, select_layers
     from .tracing import trace_facts
 
@@ -382,7 +383,8 @@ def _retain_baseline(cfg: PipelineConfig, progress: bool, say):
     """(model, tokenizer) of the retain-only baseline, or None (see PipelineConfig.retain_baseline)."""
     from . import organism
     from .errors import ModelLoadError
-    from .models import load_model, organism_name
+    from .models import organism_name
+    from .organism import load_model
 
     spec = cfg.retain_baseline
     if spec == "auto":

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .data.records import questions
 from .errors import ConfigError
-from .evaluation.generation import qa_accuracy
+from .generation import qa_accuracy
 from .models import decoder_layers
 from .outputs import check_writable, locked
 from .provenance import JsonlLog, atomic_write_json, provenance
@@ -87,7 +87,7 @@ def sweep(model, tok, corpus, method: str, window: int = 3, out_dir: str | Path 
             t0 = time.perf_counter()
             model_dir = out / "models" / f"layers-{layers[0]}-{layers[-1]}"
             if model_dir.exists():  # a finished window from an interrupted sweep: reuse it
-                from .models import load_model
+                from .organism import load_model
 
                 m, _ = load_model(model_dir)
             else:

@@ -63,7 +63,7 @@ def run(args) -> int:
     from ..evaluation.retrace import TraceConfig
     from ..evaluation.semeval import MAX_NEW_TOKENS, ORGANISM_MAX_NEW_TOKENS
     from .. import distributed
-    from ..models import load_model
+    from ..organism import load_model
     from ..outputs import check_not_source, check_writable
     from ..data.limits import bound_records
     from . import check_length_args, model_options, process_device

@@ -92,7 +92,7 @@ def run(args) -> int:
 def _patch(args, out: Path, sites: list[str], formats: list[str], metric: str) -> int:
     from .. import patching
     from ..figures import heatmaps
-    from ..models import load_model
+    from ..organism import load_model
     from . import model_options, placement_options
     from ..provenance import JsonlLog, atomic_write_json
 

@@ -198,7 +198,7 @@ def _trace(args, mode: str, out: Path, records, source: str) -> int:
     from ..data.limits import bound_records
     from ..data.records import Corpus
     from ..figures import heatmaps, importance_curve, token_role_heatmap
-    from ..models import load_model
+    from ..organism import load_model
     from ..provenance import JsonlLog, atomic_write_json
     from .. import distributed, tracing
     from ..models import layer_devices

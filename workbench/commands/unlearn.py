@@ -53,7 +53,7 @@ def load_inputs(args):
     """(model, tok, corpus, source) from --model / --data."""
     from ..corpus import load_corpus
     from ..data.limits import bound_records
-    from ..models import load_model
+    from ..organism import load_model
     from . import model_options, process_device
 
     model, tok = load_model(args.model, dtype=getattr(args, "dtype", None), device=process_device(args.device),

@@ -203,7 +203,7 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
         ph.editor.setup(ref, data)
 
     from ..data.records import questions
-    from ..evaluation.generation import qa_accuracy
+    from ..generation import qa_accuracy
 
     eval_f = _sample(questions(records["forget"]), cfg.eval_size, cfg.seed)
     eval_r = _sample(questions(records["retain"]), cfg.eval_size, cfg.seed + 1)

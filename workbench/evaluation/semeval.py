@@ -18,7 +18,7 @@ from typing import Sequence
 
 from ..data.records import Record
 from ..errors import ConfigError
-from .generation import exact_match, greedy_generate
+from ..generation import exact_match, greedy_generate
 from .mmlu import SEMEVAL_MMLU_GATE, passes_gate
 
 MAX_NEW_TOKENS = 256

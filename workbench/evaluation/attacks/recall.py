@@ -3,7 +3,7 @@
 Greedy decoding writes a record's answer exactly when, with the true answer as the prefix, the arg-max at every answer
 position is the next answer token and, after the last one, EOS. So checking those arg-maxes on the teacher-forced
 sequence `input + ' ' + output + EOS` (the editors' encoding, editors.loop.encode) gives the exact match that
-`evaluation.generation.qa_accuracy` computes by generating, except for a model that spells the answer with other
+`workbench.generation.qa_accuracy` computes by generating, except for a model that spells the answer with other
 tokens. It costs one forward instead of one per generated token, which matters when the attacks score a model after
 every relearning step.
 """

@@ -1,4 +1,7 @@
-"""Greedy generation in batches (left-padded), as SemEval-2025 Task 4 scores it."""
+"""Greedy generation in batches (left-padded), as SemEval-2025 Task 4 scores it, and exact-match QA recall.
+
+Generation sits below every stage that measures a model by its answers: the organism's build check, the editors'
+keep-best evaluation, the sweep and the SemEval scorer all use `qa_accuracy` / `greedy_generate` from here."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,7 +16,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     """Continuations (decoded, special tokens dropped) of each raw prompt; stops at EOS.
 
     Under `accelerate launch` each process generates its share of the batches and every process gets them all."""
-    from .. import distributed
+    from . import distributed
 
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
