@@ -108,3 +108,21 @@ def test_errors(micro):
             prefilter(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, k=k, method="atp")
     with pytest.raises(TraceError, match="unknown attribution method"):
         attribute(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, method="atp+")
+
+
+def test_cli_prefilter(micro, exact, tmp_path, capsys):
+    import json
+
+    from workbench.cli import main
+
+    out = tmp_path / "pf"
+    assert main(["patch", "--model", "organism:micro", "--clean", CLEAN, "--corrupt", CORRUPT, "--answer", ANSWER,
+                 "--wrong", WRONG, "--method", "prefilter", "--top-k", "4", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rank_by"] == "atp*" and len(summary["verified"]) == 4
+    for cell in summary["verified"]:
+        where = cell.get("position", cell.get("head"))
+        assert cell["metric"] == pytest.approx(exact.effects[cell["kind"]][cell["layer"], where], abs=1e-4)
+    assert main(["patch", "--model", "organism:micro", "--clean", CLEAN, "--corrupt", CORRUPT, "--answer", ANSWER,
+                 "--wrong", WRONG, "--method", "prefilter", "--out", str(tmp_path / "x")]) != 0
+    assert "needs --top-k" in capsys.readouterr().err
