@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import TOL, Section, goal, measure, table
-from .tracing import PATCH, PROMPTS, olmo1b_shape
+from .tracing import PATCH, olmo1b_shape
 from workbench.attribution import attribute, compare, prefilter, recall
 from workbench.hooks import n_layers
 from workbench.patching import activation_patching
@@ -32,8 +32,13 @@ def olmo_mid(tok, n_layers: int, seed: int = 0):
     return OlmoForCausalLM(cfg).eval()
 
 
+FILLER = " who grew up in the old town by the river and travelled for many years across the sea and the hills"
+SCALING_PROMPTS = [f"What did Zaind{FILLER[:n]} dream of becoming?" for n in (0, 35, len(FILLER))]
+
+
 def pair(prompt: str) -> tuple[str, str, str, str]:
-    """(clean, corrupt, answer, wrong) from a tracing prompt about Zaind: Nahound -> Zaind, as PATCH."""
+    """(clean, corrupt, answer, wrong) from a prompt about Zaind: Nahound -> Zaind, as PATCH. The subject comes
+    third, so exact patching has (almost) every position of the grid to patch."""
     return prompt.replace("Zaind", "Nahound"), prompt, PATCH[2], PATCH[3]
 
 
@@ -107,8 +112,8 @@ def run(quick: bool = False, log=print) -> Section:
     data = {"correlation": corr, "prefilter": pf_rows}
     if not quick:
         log("attribution: scaling")
-        sc = scaling(tok, (2, 4, 8), PROMPTS[1:], k)
+        sc = scaling(tok, (2, 4, 8), SCALING_PROMPTS, k)
         md.append(f"\n### Growth of the prefilter's speed-up with layers x positions (random OLMo, d_model 256, "
-                  f"8 heads, d_mlp 1024; prompts of {PROMPTS[1:]!r} with Zaind -> Nahound)\n\n" + _pf_table(sc))
+                  f"8 heads, d_mlp 1024; prompts {SCALING_PROMPTS!r}, Nahound -> Zaind)\n\n" + _pf_table(sc))
         data["scaling"] = sc
     return Section("Attribution patching: AtP, AtP*, prefilter", "\n".join(md), goals, data)

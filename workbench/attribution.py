@@ -141,31 +141,32 @@ class _Layer:
     @torch.no_grad()
     def positions(self, dx: torch.Tensor) -> torch.Tensor:
         """dx [n, d_model]: patch at position t = t-th row (t < n). Returns [n]: sum over heads and queries of
-        (A(x + dx_t e_t) - A(x)) . dM/dA, the softmax recomputed for every query the patch reaches."""
+        (A(x + dx_t e_t) - A(x)) . dM/dA, the softmax recomputed for every query the patch reaches. A position the
+        patch leaves unchanged (before the prompts differ) has no effect and is skipped."""
         att, (H, P, _) = self.att, self.A.shape
-        n = dx.shape[0]
+        out = torch.zeros(dx.shape[0], dtype=att.dtype, device=dx.device)
+        moved = (dx != 0).any(-1).nonzero()[:, 0]                              # [n_moved] positions that change
+        if len(moved) == 0:
+            return out
         xp = self.x.clone()
-        xp[:n] += dx.to(att.dtype)
+        xp[moved] += dx[moved].to(att.dtype)
         q2, k2, _ = att.qkv(self.m, xp[None])                                 # row t: the patched position's q, k
-        q2, k2 = q2[0, :, :n], k2[0, :, :n]                                    # [n_heads, n, d_head]
+        q2, k2 = q2[0][:, moved], k2[0][:, moved]                              # [n_heads, n_moved, d_head]
         s = torch.einsum("hqd,hkd->hqk", self.q, self.k) * att.scale          # [n_heads, P, P]
-        col = torch.einsum("hqd,htd->thq", self.q, k2) * att.scale            # [n, n_heads, P]: q_q . k'_t
-        row = torch.einsum("htd,hkd->thk", q2, self.k) * att.scale            # [n, n_heads, P]: q'_t . k_k
-        diag = torch.einsum("htd,htd->th", q2, k2) * att.scale                # [n, n_heads]: q'_t . k'_t
+        col = torch.einsum("hqd,htd->thq", self.q, k2) * att.scale            # [n_moved, n_heads, P]: q_q . k'_t
+        row = torch.einsum("htd,hkd->thk", q2, self.k) * att.scale            # [n_moved, n_heads, P]: q'_t . k_k
+        diag = torch.einsum("htd,htd->th", q2, k2) * att.scale                # [n_moved, n_heads]: q'_t . k'_t
         idx = torch.arange(P, device=dx.device)
-        out = torch.zeros(n, dtype=att.dtype, device=dx.device)
         step = max(1, _CHUNK // (H * P * P))
-        for c0 in range(0, n, step):
-            t = torch.arange(c0, min(n, c0 + step), device=dx.device)          # [c]
-            is_t = idx[None, :] == t[:, None]                                  # [c, P]
-            r = torch.where(is_t[:, None], diag[t][..., None], row[t])         # [c, n_heads, P]
-            sp = torch.where(is_t[:, None, None, :], col[t][..., None], s[None])  # key t's column replaced
+        for c0 in range(0, len(moved), step):
+            j = torch.arange(c0, min(len(moved), c0 + step), device=dx.device)  # [c] into moved
+            is_t = idx[None, :] == moved[j][:, None]                           # [c, P]
+            r = torch.where(is_t[:, None], diag[j][..., None], row[j])         # [c, n_heads, P]
+            sp = torch.where(is_t[:, None, None, :], col[j][..., None], s[None])  # key t's column replaced
             sp = torch.where(is_t[:, None, :, None], r[:, :, None, :], sp)     # query t's row replaced
             a2 = sp.masked_fill(att.masked, float("-inf")).softmax(-1)         # [c, n_heads, P, P]
-            out[t] = ((a2 - self.A) * self.gA).sum((1, 2, 3))
-        # a position the patch leaves unchanged (before the prompts differ) has no effect; without this the
-        # recomputation's rounding (~1e-8) would rank those cells
-        return out.masked_fill((dx == 0).all(-1), 0.0)
+            out[moved[j]] = ((a2 - self.A) * self.gA).sum((1, 2, 3))
+        return out
 
     @torch.no_grad()
     def full(self, dx: torch.Tensor) -> torch.Tensor:
