@@ -7,7 +7,6 @@ position, plus heads. Attribution = workbench.attribution.attribute; prefilter =
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from . import TOL, Section, goal, measure, table

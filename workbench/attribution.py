@@ -48,11 +48,12 @@ import einops
 import numpy as np
 import torch
 
+from .backends import get_backend
 from .errors import TraceError
 from .hooks import hooks, is_post_norm, n_heads, n_layers
 from .models import decoder_layers
 from .provenance import provenance
-from .patching import _pearson, _result, _setup, _spearman, activation_patching
+from .patching import _pearson, _result, _setup, _spearman
 from .tracing import clean_run, rows_per_forward, run_jobs
 
 ATTRIBUTION_METHODS = ("atp", "atp_qk", "atp*")
@@ -200,15 +201,13 @@ def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
     _check_method(method)
     sites, pc, px, fn, keep, changed, device = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer,
                                                        sites, metric, "torch")
-    L, H, T = n_layers(model), n_heads(model), pc.n_prompt
+    L, T = n_layers(model), pc.n_prompt
     qk, drop = method in ("atp_qk", "atp*"), method == "atp*"
     if drop and L < 2:
         raise TraceError(f"GradDrop (method 'atp*') averages over L - 1 dropped layers; this model has {L} layer")
     if qk:
         _Attention.check(model)
     t0 = time.perf_counter()
-    from .backends import get_backend
-
     run = get_backend(model, tok, "torch")
     clean_ids, corr_ids = pc.input_ids(metric, device), px.input_ids(metric, device)  # [1, pos]
     P = corr_ids.shape[1]
