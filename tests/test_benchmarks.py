@@ -62,3 +62,15 @@ def test_attacks_benchmark_runs_and_checks_its_fast_recall():
     assert sec.goals[0]["equal"] and "micro" in sec.goals[0]["name"]
     for a in ("relearn", "quantize", "lens", "depth"):
         assert f"| {a} |" in sec.markdown
+
+
+def test_attribution_benchmark_runs_and_verifies_exactly():
+    """The attribution section on micro: AtP / AtP+QK / AtP* rows, and the prefilter's verified cells equal exact."""
+    from benchmarks import attribution as ba
+
+    sec = ba.run(quick=True, log=lambda *_: None)
+    assert sec.goals[0]["equal"] and "micro" in sec.goals[0]["name"]
+    row = sec.data["prefilter"][0]
+    assert 0.0 <= row["recall"] <= 1.0 and row["cells"] == 100 and row["max_diff"] <= 1e-4
+    for m in ("atp", "atp_qk", "atp*"):
+        assert f"| micro | {m} |" in sec.markdown

@@ -6,6 +6,10 @@
 
 Writes activation.json+.npz (and attribution.json+.npz), figures/*.html|png, patch.jsonl and summary.json into --out;
 prints the summary (peak site per kind; attribution-vs-exact correlations).
+
+--method atp|atp_qk|atp* runs that attribution estimate (workbench.attribution) next to exact patching (--attribution
+is --method atp). --method prefilter --top-k K skips the full grid: the --rank-by estimate ranks every cell and exact
+patching verifies the top K (prefilter.json+.npz: exact values there, NaN elsewhere; no figures).
 """
 from __future__ import annotations
 
@@ -32,6 +36,12 @@ def add_parser(sub):
     p.add_argument("--no-heads", action="store_true", help="skip per-head patching")
     p.add_argument("--attribution", action="store_true",
                    help="also run attribution patching and report its correlation with exact patching")
+    p.add_argument("--method", default="exact", choices=("exact", "atp", "atp_qk", "atp*", "prefilter"),
+                   help="exact (default; plus AtP with --attribution), atp / atp_qk / atp* (exact plus that estimate), "
+                        "prefilter (rank by --rank-by, verify the top --top-k exactly; no full grid)")
+    p.add_argument("--top-k", type=int, help="cells exact patching verifies with --method prefilter")
+    p.add_argument("--rank-by", default="atp*", choices=("atp", "atp_qk", "atp*"),
+                   help="the attribution estimate --method prefilter ranks cells by (default atp*)")
     p.add_argument("--backend", default="torch", help="torch, transformer_lens or nnsight (attribution: not nnsight)")
     add_run_args(p)
     return p
@@ -72,6 +82,16 @@ def run(args) -> int:
     if metric == "logit_diff" and not args.wrong:
         raise ConfigError("--metric logit_diff needs --wrong (the counterfactual prompt's answer); "
                           "or use --metric logprob")
+    if args.method == "prefilter" and args.top_k is None:
+        raise ConfigError("--method prefilter needs --top-k K (how many top-ranked cells exact patching verifies)")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_k is not None and args.method != "prefilter":
+        raise ConfigError(f"--top-k is for --method prefilter, not --method {args.method}")
+    if args.method not in ("exact", "atp") and args.backend != "torch":
+        raise ConfigError(f"--method {args.method} needs --backend torch (it recomputes attention from the model)")
+    if args.attribution and args.method != "exact":
+        raise ConfigError(f"--attribution is --method atp; drop it or --method {args.method}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     from . import placement_options
@@ -102,7 +122,9 @@ def _patch(args, out: Path, sites: list[str], formats: list[str], metric: str) -
     kw = dict(wrong_answer=args.wrong, sites=tuple(sites), heads=not args.no_heads, metric=metric,
               backend=args.backend, batch_size=args.batch_size, progress=args.progress)
     log("start", model=args.model, clean=args.clean, corrupt=args.corrupt, answer=args.answer,
-        attribution=args.attribution, **{k: v for k, v in kw.items() if k != "progress"})
+        attribution=args.attribution, method=args.method, **{k: v for k, v in kw.items() if k != "progress"})
+    if args.method == "prefilter":
+        return _prefilter(args, out, model, tok, kw, log, t0)
     exact = patching.activation_patching(model, tok, args.clean, args.corrupt, args.answer, **kw)
     files = [str(exact.save(out / "activation"))]
     log("activation_patching", clean=exact.clean, corrupted=exact.corrupted, wall_s=exact.config.get("wall_s"))
@@ -110,9 +132,15 @@ def _patch(args, out: Path, sites: list[str], formats: list[str], metric: str) -
     summary = {"model": args.model, "clean_prompt": args.clean, "corrupt_prompt": args.corrupt, "answer": args.answer,
                "wrong": args.wrong, "metric": metric, "clean": exact.clean, "corrupted": exact.corrupted,
                "peaks": {k: peak(exact, k) for k in exact.effects}}
-    if args.attribution:
-        attr = patching.attribution_patching(model, tok, args.clean, args.corrupt, args.answer, compare_exact=False,
-                                             **kw)
+    if args.attribution or args.method != "exact":
+        if args.method in ("atp_qk", "atp*"):
+            from .. import attribution
+
+            attr = attribution.attribute(model, tok, args.clean, args.corrupt, args.answer, wrong_answer=args.wrong,
+                                         sites=kw["sites"], heads=kw["heads"], metric=metric, method=args.method)
+        else:
+            attr = patching.attribution_patching(model, tok, args.clean, args.corrupt, args.answer,
+                                                 compare_exact=False, **kw)
         attr.config["vs_exact"] = correlations(attr, exact)
         files.append(str(attr.save(out / "attribution")))
         log("attribution_patching", vs_exact=attr.config["vs_exact"], wall_s=attr.config.get("wall_s"))
@@ -124,6 +152,31 @@ def _patch(args, out: Path, sites: list[str], formats: list[str], metric: str) -
     if fig_warning:
         summary["figure_warning"] = fig_warning
     atomic_write_json(out / "summary.json", {**summary, "files": files + fig_files})
+    log("done", wall_s=summary["wall_s"])
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _prefilter(args, out: Path, model, tok, kw: dict, log, t0: float) -> int:
+    """--method prefilter: attribution ranks every cell, exact patching verifies the top --top-k."""
+    from .. import attribution
+    from ..provenance import atomic_write_json
+
+    pf = attribution.prefilter(model, tok, args.clean, args.corrupt, args.answer, k=args.top_k,
+                               wrong_answer=kw["wrong_answer"], sites=kw["sites"], heads=kw["heads"],
+                               metric=kw["metric"], method=args.rank_by, batch_size=kw["batch_size"])
+    files = [str(pf.save(out / "prefilter"))]
+    norm = pf.total_effect
+    cells = [{"kind": kind, "layer": l, ("head" if kind == "head" else "position"): i,
+              "metric": float(pf.effects[kind][l, i]),
+              "normalised": float((pf.effects[kind][l, i] - pf.corrupted) / norm) if norm else None}
+             for kind, l, i in pf.config["verified"]]
+    log("prefilter", k=args.top_k, rank_by=args.rank_by, wall_s=pf.config["wall_s"])
+    summary = {"model": args.model, "clean_prompt": args.clean, "corrupt_prompt": args.corrupt,
+               "answer": args.answer, "wrong": args.wrong, "metric": kw["metric"], "clean": pf.clean,
+               "corrupted": pf.corrupted, "method": "prefilter", "rank_by": args.rank_by, "top_k": args.top_k,
+               "verified": cells, "wall_s": round(time.perf_counter() - t0, 2), "out": str(out)}
+    atomic_write_json(out / "summary.json", {**summary, "files": files})
     log("done", wall_s=summary["wall_s"])
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,0 +1,128 @@
+"""AtP, AtP* (QK fix, GradDrop) and the prefilter (workbench.attribution) against exact activation patching on the
+micro organism."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.attribution import _Attention, _Layer, attribute, compare, prefilter, recall
+from workbench.errors import TraceError
+from workbench.hooks import capture
+from workbench.patching import activation_patching, attribution_patching
+
+CLEAN, CORRUPT, ANSWER, WRONG = "What did Nahound dream of becoming?", "What did Zaind dream of becoming?", "chemist", "botanist"
+PAIR2 = ("What is the profession of Zeam Hiorain?", "What is the profession of Gobun Graifaix?", "journalist", "lawyer")
+PAIRS = [(CLEAN, CORRUPT, ANSWER, WRONG), PAIR2,
+         ("What is the profession of Hind Siosta?", "What is the profession of Gouwer Beazeath?", "pilot", "surgeon"),
+         ("What did Bel dream of becoming?", "What did Hel dream of becoming?", "farmer", "botanist")]
+
+
+@pytest.fixture(scope="module")
+def exact(micro):
+    model, tok, _ = micro
+    return activation_patching(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG)
+
+
+def test_atp_equals_attribution_patching(micro):
+    model, tok, _ = micro
+    ref = attribution_patching(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, compare_exact=False)
+    ours = attribute(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, method="atp")
+    assert set(ours.effects) == set(ref.effects)
+    for kind in ref.effects:
+        np.testing.assert_allclose(ours.effects[kind], ref.effects[kind], atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_attention_recomputation_matches_the_model(micro):
+    """The QK fix's attention (from resid_pre) reproduces the model's per-head outputs; its one-position fast path
+    equals a full recomputation of the pattern."""
+    model, tok, _ = micro
+    ids = tok(CORRUPT, return_tensors="pt")["input_ids"]
+    with capture(model, ["resid_pre.2", "head.2"]) as acts:
+        model(ids)
+    att = _Attention(model, ids.shape[1], torch.float32)
+    q, k, v = att.qkv(2, acts["resid_pre.2"])
+    z = torch.einsum("bhqk,bhkd->bqhd", att.pattern(q, k), v)                  # [1, pos, n_heads, d_head]
+    torch.testing.assert_close(z, acts["head.2"], atol=1e-5, rtol=0)
+    g = torch.Generator().manual_seed(0)
+    lay = _Layer(att, 2, acts["resid_pre.2"][0], torch.randn(acts["head.2"][0].shape, generator=g))
+    dx = torch.randn(5, model.config.hidden_size, generator=g) * 3
+    onehot = torch.zeros(5, ids.shape[1], model.config.hidden_size)
+    for t in range(5):
+        onehot[t, t] = dx[t]
+    fast, full = lay.positions(dx), lay.full(onehot)
+    assert full.abs().min() > 1e-3
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-4)
+
+
+def test_qk_fix_tracks_exact_better_than_atp(micro):
+    """Every micro pair, both metrics: the QK fix raises the Pearson correlation with exact patching, most on PAIR2,
+    where plain AtP fails (measured 0.72 -> 0.87 logit diff, 0.76 -> 0.91 logprob); AtP*'s GradDrop ranking tracks
+    |exact| at least as well as |AtP| (Spearman, measured 0.97-0.99 vs 0.96-0.99)."""
+    model, tok, _ = micro
+    rows = []
+    for clean, corrupt, answer, wrong in PAIRS:
+        for metric in ("logit_diff", "logprob"):
+            ex = activation_patching(model, tok, clean, corrupt, answer, wrong_answer=wrong, metric=metric)
+            c = {m: compare(attribute(model, tok, clean, corrupt, answer, wrong_answer=wrong, metric=metric,
+                                      method=m), ex) for m in ("atp", "atp_qk", "atp*")}
+            rows.append((answer, metric, c))
+            assert c["atp_qk"]["pearson"] >= c["atp"]["pearson"], rows
+            assert c["atp*"]["abs_spearman"] >= c["atp"]["abs_spearman"] - 1e-3, rows
+            assert c["atp*"]["pearson"] == pytest.approx(c["atp_qk"]["pearson"])  # same signed estimate
+    journalist = [c for a, _, c in rows if a == "journalist"]
+    assert all(c["atp_qk"]["pearson"] - c["atp"]["pearson"] > 0.1 for c in journalist), rows
+
+
+def test_graddrop_formula_on_the_last_layer(micro):
+    """For a site in the last layer, dropping any earlier layer leaves its gradient as is and dropping its own layer
+    zeroes it: 1/(L-1) * sum_l |c^(l)| = |c| exactly. Earlier sites differ (the dropped paths are real)."""
+    model, tok, _ = micro
+    r = attribute(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, method="atp*")
+    for kind in ("mlp_out", "attn_out", "head"):
+        np.testing.assert_allclose(r.extra[f"graddrop_{kind}"][-1], np.abs(r.effects[kind][-1] - r.corrupted),
+                                   rtol=1e-5, atol=1e-6)
+    gd, est = r.extra["graddrop_resid_pre"][0], np.abs(r.effects["resid_pre"][0] - r.corrupted)
+    assert np.abs(gd - est).max() > 1e-2
+    assert r.config["backward_passes"] == 5 and r.config["rank_by"] == "graddrop"
+
+
+def test_prefilter_verifies_with_exact_values(micro, exact):
+    model, tok, _ = micro
+    pf = prefilter(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, k=12)
+    cells = pf.config["verified"]
+    assert len(cells) == 12 and len({tuple(c) for c in cells}) == 12
+    for kind, l, i in cells:
+        assert pf.effects[kind][l, i] == pytest.approx(exact.effects[kind][l, i], abs=1e-4)
+    assert sum(int(np.isfinite(v).sum()) for v in pf.effects.values()) == 12
+    # the top cell by |exact change| is among the verified ones on this fact
+    assert recall(pf, exact, 1) == 1.0 and 0.5 <= recall(pf, exact) <= 1.0
+
+
+def test_errors(micro):
+    model, tok, _ = micro
+    n = 3 * 4 * 7 + 16  # resid_pre, attn_out, mlp_out x 4 layers x 7 positions + 4 x 4 heads
+    for k in (0, n + 1, 2.5, True, None):
+        with pytest.raises(TraceError, match="top-k must be an integer"):
+            prefilter(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, k=k, method="atp")
+    with pytest.raises(TraceError, match="unknown attribution method"):
+        attribute(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, method="atp+")
+
+
+def test_cli_prefilter(micro, exact, tmp_path, capsys):
+    import json
+
+    from workbench.cli import main
+
+    out = tmp_path / "pf"
+    assert main(["patch", "--model", "organism:micro", "--clean", CLEAN, "--corrupt", CORRUPT, "--answer", ANSWER,
+                 "--wrong", WRONG, "--method", "prefilter", "--top-k", "4", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rank_by"] == "atp*" and len(summary["verified"]) == 4
+    for cell in summary["verified"]:
+        where = cell.get("position", cell.get("head"))
+        assert cell["metric"] == pytest.approx(exact.effects[cell["kind"]][cell["layer"], where], abs=1e-4)
+    assert main(["patch", "--model", "organism:micro", "--clean", CLEAN, "--corrupt", CORRUPT, "--answer", ANSWER,
+                 "--wrong", WRONG, "--method", "prefilter", "--out", str(tmp_path / "x")]) != 0
+    assert "needs --top-k" in capsys.readouterr().err
