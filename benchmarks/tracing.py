@@ -27,12 +27,13 @@ import torch
 
 from . import TOL, Section, goal, measure, profile_top, table
 from workbench.backends import get_backend
-from workbench.hooks import n_layers
 from workbench.models import decoder_layers
-from workbench.tracing import (KIND_SITE, causal_trace, clean_run, default_window, metric_fn, noise_scale, prepare,
-                               run_jobs_naive, window_layers)
+from workbench.prompts import metric_fn, prepare
+from workbench.restoration import clean_run, run_jobs_naive
+from workbench.sites import KINDS, n_layers
+from workbench.sites import name as site_name
+from workbench.tracing import causal_trace, default_window, noise_scale, window_layers
 
-KINDS = ("resid", "mlp", "attn")
 FACT = ("What did Zaind dream of becoming?", "botanist", "Zaind")
 PATCH = ("What did Nahound dream of becoming?", "What did Zaind dream of becoming?", "chemist", "botanist")
 
@@ -173,12 +174,12 @@ def nnsight_loop(model, tok, prep, draws, metric, kinds, window, cells) -> tuple
     L, T = n_layers(model), prep.n_prompt
     ids = prep.input_ids(metric, "cpu")
     fn, keep = metric_fn(metric, prep.answer_ids)
-    sites = [f"{KIND_SITE[k]}.{l}" for k in kinds for l in range(L)]
+    sites = [site_name(k, l) for k in kinds for l in range(L)]
     _, clean = clean_run(run, ids, sites, keep)
     effects = {}
     for kind in kinds:
         layers_of = (lambda l: [l]) if kind == "resid" else (lambda l: window_layers(l, window, L))
-        jobs = [[(f"{KIND_SITE[kind]}.{ll}", [t]) for ll in layers_of(l)] for l, t in cells]
+        jobs = [[(site_name(kind, ll), [t]) for ll in layers_of(l)] for l, t in cells]
         vals = run_jobs_naive(run, ids, jobs, clean, fn, keep, noise=draws, subject_range=prep.subject_range)
         eff = np.full((L, T), np.nan)
         for (l, t), v in zip(cells, vals):

@@ -7,8 +7,9 @@ import torch
 
 from workbench.backends import get_backend
 from workbench.errors import TraceError
-from workbench.tracing import (causal_trace, causal_trace_naive, clean_run, default_window, metric_fn, noise_scale,
-                               prepare, run_jobs, run_jobs_naive, trace_facts, window_layers)
+from workbench.prompts import metric_fn, prepare
+from workbench.restoration import clean_run, run_jobs, run_jobs_naive
+from workbench.tracing import causal_trace, causal_trace_naive, default_window, noise_scale, trace_facts, window_layers
 
 FACT = ("What did Zaind dream of becoming?", "botanist", "Zaind")
 DATE = ("What is the birth date of Jous Doukoul?", "1988-09-19", "Jous Doukoul")
@@ -115,7 +116,7 @@ def test_backends_agree(micro, fact_trace, backend):
 
 def test_backends_see_the_same_sites(micro):
     """Each backend's activation at every site equals ours (checks the TL hook-name and nnsight module mapping)."""
-    from workbench.hooks import valid_sites
+    from workbench.sites import valid_sites
 
     model, tok, _ = micro
     ids = torch.tensor([tok(FACT[0])["input_ids"]])
@@ -198,7 +199,7 @@ def test_transformer_lens_backend_shares_weights(micro):
 @torch.no_grad()
 def test_suffix_groupings_agree_with_full_forwards(micro):
     """Per-layer and per-(layer, position) grouping of the suffix engine give run_jobs' numbers for the same jobs."""
-    from workbench.tracing import CorruptedRun, run_jobs_suffix
+    from workbench.restoration import CorruptedRun, run_jobs_suffix
 
     model, tok, _ = micro
     prep = prepare(model, tok, *FACT)
