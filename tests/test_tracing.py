@@ -219,3 +219,28 @@ def test_suffix_groupings_agree_with_full_forwards(micro):
         got = run_jobs_suffix(corrupted, jobs, clean, fn, keep, rows=8, by_position=by_position)
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6, rtol=0)
     assert float(want.max() - want.min()) > 0.05  # restorations matter: not a vacuous comparison
+
+
+def test_facts_per_batch_equals_one_at_a_time(micro):
+    """Facts of different token lengths traced together (right-padded forwards, each fact its own noise draws and
+    clean values) give each fact's one-at-a-time trace, for both metrics; bad batch sizes are named errors."""
+    model, tok, corpus = micro
+    facts = corpus.facts()[:6]
+    assert len({len(tok(r.input)["input_ids"]) for r in facts}) > 1  # the padding is exercised
+    for metric in ("prob", "logprob_mean"):
+        kw = dict(n_samples=3, metric=metric, window=2, progress=False)
+        one = trace_facts(model, tok, facts, suffix=False, **kw)
+        many = trace_facts(model, tok, facts, facts_per_batch=4, batch_size=37, **kw)
+        for a, b in zip(one, many):
+            assert (a.tokens, a.subject_range, a.config["record_id"]) == (b.tokens, b.subject_range, b.config["record_id"])
+            assert b.config["facts_per_batch"] in (2, 4)
+            assert b.clean == pytest.approx(a.clean, abs=1e-6) and b.corrupted == pytest.approx(a.corrupted, abs=1e-6)
+            for kind in a.effects:
+                np.testing.assert_allclose(b.effects[kind], a.effects[kind], atol=2e-6, rtol=0)
+                np.testing.assert_allclose(b.extra[f"{kind}_std"], a.extra[f"{kind}_std"], atol=2e-6, rtol=0)
+        assert max(np.ptp(r.effects["resid"]) for r in one) > 0.05  # restorations move the metric
+    for bad in (0, -1, 2.5):
+        with pytest.raises(TraceError, match="facts_per_batch"):
+            trace_facts(model, tok, facts, facts_per_batch=bad, progress=False)
+    with pytest.raises(TraceError, match="naive"):
+        trace_facts(model, tok, facts, facts_per_batch=2, naive=True, progress=False)

@@ -14,6 +14,7 @@ Causal tracing (workbench.tracing: noised subject, clean values restored) and ac
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -137,6 +138,130 @@ def run_jobs_naive(run, ids, jobs, clean, metric, keep, *, noise=None, subject_r
             edits["embed"] = (lambda x, r=edits["embed"]: r(add_noise(x))) if "embed" in edits else add_noise
         out.append(metric(run(ids.expand(S, -1), edits, keep)).float().cpu())
     return torch.stack(out) if out else torch.zeros(0, S)
+
+
+# --- several prompts per forward: right-padded -----------------------------------------------------------------
+@dataclass
+class Source:
+    """One prompt the padded engine restores on: its input, the values to restore, its noise and its metric."""
+    ids: torch.Tensor                        # [1, pos]
+    clean: dict[str, torch.Tensor]           # {site: [pos, ...]} values a job sets back
+    metric: Callable                         # logits [rows, keep, vocab] -> [rows]
+    keep: int                                # last positions of `ids` the metric reads
+    noise: torch.Tensor | None = None        # [n_samples, n_subject, d_model] added at subject_range
+    subject_range: tuple[int, int] | None = None
+
+    @property
+    def n_pos(self) -> int:
+        return self.ids.shape[1]
+
+
+def _pad(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """`x` zero-padded at the end of `dim` to length n."""
+    if x.shape[dim] == n:
+        return x
+    shape = list(x.shape)
+    shape[dim] = n - x.shape[dim]
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+def _gather_logits(logits: torch.Tensor, sources: list[Source], row_source: list[int], T: int, S: int):
+    """Per run of consecutive jobs on one source: (first job, n jobs, source, logits [rows, keep, vocab] of that
+    source's last `keep` positions). `logits` holds the last K positions of a width-T padded batch."""
+    K = logits.shape[1]
+    j = 0
+    while j < len(row_source):
+        i = row_source[j]
+        n = 1
+        while j + n < len(row_source) and row_source[j + n] == i:
+            n += 1
+        src = sources[i]
+        end = src.n_pos - (T - K)                                   # where this source's positions end among the K
+        yield j, n, src, logits[j * S:(j + n) * S, end - src.keep:end]
+        j += n
+
+
+@torch.no_grad()
+def clean_runs(run, sources_ids: list[torch.Tensor], sites: Sequence[str], keeps: list[int]):
+    """`clean_run` of several prompts in one right-padded forward: [(logits [1, keep, vocab], {site: [pos, ...]})]."""
+    T = max(ids.shape[1] for ids in sources_ids)
+    ids = torch.cat([_pad(x, T, 1) for x in sources_ids])          # [n_prompts, T]
+    acts: dict[str, torch.Tensor] = {}
+
+    def recorder(site):
+        def fn(x):
+            acts[site] = x.detach().clone()
+        return fn
+    K = T - min(x.shape[1] - k for x, k in zip(sources_ids, keeps))
+    logits = run(ids, {s: recorder(s) for s in sites}, K)          # [n_prompts, K, vocab]
+    out = []
+    for i, (x, k) in enumerate(zip(sources_ids, keeps)):
+        end = x.shape[1] - (T - K)
+        out.append((logits[i:i + 1, end - k:end], {s: a[i, :x.shape[1]] for s, a in acts.items()}))
+    return out
+
+
+def run_jobs_padded(run, sources: list[Source], jobs: list[tuple[int, Job]], *, rows: int = 64,
+                    progress: bool = False, desc: str = "restoring") -> torch.Tensor:
+    """`run_jobs` over several prompts at once: job (i, job) restores on sources[i]. Returns [n_jobs, n_samples].
+
+    Prompts of different lengths share a forward right-padded: causal attention keeps each real position blind to
+    the padding after it, so positions (and rotary embeddings), noise, restored values and the metric's positions
+    are those of the prompt alone, and no attention mask is needed. Each row restores its own prompt's clean values
+    and reads the logits of its own last positions. Equal to `run_jobs` per prompt up to float rounding."""
+    S = 1 if sources[0].noise is None else sources[0].noise.shape[0]
+    if any((src.noise is None and S != 1) or (src.noise is not None and src.noise.shape[0] != S) for src in sources):
+        raise ValueError("every source needs the same number of noise draws")
+    per_chunk = max(1, rows // S)
+    out = []
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
+    for c0 in range(0, len(jobs), per_chunk):
+        chunk = jobs[c0:c0 + per_chunk]
+        row_source = [i for i, _ in chunk]
+        used = sorted(set(row_source))
+        slot = {i: u for u, i in enumerate(used)}
+        T = max(sources[i].n_pos for i in used)
+        B = len(chunk) * S
+        row_slot = torch.tensor([slot[i] for i in row_source]).repeat_interleave(S)       # [B]
+        device = sources[used[0]].ids.device
+        ids = torch.cat([_pad(sources[i].ids, T, 1) for i in used])[row_slot.to(device)]  # [B, T]
+
+        masks: dict[str, torch.Tensor] = {}   # site -> [B, T] or [B, T, n_heads]: True = restore clean
+        for j, (i, job) in enumerate(chunk):
+            for site, positions in job:
+                clean = sources[i].clean[site]
+                m = masks.setdefault(site, torch.zeros((B, T) + tuple(clean.shape[1:-1]), dtype=torch.bool,
+                                                       device=clean.device))
+                for p in positions:
+                    idx = tuple(p) if isinstance(p, tuple) else (p,)
+                    m[(slice(j * S, (j + 1) * S),) + idx] = True
+
+        def restorer(site, m):
+            values = torch.stack([_pad(sources[i].clean[site], T, 0) for i in used])  # [n_used, T, ...]
+
+            def fn(x):  # x: [B, T, d_model] or [B, T, n_heads, d_head]
+                return torch.where(m[..., None], values[row_slot.to(values.device)].to(x.dtype), x)
+            return fn
+        edits = {site: restorer(site, m) for site, m in masks.items()}
+        if sources[used[0]].noise is not None:
+            d = sources[used[0]].noise.shape[-1]
+            draws = torch.zeros(len(used), S, T, d, device=device)                       # [n_used, S, T, d_model]
+            for i in used:
+                s, e = sources[i].subject_range
+                draws[slot[i], :, s:e] = sources[i].noise
+            draws = draws[row_slot.to(device), torch.arange(B, device=device) % S]     # [B, T, d_model]
+
+            def add_noise(x, draws=draws):  # x: [B, T, d_model]; zero draws outside the subject leave x as it is
+                return x + draws.to(x.dtype)
+            restore = edits.get("embed")  # restoring the embedding itself: noise first, then restore
+            edits["embed"] = add_noise if restore is None else (lambda x, r=restore, a=add_noise: r(a(x)))
+        K = T - min(sources[i].n_pos - sources[i].keep for i in used)
+        logits = run(ids, edits, K)                                                       # [B, K, vocab]
+        for j, n, src, lg in _gather_logits(logits, sources, row_source, T, S):
+            out.append(src.metric(lg).reshape(n, S).float().cpu())
+        bar.update(len(chunk))
+    bar.close()
+    return torch.cat(out) if out else torch.zeros(0, S)
 
 
 # --- suffix engine: recompute only what a restoration can change ---------------------------------------------
