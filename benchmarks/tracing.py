@@ -12,7 +12,8 @@ Peers (all compute the full layer x position heatmap of resid / mlp / attn, as t
               layer only (TL patches one layer per forward), which is the default window on 4-layer models.
   (c) nnsight one `nnsight.NNsight(model).trace` per restored site (workbench.backends.NNsightBackend + the
               reference loop `run_jobs_naive`).
-Ours: `workbench.tracing.causal_trace` (batched restorations x noise draws, pre-subject cells skipped).
+Ours: `workbench.tracing.causal_trace` (batched restorations x noise draws, pre-subject cells skipped), one fact at
+a time, and on fact sets also `causal_trace_batch` (k facts per right-padded batch, facts sorted by token length).
 
 When a peer is too slow to run every cell of the OLMo-1B-shaped model on 2 cores, it runs a stated sample of cells
 (every layer, positions alternating subject-last / prompt-last) and its full-heatmap time is its measured mean time per
@@ -27,12 +28,13 @@ import torch
 
 from . import TOL, Section, goal, measure, profile_top, table
 from workbench.backends import get_backend
-from workbench.hooks import n_layers
 from workbench.models import decoder_layers
-from workbench.tracing import (KIND_SITE, causal_trace, clean_run, default_window, metric_fn, noise_scale, prepare,
-                               run_jobs_naive, window_layers)
+from workbench.prompts import metric_fn, prepare
+from workbench.restoration import clean_run, run_jobs_naive
+from workbench.sites import KINDS, n_layers
+from workbench.sites import name as site_name
+from workbench.tracing import causal_trace, causal_trace_batch, default_window, noise_scale, window_layers
 
-KINDS = ("resid", "mlp", "attn")
 FACT = ("What did Zaind dream of becoming?", "botanist", "Zaind")
 PATCH = ("What did Nahound dream of becoming?", "What did Zaind dream of becoming?", "chemist", "botanist")
 
@@ -173,12 +175,12 @@ def nnsight_loop(model, tok, prep, draws, metric, kinds, window, cells) -> tuple
     L, T = n_layers(model), prep.n_prompt
     ids = prep.input_ids(metric, "cpu")
     fn, keep = metric_fn(metric, prep.answer_ids)
-    sites = [f"{KIND_SITE[k]}.{l}" for k in kinds for l in range(L)]
+    sites = [site_name(k, l) for k in kinds for l in range(L)]
     _, clean = clean_run(run, ids, sites, keep)
     effects = {}
     for kind in kinds:
         layers_of = (lambda l: [l]) if kind == "resid" else (lambda l: window_layers(l, window, L))
-        jobs = [[(f"{KIND_SITE[kind]}.{ll}", [t]) for ll in layers_of(l)] for l, t in cells]
+        jobs = [[(site_name(kind, ll), [t]) for ll in layers_of(l)] for l, t in cells]
         vals = run_jobs_naive(run, ids, jobs, clean, fn, keep, noise=draws, subject_range=prep.subject_range)
         eff = np.full((L, T), np.nan)
         for (l, t), v in zip(cells, vals):
@@ -196,9 +198,22 @@ def max_diff(ours, theirs, kinds) -> float:
 
 
 # --- one fact / a fact set ---------------------------------------------------------------------------------
-def trace_compare(model, tok, facts, *, n_samples, metric, sigma, peers_full: dict[str, int], label: str) -> dict:
-    """Ours on every fact; each peer on its first `peers_full[peer]` facts (all cells), or, when that is 0, on
-    sampled cells of the first fact. Returns timings, extrapolated full-set peer times and max differences."""
+def trace_batched(model, tok, facts, k: int, **kw) -> list:
+    """Ours with k facts per batch, facts sorted by prompt length (as trace_facts does); results in `facts` order."""
+    order = sorted(range(len(facts)), key=lambda i: len(tok(facts[i][0])["input_ids"]))
+    out = {}
+    for b0 in range(0, len(order), k):
+        batch = order[b0:b0 + k]
+        for i, r in zip(batch, causal_trace_batch(model, tok, [facts[i] for i in batch], **kw)):
+            out[i] = r
+    return [out[i] for i in range(len(facts))]
+
+
+def trace_compare(model, tok, facts, *, n_samples, metric, sigma, peers_full: dict[str, int], label: str,
+                  facts_per_batch: int | None = None) -> dict:
+    """Ours on every fact (and, with `facts_per_batch`, also that many facts per batch); each peer on its first
+    `peers_full[peer]` facts (all cells), or, when that is 0, on sampled cells of the first fact. Returns timings,
+    extrapolated full-set peer times and max differences."""
     L = n_layers(model)
     window = default_window(L)
     preps = [prepare(model, tok, p, a, s) for p, a, s in facts]
@@ -212,6 +227,12 @@ def trace_compare(model, tok, facts, *, n_samples, metric, sigma, peers_full: di
     ours, t_ours, mem_ours = measure(lambda: [causal_trace(model, tok, p, a, s, n_samples=n_samples, noise=sigma,
                                                            metric=metric) for p, a, s in facts])
     row = {"label": label, "facts": len(facts), "ours_s": t_ours, "ours_mib": mem_ours, "peers": {}}
+    if facts_per_batch:
+        kw = dict(n_samples=n_samples, noise=sigma, metric=metric)
+        trace_batched(model, tok, facts[:2], 2, **kw)  # warm-up (untimed)
+        batched, t_b, mem_b = measure(lambda: trace_batched(model, tok, facts, facts_per_batch, **kw))
+        row["batched"] = {"k": facts_per_batch, "s": t_b, "mib": mem_b,
+                          "max_diff": max(max_diff(a, b.effects, KINDS) for a, b in zip(ours, batched))}
     spread = max(float(np.ptp(r.effects[k])) for r in ours for k in KINDS)
     row["effect_range"] = spread
     for name, k in peers_full.items():
@@ -239,20 +260,23 @@ def trace_compare(model, tok, facts, *, n_samples, metric, sigma, peers_full: di
 
 def _fmt_compare(rows: list[dict]) -> tuple[str, list[dict]]:
     out, goals = [], []
-    head = ["setting", "facts", "ours s", "ours peak MiB", "peer", "peer ran", "peer s (measured)",
-            "peer s (full set)", "max abs diff", "speedup"]
+    head = ["setting", "facts", "ours s", "ours peak MiB", "ours batched s (k facts/batch; max diff to ours)", "peer",
+            "peer ran", "peer s (measured)", "peer s (full set)", "max abs diff", "speedup"]
     body = []
     for r in rows:
         fastest = None
+        b = r.get("batched")
+        ours = min(r["ours_s"], b["s"]) if b and b["max_diff"] <= TOL else r["ours_s"]
+        batched = f"{b['s']:.4g} (k={b['k']}; {b['max_diff']:.2e})" if b else "-"
         for name, p in r["peers"].items():
-            ratio = p["est_full_s"] / r["ours_s"]
+            ratio = p["est_full_s"] / ours
             ran = f"{p['facts_run']} fact(s), {p['cells']} cells, {p['forwards']} fwd"
-            body.append([r["label"], r["facts"], r["ours_s"], r["ours_mib"], name, ran, p["seconds"],
+            body.append([r["label"], r["facts"], r["ours_s"], r["ours_mib"], batched, name, ran, p["seconds"],
                          p["est_full_s"] if not p["measured_all"] else p["seconds"], p["max_diff"], f"{ratio:.1f}x"])
             if fastest is None or p["est_full_s"] < fastest[1]["est_full_s"]:
                 fastest = (name, p)
         name, p = fastest
-        goals.append(goal(f"tracing {r['label']}: vs fastest peer ({name})", p["est_full_s"] / r["ours_s"], 10.0,
+        goals.append(goal(f"tracing {r['label']}: vs fastest peer ({name})", p["est_full_s"] / ours, 10.0,
                           all(q["max_diff"] <= TOL for q in r["peers"].values()),
                           f"effect range {r['effect_range']:.3g}"))
     out.append(table(head, body))
@@ -319,21 +343,17 @@ PROMPTS = ["Zaind dreamt of becoming?",
            "hills, with friends and family at the harbour, what did Zaind dream of becoming?"]
 
 
-def scaling(tok, layers, prompts, n_samples) -> tuple[list, list]:
-    out_l, out_t = [], []
+def scaling(tok, layers, prompts, n_samples) -> list[list]:
+    """Our trace time on a grid of depth x prompt length (OLMo-1B width, random weights, resid kind)."""
+    out = []
     for L in layers:
         model = olmo1b_shape(tok, L)
-        _, dt, mem = measure(lambda: causal_trace(model, tok, prompts[1], "botanist", "Zaind", n_samples=n_samples,
-                                                  metric="logprob_mean", kinds=("resid",)))
-        out_l.append([L, len(prepare(model, tok, prompts[1], "botanist", "Zaind").prompt_ids), dt, mem])
-        del model
-    model = olmo1b_shape(tok, 4)
-    for p in prompts:
-        n = len(prepare(model, tok, p, "botanist", "Zaind").prompt_ids)
-        _, dt, mem = measure(lambda: causal_trace(model, tok, p, "botanist", "Zaind", n_samples=n_samples,
-                                                  metric="logprob_mean", kinds=("resid",)))
-        out_t.append([4, n, dt, mem])
-    return out_l, out_t
+        for p in prompts:
+            n = len(prepare(model, tok, p, "botanist", "Zaind").prompt_ids)
+            r, dt, mem = measure(lambda: causal_trace(model, tok, p, "botanist", "Zaind", n_samples=n_samples,
+                                                      metric="logprob_mean", kinds=("resid",)))
+            out.append([L, n, "suffix" if r.config["suffix"] else "full", dt, mem])
+    return out
 
 
 # --- section ------------------------------------------------------------------------------------------------
@@ -355,7 +375,7 @@ def run(quick: bool = False, log=print) -> Section:
     k = 2 if quick else 3
     rows.append(trace_compare(micro, tok, facts, n_samples=S, metric="prob", sigma=sigma,
                               peers_full={"rome": k, "tl": k, "nnsight": k},
-                              label=f"micro, {len(facts)} facts"))
+                              label=f"micro, {len(facts)} facts", facts_per_batch=2 if quick else 10))
     S_big = 2 if quick else 3
     big = None
     if not quick:
@@ -365,6 +385,14 @@ def run(quick: bool = False, log=print) -> Section:
         rows.append(trace_compare(big, tok, [FACT], n_samples=S_big, metric="logprob_mean", sigma=sig_big,
                                   peers_full={"rome": 0, "tl": 0, "nnsight": 0},
                                   label="OLMo-1B shape (4 layers), 1 fact"))
+        log("tracing: OLMo-1B-shaped, 16 layers (full depth)")
+        _NNSIGHT_TWIN.clear()
+        deep = olmo1b_shape(tok, 16)
+        rows.append(trace_compare(deep, tok, [FACT], n_samples=S_big, metric="logprob_mean",
+                                  sigma=noise_scale(deep, tok, [FACT[2]]), peers_full={"rome": 0, "tl": 0, "nnsight": 0},
+                                  label="OLMo-1B shape (16 layers), 1 fact"))
+        del deep
+        _NNSIGHT_TWIN.clear()
     text, g = _fmt_compare(rows)
     goals += g
     md.append(f"### Causal tracing, full heatmaps (resid, mlp, attn)\n\nmicro: n_samples={S}, metric prob; "
@@ -399,8 +427,9 @@ def run(quick: bool = False, log=print) -> Section:
         del big
     if not quick:
         log("scaling")
-        sl, st = scaling(tok, (1, 2, 4), PROMPTS[1:], S_big)
-        md.append(f"\n### Growth of our trace time (OLMo-1B width, random weights, n_samples={S_big}, resid kind only)\n\n"
-                  + table(["layers", "prompt tokens", "seconds", "peak MiB"], sl + st))
-        data["scaling"] = {"layers": sl, "tokens": st}
+        grid = scaling(tok, (1, 4, 16), PROMPTS, S_big)
+        md.append(f"\n### Growth of our trace time in layers x prompt length (OLMo-1B width, random weights, "
+                  f"n_samples={S_big}, resid kind only)\n\n"
+                  + table(["layers", "prompt tokens", "engine", "seconds", "peak MiB"], grid))
+        data["scaling"] = grid
     return Section("Tracing and patching", "\n".join(md), goals, data)

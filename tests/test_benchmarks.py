@@ -30,7 +30,8 @@ def test_tracing_peers_agree_with_engine(micro):
 def test_rome_loop_detects_a_wrong_restoration(micro):
     """The comparison can fail: a peer restoring the wrong position differs from the engine by far more than TOL."""
     model, tok, _ = micro
-    from workbench.tracing import causal_trace, noise_scale, prepare
+    from workbench.prompts import prepare
+    from workbench.tracing import causal_trace, noise_scale
 
     sigma = noise_scale(model, tok, [bt.FACT[2]])
     ours = causal_trace(model, tok, *bt.FACT, n_samples=2, noise=sigma, kinds=("resid",))

@@ -62,6 +62,7 @@ def test_trace_facts_writes_results_importance_figures_and_summary(fakes, tmp_pa
     records, kw = fakes["trace_facts"]
     assert len(records) == 3 and all(r.task == "Task2" and r.subject for r in records)
     assert kw["kinds"] == ("resid", "mlp") and kw["n_samples"] == 4 and kw["backend"] == "torch"
+    assert kw["facts_per_batch"] == 1                                       # one fact at a time unless asked
     assert summary["n_facts"] == 3 and summary["peaks"]["mlp"]["layer"] == 2
     assert summary["peaks"]["mlp"]["lo"] <= summary["peaks"]["mlp"]["mean"] <= summary["peaks"]["mlp"]["hi"]
     assert set(summary["peaks"]) == {"resid", "mlp"}
@@ -102,6 +103,7 @@ def test_trace_one_prompt(fakes, tmp_path, capsys):
     (["--facts", "forget", "--noise", "nan"], "--noise must be a finite number > 0"),
     (["--facts", "forget", "--noise", "-1"], "--noise must be a finite number > 0"),
     (["--facts", "forget", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--facts", "forget", "--facts-per-batch", "0"], "--facts-per-batch must be >= 1"),
     (["--facts", "forget", "--window", "0"], "--window must be >= 1"),
     (["--facts", "forget", "--metric", "logit"], "--metric 'logit' unknown"),
     (["--facts", "forget", "--max-record-tokens", "0"], "record length bound must be an integer >= 2"),

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from workbench.errors import TraceError
-from workbench.hooks import capture, hooks, valid_sites
+from workbench.hooks import capture, hooks
+from workbench.sites import KINDS, locate, module, name, valid_sites
 
 PROMPT = "What did Nahound dream of becoming?"
 
@@ -124,3 +125,25 @@ def test_shape_changing_edit_is_rejected(micro):
     with pytest.raises(TraceError, match="shape"):
         with torch.no_grad(), hooks(model, {"mlp_out.0": lambda x: x[:, :1]}):
             model(ids)
+
+
+def test_one_site_table(micro, tiny_olmo2):
+    """`name` takes site kinds and trace kinds alike; `locate` gives the module, what of it is read and the
+    TransformerLens hook, for pre-norm (OLMo) and post-norm (OLMo-2) blocks."""
+    assert name("mlp", 3) == name("mlp_out", 3) == "mlp_out.3" and name("embed") == "embed"
+    assert [name(k, 0) for k in KINDS] == ["resid_post.0", "mlp_out.0", "attn_out.0"]
+    for bad in (("mlp_in", 0), ("resid", None), ("embed", 0)):
+        with pytest.raises(TraceError, match="no site"):
+            name(*bad)
+    model = micro[0]
+    block = model.model.layers[2]
+    assert module(model, "mlp", 2) is block.mlp and module(model, "attn_out.2") is block.self_attn
+    assert module(model, "resid_post.2") is block and locate(model, "resid_pre.2").reads == "input"
+    head = locate(model, "head.2")
+    assert head.module is block.self_attn.o_proj and head.reads == "input" and head.split_heads
+    assert locate(model, "embed").module is model.get_input_embeddings()
+    assert [locate(model, s).tl_hook for s in ("embed", "resid_pre.1", "head.1", "mlp_out.3")] == [
+        "hook_embed", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.3.hook_mlp_out"]
+    post = tiny_olmo2[0].model.layers[1]
+    assert module(tiny_olmo2[0], "mlp_out.1") is post.post_feedforward_layernorm
+    assert module(tiny_olmo2[0], "attn", 1) is post.post_attention_layernorm

@@ -11,7 +11,8 @@ import torch
 from workbench.backends import get_backend
 from workbench.errors import TraceError
 from workbench.patching import activation_patching, attribution_patching
-from workbench.tracing import clean_run, metric_fn, prepare, run_jobs
+from workbench.prompts import metric_fn, prepare
+from workbench.restoration import clean_run, run_jobs
 
 CLEAN, CORRUPT = "What did Nahound dream of becoming?", "What did Zaind dream of becoming?"
 ANSWER, WRONG = "chemist", "botanist"

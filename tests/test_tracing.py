@@ -7,8 +7,9 @@ import torch
 
 from workbench.backends import get_backend
 from workbench.errors import TraceError
-from workbench.tracing import (causal_trace, causal_trace_naive, clean_run, default_window, metric_fn, noise_scale,
-                               prepare, run_jobs, run_jobs_naive, trace_facts, window_layers)
+from workbench.prompts import metric_fn, prepare
+from workbench.restoration import clean_run, run_jobs, run_jobs_naive
+from workbench.tracing import causal_trace, causal_trace_naive, default_window, noise_scale, trace_facts, window_layers
 
 FACT = ("What did Zaind dream of becoming?", "botanist", "Zaind")
 DATE = ("What is the birth date of Jous Doukoul?", "1988-09-19", "Jous Doukoul")
@@ -115,7 +116,7 @@ def test_backends_agree(micro, fact_trace, backend):
 
 def test_backends_see_the_same_sites(micro):
     """Each backend's activation at every site equals ours (checks the TL hook-name and nnsight module mapping)."""
-    from workbench.hooks import valid_sites
+    from workbench.sites import valid_sites
 
     model, tok, _ = micro
     ids = torch.tensor([tok(FACT[0])["input_ids"]])
@@ -198,7 +199,7 @@ def test_transformer_lens_backend_shares_weights(micro):
 @torch.no_grad()
 def test_suffix_groupings_agree_with_full_forwards(micro):
     """Per-layer and per-(layer, position) grouping of the suffix engine give run_jobs' numbers for the same jobs."""
-    from workbench.tracing import CorruptedRun, run_jobs_suffix
+    from workbench.restoration import CorruptedRun, run_jobs_suffix
 
     model, tok, _ = micro
     prep = prepare(model, tok, *FACT)
@@ -218,3 +219,28 @@ def test_suffix_groupings_agree_with_full_forwards(micro):
         got = run_jobs_suffix(corrupted, jobs, clean, fn, keep, rows=8, by_position=by_position)
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6, rtol=0)
     assert float(want.max() - want.min()) > 0.05  # restorations matter: not a vacuous comparison
+
+
+def test_facts_per_batch_equals_one_at_a_time(micro):
+    """Facts of different token lengths traced together (right-padded forwards, each fact its own noise draws and
+    clean values) give each fact's one-at-a-time trace, for both metrics; bad batch sizes are named errors."""
+    model, tok, corpus = micro
+    facts = corpus.facts()[:6]
+    assert len({len(tok(r.input)["input_ids"]) for r in facts}) > 1  # the padding is exercised
+    for metric in ("prob", "logprob_mean"):
+        kw = dict(n_samples=3, metric=metric, window=2, progress=False)
+        one = trace_facts(model, tok, facts, suffix=False, **kw)
+        many = trace_facts(model, tok, facts, facts_per_batch=4, batch_size=37, **kw)
+        for a, b in zip(one, many):
+            assert (a.tokens, a.subject_range, a.config["record_id"]) == (b.tokens, b.subject_range, b.config["record_id"])
+            assert b.config["facts_per_batch"] in (2, 4)
+            assert b.clean == pytest.approx(a.clean, abs=1e-6) and b.corrupted == pytest.approx(a.corrupted, abs=1e-6)
+            for kind in a.effects:
+                np.testing.assert_allclose(b.effects[kind], a.effects[kind], atol=2e-6, rtol=0)
+                np.testing.assert_allclose(b.extra[f"{kind}_std"], a.extra[f"{kind}_std"], atol=2e-6, rtol=0)
+        assert max(np.ptp(r.effects["resid"]) for r in one) > 0.05  # restorations move the metric
+    for bad in (0, -1, 2.5):
+        with pytest.raises(TraceError, match="facts_per_batch"):
+            trace_facts(model, tok, facts, facts_per_batch=bad, progress=False)
+    with pytest.raises(TraceError, match="naive"):
+        trace_facts(model, tok, facts, facts_per_batch=2, naive=True, progress=False)

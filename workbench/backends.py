@@ -3,9 +3,9 @@
     run = get_backend(model, tok, "nnsight")
     logits = run(input_ids, {"mlp_out.2": fn, "embed": add_noise})   # [batch, pos, vocab]
 
-Every backend sees the same HF weights and the same site names (workbench.hooks); an edit is `fn(activation) ->
-replacement or None`. The tracing and patching code only talks to this interface, so the three backends must agree
-(tests/test_tracing.py checks it to 1e-4).
+Every backend sees the same HF weights and the same site names, each resolved by `workbench.sites.locate`; an edit
+is `fn(activation) -> replacement or None`. The tracing and patching code only talks to this interface, so the three
+backends must agree (tests/test_tracing.py checks it to 1e-4).
 
 TransformerLens: `TransformerBridge.boot_transformers(name, hf_model=..., tokenizer=...)` wraps an already-loaded HF
 model without any hub access (it reuses `hf_model.config`). The bridge replaces submodules of the model it is given
@@ -15,8 +15,8 @@ weight copy; in-place weight edits to the original stay visible) and keep the or
 nnsight: `nnsight.NNsight(hf_model)` and, inside `with nm.trace(ids):`, read/assign `.output` / `.input` of the same
 modules our hooks use, in execution order (nnsight 0.5+ requires that order). For a model too large to load, nnsight
 runs the same interventions remotely on models NDIF hosts: `LanguageModel("<hosted hub id>")` and
-`with model.trace(prompt, remote=True):`, with an NDIF API key (NDIF_API_KEY); `NNsightBackend._envoy` names the
-modules each site reads. This backend runs locally, on a model loaded here.
+`with model.trace(prompt, remote=True):`, with an NDIF API key (NDIF_API_KEY); `NNsightBackend.envoy` gives the
+envoy of the module each site reads. This backend runs locally, on a model loaded here.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ import einops
 import torch
 
 from .errors import TraceError
-from .hooks import HookFn, hooks, is_post_norm, n_heads, parse_site, site_order
-from .models import decoder_layers
+from .hooks import HookFn, hooks
+from .sites import locate, n_heads, order
 
 BACKENDS = ("torch", "transformer_lens", "nnsight")
 
@@ -51,8 +51,6 @@ class TorchBackend:
 class TransformerLensBackend:
     """TransformerBridge over a parameter-sharing copy of the HF model; edits become TL `fwd_hooks`."""
     name = "transformer_lens"
-    _TL = {"embed": "hook_embed", "resid_pre": "blocks.{l}.hook_resid_pre", "resid_post": "blocks.{l}.hook_resid_post",
-           "attn_out": "blocks.{l}.hook_attn_out", "mlp_out": "blocks.{l}.hook_mlp_out", "head": "blocks.{l}.attn.hook_z"}
 
     def __init__(self, model, tok):
         from transformer_lens.model_bridge import TransformerBridge
@@ -67,12 +65,9 @@ class TransformerLensBackend:
             dtype=next(model.parameters()).dtype)
         self.bridge.eval()
 
-    def hook_name(self, site: str) -> str:
-        kind, l = parse_site(self.model, site)
-        return self._TL[kind].format(l=l)
-
     def __call__(self, input_ids: torch.Tensor, edits: Edits = {}, logits_to_keep: int = 0) -> torch.Tensor:
-        fwd_hooks = [(self.hook_name(site), (lambda fn: lambda x, hook: fn(x))(fn)) for site, fn in edits.items()]
+        fwd_hooks = [(locate(self.model, site).tl_hook, (lambda fn: lambda x, hook: fn(x))(fn))
+                     for site, fn in edits.items()]
         logits = self.bridge.run_with_hooks(input_ids, fwd_hooks=fwd_hooks, return_type="logits")
         return logits[:, -logits_to_keep:] if logits_to_keep else logits  # [batch, pos or keep, vocab]
 
@@ -86,32 +81,24 @@ class NNsightBackend:
 
         self.model = model
         self.nn = nnsight.NNsight(model)
+        self._paths = {module: path for path, module in model.named_modules()}
 
-    def _envoy(self, site: str):
-        """(envoy, 'input'|'output', output-is-tuple, split-heads) for a site, mirroring workbench.hooks._register."""
-        kind, l = parse_site(self.model, site)
-        root = self.nn.model
-        if kind == "embed":
-            return root.embed_tokens, "output", False, False
-        block, hf_block = root.layers[l], decoder_layers(self.model)[l]
-        post = is_post_norm(hf_block)
-        if kind == "resid_pre":
-            return block, "input", False, False
-        if kind == "resid_post":
-            return block, "output", False, False
-        if kind == "head":
-            return block.self_attn.o_proj, "input", False, True
-        if kind == "attn_out":
-            return (block.post_attention_layernorm, "output", False, False) if post else (block.self_attn, "output", True, False)
-        return (block.post_feedforward_layernorm if post else block.mlp), "output", False, False
+    def envoy(self, site: str):
+        """(envoy, 'input'|'output', split-heads): the envoy of the module `sites.locate` names, and what to read."""
+        where = locate(self.model, site)
+        envoy = self.nn
+        for part in self._paths[where.module].split("."):
+            envoy = getattr(envoy, part)
+        return envoy, where.reads, where.split_heads
 
     def __call__(self, input_ids: torch.Tensor, edits: Edits = {}, logits_to_keep: int = 0) -> torch.Tensor:
-        order = sorted(edits, key=lambda s: site_order(self.model, s))
+        sites = sorted(edits, key=lambda s: order(self.model, s))
         H = n_heads(self.model)
         with self.nn.trace(input_ids, logits_to_keep=logits_to_keep):
-            for site in order:
-                envoy, attr, is_tuple, split = self._envoy(site)
+            for site in sites:
+                envoy, attr, split = self.envoy(site)
                 value = getattr(envoy, attr)
+                is_tuple = isinstance(value, tuple)  # attention returns (output, weights)
                 x = value[0] if is_tuple else value
                 if split:
                     x = einops.rearrange(x, "b p (h d) -> b p h d", h=H)  # [batch, pos, n_heads, d_head]

@@ -31,7 +31,7 @@ KIND_TITLES = {"resid": "Residual stream", "mlp": "MLP output", "attn": "Attenti
 KIND_COLORS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds",   # ROME's colours per kind
                "resid_pre": "Purples", "resid_post": "Purples", "mlp_out": "Greens", "attn_out": "Reds",
                "head": "Blues"}
-METRIC_LABELS = {"prob": "p(answer)", "logprob_mean": "mean log p(answer)", "logprob": "log p(answer)",
+METRIC_LABELS = {"prob": "p(answer)", "logprob_mean": "mean log p(answer)", "logprob": "mean log p(answer)",
                  "logit_diff": "logit difference"}
 STATIC_FORMATS = ("png", "svg", "pdf", "jpeg", "webp")
 

@@ -1,18 +1,4 @@
-"""Named activation sites on HF OLMo / OLMo-2 models, over plain torch forward hooks.
-
-Sites (TransformerLens-style names, `l` = decoder layer index):
-
-    embed          token embeddings                          # [batch, pos, d_model]
-    resid_pre.l    input of block l (resid_pre.0 == embed)   # [batch, pos, d_model]
-    resid_post.l   output of block l                         # [batch, pos, d_model]
-    attn_out.l     what attention adds to the residual       # [batch, pos, d_model]
-    mlp_out.l      what the MLP adds to the residual         # [batch, pos, d_model]
-    head.l         per-head attention output, o_proj input   # [batch, pos, n_heads, d_head]
-
-OLMo (v1) blocks are pre-norm: `h = h + self_attn(norm(h)); h = h + mlp(norm(h))`, so attn_out / mlp_out are the
-outputs of `self_attn` / `mlp`. OLMo-2 (and OLMo-3) blocks are post-norm: `h = h + post_attention_layernorm(self_attn(h))`,
-`h = h + post_feedforward_layernorm(mlp(h))` (transformers 5.x `Olmo2DecoderLayer.forward`), so there the tensor added
-to the residual is the output of the post-norm and that is what we hook.
+"""Torch forward hooks on named activation sites (workbench.sites resolves each name to its module).
 
     with hooks(model, {"mlp_out.3": lambda x: x * 0}):   # fn(tensor) -> replacement or None (keep)
         logits = model(ids).logits
@@ -23,63 +9,15 @@ to the residual is the output of the post-norm and that is what we hook.
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Callable, Iterable, Iterator, Mapping
 
 import einops
 import torch
 
 from .errors import TraceError
-from .models import decoder_layers
-
-SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
-_SITE = re.compile(r"^(resid_pre|resid_post|attn_out|mlp_out|head)\.(-?\d+)$")
+from .sites import locate, n_heads, parse
 
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
-
-
-def site_name(kind: str, layer: int) -> str:
-    return f"{kind}.{layer}"
-
-
-def n_layers(model) -> int:
-    return len(decoder_layers(model))
-
-
-def valid_sites(model) -> list[str]:
-    """Every site name the model has, in execution order."""
-    out = ["embed"]
-    for l in range(n_layers(model)):
-        out += [f"resid_pre.{l}", f"head.{l}", f"attn_out.{l}", f"mlp_out.{l}", f"resid_post.{l}"]
-    return out
-
-
-def parse_site(model, name: str) -> tuple[str, int]:
-    """'mlp_out.3' -> ('mlp_out', 3); 'embed' -> ('embed', -1). Raises TraceError for unknown names or layers."""
-    L = n_layers(model)
-    if name == "embed":
-        return "embed", -1
-    m = _SITE.match(name)
-    if m is None or not 0 <= int(m.group(2)) < L:
-        why = "layer out of range" if m else "unknown site"
-        raise TraceError(f"{why}: {name!r}; valid sites are 'embed' and "
-                         f"{{{','.join(SITE_KINDS)}}}.{{0..{L - 1}}} (this model has {L} layers)")
-    return m.group(1), int(m.group(2))
-
-
-def site_order(model, name: str) -> int:
-    """Execution order of a site in the forward pass (nnsight needs interventions in this order)."""
-    kind, layer = parse_site(model, name)
-    return 0 if kind == "embed" else 1 + 5 * layer + ("resid_pre", "head", "attn_out", "mlp_out", "resid_post").index(kind)
-
-
-def is_post_norm(block) -> bool:
-    """OLMo-2/3 blocks normalise each sublayer's output before adding it to the residual."""
-    return hasattr(block, "post_feedforward_layernorm")
-
-
-def n_heads(model) -> int:
-    return model.config.num_attention_heads
 
 
 # --- hook plumbing -----------------------------------------------------------------------------------------
@@ -120,22 +58,11 @@ def _input_hook(fns: list[HookFn], heads: int | None = None):
 
 
 def _register(model, name: str, fns: list[HookFn]) -> torch.utils.hooks.RemovableHandle:
-    kind, l = parse_site(model, name)
-    if kind == "embed":
-        return model.get_input_embeddings().register_forward_hook(_output_hook(fns))
-    block = decoder_layers(model)[l]
-    if kind == "resid_pre":
-        return block.register_forward_pre_hook(_input_hook(fns), with_kwargs=True)
-    if kind == "resid_post":
-        return block.register_forward_hook(_output_hook(fns))
-    if kind == "head":
-        return block.self_attn.o_proj.register_forward_pre_hook(_input_hook(fns, heads=n_heads(model)), with_kwargs=True)
-    post = is_post_norm(block)
-    if kind == "attn_out":
-        module = block.post_attention_layernorm if post else block.self_attn
-    else:  # mlp_out
-        module = block.post_feedforward_layernorm if post else block.mlp
-    return module.register_forward_hook(_output_hook(fns))
+    site = locate(model, name)
+    if site.reads == "input":
+        heads = n_heads(model) if site.split_heads else None
+        return site.module.register_forward_pre_hook(_input_hook(fns, heads=heads), with_kwargs=True)
+    return site.module.register_forward_hook(_output_hook(fns))
 
 
 @contextlib.contextmanager
@@ -146,7 +73,7 @@ def hooks(model, edits: Mapping[str, "HookFn | list[HookFn]"]) -> Iterator[None]
     """
     items = [(name, fn if isinstance(fn, (list, tuple)) else [fn]) for name, fn in edits.items()]
     for name, _ in items:
-        parse_site(model, name)
+        parse(model, name)
     handles = []
     try:
         for name, fns in items:

@@ -16,22 +16,43 @@ linear in the site (tests/test_patching.py builds such a case); it fails where a
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .backends import get_backend
 from .errors import TraceError
-from .hooks import n_heads, n_layers
+from .prompts import Prepared, metric_fn, prepare
 from .provenance import provenance
+from .restoration import clean_run, rows_per_forward, run_jobs, run_jobs_naive
 from .results import TraceResult
-from .tracing import clean_run, metric_fn, prepare, rows_per_forward, run_jobs, run_jobs_naive
+from .sites import n_heads, n_layers
+from .sites import name as site_name
 
 PATCH_SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 PATCH_METRICS = ("logit_diff", "logprob", "logprob_mean", "prob")
 
 
-def _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer, sites, metric, backend):
+@dataclass
+class Pair:
+    """A clean/counterfactual prompt pair, checked and tokenised: what exact and attribution patching share."""
+    sites: tuple[str, ...]             # site kinds patched per (layer, position)
+    clean: Prepared
+    corrupt: Prepared
+    metric: Callable                   # logits [rows, keep, vocab] -> [rows]
+    keep: int                          # last-position logits the metric reads
+    changed: tuple[int, int]           # [start, end) positions where the prompts' tokens differ
+    device: torch.device
+
+    def site_names(self, L: int, heads: bool) -> list[str]:
+        """Every site to record: each kind at each layer, then the heads of each layer."""
+        return ([site_name(s, l) for s in self.sites for l in range(L)]
+                + ([site_name("head", l) for l in range(L)] if heads else []))
+
+
+def _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer, sites, metric) -> Pair:
     """Checks + tokenisation shared by exact and attribution patching (all errors before any forward)."""
     sites = (sites,) if isinstance(sites, str) else tuple(sites)
     bad = [s for s in sites if s not in PATCH_SITES]
@@ -60,7 +81,7 @@ def _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer, sites
         raise TraceError(f"clean and corrupt prompts are the same tokens: {clean_prompt!r}")
     fn, keep = metric_fn(metric, pc.answer_ids, wrong_ids)
     device = next(model.parameters()).device
-    return sites, pc, px, fn, keep, (diff[0], diff[-1] + 1), device
+    return Pair(sites, pc, px, fn, keep, (diff[0], diff[-1] + 1), device)
 
 
 def _result(method, clean_prompt, corrupt_prompt, answer, wrong_answer, pc, changed, effects, m_clean, m_corr, metric,
@@ -81,23 +102,22 @@ def activation_patching(model, tok, clean_prompt: str, corrupt_prompt: str, answ
     subject_range of the result = the span of positions where the two prompts' tokens differ; earlier positions are
     identical in both runs, so patching them is a no-op (the batched engine skips them, the naive loop does not).
     """
-    sites, pc, px, fn, keep, changed, device = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer,
-                                                       sites, metric, backend)
+    pair = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer, sites, metric)
+    sites, pc, fn, keep = pair.sites, pair.clean, pair.metric, pair.keep
     run = get_backend(model, tok, backend)
     t0 = time.perf_counter()
     L, H, T = n_layers(model), n_heads(model), pc.n_prompt
-    clean_ids, corr_ids = pc.input_ids(metric, device), px.input_ids(metric, device)  # [1, pos]
-    want = [f"{s}.{l}" for s in sites for l in range(L)] + ([f"head.{l}" for l in range(L)] if heads else [])
-    clean_logits, clean = clean_run(run, clean_ids, want, keep)
+    clean_ids, corr_ids = pc.input_ids(metric, pair.device), pair.corrupt.input_ids(metric, pair.device)  # [1, pos]
+    clean_logits, clean = clean_run(run, clean_ids, pair.site_names(L, heads), keep)
     m_clean = float(fn(clean_logits)[0])
     m_corr = float(fn(run(corr_ids, {}, keep))[0])
 
-    first = 0 if naive else changed[0]
+    first = 0 if naive else pair.changed[0]
     cells = {s: [(l, t) for l in range(L) for t in range(first, T)] for s in sites}
-    jobs = [[(f"{s}.{l}", [t])] for s in sites for l, t in cells[s]]
+    jobs = [[(site_name(s, l), [t])] for s in sites for l, t in cells[s]]
     if heads:
         cells["head"] = [(l, h) for l in range(L) for h in range(H)]
-        jobs += [[(f"head.{l}", [(t, h) for t in range(T)])] for l, h in cells["head"]]
+        jobs += [[(site_name("head", l), [(t, h) for t in range(T)])] for l, h in cells["head"]]
     rows = batch_size or rows_per_forward(model, corr_ids.shape[1], keep, memory_budget)
     if naive:
         vals = run_jobs_naive(run, corr_ids, jobs, clean, fn, keep, progress=progress, desc="patching (naive)")
@@ -114,8 +134,8 @@ def activation_patching(model, tok, clean_prompt: str, corrupt_prompt: str, answ
         effects[s] = eff
     config = {"sites": list(sites), "heads": heads, "metric": metric, "backend": backend, "rows_per_forward": rows,
               "naive": naive, "answer_ids": pc.answer_ids, "wall_s": round(time.perf_counter() - t0, 4)}
-    return _result("activation_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, changed, effects,
-                   m_clean, m_corr, metric, config, model)
+    return _result("activation_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, pair.changed,
+                   effects, m_clean, m_corr, metric, config, model)
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -144,13 +164,13 @@ def attribution_patching(model, tok, clean_prompt: str, corrupt_prompt: str, ans
     if backend not in ("torch", "transformer_lens"):
         raise TraceError(f"attribution patching needs gradients through hooks: backend 'torch' or 'transformer_lens', "
                          f"not {backend!r}")
-    sites, pc, px, fn, keep, changed, device = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer,
-                                                       sites, metric, backend)
+    pair = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer, sites, metric)
+    sites, pc, fn, keep = pair.sites, pair.clean, pair.metric, pair.keep
     run = get_backend(model, tok, backend)
     t0 = time.perf_counter()
-    L, H, T = n_layers(model), n_heads(model), pc.n_prompt
-    clean_ids, corr_ids = pc.input_ids(metric, device), px.input_ids(metric, device)  # [1, pos]
-    want = [f"{s}.{l}" for s in sites for l in range(L)] + ([f"head.{l}" for l in range(L)] if heads else [])
+    L, T = n_layers(model), pc.n_prompt
+    clean_ids, corr_ids = pc.input_ids(metric, pair.device), pair.corrupt.input_ids(metric, pair.device)  # [1, pos]
+    want = pair.site_names(L, heads)
     with torch.no_grad():
         clean_logits, clean = clean_run(run, clean_ids, want, keep)            # forward 1
     m_clean = float(fn(clean_logits)[0])
@@ -174,7 +194,7 @@ def attribution_patching(model, tok, clean_prompt: str, corrupt_prompt: str, ans
     for s in list(sites) + (["head"] if heads else []):
         rows = []
         for l in range(L):
-            site = f"{s}.{l}"
+            site = site_name(s, l)
             g, a_corr = grads[want.index(site)][0], acts[site][0].detach()      # [pos, d_model] / [pos, n_heads, d_head]
             delta = ((clean[site] - a_corr) * g).float()[:T]  # prompt positions only, as exact patching
             rows.append(delta.sum(-1).sum(0) if s == "head" else delta.sum(-1))  # [n_heads] / [pos]
@@ -196,8 +216,8 @@ def attribution_patching(model, tok, clean_prompt: str, corrupt_prompt: str, ans
         ex_all = np.concatenate([(exact.effects[k] - exact.corrupted).ravel() for k in effects])
         vs["all"] = {"pearson": _pearson(est_all, ex_all), "spearman": _spearman(est_all, ex_all)}
         config["vs_exact"] = vs
-    return _result("attribution_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, changed, effects,
-                   m_clean, m_corr, metric, config, model, extra)
+    return _result("attribution_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, pair.changed,
+                   effects, m_clean, m_corr, metric, config, model, extra)
 
 
 def find_counterfactual(tok, fact, records):

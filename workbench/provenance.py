@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import json
 import math
@@ -20,6 +21,12 @@ _PACKAGES = ("workbench", "torch", "transformers", "transformer_lens", "nnsight"
 
 
 def versions() -> dict[str, str]:
+    """Python and package versions; read once per process (a metadata lookup costs ~3 ms per package)."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}

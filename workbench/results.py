@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .provenance import atomic_write_json, to_jsonable
-
-KINDS = ("resid", "mlp", "attn")  # residual stream (block output), MLP output, attention output
+from .sites import KINDS  # noqa: F401  the trace kinds, the keys of a causal trace's effects (defined with the sites)
 
 
 @dataclass

@@ -15,14 +15,19 @@ ROME restores 10 of GPT-2 XL's 48 layers for mlp/attn; we scale that to depth: w
 (OLMo-1B, 16 layers: 3; OLMo-7B, 32 layers: 7; micro organism, 4 layers: 1). Window layers are [l - w//2, l + w - w//2)
 clipped to the model, as in ROME.
 
-Engine: every restoration is a "job" = a list of (site, positions) to set back to clean. Jobs x noise draws become rows
-of a few large batched forwards (rows per forward from a memory budget, or `batch_size`); each site gets one hook
-that swaps in clean values where a boolean [rows, pos] mask says so. Positions before the subject see no noise,
-so restoring them is a no-op: the batched engine skips them and reports the corrupted metric there (the naive loop
-computes them, and the tests check both agree). `naive=True` runs ROME's reference loop: one forward per job.
-On the torch backend the jobs also skip what they cannot change (`CorruptedRun`): a restoration at (layer l,
-position t) recomputes only layers >= l at positions >= t, from the recorded corrupted run (its resid_pre and
-keys/values): 4.7x faster on a long prompt whose subject comes late (OLMo-1B shape, CPU); by default only there.
+Three levels, as in ROME's causal_trace.py:
+  `restore`       one corrupted run with restorations: a batch of jobs (each a list of (site, positions) set back to
+                  clean) through the restoration engine (workbench.restoration) -> metric per job and noise draw
+  `trace_cells`   the loop over (layer, position) cells of one kind: one job per cell -> effects [n_layers, n_prompt]
+  `causal_trace`  one fact: checks, the clean and corrupted runs, every kind; `trace_facts` runs it over a fact set
+`causal_trace_batch` (`trace_facts(facts_per_batch=k)`) traces k facts at once: their prompts, of different lengths,
+share right-padded forwards (`restore_many`, `restoration.run_jobs_padded`), each fact with its own noise draws and
+clean values, equal to one-at-a-time traces up to float rounding.
+Positions before the subject see no noise, so restoring them is a no-op: the batched engine skips them and reports
+the corrupted metric there (the naive loop computes them, and the tests check both agree). `naive=True` runs ROME's
+reference loop: one forward per job. On the torch backend the jobs also skip what they cannot change
+(`restoration.CorruptedRun`: only layers >= l at positions >= t are recomputed), by default where the subject sits in
+the prompt's second half.
 """
 from __future__ import annotations
 
@@ -37,325 +42,17 @@ from tqdm.auto import tqdm
 
 from .backends import get_backend
 from .errors import TraceError
-from .hooks import hooks, n_heads, n_layers, parse_site
-from .models import decoder_layers
+from .prompts import metric_fn, prepare
 from .provenance import provenance
-from .results import KINDS, TraceResult
+from .restoration import (CorruptedRun, Job, Source, clean_run, clean_runs, rows_per_forward, run_jobs, run_jobs_naive,
+                          run_jobs_padded, run_jobs_suffix)
+from .results import TraceResult
+from .sites import KINDS, n_layers
+from .sites import name as site_name
 
 METRICS = ("prob", "logprob_mean")
-KIND_SITE = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
-
-Job = list  # list[tuple[str, Sequence[int]]]: (site name, positions to restore)
 
 
-# --- prompt preparation ------------------------------------------------------------------------------------
-@dataclass
-class Prepared:
-    """A tokenised prompt + answer, checked."""
-    prompt: str
-    answer: str
-    prompt_ids: list[int]              # [n_prompt]
-    answer_ids: list[int]              # [n_answer], the answer's tokens as they appear after the prompt
-    tokens: list[str]                  # readable prompt tokens
-    subject_range: tuple[int, int] | None = None  # [start, end) token positions
-
-    @property
-    def n_prompt(self) -> int:
-        return len(self.prompt_ids)
-
-    def input_ids(self, metric: str, device) -> torch.Tensor:
-        """[1, pos]: the prompt, plus the answer minus its last token when the metric reads the whole answer."""
-        ids = self.prompt_ids + (self.answer_ids[:-1] if metric in ("logprob_mean", "logprob") else [])
-        return torch.tensor([ids], device=device)
-
-
-def continuation(prompt: str, answer: str) -> str:
-    """The text after the prompt: `answer`, separated by one space (the corpus convention `input + ' ' + output`)."""
-    return answer if answer[:1].isspace() or prompt[-1:].isspace() else " " + answer
-
-
-def prepare(model, tok, prompt: str, answer: str, subject: str | None = None) -> Prepared:
-    """Tokenise and check a prompt/answer(/subject); raises TraceError before any forward pass."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise TraceError(f"empty prompt {prompt!r}")
-    if not isinstance(answer, str) or not answer.strip():
-        raise TraceError(f"empty answer {answer!r} for prompt {prompt!r}")
-    enc = tok(prompt, return_offsets_mapping=True)
-    prompt_ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-    full = list(tok(prompt + continuation(prompt, answer))["input_ids"])
-    if full[:len(prompt_ids)] != prompt_ids or len(full) == len(prompt_ids):
-        raise TraceError(f"answer {answer!r} tokenises differently in context: prompt {prompt!r} alone is "
-                         f"{tok.convert_ids_to_tokens(prompt_ids)}, but prompt + answer starts "
-                         f"{tok.convert_ids_to_tokens(full[:len(prompt_ids)])}; choose a prompt/answer split at a "
-                         f"token boundary")
-    answer_ids = full[len(prompt_ids):]
-    # A whitespace-only first answer token (e.g. 'Ġ' before digits split one by one) says nothing about the
-    # fact and is predicted with p ~ 1 even when corrupted: it joins the prompt, the metric reads the content.
-    while len(answer_ids) > 1 and not tok.decode([answer_ids[0]]).strip():
-        prompt_ids.append(answer_ids.pop(0))
-    max_len = getattr(model.config, "max_position_embeddings", None)
-    if max_len is not None and len(full) > max_len:
-        raise TraceError(f"prompt {prompt[:80]!r}... + answer is {len(full)} tokens, longer than the model's context "
-                         f"of {max_len}")
-    sub = None
-    if subject is not None:
-        start = prompt.rfind(subject) if subject else -1
-        if start < 0:
-            raise TraceError(f"subject {subject!r} not found in prompt {prompt!r}")
-        end = start + len(subject)
-        # tokens whose character span overlaps the subject's (a leading-space token counts)
-        pos = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
-        if not pos:
-            raise TraceError(f"subject {subject!r} covers no token of prompt {prompt!r}")
-        sub = (pos[0], pos[-1] + 1)
-    tokens = [tok.decode([i]) for i in prompt_ids]
-    return Prepared(prompt, answer, prompt_ids, answer_ids, tokens, sub)
-
-
-# --- metrics -----------------------------------------------------------------------------------------------
-def metric_fn(name: str, answer_ids: list[int], wrong_ids: list[int] | None = None) -> tuple[Callable, int]:
-    """(fn(logits [rows, keep, vocab]) -> [rows], keep): the metric and how many last-position logits it reads."""
-    if name == "prob":
-        return (lambda lg: lg[:, -1].float().softmax(-1)[:, answer_ids[0]]), 1
-    if name in ("logprob_mean", "logprob"):
-        target = torch.tensor(answer_ids)  # [n_answer]; logits[:, j] predicts answer_ids[j]
-
-        def mean_logprob(lg):
-            lp = lg.float().log_softmax(-1)  # [rows, n_answer, vocab]
-            return lp.gather(-1, target.to(lg.device)[None, :, None].expand(lg.shape[0], -1, 1))[..., 0].mean(-1)
-        return mean_logprob, len(answer_ids)
-    if name == "logit_diff":
-        if not wrong_ids:
-            raise TraceError("metric 'logit_diff' needs a wrong answer (wrong_answer=...)")
-        return (lambda lg: lg[:, -1, answer_ids[0]].float() - lg[:, -1, wrong_ids[0]].float()), 1
-    raise TraceError(f"unknown metric {name!r}; expected one of prob, logprob_mean, logit_diff")
-
-
-# --- batched restoration engine ----------------------------------------------------------------------------
-def rows_per_forward(model, n_pos: int, keep: int, budget_bytes: float | None = None) -> int:
-    """How many rows fit one forward: a rough activation-size estimate per row against a memory budget.
-
-    Default budget: a quarter of free GPU memory, or 1 GiB on CPU (where bigger batches stop paying off anyway).
-    """
-    cfg = model.config
-    p = next(model.parameters())
-    if budget_bytes is None:
-        if p.is_cuda:
-            free, _ = torch.cuda.mem_get_info(p.device)
-            budget_bytes = free / 4
-        else:
-            budget_bytes = 2 ** 30
-    d, d_ff, H = cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size), cfg.num_attention_heads
-    per_row = p.element_size() * (n_pos * (8 * d + 3 * d_ff) + 2 * H * n_pos * n_pos) + 4 * keep * cfg.vocab_size * 2
-    return max(1, int(budget_bytes // per_row))
-
-
-def clean_run(run, ids: torch.Tensor, sites: Sequence[str], keep: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One clean forward: (logits [1, keep, vocab], {site: activation [pos, ...] of the single row})."""
-    acts: dict[str, torch.Tensor] = {}
-
-    def recorder(site):
-        def fn(x):
-            acts[site] = x[0].detach().clone()
-        return fn
-    logits = run(ids, {s: recorder(s) for s in sites}, keep)
-    return logits, acts
-
-
-def restore_edits(jobs: list[Job], S: int, clean: dict[str, torch.Tensor], t0: int = 0) -> dict[str, Callable]:
-    """{site: edit} for a chunk of jobs: rows j*S..(j+1)*S set job j's (site, positions) back to their clean values.
-
-    Activations cover positions t0.. (0: all; the suffix engine passes its first position). Head sites take
-    positions as (pos, head) pairs."""
-    B = len(jobs) * S
-    masks: dict[str, torch.Tensor] = {}  # site -> [B, pos - t0] or [B, pos - t0, n_heads]: True = restore clean
-    for j, job in enumerate(jobs):
-        for site, positions in job:
-            shape = (B, clean[site].shape[0] - t0) + tuple(clean[site].shape[1:-1])
-            m = masks.setdefault(site, torch.zeros(shape, dtype=torch.bool, device=clean[site].device))
-            for p in positions:
-                idx = (p[0] - t0,) + tuple(p[1:]) if isinstance(p, tuple) else (p - t0,)
-                m[(slice(j * S, (j + 1) * S),) + idx] = True
-    # x: [B, pos - t0, d_model] or [B, pos - t0, n_heads, d_head]
-    return {site: (lambda x, m=m, v=clean[site][t0:]: torch.where(m[..., None], v.to(x.dtype)[None], x))
-            for site, m in masks.items()}
-
-
-def run_jobs(run, ids: torch.Tensor, jobs: list[Job], clean: dict[str, torch.Tensor], metric: Callable, keep: int,
-             *, noise: torch.Tensor | None = None, subject_range: tuple[int, int] | None = None,
-             rows: int = 64, progress: bool = False, desc: str = "restoring") -> torch.Tensor:
-    """Metric after each job, batched. Returns [n_jobs, n_samples].
-
-    ids:     [1, pos] the input of every row (for tracing the clean prompt, noised via `noise`; for patching the
-             counterfactual prompt)
-    noise:   [n_samples, n_subject, d_model] added to the embeddings at `subject_range`; row r uses draw r % n_samples
-    clean:   {site: [pos, ...]} values to restore; a job's (site, positions) sets those positions back to them.
-             Head sites take positions as (pos, head) pairs so single heads can be patched.
-    """
-    S = 1 if noise is None else noise.shape[0]
-    per_chunk = max(1, rows // S)
-    out = []
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
-    for c0 in range(0, len(jobs), per_chunk):
-        chunk = jobs[c0:c0 + per_chunk]
-        B = len(chunk) * S
-        edits = restore_edits(chunk, S, clean)
-        if noise is not None:
-            s, e = subject_range
-            draws = noise.repeat(len(chunk), 1, 1)  # [B, n_subject, d_model], row r = draw r % S
-
-            def add_noise(x, draws=draws, s=s, e=e):  # x: [B, pos, d_model]
-                x = x.clone()
-                x[:, s:e] += draws.to(x.dtype)
-                return x
-            restore = edits.get("embed")  # restoring the embedding itself: noise first, then restore
-            edits["embed"] = add_noise if restore is None else (lambda x, r=restore, a=add_noise: r(a(x)))
-        logits = run(ids.expand(B, -1), edits, keep)
-        out.append(metric(logits).reshape(len(chunk), S).float().cpu())
-        bar.update(len(chunk))
-    bar.close()
-    return torch.cat(out) if out else torch.zeros(0, S)
-
-
-def run_jobs_naive(run, ids, jobs, clean, metric, keep, *, noise=None, subject_range=None, progress=False,
-                   desc="naive") -> torch.Tensor:
-    """Reference loop, written independently of the masks above: one forward (of n_samples rows) per job."""
-    S = 1 if noise is None else noise.shape[0]
-    out = []
-    for job in tqdm(jobs, desc=desc, disable=not progress, leave=False):
-        edits = {}
-        for site, positions in job:
-            def restore(x, site=site, positions=positions):
-                x = x.clone()
-                for p in positions:
-                    idx = tuple(p) if isinstance(p, tuple) else (p,)
-                    x[(slice(None),) + idx] = clean[site][idx].to(x.dtype)
-                return x
-            edits[site] = restore
-        if noise is not None:
-            s, e = subject_range
-
-            def add_noise(x):
-                x = x.clone()
-                x[:, s:e] += noise.to(x.dtype)
-                return x
-            edits["embed"] = (lambda x, r=edits["embed"]: r(add_noise(x))) if "embed" in edits else add_noise
-        out.append(metric(run(ids.expand(S, -1), edits, keep)).float().cpu())
-    return torch.stack(out) if out else torch.zeros(0, S)
-
-
-# --- suffix engine: recompute only what a restoration can change ---------------------------------------
-class CorruptedRun:
-    """The corrupted forward, recorded once so each restoration recomputes only its downstream part.
-
-    Restoring site(s) of layers >= l0 at positions >= t0 leaves every layer below l0 and every position before t0
-    exactly as in the corrupted run (causal attention: earlier positions never see later ones). So a job runs the
-    decoder layers l0..L-1 on positions t0..T-1 only, starting from the corrupted resid_pre.l0 and reading the
-    corrupted keys/values of positions < t0 from this record. Torch backend, HF OLMo-family blocks only.
-    """
-    MODEL_TYPES = ("olmo", "olmo2", "olmo3")
-
-    @classmethod
-    def supported(cls, model) -> bool:
-        return getattr(model.config, "model_type", None) in cls.MODEL_TYPES
-
-    @torch.no_grad()
-    def __init__(self, model, ids: torch.Tensor, noise: torch.Tensor, subject_range: tuple[int, int]):
-        self.model = model
-        s, e = subject_range
-        S, T = noise.shape[0], ids.shape[1]
-        layers = decoder_layers(model)
-        resid_pre: list[torch.Tensor] = [None] * len(layers)
-
-        def add_noise(x):  # x: [S, pos, d_model]
-            x = x.clone()
-            x[:, s:e] += noise.to(x.dtype)
-            return x
-
-        def recorder(l):
-            def fn(x):
-                resid_pre[l] = x.detach().clone()
-            return fn
-        edits = {"embed": add_noise, **{f"resid_pre.{l}": recorder(l) for l in range(len(layers))}}
-        with hooks(model, edits):
-            out = model(ids.expand(S, -1), use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        self.resid_pre = resid_pre                                            # L x [S, T, d_model]
-        self.keys = [cache.layers[l].keys for l in range(len(layers))]        # L x [S, n_kv_heads, T, d_head]
-        self.values = [cache.layers[l].values for l in range(len(layers))]    # L x [S, n_kv_heads, T, d_head]
-        pos = torch.arange(T, device=ids.device)[None]                        # [1, T]
-        self.cos, self.sin = model.model.rotary_emb(resid_pre[0], position_ids=pos)  # [1, T, d_head] each
-        self.S, self.T = S, T
-
-    def run(self, n_jobs: int, l0: int, t0: int, edits, keep: int) -> torch.Tensor:
-        """Logits [n_jobs * S, keep, vocab] of layers l0.. on positions t0.. with `edits` hooked (positions sliced)."""
-        model, S, T = self.model, self.S, self.T
-        dtype = self.resid_pre[l0].dtype
-        h = self.resid_pre[l0][:, t0:].repeat(n_jobs, 1, 1)                   # [B, T - t0, d_model]
-        q = torch.arange(t0, T, device=h.device)[:, None]                      # [T - t0, 1] absolute query positions
-        k = torch.arange(T, device=h.device)[None, :]                          # [1, T]
-        mask = torch.zeros(T - t0, T, dtype=dtype, device=h.device).masked_fill(k > q, torch.finfo(dtype).min)
-        prefix = _PrefixKV({l: (self.keys[l][:, :, :t0].repeat(n_jobs, 1, 1, 1),
-                                self.values[l][:, :, :t0].repeat(n_jobs, 1, 1, 1))
-                            for l in range(l0, len(self.keys))})
-        pe = (self.cos[:, t0:], self.sin[:, t0:])
-        pos_ids = q.T                                                           # [1, T - t0]
-        with hooks(model, edits):
-            for layer in decoder_layers(model)[l0:]:
-                h = layer(h, attention_mask=mask[None, None], position_ids=pos_ids, past_key_values=prefix,
-                          use_cache=True, position_embeddings=pe)
-                h = h[0] if isinstance(h, tuple) else h
-        return model.lm_head(model.model.norm(h[:, -keep:]))                   # [B, keep, vocab]
-
-
-class _PrefixKV:
-    """Duck-typed KV cache: prepends the corrupted run's keys/values of positions < t0 (never stores the new ones)."""
-
-    def __init__(self, kv: dict[int, tuple[torch.Tensor, torch.Tensor]]):
-        self.kv = kv
-
-    def update(self, key, value, layer_idx, *args, **kwargs):
-        pk, pv = self.kv[layer_idx]
-        return torch.cat([pk.to(key.dtype), key], dim=2), torch.cat([pv.to(value.dtype), value], dim=2)
-
-
-def run_jobs_suffix(corrupted: CorruptedRun, jobs: list[Job], clean: dict[str, torch.Tensor], metric: Callable,
-                    keep: int, *, rows: int = 64, by_position: bool = False, progress: bool = False,
-                    desc: str = "restoring") -> torch.Tensor:
-    """`run_jobs` for causal tracing, recomputing only downstream of each chunk's earliest (layer, position).
-
-    Jobs are grouped by the first layer they restore (and, if `by_position`, by their first position too), and each
-    group runs in chunks of at most `rows` rows. Per-position groups do the fewest FLOPs but run many small batches,
-    which measured 2x slower on a CPU; per-layer groups are the default.
-    Returns [n_jobs, n_samples] in the order of `jobs`."""
-    S, L, T = corrupted.S, len(corrupted.keys), corrupted.T
-    per_chunk = max(1, rows // S)
-
-    def start(job):  # (first layer, first position) a job restores; an empty job restores nothing
-        cells = [(parse_site(corrupted.model, site)[1], p) for site, positions in job for p in positions]
-        if not cells:
-            return L - 1, T - keep
-        return min(l for l, _ in cells), min(min(t for _, t in cells), T - keep)
-
-    starts = [start(job) for job in jobs]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, (l0, t0) in enumerate(starts):
-        groups.setdefault((l0, t0 if by_position else 0), []).append(i)
-    out = torch.zeros(len(jobs), S)
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
-    for idx in groups.values():
-        for c0 in range(0, len(idx), per_chunk):
-            chunk = idx[c0:c0 + per_chunk]
-            l0, t0 = min(starts[i][0] for i in chunk), min(starts[i][1] for i in chunk)
-            edits = restore_edits([jobs[i] for i in chunk], S, clean, t0)
-            logits = corrupted.run(len(chunk), l0, t0, edits, keep)
-            out[chunk] = metric(logits).reshape(len(chunk), S).float().cpu()
-            bar.update(len(chunk))
-    bar.close()
-    return out
-
-
-# --- public API --------------------------------------------------------------------------------------------
 def default_window(n_layers: int) -> int:
     """ROME's 10-of-48-layers window scaled to depth."""
     return max(1, round(10 * n_layers / 48))
@@ -375,12 +72,93 @@ def noise_scale(model, tok, texts: Sequence[str], factor: float = 3.0) -> float:
     return float(factor * model.get_input_embeddings()(ids).float().std())
 
 
-def _check_kinds(kinds) -> tuple[str, ...]:
+def _check_args(model, kinds, metric, n_samples, noise, batch_size, window) -> tuple[tuple[str, ...], int]:
+    """(kinds, window) after checking every tracing argument; raises TraceError before any forward pass."""
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise TraceError(f"unknown trace kind(s) {bad or kinds!r}; expected some of {KINDS}")
-    return kinds
+    if metric not in METRICS:
+        raise TraceError(f"unknown metric {metric!r} for causal tracing; expected one of {METRICS}")
+    if n_samples < 1:
+        raise TraceError(f"n_samples must be >= 1, got {n_samples}")
+    check_noise(noise)
+    if batch_size is not None and batch_size < 1:
+        raise TraceError(f"batch_size must be >= 1 row per forward (or None: from the memory budget), got {batch_size}")
+    L = n_layers(model)
+    window = default_window(L) if window is None else int(window)
+    if not 1 <= window <= L:
+        raise TraceError(f"window must be between 1 and the model's {L} layers, got {window} (wider windows restore "
+                         "every layer at once, so every layer would get the same importance)")
+    return kinds, window
+
+
+@dataclass
+class Corruption:
+    """One fact's corrupted run, ready for restorations: everything `restore` and `trace_cells` read."""
+    run: Callable                      # the backend's forward (workbench.backends)
+    ids: torch.Tensor                  # [1, pos] the clean input; rows are noised at `subject_range`
+    noise: torch.Tensor                # [n_samples, n_subject, d_model] the noise draws
+    subject_range: tuple[int, int]     # [start, end) token positions of the subject
+    n_layers: int
+    n_prompt: int                      # prompt positions (ids may add the teacher-forced answer)
+    clean: dict[str, torch.Tensor]     # {site: [pos, ...]} clean activations to restore
+    metric: Callable                   # logits [rows, keep, vocab] -> [rows]
+    keep: int                          # last-position logits the metric reads
+    p_clean: float                     # metric of the clean run
+    p_corr: float                      # metric of the corrupted run, averaged over the noise draws
+    rows: int                          # rows per forward
+    naive: bool                        # ROME's loop: one forward per job, every position traced
+    suffix: CorruptedRun | None        # the recorded corrupted run, when restorations recompute only their suffix
+    progress: bool = False
+
+    @property
+    def n_samples(self) -> int:
+        return self.noise.shape[0]
+
+
+def restore(c: Corruption, jobs: list[Job], desc: str = "restoring") -> torch.Tensor:
+    """Level 1, one corrupted run with restorations: the metric after each job.  # [n_jobs, n_samples]"""
+    if c.suffix is not None:
+        return run_jobs_suffix(c.suffix, jobs, c.clean, c.metric, c.keep, rows=c.rows, progress=c.progress, desc=desc)
+    engine = run_jobs_naive if c.naive else run_jobs
+    kw = {} if c.naive else {"rows": c.rows}
+    return engine(c.run, c.ids, jobs, c.clean, c.metric, c.keep, noise=c.noise, subject_range=c.subject_range,
+                  progress=c.progress, desc=desc, **kw)
+
+
+def restore_many(cs: list[Corruption], jobs: list[tuple[int, Job]], desc: str = "restoring") -> torch.Tensor:
+    """Level 1 for several facts: job (i, job) restores on fact cs[i]; the facts share right-padded forwards
+    (`restoration.run_jobs_padded`).  # [n_jobs, n_samples]"""
+    sources = [Source(c.ids, c.clean, c.metric, c.keep, c.noise, c.subject_range) for c in cs]
+    return run_jobs_padded(cs[0].run, sources, jobs, rows=cs[0].rows, progress=cs[0].progress, desc=desc)
+
+
+def cell_jobs(c: Corruption, kind: str, window: int) -> tuple[list[tuple[int, int]], list[Job]]:
+    """The (layer l, position t) cells of `kind` and one job per cell: restore the site at t, for mlp/attn over the
+    window of layers around l."""
+    L = c.n_layers
+    first = 0 if c.naive else c.subject_range[0]  # positions before the subject are never noised: a no-op
+    layers_of = (lambda l: [l]) if kind == "resid" else (lambda l: window_layers(l, window, L))
+    cells = [(l, t) for l in range(L) for t in range(first, c.n_prompt)]
+    return cells, [[(site_name(kind, ll), [t]) for ll in layers_of(l)] for l, t in cells]
+
+
+def cell_effects(c: Corruption, cells: list[tuple[int, int]], vals: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) over the noise draws of each cell's metric [n_cells, n_samples]; cells not run hold the corrupted
+    metric.  # [n_layers, n_prompt] each"""
+    eff = np.full((c.n_layers, c.n_prompt), c.p_corr, dtype=np.float64)
+    std = np.zeros((c.n_layers, c.n_prompt), dtype=np.float64)
+    for (l, t), v in zip(cells, vals):
+        eff[l, t], std[l, t] = float(v.mean()), float(v.std()) if c.n_samples > 1 else 0.0
+    return eff, std
+
+
+def trace_cells(c: Corruption, kind: str, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Level 2, the loop over cells: the effect of restoring `kind` at each (layer, position) cell.
+    (mean, std) over the noise draws.  # [n_layers, n_prompt] each"""
+    cells, jobs = cell_jobs(c, kind, window)
+    return cell_effects(c, cells, restore(c, jobs, desc=f"trace {kind}"))  # vals: [n_cells, n_samples]
 
 
 @torch.no_grad()
@@ -388,7 +166,7 @@ def causal_trace(model, tok, prompt: str, answer: str, subject: str, *, kinds=KI
                  noise: float | None = None, window: int | None = None, metric: str = "prob", backend: str = "torch",
                  seed: int = 0, batch_size: int | None = None, memory_budget: float | None = None,
                  naive: bool = False, suffix: bool | None = None, progress: bool = False) -> TraceResult:
-    """ROME causal trace of one fact. effects[kind] = metric after restoring (layer, position)  # [n_layers, n_prompt]
+    """Level 3, one fact: effects[kind] = metric after restoring (layer, position)  # [n_layers, n_prompt]
 
     noise: sigma of the Gaussian (absolute); None = `noise_scale(model, tok, [prompt])` (3 x std of the prompt's token
     embeddings; `trace_facts` measures it once over all subjects, as ROME does).
@@ -397,24 +175,13 @@ def causal_trace(model, tok, prompt: str, answer: str, subject: str, *, kinds=KI
     (torch backend, OLMo-family model) and the subject sits in the prompt's second half, so most positions are
     skipped. False runs every restoration as a full forward (same numbers to ~1e-6).
     """
-    kinds = _check_kinds(kinds)
-    if metric not in METRICS:
-        raise TraceError(f"unknown metric {metric!r} for causal tracing; expected one of {METRICS}")
-    if n_samples < 1:
-        raise TraceError(f"n_samples must be >= 1, got {n_samples}")
-    check_noise(noise)
-    if batch_size is not None and batch_size < 1:
-        raise TraceError(f"batch_size must be >= 1 row per forward (or None: from the memory budget), got {batch_size}")
+    kinds, window = _check_args(model, kinds, metric, n_samples, noise, batch_size, window)
     prep = prepare(model, tok, prompt, answer, subject)
     L = n_layers(model)
-    window = default_window(L) if window is None else int(window)
-    if not 1 <= window <= L:
-        raise TraceError(f"window must be between 1 and the model's {L} layers, got {window} (wider windows restore "
-                         "every layer at once, so every layer would get the same importance)")
     sigma = noise_scale(model, tok, [prompt]) if noise is None else float(noise)
     run = get_backend(model, tok, backend)
-    if suffix is None:  # measured on OLMo-1B's shape (4 layers, CPU): 4.7x faster with the subject at token 83 of
-        # 88, but 15% slower with it at token 3 of 8 (small suffix batches); so only when it skips most positions
+    if suffix is None:  # measured on OLMo-1B's shape (4 layers, CPU): faster with the subject near the end of a long
+        # prompt, slower with it early in a short one (small suffix batches); so only when it skips most positions
         first_subject = prep.subject_range[0]
         suffix = (backend == "torch" and not naive and CorruptedRun.supported(model)
                   and prep.n_prompt - first_subject <= prep.n_prompt / 2)
@@ -431,43 +198,89 @@ def causal_trace(model, tok, prompt: str, answer: str, subject: str, *, kinds=KI
     g = torch.Generator().manual_seed(seed)
     noise_draws = (torch.randn(n_samples, e - s, model.config.hidden_size, generator=g) * sigma).to(device)
 
-    sites = [f"{KIND_SITE[k]}.{l}" for k in kinds for l in range(L)]
+    sites = [site_name(k, l) for k in kinds for l in range(L)]
     clean_logits, clean = clean_run(run, ids, sites, keep)
     p_clean = float(fn(clean_logits)[0])
     p_corr = float(run_jobs(run, ids, [[]], clean, fn, keep, noise=noise_draws, subject_range=(s, e)).mean())
-
-    T = prep.n_prompt
-    first = 0 if naive else s  # positions before the subject are never noised: restoring them is a no-op
     rows = batch_size or rows_per_forward(model, ids.shape[1], keep, memory_budget)
-    corrupted = CorruptedRun(model, ids, noise_draws, (s, e)) if suffix else None
+    c = Corruption(run, ids, noise_draws, (s, e), L, prep.n_prompt, clean, fn, keep, p_clean, p_corr, rows, naive,
+                   CorruptedRun(model, ids, noise_draws, (s, e)) if suffix else None, progress)
     effects, spread = {}, {}
     for kind in kinds:
-        site = KIND_SITE[kind]
-        layers_of = (lambda l: [l]) if kind == "resid" else (lambda l: window_layers(l, window, L))
-        cells = [(l, t) for l in range(L) for t in range(first, T)]
-        jobs = [[(f"{site}.{ll}", [t]) for ll in layers_of(l)] for l, t in cells]
-        if corrupted is not None:
-            vals = run_jobs_suffix(corrupted, jobs, clean, fn, keep, rows=rows, progress=progress,
-                                   desc=f"trace {kind}")  # [n_cells, n_samples]
-        else:
-            engine = run_jobs_naive if naive else run_jobs
-            kw = {} if naive else {"rows": rows}
-            vals = engine(run, ids, jobs, clean, fn, keep, noise=noise_draws, subject_range=(s, e),
-                          progress=progress, desc=f"trace {kind}", **kw)  # [n_cells, n_samples]
-        eff = np.full((L, T), p_corr, dtype=np.float64)
-        std = np.zeros((L, T), dtype=np.float64)
-        for (l, t), v in zip(cells, vals):
-            eff[l, t], std[l, t] = float(v.mean()), float(v.std()) if n_samples > 1 else 0.0
-        effects[kind], spread[f"{kind}_std"] = eff, std
+        effects[kind], spread[f"{kind}_std"] = trace_cells(c, kind, window)
 
     config = {"kinds": list(kinds), "n_samples": n_samples, "noise_sigma": sigma, "noise": "gaussian",
               "window": window, "metric": metric, "backend": backend, "seed": seed, "rows_per_forward": rows,
-              "naive": naive, "suffix": bool(suffix), "answer_ids": prep.answer_ids, "wall_s": round(time.perf_counter() - t0, 4)}
+              "naive": naive, "suffix": bool(suffix), "answer_ids": prep.answer_ids,
+              "wall_s": round(time.perf_counter() - t0, 4)}
     return TraceResult(method="causal_trace", prompt=prompt, answer=answer, tokens=prep.tokens,
                        subject_range=(s, e), effects=effects, clean=p_clean, corrupted=p_corr, metric=metric,
                        config=config, provenance=provenance(model=model, config=config, seed=seed,
                                                             subject=subject),
                        extra=spread)
+
+
+@torch.no_grad()
+def causal_trace_batch(model, tok, facts: Sequence[tuple[str, str, str]], *, kinds=KINDS, n_samples: int = 10,
+                       noise: float | None = None, window: int | None = None, metric: str = "prob",
+                       backend: str = "torch", seed: int = 0, batch_size: int | None = None,
+                       memory_budget: float | None = None, progress: bool = False) -> list[TraceResult]:
+    """Level 3 for several facts in shared forwards: `causal_trace` of each (prompt, answer, subject), with the
+    facts' clean runs in one right-padded forward and their corrupted runs and restorations as rows of the same
+    batches (`restoration.run_jobs_padded`). Each fact gets its own noise draws (the same as `causal_trace` with
+    this seed), so the results equal one-at-a-time traces up to float rounding. Full forwards only (no suffix
+    engine, no naive loop); config["wall_s"] is the batch's time divided by its facts."""
+    kinds, window = _check_args(model, kinds, metric, n_samples, noise, batch_size, window)
+    facts = list(facts)
+    if not facts:
+        return []
+    preps = [prepare(model, tok, p, a, s) for p, a, s in facts]
+    L = n_layers(model)
+    run = get_backend(model, tok, backend)
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+
+    ids = [prep.input_ids(metric, device) for prep in preps]        # [1, pos_i] each
+    fns = [metric_fn(metric, prep.answer_ids) for prep in preps]
+    sites = [site_name(k, l) for k in kinds for l in range(L)]
+    cleans = clean_runs(run, ids, sites, [keep for _, keep in fns])
+    rows = batch_size or rows_per_forward(model, max(x.shape[1] for x in ids), max(k for _, k in fns), memory_budget)
+    cs, sigmas = [], []
+    for (prompt, _, _), prep, x, (fn, keep), (clean_logits, clean) in zip(facts, preps, ids, fns, cleans):
+        sigma = noise_scale(model, tok, [prompt]) if noise is None else float(noise)
+        s, e = prep.subject_range
+        g = torch.Generator().manual_seed(seed)
+        draws = (torch.randn(n_samples, e - s, model.config.hidden_size, generator=g) * sigma).to(device)
+        cs.append(Corruption(run, x, draws, (s, e), L, prep.n_prompt, clean, fn, keep, float(fn(clean_logits)[0]),
+                             math.nan, rows, False, None, progress))
+        sigmas.append(sigma)
+    for c, v in zip(cs, restore_many(cs, [(i, []) for i in range(len(cs))], desc="corrupted")):
+        c.p_corr = float(v.mean())
+    jobs, spans = [], []  # spans: (fact, kind, cells, first job)
+    for i, c in enumerate(cs):
+        for kind in kinds:
+            cells, js = cell_jobs(c, kind, window)
+            spans.append((i, kind, cells, len(jobs)))
+            jobs += [(i, j) for j in js]
+    vals = restore_many(cs, jobs, desc="trace")  # [n_jobs, n_samples]
+    effects: list[dict] = [{} for _ in cs]
+    spread: list[dict] = [{} for _ in cs]
+    for i, kind, cells, j0 in spans:
+        effects[i][kind], spread[i][f"{kind}_std"] = cell_effects(cs[i], cells, vals[j0:j0 + len(cells)])
+
+    wall = round((time.perf_counter() - t0) / len(facts), 4)
+    out = []
+    for (prompt, answer, subject), prep, c, sigma, eff, sd in zip(facts, preps, cs, sigmas, effects, spread):
+        config = {"kinds": list(kinds), "n_samples": n_samples, "noise_sigma": sigma, "noise": "gaussian",
+                  "window": window, "metric": metric, "backend": backend, "seed": seed, "rows_per_forward": rows,
+                  "naive": False, "suffix": False, "facts_per_batch": len(facts), "answer_ids": prep.answer_ids,
+                  "wall_s": wall}
+        out.append(TraceResult(method="causal_trace", prompt=prompt, answer=answer, tokens=prep.tokens,
+                               subject_range=c.subject_range, effects=eff, clean=c.p_clean, corrupted=c.p_corr,
+                               metric=metric, config=config,
+                               provenance=provenance(model=model, config=config, seed=seed, subject=subject),
+                               extra=sd))
+    return out
 
 
 def causal_trace_naive(model, tok, prompt, answer, subject, **kw) -> TraceResult:
@@ -482,10 +295,13 @@ def check_noise(noise) -> None:
                          f"got {noise!r}")
 
 
-def trace_facts(model, tok, records, *, noise: float | None = None, progress: bool = True, **kw) -> list[TraceResult]:
-    """Causal trace of each Record (.input prompt, .output answer, .subject). One sigma for the whole set, measured
-    over all subjects (as ROME does) unless `noise` is given. Under `accelerate launch` each process traces its
-    share of the facts (each fact's trace depends on that fact alone) and every process gets them all."""
+def trace_facts(model, tok, records, *, noise: float | None = None, facts_per_batch: int = 1, progress: bool = True,
+                **kw) -> list[TraceResult]:
+    """Causal trace of each Record (.input prompt, .output answer, .subject), `causal_trace` per fact, or with
+    `facts_per_batch` > 1 `causal_trace_batch` over that many facts at a time (facts of similar token length
+    together, so little padding). One sigma for the whole set, measured over all subjects (as ROME does) unless
+    `noise` is given. Under `accelerate launch` each process traces its share of the facts (each fact's trace depends
+    on that fact alone) and every process gets them all."""
     from . import distributed
 
     records = list(records)
@@ -494,14 +310,32 @@ def trace_facts(model, tok, records, *, noise: float | None = None, progress: bo
         raise TraceError(f"records without a subject cannot be traced: {missing[:5]}"
                          f"{' ...' if len(missing) > 5 else ''} (use corpus.facts() to get traceable QA records)")
     check_noise(noise)
-    for r in records:  # fail on a bad record before hours of tracing
-        prepare(model, tok, r.input, r.output, r.subject)
+    if not isinstance(facts_per_batch, int) or facts_per_batch < 1:
+        raise TraceError(f"facts_per_batch must be an integer >= 1, got {facts_per_batch!r}")
+    if facts_per_batch > 1 and (kw.get("naive") or kw.get("suffix")):
+        raise TraceError("facts_per_batch > 1 runs full batched forwards: it cannot be combined with naive=True or "
+                         "suffix=True")
+    # fail on a bad record before hours of tracing
+    lengths = [len(prepare(model, tok, r.input, r.output, r.subject).prompt_ids) for r in records]
     sigma = noise_scale(model, tok, [r.subject for r in records]) if noise is None else noise
     found: dict[int, TraceResult] = {}
     mine = distributed.split(range(len(records)), model)
-    for i in tqdm(mine, desc="tracing facts", disable=not progress):
-        r = records[i]
-        found[i] = causal_trace(model, tok, r.input, r.output, r.subject, noise=sigma, **kw)
-        found[i].config["record_id"] = r.id
+    if facts_per_batch > 1:
+        mine = sorted(mine, key=lambda i: lengths[i])
+        kw = {k: v for k, v in kw.items() if k not in ("naive", "suffix")}
+    bar = tqdm(total=len(mine), desc="tracing facts", disable=not progress)
+    for b0 in range(0, len(mine), facts_per_batch):
+        batch = mine[b0:b0 + facts_per_batch]
+        if facts_per_batch == 1:
+            r = records[batch[0]]
+            traced = [causal_trace(model, tok, r.input, r.output, r.subject, noise=sigma, **kw)]
+        else:
+            traced = causal_trace_batch(model, tok, [(records[i].input, records[i].output, records[i].subject)
+                                                     for i in batch], noise=sigma, **kw)
+        for i, t in zip(batch, traced):
+            found[i] = t
+            found[i].config["record_id"] = records[i].id
+        bar.update(len(batch))
+    bar.close()
     found = distributed.gather(found)
     return [found[i] for i in range(len(records))]

@@ -35,6 +35,8 @@ def add_parser(sub):
     many.add_argument("--data", help="LUME directory/file for --facts forget|retain when the model is not an organism")
     many.add_argument("--task", help="only facts of this task, e.g. Task2")
     many.add_argument("--limit", type=int, help="trace at most this many facts (first N)")
+    many.add_argument("--facts-per-batch", type=int, default=1,
+                      help="trace this many facts in shared (right-padded) forwards (default 1: one at a time)")
     p.add_argument("--kinds", default="resid,mlp,attn", help="comma-separated: resid, mlp, attn")
     p.add_argument("--samples", type=int, default=10, help="noise samples per prompt (ROME: 10)")
     p.add_argument("--noise", type=float, help="noise sigma (default: 3 x embedding std over the subjects)")
@@ -106,6 +108,8 @@ def check_args(args) -> str:
         raise ConfigError(f"--window must be >= 1 layer, got {args.window}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.facts_per_batch < 1:
+        raise ConfigError(f"--facts-per-batch must be >= 1, got {args.facts_per_batch}")
     check_length_args(args)
     placement_options(args)  # a bad --max-memory fails here, before anything is loaded
     args.kinds_list = parse_list(args.kinds, "--kinds", KINDS)
@@ -216,7 +220,7 @@ def _trace(args, mode: str, out: Path, records, source: str) -> int:
     placed = {"layer_devices": layer_devices(model)} if args.max_memory else {}  # where --max-memory put each layer
     log("start", model=args.model, mode=mode, source=source, n_facts=len(records) if records else 1, **placed, **kw)
     if mode == "facts":
-        results = tracing.trace_facts(model, tok, records, noise=args.noise,
+        results = tracing.trace_facts(model, tok, records, noise=args.noise, facts_per_batch=args.facts_per_batch,
                                       progress=args.progress and distributed.is_main(), **kw)
     else:
         results = [tracing.causal_trace(model, tok, args.prompt, args.answer, args.subject, noise=args.noise,

@@ -10,10 +10,10 @@ Directions (source -> target):
                        in the edited model at the layers the edit changed (drawn next to the traced importance)
   twin -> edited       the same with a model that never learned the facts: what restoring carries that is not the fact
 
-Score of a patched run: exact match of the teacher-forced answer (every content token of the answer, as tracing's
+Score of a patched run: exact match of the teacher-forced answer (every content token of the answer, as prompts.py's
 `prepare` splits it, and EOS the arg-max), averaged over the facts. Each patch replaces the site's activation at every
-position. The patched forwards are the tracing engine's (tracing.clean_run records the source, tracing.run_jobs runs
-every (kind, layer) of one fact as rows of one batched forward of the target).
+position. The patched forwards are the restoration engine's (restoration.clean_run records the source,
+restoration.run_jobs runs every (kind, layer) of one fact as rows of one batched forward of the target).
 
 recovery of X: the best score of X -> original over the resid sites before the last layer (the original's later
 layers reading X's whole residual stream there) minus X's own output score. The original scores 0 (it hides nothing);
@@ -33,9 +33,11 @@ from tqdm.auto import tqdm
 from ...backends import get_backend
 from ...data.records import questions
 from ...errors import ConfigError, TraceError
-from ...hooks import n_layers
+from ...prompts import prepare
+from ...restoration import clean_run, rows_per_forward, run_jobs
 from ...results import KINDS
-from ...tracing import KIND_SITE, clean_run, prepare, rows_per_forward, run_jobs
+from ...sites import n_layers
+from ...sites import name as site_name
 
 
 @dataclass
@@ -79,14 +81,14 @@ def facts_of(model, tok, corpus, n_facts: int | None) -> list[Fact]:
 
 def sites(model, kinds) -> list[tuple[str, int, str]]:
     """(kind, layer, site name) of every patch, kinds in order, layers within a kind."""
-    return [(k, l, f"{KIND_SITE[k]}.{l}") for k in kinds for l in range(n_layers(model))]
+    return [(k, l, site_name(k, l)) for k in kinds for l in range(n_layers(model))]
 
 
 @torch.no_grad()
 def curves(source, target, tok, facts: list[Fact], kinds, batch_size: int | None = None,
            recorded: list | None = None, progress: bool = False, desc: str = "depth") -> dict[str, list[float]]:
     """{kind: [n_layers]} mean score of `target` with `source`'s activation patched in at (kind, layer).
-    `recorded`: the source's activations per fact (tracing.clean_run), when already taken."""
+    `recorded`: the source's activations per fact (restoration.clean_run), when already taken."""
     if n_layers(source) != n_layers(target) or source.config.hidden_size != target.config.hidden_size:
         raise ConfigError(f"depth patching needs two models of one shape; got {n_layers(source)} x "
                           f"{source.config.hidden_size} and {n_layers(target)} x {target.config.hidden_size}")

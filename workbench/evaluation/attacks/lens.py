@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ...hooks import capture, n_layers
+from ...hooks import capture
+from ...sites import n_layers
+from ...sites import name as site_name
 from .recall import answer_mask, batches, encode_qa
 
 READOUTS = ("lens", "probe")
@@ -55,7 +57,7 @@ def positions(model, tok, records, batch_size: int = 32) -> Positions:
     was_training = model.training
     model.eval()
     L = n_layers(model)
-    sites = [f"resid_post.{l}" for l in range(L)]
+    sites = [site_name("resid_post", l) for l in range(L)]
     device = next(model.parameters()).device
     examples = encode_qa(tok, records)
     resid, target, example, logits = [], [], [], []
