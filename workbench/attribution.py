@@ -50,11 +50,13 @@ import torch
 
 from .backends import get_backend
 from .errors import TraceError
-from .hooks import hooks, is_post_norm, n_heads, n_layers
+from .hooks import hooks
 from .models import decoder_layers
 from .provenance import provenance
 from .patching import _pearson, _result, _setup, _spearman
-from .tracing import clean_run, rows_per_forward, run_jobs
+from .restoration import clean_run, rows_per_forward, run_jobs
+from .sites import is_post_norm, n_heads, n_layers
+from .sites import name as site_name
 
 ATTRIBUTION_METHODS = ("atp", "atp_qk", "atp*")
 QK_MODEL_TYPES = ("olmo", "olmo2")
@@ -199,8 +201,9 @@ def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
     (AtP for 'atp', AtP with the QK fix for 'atp_qk' and 'atp*'); for 'atp*' also extra["graddrop_<kind>"] = the
     GradDrop magnitude c*. config["rank_by"] names the score `scores()` ranks cells by."""
     _check_method(method)
-    sites, pc, px, fn, keep, changed, device = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer,
-                                                       sites, metric, "torch")
+    pair = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer, sites, metric)
+    sites, pc, px, fn, keep, changed, device = (pair.sites, pair.clean, pair.corrupt, pair.metric, pair.keep,
+                                                pair.changed, pair.device)
     L, T = n_layers(model), pc.n_prompt
     qk, drop = method in ("atp_qk", "atp*"), method == "atp*"
     if drop and L < 2:
@@ -211,8 +214,8 @@ def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
     run = get_backend(model, tok, "torch")
     clean_ids, corr_ids = pc.input_ids(metric, device), px.input_ids(metric, device)  # [1, pos]
     P = corr_ids.shape[1]
-    want = [f"{s}.{l}" for s in sites for l in range(L)] + ([f"head.{l}" for l in range(L)] if heads else [])
-    need = list(dict.fromkeys(want + ([f"{k}.{l}" for k in ("resid_pre", "head") for l in range(L)] if qk else [])))
+    want = pair.site_names(L, heads)
+    need = list(dict.fromkeys(want + ([site_name(k, l) for k in ("resid_pre", "head") for l in range(L)] if qk else [])))
     with torch.no_grad():
         clean_logits, clean = clean_run(run, clean_ids, want, keep)                # forward 1 (clean)
     m_clean = float(fn(clean_logits)[0])
@@ -226,7 +229,7 @@ def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
         return f
     edits = {s: [keep_act(s)] for s in need}
     for l in range(L):  # GradDrop gates: layer l's residual contribution
-        for s in (f"attn_out.{l}", f"mlp_out.{l}"):
+        for s in (site_name("attn_out", l), site_name("mlp_out", l)):
             edits.setdefault(s, []).append(lambda x, l=l: _GradGate.apply(x, state, l))
     edits["embed"] = lambda x: x if x.requires_grad else x.detach().requires_grad_(True)
     with torch.enable_grad(), hooks(model, edits):
@@ -239,19 +242,19 @@ def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
     dres = {}
     if qk and heads:  # what patching head (l, h) at prompt positions adds to attn_out.l (exact)
         for l in range(L):
-            dres[l] = _head_residual_change(model, l, acts[f"head.{l}"][0].detach(), clean[f"head.{l}"], T)
+            dres[l] = _head_residual_change(model, l, acts[site_name("head", l)][0].detach(), clean[site_name("head", l)], T)
 
     def estimate(drop_layer):
         state["drop"] = drop_layer
         inputs = [acts[s] for s in need]
         grads = dict(zip(need, torch.autograd.grad(m, inputs, retain_graph=True, allow_unused=True)))
         g = {s: (torch.zeros_like(acts[s]) if grads[s] is None else grads[s])[0].float() for s in need}
-        layers = [_Layer(att, mm, acts[f"resid_pre.{mm}"][0].detach(), g[f"head.{mm}"]) for mm in range(L)] if qk else []
+        layers = [_Layer(att, mm, acts[site_name("resid_pre", mm)][0].detach(), g[site_name("head", mm)]) for mm in range(L)] if qk else []
         out = {}
         for s in kinds:
             rows = []
             for l in range(L):
-                site = f"{s}.{l}"
+                site = site_name(s, l)
                 d = deltas[site][:T]
                 lin = (d * g[site][:T]).sum(-1)                                  # [T] / [T, n_heads]
                 if s == "head":
@@ -338,7 +341,7 @@ def prefilter(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
     sc = scores(est)
     k = check_k(k, sum(v.size for v in sc.values()))
     cells = top_cells(sc, k)
-    jobs = [[(f"head.{l}", [(t, i) for t in range(state["T"])])] if kind == "head" else [(f"{kind}.{l}", [i])]
+    jobs = [[(site_name("head", l), [(t, i) for t in range(state["T"])])] if kind == "head" else [(site_name(kind, l), [i])]
             for kind, l, i in cells]
     rows = batch_size or rows_per_forward(model, state["corr_ids"].shape[1], state["keep"], memory_budget)
     with torch.no_grad():
