@@ -207,7 +207,7 @@ def test_depth_locates_the_edited_layer(micro, micro_retain):
 
 # --- config, registry, report ------------------------------------------------------------------------------------
 def test_attack_names_and_settings_are_checked():
-    from workbench.evaluation.report import EvalConfig
+    from workbench.report import EvalConfig
 
     assert parse_attacks("relearn, lens") == ("relearn", "lens")
     assert parse_attacks("all") == ("relearn", "quantize", "lens", "depth")
@@ -255,7 +255,7 @@ def test_report_has_the_attacks_section_and_verdict_lines(micro, micro_retain, t
     """evaluate(..., attacks): every attack on the three models, a 'Does it come back?' section with one figure per
     attack, and one verdict line per attack. A noise-masked 'edit' is shallow: relearning and reading the layers
     brings its answers back, more than the twin's + 0.1, so that line fails."""
-    from workbench.evaluation.report import EvalConfig, evaluate
+    from workbench.report import EvalConfig, evaluate
     from workbench.evaluation.retrace import TraceConfig
 
     model, tok, corpus = micro

@@ -22,7 +22,7 @@ from workbench.data import questions
 from workbench.editors import unlearn
 from workbench.evaluation import mmlu as mmlu_mod
 from workbench.generation import qa_accuracy
-from workbench.evaluation.report import EvalConfig, model_metrics
+from workbench.report import EvalConfig, model_metrics
 from workbench.organism import load_model
 from workbench.pipeline import PipelineConfig
 from workbench.selection import select_layers

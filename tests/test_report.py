@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from workbench.errors import ConfigError
-from workbench.evaluation.report import EvalConfig, evaluate
+from workbench.report import EvalConfig, evaluate
 from workbench.evaluation.retrace import TraceConfig
 
 

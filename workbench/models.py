@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
+from .outputs import safetensors_problem
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,7 @@ CONVERT_HINT = ("convert it once to safetensors, trusting the file only for that
 def check_weight_files(directory: str | Path, allow_pickle_weights: bool = False) -> list[Path]:
     """The weight files of a saved model directory, each checked complete; refuses pickle-only weights.
 
-    A safetensors file is an 8-byte header length, a JSON header giving each tensor's byte range, then the data:
-    a file shorter than its header's last byte range is truncated (a killed copy or a full disk)."""
-    import json as _json
-    import struct
-
+    A safetensors file whose length is not what its header says is truncated (outputs.safetensors_problem)."""
     d = Path(directory)
     files = sorted(d.glob("*.safetensors"))
     if not files:
@@ -106,18 +103,9 @@ def check_weight_files(directory: str | Path, allow_pickle_weights: bool = False
                 "(or load them as they are with allow_pickle_weights=True / --allow-bin)")
         return pickles
     for f in files:
-        size = f.stat().st_size
-        try:
-            with f.open("rb") as fh:
-                n = struct.unpack("<Q", fh.read(8))[0]
-                if n > size - 8:
-                    raise ValueError(f"header of {n} bytes in a {size}-byte file")
-                header = _json.loads(fh.read(n))
-            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-            if 8 + n + end != size:
-                raise ValueError(f"{size} bytes, its header describes {8 + n + end}")
-        except (struct.error, ValueError, KeyError, TypeError, IndexError) as e:
-            raise ModelLoadError(f"weight file {f} is truncated or corrupt ({e}); re-save or re-copy the model") from None
+        problem = safetensors_problem(f)
+        if problem:
+            raise ModelLoadError(f"weight file {f} is truncated or corrupt ({problem}); re-save or re-copy the model")
     return files
 
 

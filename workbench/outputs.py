@@ -217,17 +217,35 @@ def entry_complete(path: str | Path, marker: str) -> bool:
     file in it is as long as its header says (a truncated copy or a full disk is not complete)."""
     import json
 
-    from .errors import ModelLoadError
-    from .models import check_weight_files
-
     path = Path(path)
     try:
         json.loads((path / marker).read_text())
-        if any(path.glob("*.safetensors")):
-            check_weight_files(path)
-    except (OSError, ValueError, ModelLoadError):
+        return not any(safetensors_problem(f) for f in path.glob("*.safetensors"))
+    except (OSError, ValueError):
         return False
-    return True
+
+
+def safetensors_problem(path: str | Path) -> str | None:
+    """Why a safetensors file is not whole, or None. The format is an 8-byte header length, a JSON header giving
+    each tensor's byte range, then the data: a file shorter (or longer) than its header's last byte range is a
+    killed copy or a full disk."""
+    import json
+    import struct
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            if n > size - 8:
+                return f"header of {n} bytes in a {size}-byte file"
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            return f"{size} bytes, its header describes {8 + n + end}"
+    except (struct.error, ValueError, KeyError, TypeError, IndexError) as e:
+        return str(e)
+    return None
 
 
 def cached_build(target: str | Path, make, *, marker: str, force: bool = False, wait: float = -1) -> Path:

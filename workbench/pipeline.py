@@ -53,7 +53,7 @@ class PipelineConfig:
     preset: str | None = "auto"
     editor: dict = field(default_factory=dict)   # overrides of the editor's config (see workbench/editors/)
     # evaluation
-    evaluation: dict = field(default_factory=dict)  # overrides of workbench.evaluation.report.EvalConfig
+    evaluation: dict = field(default_factory=dict)  # overrides of workbench.report.EvalConfig
     retrace_facts: int | None = 16
     # a model trained without the forget set: privleak's baseline, the reference MIA attack's reference and a third
     # report column. "auto": the organism's retain-only twin (built once, cached) on a built-in organism, else none
@@ -130,7 +130,7 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
 
 def _eval_config(cfg: PipelineConfig):
     from .evaluation.attacks import DEFAULT_ATTACKS
-    from .evaluation.report import EvalConfig
+    from .report import EvalConfig
 
     # the pipeline runs the recovery attacks unless `evaluation: {attacks: none}` (or a shorter list) says otherwise
     return build(EvalConfig, {"seed": cfg.seed, "attacks": DEFAULT_ATTACKS, **cfg.evaluation}, "evaluation")
@@ -218,7 +218,7 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     from .corpus import load_corpus
     from .data.limits import bound_records
     from .editors import unlearn
-    from .evaluation.report import evaluate
+    from .report import evaluate
     from .evaluation.retrace import TraceConfig
     from .figures import heatmaps, importance_curve, save_figure
     from .models import organism_name

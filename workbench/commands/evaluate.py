@@ -59,7 +59,7 @@ def run(args) -> int:
 
     from ..errors import ConfigError
     from ..corpus import load_corpus
-    from ..evaluation.report import EvalConfig, evaluate
+    from ..report import EvalConfig, evaluate
     from ..evaluation.retrace import TraceConfig
     from ..evaluation.semeval import MAX_NEW_TOKENS, ORGANISM_MAX_NEW_TOKENS
     from .. import distributed

@@ -1,4 +1,4 @@
-"""`workbench organism build|info|recall`: the embedded default model."""
+"""`workbench organism build|info|path`: the embedded default model."""
 from __future__ import annotations
 
 import json

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import sites
 from ..errors import EditError
 from ..models import decoder_layers
 from ..provenance import stable_hash
@@ -57,7 +58,8 @@ class _StopForward(Exception):
 
 @contextmanager
 def capture_layer(model, layer: int, stop: bool = True):
-    """Forward hook on decoder layer `layer`; its output lands in the yielded dict under "h"."""
+    """Forward hook on site resid_post.`layer` (decoder layer `layer`'s output); it lands in the yielded dict
+    under "h"."""
     store: dict[str, torch.Tensor] = {}
 
     def hook(module, inputs, output):
@@ -65,7 +67,8 @@ def capture_layer(model, layer: int, stop: bool = True):
         if stop:
             raise _StopForward
 
-    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    site = sites.locate(model, "resid_post", layer)   # decoder layer `layer`'s output: the residual stream h^l
+    handle = site.module.register_forward_hook(hook)
     try:
         yield store
     finally:

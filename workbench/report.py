@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 
-from .. import figures
-from ..aggregate import importance_difference
-from ..errors import ConfigError, DataError
-from ..provenance import (JsonlLog, atomic_write_json, atomic_write_text, model_fingerprint, model_name, provenance,
+from . import figures
+from .aggregate import importance_difference
+from .errors import ConfigError, DataError
+from .provenance import (JsonlLog, atomic_write_json, atomic_write_text, model_fingerprint, model_name, provenance,
                           to_jsonable)
-from . import mia as mia_mod
-from . import mmlu as mmlu_mod
-from . import semeval as semeval_mod
-from .retrace import TraceConfig, retrace
+from .evaluation import mia as mia_mod
+from .evaluation import mmlu as mmlu_mod
+from .evaluation import semeval as semeval_mod
+from .evaluation.retrace import TraceConfig, retrace
 
 
 def _need(ok, msg: str) -> None:
@@ -83,7 +83,7 @@ class EvalConfig:
         _need(0 < self.k <= 1, f"evaluation k (the Min-K% fraction) must be in (0, 1], got {self.k}")
         _need(self.batch_size >= 1, f"evaluation batch_size must be >= 1, got {self.batch_size}")
         _need(self.recovery_tol >= 0, f"evaluation recovery_tol must be >= 0, got {self.recovery_tol}")
-        from .attacks import AttackConfig, parse_attacks
+        from .evaluation.attacks import AttackConfig, parse_attacks
 
         self.attacks = parse_attacks(self.attacks)
         AttackConfig.from_dict(self.attack_settings)
@@ -256,7 +256,7 @@ class Report:
             parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
         first = True
         if self.attacks:
-            from .attacks import html_table
+            from .evaluation.attacks import html_table
 
             parts += ["<h2>Does it come back?</h2>", html_table(self.attacks)]
         for name, fig in self.figures.items():
@@ -268,7 +268,7 @@ class Report:
         return "\n".join(parts)
 
     def verdict_lines(self) -> list[str]:
-        from .verdict import Criterion, Verdict
+        from .evaluation.verdict import Criterion, Verdict
 
         if not self.verdict:
             return []
@@ -362,7 +362,7 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
             report.figures[f"trace_{kind}"] = figures.importance_before_after(
                 b, a, importance_difference(b, a), labels=("original", "edited"))
     if cfg.attacks:
-        from . import attacks
+        from .evaluation import attacks
 
         importance = {k: v["ie_before"] for k, v in report.trace["kinds"].items()} if report.trace else None
         models = {"original": (model, tok), "edited": edited, "twin": retain_baseline}
@@ -372,7 +372,7 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
         if log:
             log("attacks", recovery=attacks.recoveries(report.attacks), seconds=report.attacks["seconds"])
     if edited is not None:
-        from .verdict import Tolerances, verdict
+        from .evaluation.verdict import Tolerances, verdict
 
         report.verdict = verdict(original, edited_metrics, baseline,
                                  Tolerances(cfg.recall_tol, cfg.auc_tol, cfg.mmlu_drop, cfg.recovery_tol),
