@@ -389,8 +389,9 @@ def run(quick: bool = False, log=print) -> Section:
         _NNSIGHT_TWIN.clear()
         deep = olmo1b_shape(tok, 16)
         rows.append(trace_compare(deep, tok, [FACT], n_samples=S_big, metric="logprob_mean",
-                                  sigma=noise_scale(deep, tok, [FACT[2]]), peers_full={"rome": 0, "tl": 0, "nnsight": 0},
-                                  label="OLMo-1B shape (16 layers), 1 fact"))
+                                  sigma=noise_scale(deep, tok, [FACT[2]]), peers_full={"rome": 0, "nnsight": 0},
+                                  label="OLMo-1B shape (16 layers), 1 fact"))  # TL's patching functions restore
+        # one layer per forward: they cannot express the 3-layer mlp/attn window of a 16-layer model
         del deep
         _NNSIGHT_TWIN.clear()
     text, g = _fmt_compare(rows)
