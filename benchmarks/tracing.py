@@ -388,6 +388,8 @@ def run(quick: bool = False, log=print) -> Section:
         log("tracing: OLMo-1B-shaped, 16 layers (full depth)")
         _NNSIGHT_TWIN.clear()
         deep = olmo1b_shape(tok, 16)
+        # 4.7 GB of weights: nnsight (the last contestant here) wraps this model itself instead of a deep copy
+        _NNSIGHT_TWIN.update(key=deep, twin=deep)
         rows.append(trace_compare(deep, tok, [FACT], n_samples=S_big, metric="logprob_mean",
                                   sigma=noise_scale(deep, tok, [FACT[2]]), peers_full={"rome": 0, "nnsight": 0},
                                   label="OLMo-1B shape (16 layers), 1 fact"))  # TL's patching functions restore
