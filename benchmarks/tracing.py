@@ -430,7 +430,7 @@ def run(quick: bool = False, log=print) -> Section:
         del big
     if not quick:
         log("scaling")
-        grid = scaling(tok, (1, 4, 16), PROMPTS, S_big)
+        grid = scaling(tok, (1, 4, 16), PROMPTS[1:], S_big)
         md.append(f"\n### Growth of our trace time in layers x prompt length (OLMo-1B width, random weights, "
                   f"n_samples={S_big}, resid kind only)\n\n"
                   + table(["layers", "prompt tokens", "engine", "seconds", "peak MiB"], grid))
