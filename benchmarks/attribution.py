@@ -12,7 +12,7 @@ import torch
 from . import TOL, Section, goal, measure, table
 from .tracing import PATCH, olmo1b_shape
 from workbench.attribution import attribute, compare, prefilter, recall
-from workbench.hooks import n_layers
+from workbench.sites import n_layers
 from workbench.patching import activation_patching
 
 SITES = ("resid_pre", "attn_out", "mlp_out")

@@ -176,8 +176,11 @@ def test_ten_megabyte_line_is_refused_quickly(micro, tmp_path):
 ])
 def test_evaluate_flags_refused_before_loading(argv, msg, tmp_path, capsys, monkeypatch):
     import workbench.models
+    import workbench.organism
 
-    monkeypatch.setattr(workbench.models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    for module in (workbench.models, workbench.organism):
+        monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(workbench.organism, "build", lambda *a, **k: pytest.fail("built a model"))
     assert main(["evaluate", "--model", "organism:micro", "--out", str(tmp_path / "e"), *argv]) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err
