@@ -21,27 +21,22 @@ GAPS = """
 The ratios are this run's, in the tables above; the goals are 10x for tracing, 50x for attribution over exact
 patching and 1.5x for the joint loss's reference cache.
 
-- **Tracing, OLMo-1B shape, one 7-token fact (goal 10x).** Under torch.profiler most of our self CPU time is
-  `aten::mm`: the engine is compute-bound. It already skips pre-subject cells, drops ROME's clean row and batches
-  every restoration x noise draw into a few large forwards (weights read once per batch); the peers do the same
-  FLOPs per cell. The suffix engine (`CorruptedRun`) removes FLOPs: a restoration at (layer l, position t)
-  recomputes only layers >= l at positions >= t from the recorded corrupted run (its resid_pre and K/V), equal to
-  the full forwards to 1e-6 (tests/test_tracing.py). It pays when the subject sits late in a long prompt and costs
-  time on a short one, where it turns one large batch into per-layer batches, so `causal_trace` uses it only when
-  the subject sits in the prompt's second half: this 7-token benchmark runs the full-forward engine, the scaling
-  table's long-prompt rows run the suffix engine. What would close the gap: trace several facts per batch (the
-  50-fact rows are where batching pays).
-- **Tracing, micro.** Tiny model: each trace is 2-3 forwards plus fixed per-trace work (prepare, clean + corrupted
-  runs, provenance), so the ROME loop's many small forwards cost only a few times more. Tracing several facts per
-  batch would close it.
-- **Attribution vs exact (goal 50x).** Our exact patching is itself batched: all sites of this 7-token, 4-layer
-  prompt are one or two forwards, while attribution is 2 forwards + 1 backward. The ratio grows with the number of
-  sites (layers x positions x 3 + heads): ~5k for OLMo-1B (16 layers) at 100 tokens; not measured here.
-- **Joint loss with KL (goal 1.5x).** A step is forward+backward on a forget and a retain batch; caching removes
-  only the frozen reference's one no-grad forward, so the saving is bounded (~1.2-1.3x by FLOPs) and the measured
-  ratio swings with machine load. RMU gains more because its frozen forwards run twice per step (forget and
-  retain). Closing it would need the step itself cheaper (e.g. stopping the forget forward at the last trained
-  layer, as RMU's hook does).
+- **Tracing (goal 10x).** Under torch.profiler most of our self CPU time is `aten::mm`: the engine is
+  compute-bound. It skips pre-subject cells, drops ROME's clean row and batches every restoration x noise draw
+  into a few large forwards (weights read once per batch); the peers do the same FLOPs per cell. The suffix engine
+  (`CorruptedRun`) removes FLOPs when the subject sits late in a long prompt (a restoration at layer l, position t
+  recomputes only layers >= l at positions >= t) and is used there only. Tracing k facts per right-padded batch
+  (`facts_per_batch`) gives the same heatmaps but is slower on CPU than one fact at a time: the cost per cell is
+  the forwards' compute and memory traffic, not per-fact overhead, and larger padded batches fall out of cache.
+  What would close the gap is fewer FLOPs per cell: the suffix engine for every prompt with the three kinds' jobs
+  grouped, and recomputing the restored layer only at the restored position.
+- **Attribution vs exact (goal 50x).** Our exact patching is itself batched: all sites of a short prompt are one or
+  two forwards, while attribution is 2 forwards + 1 backward (AtP), plus an attention recomputation per later
+  layer (QK fix) and one backward per layer (GradDrop, AtP*). The prefilter table shows the speed-up growing with
+  positions, more slowly with layers (AtP* costs O(layers^2) here).
+- **Joint loss with KL (goal 1.5x).** The profile column bounds the speed-up: a cache removes only the frozen
+  model's forwards, the share of a step the table reports; the rest of the step is the edited model's forward and
+  backward.
 """
 
 
