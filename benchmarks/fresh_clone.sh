@@ -43,6 +43,7 @@ if [ "$what" = run ]; then
   for f in report.json trace/importance_mlp.json trace/importance_attn.json; do
     cp "$tmp/repo/runs/default/$f" "${out%.md}.$(basename "$f")" 2>/dev/null || true
   done
+  rm -rf "${out%.md}.figures" && cp -r "$tmp/repo/runs/default/figures" "${out%.md}.figures" 2>/dev/null || true
 fi
 cp "$tmp/run.log" "${out%.md}.run.log"
 rm -rf "$tmp"
