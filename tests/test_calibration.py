@@ -2,11 +2,13 @@
 calibration split kept apart from the MIA non-members, and resume with the calibrated state."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
-from workbench.data import Record, SyntheticSpec, generate
+from workbench.data import SyntheticSpec, generate
 from workbench.editors import unlearn
 from workbench.editors.calibration import Calibration, loss_auc, quantile_targets
 from workbench.errors import EditError
@@ -134,17 +136,13 @@ def test_length_grouped_terms_equal_the_padded_batch(micro):
         ref = {d.index: torch.log_softmax(model(input_ids=torch.tensor([d.ids])).logits[0].float(), -1) for d in docs}
         pad_rows = lambda b: torch.stack([torch.nn.functional.pad(ref[i], (0, 0, 0, b.input_ids.shape[1] - len(ref[i])))
                                           for i in b.index])  # noqa: E731
+        moved = copy.deepcopy(model)   # away from the reference, so that the KL is not zero (the fixture is shared)
         torch.manual_seed(0)
-        for p in model.parameters():   # away from the reference, so that the KL is not zero
+        for p in moved.parameters():
             p.add_(0.02 * torch.randn_like(p))
-        try:
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            whole_kl = answer_kl(logits, pad_rows(batch), batch.labels)
-            grouped_kl = Calibration.anchor_kl(model, batch, pad_rows, group=3)
-        finally:
-            torch.manual_seed(0)
-            for p in model.parameters():
-                p.sub_(0.02 * torch.randn_like(p))
+        logits = moved(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        whole_kl = answer_kl(logits, pad_rows(batch), batch.labels)
+        grouped_kl = Calibration.anchor_kl(moved, batch, pad_rows, group=3)
     assert float(whole_kl) > 1e-3
     assert float(grouped_kl) == pytest.approx(float(whole_kl), rel=1e-4)
 
