@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from . import TOL, Section, goal, measure, table
 
 CASES = {"rmu": {}, "joint": {"retain_loss": "kl"}}

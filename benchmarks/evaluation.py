@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 import torch
 
-from . import TOL, Section, goal, measure, profile_top, table
+from . import TOL, Section, goal, measure, table
 
 
 def mc_model():

@@ -21,8 +21,6 @@ forward x the forwards its full loop makes; the outputs are compared on the samp
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -285,7 +283,6 @@ def _fmt_compare(rows: list[dict]) -> tuple[str, list[dict]]:
 
 # --- patching: exact (ours, TL) and attribution ------------------------------------------------------------
 def patching_compare(model, tok, label: str, naive: bool, tl: bool = True) -> tuple[list, list[dict]]:
-    import pandas as pd
     from transformer_lens import patching as tlp
 
     from workbench.patching import _spearman, activation_patching, attribution_patching

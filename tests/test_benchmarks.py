@@ -3,7 +3,6 @@ No timing is asserted (timings belong in benchmarks/RESULTS.md, never in tests).
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from benchmarks import TOL, Section, goal, machine_info, table
 from benchmarks import tracing as bt

@@ -190,8 +190,6 @@ def test_truncated_safetensors_is_a_clear_error(tmp_path, micro):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a CPU-only torch")
 def test_cuda_device_on_cpu_torch(micro, capsys):
-    from workbench.cli import main
-
     with pytest.raises(ModelLoadError, match="no usable CUDA"):
         load_model("organism:micro", device="cuda")
     with pytest.raises(ModelLoadError, match="not a torch device"):

@@ -460,7 +460,7 @@ def table(result: dict) -> str:
     stats = result["statistics"]
     edits = (f", windows of {cfg['window']} layers, editors {', '.join(stats)} x {cfg['seeds']} seeds; efficacy `{eff}` "
              f"(retain budget {cfg['retain_budget']}, area up to damage {cfg['area_damage']})") if stats else ""
-    out = [f"# Does tracing predict where unlearning works?\n",
+    out = ["# Does tracing predict where unlearning works?\n",
            f"model `{cfg['model']}` ({result['n_layers']} layers), {len(result['facts']['kept'])} {cfg['task']} facts "
            f"traced (excluded {len(result['facts']['excluded'])}){edits}; original forget recall "
            f"{result['baseline']['forget_recall']:.2f}, retain {result['baseline']['retain_recall']:.2f}\n"]
