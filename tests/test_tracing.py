@@ -197,8 +197,9 @@ def test_transformer_lens_backend_shares_weights(micro):
 
 
 @torch.no_grad()
-def test_suffix_groupings_agree_with_full_forwards(micro):
-    """Per-layer and per-(layer, position) grouping of the suffix engine give run_jobs' numbers for the same jobs."""
+def test_suffix_packing_agrees_with_full_forwards(micro):
+    """The packed suffix engine gives run_jobs' numbers for the same jobs, whether jobs of different starts share a
+    forward (large chunks) or not (one job per chunk), with multi-site jobs and several noise draws."""
     from workbench.restoration import CorruptedRun, run_jobs_suffix
 
     model, tok, _ = micro
@@ -209,16 +210,39 @@ def test_suffix_groupings_agree_with_full_forwards(micro):
     L, T = model.config.num_hidden_layers, ids.shape[1]
     noise = torch.randn(2, e - s, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     run = get_backend(model, tok, "torch")
-    sites = [f"mlp_out.{l}" for l in range(L)] + [f"resid_post.{l}" for l in range(L)]
+    sites = [f"mlp_out.{l}" for l in range(L)] + [f"resid_post.{l}" for l in range(L)] + [f"attn_out.{l}" for l in range(L)]
     _, clean = clean_run(run, ids, sites, keep)
     jobs = [[(f"resid_post.{l}", [t])] for l in range(L) for t in range(s, T)]
     jobs += [[(f"mlp_out.{l}", [t]), (f"mlp_out.{l + 1}", [t])] for l in range(L - 1) for t in range(s, T)]
+    jobs += [[(f"attn_out.{L - 1}", [T - 1]), (f"resid_post.1", [s, s + 1])], []]
     want = run_jobs(run, ids, jobs, clean, fn, keep, noise=noise, subject_range=(s, e), rows=8)
-    corrupted = CorruptedRun(model, ids, noise, (s, e))
-    for by_position in (False, True):
-        got = run_jobs_suffix(corrupted, jobs, clean, fn, keep, rows=8, by_position=by_position)
+    corrupted = CorruptedRun(model, ids, noise, (s, e), keep)
+    assert fn(corrupted.logits).numpy() == pytest.approx(want[-1].numpy(), abs=1e-6)  # the empty job: corrupted
+    for rows in (1, 8, 10_000):
+        got = run_jobs_suffix(corrupted, jobs, clean, fn, keep, rows=rows)
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6, rtol=0)
     assert float(want.max() - want.min()) > 0.05  # restorations matter: not a vacuous comparison
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
+def test_suffix_engine_on_olmo2_equals_naive_loop(micro, kv_heads):
+    """OLMo-2 blocks (post-norm, q/k norms), with and without grouped-query attention: the packed suffix engine's
+    trace equals ROME's one-forward-per-job loop."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    _, tok, _ = micro
+    torch.manual_seed(2)
+    cfg = Olmo2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=128,
+                      initializer_range=0.2, pad_token_id=tok.pad_token_id)
+    model = Olmo2ForCausalLM(cfg).eval()
+    kw = dict(FAST, metric="logprob_mean", window=2)
+    fast = causal_trace(model, tok, *FACT, batch_size=5, **kw)
+    assert fast.config["suffix"] is True
+    slow = causal_trace_naive(model, tok, *FACT, **kw)
+    for kind in fast.effects:
+        np.testing.assert_allclose(fast.effects[kind], slow.effects[kind], atol=1e-5, rtol=0)
+    assert np.ptp(fast.effects["resid"]) > 0.05  # restorations move the metric: not a vacuous comparison
 
 
 def test_facts_per_batch_equals_one_at_a_time(micro):

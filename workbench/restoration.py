@@ -10,7 +10,8 @@ Causal tracing (workbench.tracing: noised subject, clean values restored) and ac
                    [rows, pos] mask says so (`restore_edits`)
   run_jobs_naive   ROME's reference loop, written independently of the masks: one forward per job
   run_jobs_suffix  tracing on the torch backend: a restoration at (layer l, position t) recomputes only layers >= l
-                   at positions >= t, from the recorded corrupted run (`CorruptedRun`: its resid_pre and keys/values)
+                   at positions >= t, from the recorded corrupted run (`CorruptedRun`: its resid_pre and keys/values);
+                   jobs of different (l, t) share forwards packed as one token sequence (`Packing`)
 """
 from __future__ import annotations
 
@@ -265,13 +266,18 @@ def run_jobs_padded(run, sources: list[Source], jobs: list[tuple[int, Job]], *, 
 
 
 # --- suffix engine: recompute only what a restoration can change ---------------------------------------------
+PACKED_ATTENTION = "workbench_packed"
+
+
 class CorruptedRun:
     """The corrupted forward, recorded once so each restoration recomputes only its downstream part.
 
-    Restoring site(s) of layers >= l0 at positions >= t0 leaves every layer below l0 and every position before t0
-    exactly as in the corrupted run (causal attention: earlier positions never see later ones). So a job runs the
-    decoder layers l0..L-1 on positions t0..T-1 only, starting from the corrupted resid_pre.l0 and reading the
-    corrupted keys/values of positions < t0 from this record. Torch backend, HF OLMo-family blocks only.
+    A job whose first restored site is in layer l0 leaves every layer below l0 as in the corrupted run; within
+    layer l0 only the restored positions change (the other positions' inputs, keys and values are the corrupted
+    run's); from layer l0 + 1 on, positions before the earliest restored one t0 stay corrupted (causal attention:
+    earlier positions never see later ones). So a job's row (one noise draw) computes layer l0 at its restored
+    positions, layers l0+1.. at positions t0..T-1, and reads every other position's input, key and value from this
+    record. Torch backend, HF OLMo-family blocks only.
     """
     MODEL_TYPES = ("olmo", "olmo2", "olmo3")
 
@@ -280,12 +286,12 @@ class CorruptedRun:
         return getattr(model.config, "model_type", None) in cls.MODEL_TYPES
 
     @torch.no_grad()
-    def __init__(self, model, ids: torch.Tensor, noise: torch.Tensor, subject_range: tuple[int, int]):
+    def __init__(self, model, ids: torch.Tensor, noise: torch.Tensor, subject_range: tuple[int, int], keep: int = 1):
         self.model = model
         s, e = subject_range
         S, T = noise.shape[0], ids.shape[1]
-        layers = decoder_layers(model)
-        resid_pre: list[torch.Tensor] = [None] * len(layers)
+        L = len(decoder_layers(model))
+        resid: list[torch.Tensor] = [None] * (L + 1)
 
         def add_noise(x):  # x: [S, pos, d_model]
             x = x.clone()
@@ -294,82 +300,206 @@ class CorruptedRun:
 
         def recorder(l):
             def fn(x):
-                resid_pre[l] = x.detach().clone()
+                resid[l] = x.detach().clone()
             return fn
-        edits = {"embed": add_noise, **{site_name("resid_pre", l): recorder(l) for l in range(len(layers))}}
+        edits = {"embed": add_noise, site_name("resid_post", L - 1): recorder(L),
+                 **{site_name("resid_pre", l): recorder(l) for l in range(L)}}
         with hooks(model, edits):
-            out = model(ids.expand(S, -1), use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        self.resid_pre = resid_pre                                            # L x [S, T, d_model]
-        self.keys = [cache.layers[l].keys for l in range(len(layers))]        # L x [S, n_kv_heads, T, d_head]
-        self.values = [cache.layers[l].values for l in range(len(layers))]    # L x [S, n_kv_heads, T, d_head]
+            out = model(ids.expand(S, -1), use_cache=True, logits_to_keep=keep)
+        cache = out.cache if "cache" in out else out.past_key_values  # transformers >= 5.24 names it `cache`
+        self.logits = out.logits                                              # [S, keep, vocab] the corrupted metric's
+        self.resid = resid                     # L + 1 x [S, T, d_model]: resid_pre of each layer, then the last output
+        self.keys = [cache.layers[l].keys for l in range(L)]                  # L x [S, n_kv_heads, T, d_head]
+        self.values = [cache.layers[l].values for l in range(L)]              # L x [S, n_kv_heads, T, d_head]
         pos = torch.arange(T, device=ids.device)[None]                        # [1, T]
-        self.cos, self.sin = model.model.rotary_emb(resid_pre[0], position_ids=pos)  # [1, T, d_head] each
-        self.S, self.T = S, T
+        self.cos, self.sin = model.model.rotary_emb(resid[0], position_ids=pos)  # [1, T, d_head] each
+        self.S, self.T, self.L = S, T, L
 
-    def run(self, n_jobs: int, l0: int, t0: int, edits, keep: int) -> torch.Tensor:
-        """Logits [n_jobs * S, keep, vocab] of layers l0.. on positions t0.. with `edits` hooked (positions sliced)."""
-        model, T = self.model, self.T
-        dtype = self.resid_pre[l0].dtype
-        h = self.resid_pre[l0][:, t0:].repeat(n_jobs, 1, 1)                   # [B, T - t0, d_model]
-        q = torch.arange(t0, T, device=h.device)[:, None]                      # [T - t0, 1] absolute query positions
-        k = torch.arange(T, device=h.device)[None, :]                          # [1, T]
-        mask = torch.zeros(T - t0, T, dtype=dtype, device=h.device).masked_fill(k > q, torch.finfo(dtype).min)
-        prefix = _PrefixKV({l: (self.keys[l][:, :, :t0].repeat(n_jobs, 1, 1, 1),
-                                self.values[l][:, :, :t0].repeat(n_jobs, 1, 1, 1))
-                            for l in range(l0, len(self.keys))})
-        pe = (self.cos[:, t0:], self.sin[:, t0:])
-        pos_ids = q.T                                                           # [1, T - t0]
-        with hooks(model, edits):
-            for layer in decoder_layers(model)[l0:]:
-                h = layer(h, attention_mask=mask[None, None], position_ids=pos_ids, past_key_values=prefix,
-                          use_cache=True, position_embeddings=pe)
-                h = h[0] if isinstance(h, tuple) else h
-        return model.lm_head(model.model.norm(h[:, -keep:]))                   # [B, keep, vocab]
+    def run(self, packing: "Packing", edits) -> torch.Tensor:
+        """Logits [n_rows, keep, vocab] of the packed rows, with `edits` hooked (they see [1, tokens, ...])."""
+        model, layers = self.model, decoder_layers(self.model)
+        h, prev = None, None                                                    # h: [1, tokens, d_model]
+        with hooks(model, edits), _packed_attention(model):
+            for l in range(packing.first, self.L + 1):
+                here = packing.layers[l - packing.first]
+                x = self.resid[l][packing.draw[here.row], here.pos]              # [tokens, d_model] corrupted inputs
+                if prev is not None:                                             # computed tokens carry over
+                    at = here.index[prev.row, prev.pos]                          # [previous tokens], -1: not needed
+                    x[at[at >= 0]] = h[0, at >= 0]
+                if l == self.L:
+                    break
+                pe = (self.cos[:, here.pos], self.sin[:, here.pos])              # [1, tokens, d_head] each
+                h = layers[l](x[None], None, here.pos[None], _RowKV(self, packing, here), use_cache=True,
+                              position_embeddings=pe, packed=here)
+                h, prev = (h[0] if isinstance(h, tuple) else h), here
+        keep = packing.keep
+        return model.lm_head(model.model.norm(x.reshape(-1, keep, x.shape[-1])))  # [n_rows, keep, vocab]
 
 
-class _PrefixKV:
-    """Duck-typed KV cache: prepends the corrupted run's keys/values of positions < t0 (never stores the new ones)."""
+@dataclass
+class TokenLayout:
+    """The (row, position) tokens a packed forward computes at one layer, in row-major order."""
+    row: torch.Tensor    # [tokens]
+    pos: torch.Tensor    # [tokens]
+    rows: torch.Tensor   # [rows here] the rows with a token here, ascending
+    slot: torch.Tensor   # [tokens] each token's row as an index into `rows`
+    index: torch.Tensor  # [n_rows, T] a (row, position)'s token index here, -1 where absent
 
-    def __init__(self, kv: dict[int, tuple[torch.Tensor, torch.Tensor]]):
-        self.kv = kv
+    @classmethod
+    def of(cls, grid: torch.Tensor) -> "TokenLayout":
+        """From a boolean [n_rows, T] grid of the tokens present."""
+        row, pos = torch.nonzero(grid, as_tuple=True)
+        rows, slot = torch.unique(row, return_inverse=True)
+        index = torch.full(grid.shape, -1, dtype=torch.long, device=grid.device)
+        index[row, pos] = torch.arange(len(row), device=grid.device)
+        return cls(row, pos, rows, slot, index)
 
-    def update(self, key, value, layer_idx, *args, **kwargs):
-        pk, pv = self.kv[layer_idx]
-        return torch.cat([pk.to(key.dtype), key], dim=2), torch.cat([pv.to(value.dtype), value], dim=2)
+
+@dataclass
+class Packing:
+    """Rows of a suffix forward packed as one token sequence per layer. Row r (noise draw draw[r]) enters at layer
+    l0[r] with its restored positions there (`entry[r]`), runs positions t0[r]..T-1 from layer l0[r] + 1 on, and
+    the last `keep` positions of every row feed the logits (`layers[-1]`, after the last decoder layer)."""
+    draw: torch.Tensor              # [n_rows]
+    first: int                      # the first layer any row enters
+    keep: int
+    layers: list[TokenLayout]       # layouts of layers first..L-1, then the final one
+
+    @classmethod
+    def of(cls, l0: torch.Tensor, t0: torch.Tensor, entry: torch.Tensor, draw: torch.Tensor, L: int,
+           keep: int) -> "Packing":
+        """l0, t0, draw: [n_rows]; entry: [n_rows, T] bool, the positions each row restores in its entry layer."""
+        T = entry.shape[1]
+        after = torch.arange(T, device=entry.device)[None] >= t0[:, None]       # [n_rows, T]
+        first = int(l0.min())
+        layouts = [TokenLayout.of(((l0 < l)[:, None] & after) | ((l0 == l)[:, None] & entry))
+                   for l in range(first, L)]
+        layouts.append(TokenLayout.of((torch.arange(T, device=entry.device) >= T - keep)[None].expand(len(l0), T)))
+        return cls(draw, first, keep, layouts)
+
+
+class _RowKV:
+    """Cache stand-in for one layer of a packed suffix forward: each present row's keys/values over all T positions,
+    the corrupted run's where the row computes nothing at this layer, the packed tokens' own elsewhere."""
+
+    def __init__(self, corrupted: CorruptedRun, packing: Packing, here: TokenLayout):
+        self.corrupted, self.packing, self.here = corrupted, packing, here
+
+    def update(self, key, value, layer_idx, *args, **kwargs):  # key, value: [1, n_kv_heads, tokens, d_head]
+        here, draw = self.here, self.packing.draw[self.here.rows]
+        out = []
+        for new, old in ((key, self.corrupted.keys[layer_idx]), (value, self.corrupted.values[layer_idx])):
+            full = old[draw].to(new.dtype)                                     # [rows here, n_kv_heads, T, d_head]
+            full[here.slot, :, here.pos] = new[0].transpose(0, 1)
+            out.append(full)
+        return out[0], out[1]
+
+
+def _packed_attention_fn(module, query, key, value, attention_mask, scaling=None, dropout=0.0, packed=None,
+                         **kwargs):
+    """Causal attention of packed query tokens against their own rows' full-length keys/values (`_RowKV`).
+
+    query: [1, n_heads, tokens, d_head]; key/value: [rows here, n_kv_heads, T, d_head] -> [1, tokens, n_heads, d_head]"""
+    here = packed
+    R, T = key.shape[0], key.shape[2]
+    q = query.new_zeros(R, query.shape[1], T, query.shape[3])               # [rows here, n_heads, T, d_head]
+    q[here.slot, :, here.pos] = query[0].transpose(0, 1)
+    if key.shape[1] != q.shape[1]:                                          # grouped-query attention
+        rep = q.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(q, key, value, is_causal=True, scale=scaling)
+    return out[here.slot, :, here.pos][None], None                          # [1, tokens, n_heads, d_head]
+
+
+class _packed_attention:
+    """Context: the model's attention layers use `_packed_attention_fn` (registered with transformers'
+    AttentionInterface), restored on exit."""
+
+    def __init__(self, model):
+        from transformers import AttentionInterface
+        AttentionInterface.register(PACKED_ATTENTION, _packed_attention_fn)
+        self.configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")
+                        and hasattr(m.config, "_attn_implementation")}.values()
+
+    def __enter__(self):
+        self.saved = [(c, c._attn_implementation) for c in self.configs]
+        for c, _ in self.saved:
+            c._attn_implementation = PACKED_ATTENTION
+
+    def __exit__(self, *exc):
+        for c, impl in self.saved:
+            c._attn_implementation = impl
+
+
+def packed_edits(model, jobs: list[Job], S: int, packing: Packing, clean: dict[str, torch.Tensor]) -> dict[str, Callable]:
+    """`restore_edits` for a packed suffix forward: job j owns rows j*S..(j+1)*S; a site's hook sees the tokens its
+    layer computes, [1, tokens, ...], and sets back the clean value where the token's job restores that position."""
+    R, T = len(packing.draw), packing.layers[-1].index.shape[1]
+    grids: dict[str, torch.Tensor] = {}  # site -> [n_rows, T] or [n_rows, T, n_heads]: True = restore clean
+    for j, job in enumerate(jobs):
+        for site, positions in job:
+            extra = tuple(clean[site].shape[1:-1])
+            g = grids.setdefault(site, torch.zeros((R, T) + extra, dtype=torch.bool, device=packing.draw.device))
+            for p in positions:
+                idx = tuple(p) if isinstance(p, tuple) else (p,)
+                g[(slice(j * S, (j + 1) * S),) + idx] = True
+
+    def edit(site):
+        here = packing.layers[parse(model, site)[1] - packing.first]
+        m = grids[site][here.row, here.pos]                       # [tokens] or [tokens, n_heads]
+        v = clean[site][here.pos]                                 # [tokens, d_model] or [tokens, n_heads, d_head]
+
+        def fn(x):  # x: [1, tokens, ...]
+            return torch.where(m[None, ..., None], v[None].to(x.dtype), x)
+        return fn
+    return {site: edit(site) for site in grids}
 
 
 def run_jobs_suffix(corrupted: CorruptedRun, jobs: list[Job], clean: dict[str, torch.Tensor], metric: Callable,
-                    keep: int, *, rows: int = 64, by_position: bool = False, progress: bool = False,
-                    desc: str = "restoring") -> torch.Tensor:
-    """`run_jobs` for causal tracing, recomputing only downstream of each chunk's earliest (layer, position).
+                    keep: int, *, rows: int = 64, progress: bool = False, desc: str = "restoring") -> torch.Tensor:
+    """`run_jobs` for causal tracing, recomputing only what each job can change (see `CorruptedRun`).
 
-    Jobs are grouped by the first layer they restore (and, if `by_position`, by their first position too), and each
-    group runs in chunks of at most `rows` rows. Per-position groups do the fewest FLOPs but run many small batches,
-    which measured 2x slower on a CPU; per-layer groups are the default.
+    Every job costs its own tokens x layers whatever it shares a forward with, so jobs of any start share packed
+    forwards (`Packing`): their tokens form one sequence per layer, and attention runs per row over its T positions
+    (`_RowKV`, `_packed_attention_fn`). A forward holds at most rows x T tokens of full-suffix rows.
     Returns [n_jobs, n_samples] in the order of `jobs`."""
-    S, L, T = corrupted.S, len(corrupted.keys), corrupted.T
-    per_chunk = max(1, rows // S)
+    model, S, L, T = corrupted.model, corrupted.S, corrupted.L, corrupted.T
 
-    def start(job):  # (first layer, first position) a job restores; an empty job restores nothing
-        cells = [(parse(corrupted.model, site)[1], p) for site, positions in job for p in positions]
+    def start(job):  # (first layer, first position, positions restored in the first layer)
+        cells = [(parse(model, site)[1], p[0] if isinstance(p, tuple) else p)
+                 for site, positions in job for p in positions]
+        if any(l < 0 for l, _ in cells):
+            raise ValueError("the suffix engine restores decoder-layer sites only (not 'embed')")
         if not cells:
-            return L - 1, T - keep
-        return min(l for l, _ in cells), min(min(t for _, t in cells), T - keep)
+            return L, T - keep, ()
+        l0 = min(l for l, _ in cells)
+        return l0, min(t for _, t in cells), tuple(sorted({t for l, t in cells if l == l0}))
 
     starts = [start(job) for job in jobs]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, (l0, t0) in enumerate(starts):
-        groups.setdefault((l0, t0 if by_position else 0), []).append(i)
+    order = sorted(range(len(jobs)), key=lambda i: starts[i][:2])
+    chunks, chunk, tokens = [], [], 0
+    for i in order:
+        need = S * (T - starts[i][1])
+        if chunk and tokens + need > rows * T:
+            chunks.append(chunk)
+            chunk, tokens = [], 0
+        chunk.append(i)
+        tokens += need
+    if chunk:
+        chunks.append(chunk)
     out = torch.zeros(len(jobs), S)
+    device = corrupted.resid[0].device
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
-    for idx in groups.values():
-        for c0 in range(0, len(idx), per_chunk):
-            chunk = idx[c0:c0 + per_chunk]
-            l0, t0 = min(starts[i][0] for i in chunk), min(starts[i][1] for i in chunk)
-            edits = restore_edits([jobs[i] for i in chunk], S, clean, t0)
-            logits = corrupted.run(len(chunk), l0, t0, edits, keep)
-            out[chunk] = metric(logits).reshape(len(chunk), S).float().cpu()
-            bar.update(len(chunk))
+    for chunk in chunks:
+        rep = lambda xs: torch.tensor(xs, device=device).repeat_interleave(S)  # noqa: E731  one value per row
+        entry = torch.zeros(len(chunk), T, dtype=torch.bool, device=device)
+        for j, i in enumerate(chunk):
+            entry[j, list(starts[i][2])] = True
+        packing = Packing.of(rep([starts[i][0] for i in chunk]), rep([starts[i][1] for i in chunk]),
+                             entry.repeat_interleave(S, dim=0), torch.arange(S, device=device).repeat(len(chunk)),
+                             L, keep)
+        logits = corrupted.run(packing, packed_edits(model, [jobs[i] for i in chunk], S, packing, clean))
+        out[chunk] = metric(logits).reshape(len(chunk), S).float().cpu()
+        bar.update(len(chunk))
     bar.close()
     return out

@@ -18,16 +18,16 @@ clipped to the model, as in ROME.
 Three levels, as in ROME's causal_trace.py:
   `restore`       one corrupted run with restorations: a batch of jobs (each a list of (site, positions) set back to
                   clean) through the restoration engine (workbench.restoration) -> metric per job and noise draw
-  `trace_cells`   the loop over (layer, position) cells of one kind: one job per cell -> effects [n_layers, n_prompt]
+  `trace_cells`   the loop over (layer, position) cells of each kind: one job per cell -> effects [n_layers, n_prompt]
   `causal_trace`  one fact: checks, the clean and corrupted runs, every kind; `trace_facts` runs it over a fact set
 `causal_trace_batch` (`trace_facts(facts_per_batch=k)`) traces k facts at once: their prompts, of different lengths,
 share right-padded forwards (`restore_many`, `restoration.run_jobs_padded`), each fact with its own noise draws and
 clean values, equal to one-at-a-time traces up to float rounding.
 Positions before the subject see no noise, so restoring them is a no-op: the batched engine skips them and reports
 the corrupted metric there (the naive loop computes them, and the tests check both agree). `naive=True` runs ROME's
-reference loop: one forward per job. On the torch backend the jobs also skip what they cannot change
-(`restoration.CorruptedRun`: only layers >= l at positions >= t are recomputed), by default where the subject sits in
-the prompt's second half.
+reference loop: one forward per job. On OLMo-family models and the torch backend the jobs also skip what they cannot
+change (`restoration.CorruptedRun`: only layers >= l at positions >= t are recomputed, jobs of every start packed into
+shared forwards).
 """
 from __future__ import annotations
 
@@ -154,11 +154,16 @@ def cell_effects(c: Corruption, cells: list[tuple[int, int]], vals: torch.Tensor
     return eff, std
 
 
-def trace_cells(c: Corruption, kind: str, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Level 2, the loop over cells: the effect of restoring `kind` at each (layer, position) cell.
-    (mean, std) over the noise draws.  # [n_layers, n_prompt] each"""
-    cells, jobs = cell_jobs(c, kind, window)
-    return cell_effects(c, cells, restore(c, jobs, desc=f"trace {kind}"))  # vals: [n_cells, n_samples]
+def trace_cells(c: Corruption, kinds: Sequence[str], window: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Level 2, the loop over cells: the effect of restoring each kind at each (layer, position) cell, every kind's
+    jobs in one `restore`. {kind: (mean, std) over the noise draws}  # [n_layers, n_prompt] each"""
+    spans, jobs = [], []
+    for kind in kinds:
+        cells, js = cell_jobs(c, kind, window)
+        spans.append((kind, cells, len(jobs)))
+        jobs += js
+    vals = restore(c, jobs, desc="trace")  # [n_jobs, n_samples]
+    return {kind: cell_effects(c, cells, vals[j0:j0 + len(cells)]) for kind, cells, j0 in spans}
 
 
 @torch.no_grad()
@@ -172,23 +177,19 @@ def causal_trace(model, tok, prompt: str, answer: str, subject: str, *, kinds=KI
     embeddings; `trace_facts` measures it once over all subjects, as ROME does).
     batch_size: rows (restorations x noise samples) per forward; None = from `memory_budget` bytes.
     suffix: recompute only downstream of each restored (layer, position) (`CorruptedRun`); None = where supported
-    (torch backend, OLMo-family model) and the subject sits in the prompt's second half, so most positions are
-    skipped. False runs every restoration as a full forward (same numbers to ~1e-6).
+    (torch backend, OLMo-family model). False runs every restoration as a full forward (same numbers to ~1e-6).
     """
     kinds, window = _check_args(model, kinds, metric, n_samples, noise, batch_size, window)
     prep = prepare(model, tok, prompt, answer, subject)
     L = n_layers(model)
     sigma = noise_scale(model, tok, [prompt]) if noise is None else float(noise)
     run = get_backend(model, tok, backend)
-    if suffix is None:  # measured on OLMo-1B's shape (4 layers, CPU): faster with the subject near the end of a long
-        # prompt, slower with it early in a short one (small suffix batches); so only when it skips most positions
-        first_subject = prep.subject_range[0]
-        suffix = (backend == "torch" and not naive and CorruptedRun.supported(model)
-                  and prep.n_prompt - first_subject <= prep.n_prompt / 2)
-    elif suffix and (backend != "torch" or naive or not CorruptedRun.supported(model)):
+    supported = backend == "torch" and not naive and CorruptedRun.supported(model)
+    if suffix and not supported:
         raise TraceError(f"suffix=True needs backend='torch', naive=False and an OLMo-family model "
                          f"(model_type in {CorruptedRun.MODEL_TYPES}); got backend={backend!r}, naive={naive}, "
                          f"model_type={getattr(model.config, 'model_type', None)!r}")
+    suffix = supported if suffix is None else suffix
     device = next(model.parameters()).device
     t0 = time.perf_counter()
 
@@ -201,13 +202,17 @@ def causal_trace(model, tok, prompt: str, answer: str, subject: str, *, kinds=KI
     sites = [site_name(k, l) for k in kinds for l in range(L)]
     clean_logits, clean = clean_run(run, ids, sites, keep)
     p_clean = float(fn(clean_logits)[0])
-    p_corr = float(run_jobs(run, ids, [[]], clean, fn, keep, noise=noise_draws, subject_range=(s, e)).mean())
+    corrupted = CorruptedRun(model, ids, noise_draws, (s, e), keep) if suffix else None
+    if corrupted is not None:
+        p_corr = float(fn(corrupted.logits).mean())
+    else:
+        p_corr = float(run_jobs(run, ids, [[]], clean, fn, keep, noise=noise_draws, subject_range=(s, e)).mean())
     rows = batch_size or rows_per_forward(model, ids.shape[1], keep, memory_budget)
     c = Corruption(run, ids, noise_draws, (s, e), L, prep.n_prompt, clean, fn, keep, p_clean, p_corr, rows, naive,
-                   CorruptedRun(model, ids, noise_draws, (s, e)) if suffix else None, progress)
-    effects, spread = {}, {}
-    for kind in kinds:
-        effects[kind], spread[f"{kind}_std"] = trace_cells(c, kind, window)
+                   corrupted, progress)
+    traced = trace_cells(c, kinds, window)
+    effects = {kind: mean for kind, (mean, _) in traced.items()}
+    spread = {f"{kind}_std": std for kind, (_, std) in traced.items()}
 
     config = {"kinds": list(kinds), "n_samples": n_samples, "noise_sigma": sigma, "noise": "gaussian",
               "window": window, "metric": metric, "backend": backend, "seed": seed, "rows_per_forward": rows,
