@@ -214,7 +214,7 @@ def test_suffix_packing_agrees_with_full_forwards(micro):
     _, clean = clean_run(run, ids, sites, keep)
     jobs = [[(f"resid_post.{l}", [t])] for l in range(L) for t in range(s, T)]
     jobs += [[(f"mlp_out.{l}", [t]), (f"mlp_out.{l + 1}", [t])] for l in range(L - 1) for t in range(s, T)]
-    jobs += [[(f"attn_out.{L - 1}", [T - 1]), (f"resid_post.1", [s, s + 1])], []]
+    jobs += [[(f"attn_out.{L - 1}", [T - 1]), ("resid_post.1", [s, s + 1])], []]
     want = run_jobs(run, ids, jobs, clean, fn, keep, noise=noise, subject_range=(s, e), rows=8)
     corrupted = CorruptedRun(model, ids, noise, (s, e), keep)
     assert fn(corrupted.logits).numpy() == pytest.approx(want[-1].numpy(), abs=1e-6)  # the empty job: corrupted
