@@ -21,15 +21,14 @@ GAPS = """
 The ratios are this run's, in the tables above; the goals are 10x for tracing, 50x for attribution over exact
 patching and 1.5x for the joint loss's reference cache.
 
-- **Tracing (goal 10x).** Under torch.profiler most of our self CPU time is `aten::mm`: the engine is
-  compute-bound. It skips pre-subject cells, drops ROME's clean row and batches every restoration x noise draw
-  into a few large forwards (weights read once per batch); the peers do the same FLOPs per cell. The suffix engine
-  (`CorruptedRun`) removes FLOPs when the subject sits late in a long prompt (a restoration at layer l, position t
-  recomputes only layers >= l at positions >= t) and is used there only. Tracing k facts per right-padded batch
-  (`facts_per_batch`) gives the same heatmaps but is slower on CPU than one fact at a time: the cost per cell is
-  the forwards' compute and memory traffic, not per-fact overhead, and larger padded batches fall out of cache.
-  What would close the gap is fewer FLOPs per cell: the suffix engine for every prompt with the three kinds' jobs
-  grouped, and recomputing the restored layer only at the restored position.
+- **Tracing (goal 10x).** On OLMo-family models our engine recomputes only what a restoration can change: a job
+  restoring (layer l, position t) computes layer l at t alone and layers l+1.. at positions t.., reading every other
+  input, key and value from one recorded corrupted run, and all of a fact's jobs (three kinds x cells x noise
+  draws) share packed forwards (one token sequence per layer, attention per row). The peers run every layer at every
+  position for every cell, with full logits. A single small fact (micro, 1 fact) is bound by fixed costs: its
+  clean and corrupted forwards and the Python that lays out one packed forward take most of its time, so the ratio
+  there is below the fact set's. Tracing k facts per right-padded batch (`facts_per_batch`) runs full forwards and
+  is slower than the suffix engine one fact at a time.
 - **Attribution vs exact (goal 50x).** Our exact patching is itself batched: all sites of a short prompt are one or
   two forwards, while attribution is 2 forwards + 1 backward (AtP), plus an attention recomputation per later
   layer (QK fix) and one backward per layer (GradDrop, AtP*). The prefilter table shows the speed-up growing with

@@ -12,8 +12,10 @@ Peers (all compute the full layer x position heatmap of resid / mlp / attn, as t
               layer only (TL patches one layer per forward), which is the default window on 4-layer models.
   (c) nnsight one `nnsight.NNsight(model).trace` per restored site (workbench.backends.NNsightBackend + the
               reference loop `run_jobs_naive`).
-Ours: `workbench.tracing.causal_trace` (batched restorations x noise draws, pre-subject cells skipped), one fact at
-a time, and on fact sets also `causal_trace_batch` (k facts per right-padded batch, facts sorted by token length).
+Ours: `workbench.tracing.causal_trace`, one fact at a time: on these OLMo models the suffix engine
+(`restoration.CorruptedRun`: a restoration at (layer l, position t) computes layer l at t only and layers l+1.. at
+positions t.., every kind's restorations x noise draws packed into shared forwards, pre-subject cells skipped). On
+fact sets also `causal_trace_batch` (k facts per right-padded batch of full forwards, facts sorted by token length).
 
 When a peer is too slow to run every cell of the OLMo-1B-shaped model on 2 cores, it runs a stated sample of cells
 (every layer, positions alternating subject-last / prompt-last) and its full-heatmap time is its measured mean time per

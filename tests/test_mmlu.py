@@ -100,8 +100,16 @@ def test_loaders_roundtrip(tmp_path, gk):
 
 
 def test_hub_offline_is_a_clear_error(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # both libraries read the variables at import, and an earlier test may have imported them: set their flags too
+    for module in (datasets.config, huggingface_hub.constants):
+        for flag in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+            if hasattr(module, flag):
+                monkeypatch.setattr(module, flag, True)
     with pytest.raises(DataError, match="could not load 'cais/mmlu'"):
         mmlu.load_mmlu("hub:cais/mmlu:abstract_algebra")
 

@@ -461,7 +461,7 @@ def run_jobs_suffix(corrupted: CorruptedRun, jobs: list[Job], clean: dict[str, t
 
     Every job costs its own tokens x layers whatever it shares a forward with, so jobs of any start share packed
     forwards (`Packing`): their tokens form one sequence per layer, and attention runs per row over its T positions
-    (`_RowKV`, `_packed_attention_fn`). A forward holds at most rows x T tokens of full-suffix rows.
+    (`_RowKV`, `_packed_attention_fn`). A forward holds at most rows x T tokens and 2 x rows rows.
     Returns [n_jobs, n_samples] in the order of `jobs`."""
     model, S, L, T = corrupted.model, corrupted.S, corrupted.L, corrupted.T
 
@@ -480,7 +480,8 @@ def run_jobs_suffix(corrupted: CorruptedRun, jobs: list[Job], clean: dict[str, t
     chunks, chunk, tokens = [], [], 0
     for i in order:
         need = S * (T - starts[i][1])
-        if chunk and tokens + need > rows * T:
+        # attention holds every row at full length T: at most 2 x rows rows, as well as rows x T tokens
+        if chunk and (tokens + need > rows * T or (len(chunk) + 1) * S > 2 * rows):
             chunks.append(chunk)
             chunk, tokens = [], 0
         chunk.append(i)

@@ -36,7 +36,8 @@ def add_parser(sub):
     many.add_argument("--task", help="only facts of this task, e.g. Task2")
     many.add_argument("--limit", type=int, help="trace at most this many facts (first N)")
     many.add_argument("--facts-per-batch", type=int, default=1,
-                      help="trace this many facts in shared (right-padded) forwards (default 1: one at a time)")
+                      help="trace this many facts in shared right-padded full forwards (default 1: one at a time, "
+                           "which on OLMo-family models uses the suffix engine and does fewer FLOPs)")
     p.add_argument("--kinds", default="resid,mlp,attn", help="comma-separated: resid, mlp, attn")
     p.add_argument("--samples", type=int, default=10, help="noise samples per prompt (ROME: 10)")
     p.add_argument("--noise", type=float, help="noise sigma (default: 3 x embedding std over the subjects)")
