@@ -1,6 +1,6 @@
 """Benchmarks of the workbench engine against peers: ratios measured in one run, outputs checked equal first.
 
-    python -m benchmarks            # everything, regenerates benchmarks/RESULTS.md (~10 min on 2 busy cores)
+    python -m benchmarks            # everything, regenerates benchmarks/RESULTS.md (about 6 min on 2 quiet cores)
     python -m benchmarks --quick    # tiny sizes (the smoke test); writes nowhere unless --out is given
 
 Every section returns a `Section`: markdown (tables, notes) plus `goals` (name, ratio, target, met). A timing only

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 1 (or 2) as a new user runs it: a fresh clone of this repository's HEAD, a new virtual environment
 # (nothing installed), an empty WORKBENCH_CACHE. Prints and writes to OUT the wall time of the setup and of the
-# command, with the run's stage and verdict lines (command 1) or pytest's summary (command 2); logs beside OUT.
+# command, with the run's stage and verdict lines (command 1) or pytest's summary (command 2); logs beside OUT. The
+# result also replaces this command's block in benchmarks/RESULTS.md (benchmarks/fresh_clone.py).
 #   bash benchmarks/fresh_clone.sh [OUT] [run|tests]      (default: runs/fresh_clone.md, run)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,6 +40,7 @@ mkdir -p "$(dirname "$out")"
   if [ "$what" = tests ]; then tail -n 15 "$tmp/run.log"; else grep -E '\[[1-5]/5\]|seconds|verdict|PASS|FAIL' "$tmp/run.log" | tail -n 40; fi
   echo '```'
 } | tee "$out"
+(cd "$repo" && python -m benchmarks.fresh_clone benchmarks/RESULTS.md "$what" "$out")   # its section of RESULTS.md
 if [ "$what" = run ]; then
   for f in report.json trace/importance_mlp.json trace/importance_attn.json; do
     cp "$tmp/repo/runs/default/$f" "${out%.md}.$(basename "$f")" 2>/dev/null || true

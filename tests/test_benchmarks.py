@@ -3,6 +3,7 @@ No timing is asserted (timings belong in benchmarks/RESULTS.md, never in tests).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks import TOL, Section, goal, machine_info, table
 from benchmarks import tracing as bt
@@ -74,3 +75,23 @@ def test_attribution_benchmark_runs_and_verifies_exactly():
     assert 0.0 <= row["recall"] <= 1.0 and row["cells"] == 100 and row["max_diff"] <= 1e-4
     for m in ("atp", "atp_qk", "atp*"):
         assert f"| micro | {m} |" in sec.markdown
+
+
+def test_fresh_clone_results_are_recorded_and_kept(tmp_path):
+    """fresh_clone.sh's result replaces its own block in RESULTS.md, and a regenerated RESULTS.md keeps the blocks."""
+    from benchmarks import fresh_clone
+
+    results, run1, tests, run2 = (tmp_path / n for n in ("RESULTS.md", "a.md", "b.md", "c.md"))
+    results.write_text("# Benchmarks\n\n## Goals\n\nbody\n")
+    run1.write_text("| setup | 73 |\n")
+    tests.write_text("| setup | 108 |\n")
+    run2.write_text("| setup | 70 |\n")
+    for key, f in (("tests", tests), ("run", run1), ("run", run2)):
+        fresh_clone.record(results, key, f)
+    text = results.read_text()
+    assert text.startswith("# Benchmarks\n\n## Goals\n\nbody\n")
+    assert fresh_clone.blocks(text) == {"run": "| setup | 70 |\n", "tests": "| setup | 108 |\n"}
+    assert text.index("| setup | 70 |") < text.index("| setup | 108 |") and "| 73 |" not in text
+    assert text.count(fresh_clone.TITLE) == 1
+    with pytest.raises(SystemExit, match="unknown key"):
+        fresh_clone.record(results, "notebooks", run1)

@@ -286,31 +286,45 @@ class CorruptedRun:
         return getattr(model.config, "model_type", None) in cls.MODEL_TYPES
 
     @torch.no_grad()
-    def __init__(self, model, ids: torch.Tensor, noise: torch.Tensor, subject_range: tuple[int, int], keep: int = 1):
+    def __init__(self, model, ids: torch.Tensor, noise: torch.Tensor, subject_range: tuple[int, int], keep: int = 1,
+                 record: Sequence[str] = ()):
+        """ids: [1, T]; noise: [S, n_subject, d_model]. With `record`, the same forward also runs the clean prompt
+        (as ROME's batches do, in row 0) and keeps `clean` {site: [T, ...]} and `clean_logits` [1, keep, vocab]."""
         self.model = model
         s, e = subject_range
         S, T = noise.shape[0], ids.shape[1]
         L = len(decoder_layers(model))
+        c = 1 if record else 0                                                # rows before the noised ones
         resid: list[torch.Tensor] = [None] * (L + 1)
+        self.clean: dict[str, torch.Tensor] = {}
 
-        def add_noise(x):  # x: [S, pos, d_model]
+        def add_noise(x):  # x: [c + S, pos, d_model]
             x = x.clone()
-            x[:, s:e] += noise.to(x.dtype)
+            x[c:, s:e] += noise.to(x.dtype)
             return x
 
         def recorder(l):
             def fn(x):
-                resid[l] = x.detach().clone()
+                resid[l] = x[c:].detach().clone()
             return fn
-        edits = {"embed": add_noise, site_name("resid_post", L - 1): recorder(L),
-                 **{site_name("resid_pre", l): recorder(l) for l in range(L)}}
+
+        def clean_recorder(site):
+            def fn(x):
+                self.clean[site] = x[0].detach().clone()
+            return fn
+        edits: dict[str, list] = {"embed": [add_noise], site_name("resid_post", L - 1): [recorder(L)]}
+        for l in range(L):
+            edits.setdefault(site_name("resid_pre", l), []).append(recorder(l))
+        for site in record:
+            edits.setdefault(site, []).append(clean_recorder(site))
         with hooks(model, edits):
-            out = model(ids.expand(S, -1), use_cache=True, logits_to_keep=keep)
+            out = model(ids.expand(c + S, -1), use_cache=True, logits_to_keep=keep)
         cache = out.cache if "cache" in out else out.past_key_values  # transformers >= 5.24 names it `cache`
-        self.logits = out.logits                                              # [S, keep, vocab] the corrupted metric's
+        self.clean_logits = out.logits[:c]                                    # [c, keep, vocab]
+        self.logits = out.logits[c:]                                          # [S, keep, vocab] the corrupted metric's
         self.resid = resid                     # L + 1 x [S, T, d_model]: resid_pre of each layer, then the last output
-        self.keys = [cache.layers[l].keys for l in range(L)]                  # L x [S, n_kv_heads, T, d_head]
-        self.values = [cache.layers[l].values for l in range(L)]              # L x [S, n_kv_heads, T, d_head]
+        self.keys = [cache.layers[l].keys[c:] for l in range(L)]              # L x [S, n_kv_heads, T, d_head]
+        self.values = [cache.layers[l].values[c:] for l in range(L)]          # L x [S, n_kv_heads, T, d_head]
         pos = torch.arange(T, device=ids.device)[None]                        # [1, T]
         self.cos, self.sin = model.model.rotary_emb(resid[0], position_ids=pos)  # [1, T, d_head] each
         self.S, self.T, self.L = S, T, L

@@ -200,13 +200,15 @@ def causal_trace(model, tok, prompt: str, answer: str, subject: str, *, kinds=KI
     noise_draws = (torch.randn(n_samples, e - s, model.config.hidden_size, generator=g) * sigma).to(device)
 
     sites = [site_name(k, l) for k in kinds for l in range(L)]
-    clean_logits, clean = clean_run(run, ids, sites, keep)
-    p_clean = float(fn(clean_logits)[0])
-    corrupted = CorruptedRun(model, ids, noise_draws, (s, e), keep) if suffix else None
-    if corrupted is not None:
+    if suffix:  # one forward: the clean row and the noised ones
+        corrupted = CorruptedRun(model, ids, noise_draws, (s, e), keep, record=sites)
+        clean_logits, clean = corrupted.clean_logits, corrupted.clean
         p_corr = float(fn(corrupted.logits).mean())
     else:
+        corrupted = None
+        clean_logits, clean = clean_run(run, ids, sites, keep)
         p_corr = float(run_jobs(run, ids, [[]], clean, fn, keep, noise=noise_draws, subject_range=(s, e)).mean())
+    p_clean = float(fn(clean_logits)[0])
     rows = batch_size or rows_per_forward(model, ids.shape[1], keep, memory_budget)
     c = Corruption(run, ids, noise_draws, (s, e), L, prep.n_prompt, clean, fn, keep, p_clean, p_corr, rows, naive,
                    corrupted, progress)
