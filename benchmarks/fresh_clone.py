@@ -35,7 +35,7 @@ def record(results: Path, key: str, result: Path) -> None:
         raise SystemExit(f"unknown key {key!r}; expected one of {sorted(KEYS)}")
     text = results.read_text() if results.is_file() else "# Benchmarks\n"
     recorded = blocks(text)
-    recorded[key] = result.read_text().rstrip("\n") + "\n"
+    recorded[key] = re.sub(r"^# ", "### ", result.read_text(), flags=re.M).rstrip("\n") + "\n"  # a subsection here
     head = text.split(f"\n{TITLE}\n")[0].rstrip("\n") + "\n"
     atomic_write_text(results, head + section(recorded))
 

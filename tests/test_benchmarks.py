@@ -85,12 +85,12 @@ def test_fresh_clone_results_are_recorded_and_kept(tmp_path):
     results.write_text("# Benchmarks\n\n## Goals\n\nbody\n")
     run1.write_text("| setup | 73 |\n")
     tests.write_text("| setup | 108 |\n")
-    run2.write_text("| setup | 70 |\n")
+    run2.write_text("# README command 1\n| setup | 70 |\n")
     for key, f in (("tests", tests), ("run", run1), ("run", run2)):
         fresh_clone.record(results, key, f)
     text = results.read_text()
     assert text.startswith("# Benchmarks\n\n## Goals\n\nbody\n")
-    assert fresh_clone.blocks(text) == {"run": "| setup | 70 |\n", "tests": "| setup | 108 |\n"}
+    assert fresh_clone.blocks(text) == {"run": "### README command 1\n| setup | 70 |\n", "tests": "| setup | 108 |\n"}
     assert text.index("| setup | 70 |") < text.index("| setup | 108 |") and "| 73 |" not in text
     assert text.count(fresh_clone.TITLE) == 1
     with pytest.raises(SystemExit, match="unknown key"):
