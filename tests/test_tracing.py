@@ -245,6 +245,28 @@ def test_suffix_engine_on_olmo2_equals_naive_loop(micro, kv_heads):
     assert np.ptp(fast.effects["resid"]) > 0.05  # restorations move the metric: not a vacuous comparison
 
 
+def test_suffix_engine_on_olmo3_sliding_layers_equals_naive_loop(micro):
+    """OLMo-3: rotary embeddings per layer type and sliding-window layers, with a window shorter than the prompt so
+    the window matters; the packed suffix engine's trace equals ROME's loop."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Olmo3ForCausalLM"):
+        pytest.skip("this transformers has no OLMo-3")
+    _, tok, _ = micro
+    torch.manual_seed(3)
+    cfg = transformers.Olmo3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                   num_attention_heads=4, max_position_embeddings=128, initializer_range=0.2,
+                                   sliding_window=3, pad_token_id=tok.pad_token_id,
+                                   layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    model = transformers.Olmo3ForCausalLM(cfg).eval()
+    kw = dict(FAST, metric="logprob_mean", window=2)
+    fast = causal_trace(model, tok, *FACT, **kw)
+    assert fast.config["suffix"] is True and len(fast.tokens) > cfg.sliding_window
+    slow = causal_trace_naive(model, tok, *FACT, **kw)
+    for kind in fast.effects:
+        np.testing.assert_allclose(fast.effects[kind], slow.effects[kind], atol=1e-5, rtol=0)
+    assert np.ptp(fast.effects["resid"]) > 0.05
+
+
 def test_facts_per_batch_equals_one_at_a_time(micro):
     """Facts of different token lengths traced together (right-padded forwards, each fact its own noise draws and
     clean values) give each fact's one-at-a-time trace, for both metrics; bad batch sizes are named errors."""

@@ -15,11 +15,13 @@ Causal tracing (workbench.tracing: noised subject, clean values restored) and ac
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from .hooks import hooks
 from .models import decoder_layers
@@ -317,16 +319,33 @@ class CorruptedRun:
             edits.setdefault(site_name("resid_pre", l), []).append(recorder(l))
         for site in record:
             edits.setdefault(site, []).append(clean_recorder(site))
-        with hooks(model, edits):
-            out = model(ids.expand(c + S, -1), use_cache=True, logits_to_keep=keep)
-        cache = out.cache if "cache" in out else out.past_key_values  # transformers >= 5.24 names it `cache`
+        rotary: list = [None] * L  # each layer's (cos, sin) as the model passes them (OLMo-3: per layer type)
+
+        def grab(l):
+            def fn(module, args, kwargs):
+                rotary[l] = kwargs.get("position_embeddings")
+            return fn
+        handles = [layer.register_forward_pre_hook(grab(l), with_kwargs=True)
+                   for l, layer in enumerate(decoder_layers(model))]
+        # a cache without a configuration keeps every position of every layer (a configured one keeps only the last
+        # window of OLMo-3's sliding layers); transformers >= 5.24 names the argument `cache`
+        cache = DynamicCache()
+        arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        try:
+            with hooks(model, edits):
+                out = model(ids.expand(c + S, -1), use_cache=True, logits_to_keep=keep, **{arg: cache})
+        finally:
+            for h in handles:
+                h.remove()
+        if any(pe is None for pe in rotary):
+            raise ValueError(f"{type(model).__name__}'s decoder layers get no position_embeddings argument: the suffix "
+                             f"engine cannot run them (trace with suffix=False)")
         self.clean_logits = out.logits[:c]                                    # [c, keep, vocab]
         self.logits = out.logits[c:]                                          # [S, keep, vocab] the corrupted metric's
         self.resid = resid                     # L + 1 x [S, T, d_model]: resid_pre of each layer, then the last output
         self.keys = [cache.layers[l].keys[c:] for l in range(L)]              # L x [S, n_kv_heads, T, d_head]
         self.values = [cache.layers[l].values[c:] for l in range(L)]          # L x [S, n_kv_heads, T, d_head]
-        pos = torch.arange(T, device=ids.device)[None]                        # [1, T]
-        self.cos, self.sin = model.model.rotary_emb(resid[0], position_ids=pos)  # [1, T, d_head] each
+        self.rotary = [(cos[:1], sin[:1]) for cos, sin in rotary]             # L x ([1, T, d_head], [1, T, d_head])
         self.S, self.T, self.L = S, T, L
 
     def run(self, packing: "Packing", edits) -> torch.Tensor:
@@ -342,7 +361,8 @@ class CorruptedRun:
                     x[at[at >= 0]] = h[0, at >= 0]
                 if l == self.L:
                     break
-                pe = (self.cos[:, here.pos], self.sin[:, here.pos])              # [1, tokens, d_head] each
+                cos, sin = self.rotary[l]
+                pe = (cos[:, here.pos], sin[:, here.pos])                        # [1, tokens, d_head] each
                 h = layers[l](x[None], None, here.pos[None], _RowKV(self, packing, here), use_cache=True,
                               position_embeddings=pe, packed=here)
                 h, prev = (h[0] if isinstance(h, tuple) else h), here
@@ -410,8 +430,9 @@ class _RowKV:
 
 
 def _packed_attention_fn(module, query, key, value, attention_mask, scaling=None, dropout=0.0, packed=None,
-                         **kwargs):
-    """Causal attention of packed query tokens against their own rows' full-length keys/values (`_RowKV`).
+                         sliding_window=None, **kwargs):
+    """Causal attention of packed query tokens against their own rows' full-length keys/values (`_RowKV`); with
+    `sliding_window` w (OLMo-3's sliding layers) a query sees the last w positions only, as transformers' masks do.
 
     query: [1, n_heads, tokens, d_head]; key/value: [rows here, n_kv_heads, T, d_head] -> [1, tokens, n_heads, d_head]"""
     here = packed
@@ -421,7 +442,12 @@ def _packed_attention_fn(module, query, key, value, attention_mask, scaling=None
     if key.shape[1] != q.shape[1]:                                          # grouped-query attention
         rep = q.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
-    out = torch.nn.functional.scaled_dot_product_attention(q, key, value, is_causal=True, scale=scaling)
+    if sliding_window is not None and T > sliding_window:
+        i = torch.arange(T, device=q.device)
+        seen = (i[None] <= i[:, None]) & (i[:, None] - i[None] < sliding_window)  # [T query, T key]
+        out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=seen, scale=scaling)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(q, key, value, is_causal=True, scale=scaling)
     return out[here.slot, :, here.pos][None], None                          # [1, tokens, n_heads, d_head]
 
 
