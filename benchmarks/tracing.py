@@ -210,7 +210,7 @@ def trace_batched(model, tok, facts, k: int, **kw) -> list:
 
 
 def trace_compare(model, tok, facts, *, n_samples, metric, sigma, peers_full: dict[str, int], label: str,
-                  facts_per_batch: int | None = None) -> dict:
+                  facts_per_batch: int | None = None, repeats: int = 1) -> dict:
     """Ours on every fact (and, with `facts_per_batch`, also that many facts per batch); each peer on its first
     `peers_full[peer]` facts (all cells), or, when that is 0, on sampled cells of the first fact. Returns timings,
     extrapolated full-set peer times and max differences."""
@@ -225,7 +225,7 @@ def trace_compare(model, tok, facts, *, n_samples, metric, sigma, peers_full: di
         (PEERS[name](model, preps[0], d1, metric, ("resid",), window, one) if name == "rome" else
          PEERS[name](model, tok, preps[0], d1, metric, ("resid",), window, one))
     ours, t_ours, mem_ours = measure(lambda: [causal_trace(model, tok, p, a, s, n_samples=n_samples, noise=sigma,
-                                                           metric=metric) for p, a, s in facts])
+                                                           metric=metric) for p, a, s in facts], repeats)
     row = {"label": label, "facts": len(facts), "ours_s": t_ours, "ours_mib": mem_ours, "peers": {}}
     if facts_per_batch:
         kw = dict(n_samples=n_samples, noise=sigma, metric=metric)
@@ -246,7 +246,7 @@ def trace_compare(model, tok, facts, *, n_samples, metric, sigma, peers_full: di
             cells = all_cells(L, prep.n_prompt) if k else sample_cells(L, prep.n_prompt, prep.subject_range)
             args = (model, prep, draws, metric, KINDS, window, cells) if name == "rome" else \
                 (model, tok, prep, draws, metric, KINDS, window, cells)
-            (eff, n), dt, m = measure(lambda: fn(*args))
+            (eff, n), dt, m = measure(lambda: fn(*args), repeats)
             diffs.append(max_diff(ours[i], eff, KINDS))
             t_peer, fw, mem = t_peer + dt, fw + n, max(mem, m)
         # forwards the peer's full loop makes over the whole set: every (kind, layer, position) of every fact
@@ -284,7 +284,7 @@ def _fmt_compare(rows: list[dict]) -> tuple[str, list[dict]]:
 
 
 # --- patching: exact (ours, TL) and attribution ------------------------------------------------------------
-def patching_compare(model, tok, label: str, naive: bool, tl: bool = True) -> tuple[list, list[dict]]:
+def patching_compare(model, tok, label: str, naive: bool, tl: bool = True, repeats: int = 1) -> tuple[list, list[dict]]:
     from transformer_lens import patching as tlp
 
     from workbench.patching import _spearman, activation_patching, attribution_patching
@@ -292,9 +292,9 @@ def patching_compare(model, tok, label: str, naive: bool, tl: bool = True) -> tu
     clean_p, corr_p, ans, wrong = PATCH
     sites = ("resid_pre", "attn_out", "mlp_out")
     exact, t_exact, m_exact = measure(lambda: activation_patching(model, tok, clean_p, corr_p, ans, wrong_answer=wrong,
-                                                                 sites=sites, heads=True))
+                                                                 sites=sites, heads=True), repeats)
     attr, t_attr, m_attr = measure(lambda: attribution_patching(model, tok, clean_p, corr_p, ans, wrong_answer=wrong,
-                                                               sites=sites, heads=True, compare_exact=False))
+                                                               sites=sites, heads=True, compare_exact=False), repeats)
     est = np.concatenate([(attr.effects[k] - attr.corrupted).ravel() for k in (*sites, "head")])
     ex = np.concatenate([(exact.effects[k] - exact.corrupted).ravel() for k in (*sites, "head")])
     rho = _spearman(est, ex)
@@ -319,14 +319,14 @@ def patching_compare(model, tok, label: str, naive: bool, tl: bool = True) -> tu
     goals = [goal(f"attribution vs exact (batched) {label}", t_exact / t_attr, 50.0, True,
                   f"spearman {rho:.3f} (not an equality check: attribution is an estimate)")]
     if tl:
-        res, t_tl, m_tl = measure(tl_run)
+        res, t_tl, m_tl = measure(tl_run, repeats)
         tl_diff = max(float(np.abs(exact.effects[k] - res[k].numpy()).max()) for k in res)
         rows.insert(1, [label, "TL patching fns (exact)", t_tl, m_tl, f"{tl_diff:.2e}", f"{t_tl / t_exact:.1f}x slower"])
         goals.insert(0, goal(f"exact patching {label}: vs TransformerLens patching functions", t_tl / t_exact, 10.0,
                              tl_diff <= TOL, f"logit-diff range {float(np.ptp(ex)):.3g}"))
     if naive:
         nv, t_nv, m_nv = measure(lambda: activation_patching(model, tok, clean_p, corr_p, ans, wrong_answer=wrong,
-                                                            sites=sites, heads=True, naive=True))
+                                                            sites=sites, heads=True, naive=True), repeats)
         nd = max(float(np.abs(exact.effects[k] - nv.effects[k]).max()) for k in nv.effects)
         rows.insert(1, [label, "exact one forward per site (naive)", t_nv, m_nv, f"{nd:.2e}", f"{t_nv / t_exact:.1f}x slower"])
         goals.append(goal(f"attribution vs exact one-forward-per-site {label}", t_nv / t_attr, 50.0, True,
@@ -369,7 +369,7 @@ def run(quick: bool = False, log=print) -> Section:
     rows, md, goals = [], [], []
     log(f"tracing: micro one fact (n_samples={S})")
     rows.append(trace_compare(micro, tok, [FACT], n_samples=S, metric="prob", sigma=sigma,
-                              peers_full={"rome": 1, "tl": 1, "nnsight": 1}, label="micro, 1 fact"))
+                              peers_full={"rome": 1, "tl": 1, "nnsight": 1}, label="micro, 1 fact", repeats=5))
     log(f"tracing: micro {len(facts)} facts")
     k = 2 if quick else 3
     rows.append(trace_compare(micro, tok, facts, n_samples=S, metric="prob", sigma=sigma,
@@ -402,10 +402,11 @@ def run(quick: bool = False, log=print) -> Section:
               f"micro tokenizer ids. Fact set = the micro organism's traceable forget + retain facts "
               f"({len(facts)}). Speedup = peer full-set seconds / ours. 'peer s (full set)' is measured when the "
               f"peer ran every fact and cell, otherwise its measured seconds per forward x the forwards of its full "
-              f"loop (3 kinds x layers x positions per fact).\n\n" + text)
+              f"loop (3 kinds x layers x positions per fact). 'micro, 1 fact' times the fastest of 5 calls on each side (one "
+              f"call takes milliseconds).\n\n" + text)
 
     log("patching: micro")
-    prow, pg = patching_compare(micro, tok, "micro", naive=True)
+    prow, pg = patching_compare(micro, tok, "micro", naive=True, repeats=5)
     if big is not None:
         log("patching: OLMo-1B shape")
         r2, g2 = patching_compare(big, tok, "OLMo-1B shape", naive=False, tl=False)
@@ -415,7 +416,8 @@ def run(quick: bool = False, log=print) -> Section:
     md.append("\n### Activation patching (clean -> counterfactual) and attribution patching\n\n"
               f"`{PATCH[0]}` -> `{PATCH[1]}`, logit diff `{PATCH[2]}` vs `{PATCH[3]}`; sites resid_pre, attn_out, "
               "mlp_out by layer x position + heads (all positions). TL = transformer_lens.patching "
-              "get_act_patch_resid_pre / _attn_out / _mlp_out / _attn_head_out_all_pos on a TransformerBridge.\n\n"
+              "get_act_patch_resid_pre / _attn_out / _mlp_out / _attn_head_out_all_pos on a TransformerBridge. The micro "
+              "rows time the fastest of 5 calls of each method.\n\n"
               + table(["model", "method", "seconds", "peak MiB", "max abs diff / correlation", "ratio"], prow))
     data = {"tracing": rows}
     if big is not None:
