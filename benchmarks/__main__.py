@@ -26,8 +26,8 @@ patching and 1.5x for the joint loss's reference cache.
   input, key and value from one recorded corrupted run, and all of a fact's jobs (three kinds x cells x noise
   draws) share packed forwards (one token sequence per layer, attention per row). The peers run every layer at every
   position for every cell, with full logits. A single small fact (micro, 1 fact) is bound by fixed costs: its
-  clean and corrupted forwards and the Python that lays out one packed forward take most of its time, so the ratio
-  there is below the fact set's. Tracing k facts per right-padded batch (`facts_per_batch`) runs full forwards and
+  one forward of the clean and noised rows, and the Python that lays out one packed forward, take most of its time,
+  so the ratio there is below the fact set's. Tracing k facts per right-padded batch (`facts_per_batch`) runs full forwards and
   is slower than the suffix engine one fact at a time.
 - **Attribution vs exact (goal 50x).** Our exact patching is itself batched: all sites of a short prompt are one or
   two forwards, while attribution is 2 forwards + 1 backward (AtP), plus an attention recomputation per later

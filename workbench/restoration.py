@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from .errors import TraceError
 from .hooks import hooks
 from .models import decoder_layers
 from .sites import name as site_name
@@ -61,23 +62,30 @@ def clean_run(run, ids: torch.Tensor, sites: Sequence[str], keep: int) -> tuple[
     return logits, acts
 
 
-def restore_edits(jobs: list[Job], S: int, clean: dict[str, torch.Tensor], t0: int = 0) -> dict[str, Callable]:
-    """{site: edit} for a chunk of jobs: rows j*S..(j+1)*S set job j's (site, positions) back to their clean values.
-
-    Activations cover positions t0.. (0: all; the suffix engine passes its first position). Head sites take
-    positions as (pos, head) pairs."""
-    B = len(jobs) * S
-    masks: dict[str, torch.Tensor] = {}  # site -> [B, pos - t0] or [B, pos - t0, n_heads]: True = restore clean
+def restore_masks(jobs: list[Job], S: int, clean: dict[str, torch.Tensor], n_pos: int | None = None,
+                  t0: int = 0) -> dict[str, torch.Tensor]:
+    """{site: bool [len(jobs) * S, n_pos - t0] or [.., n_heads]}: rows j*S..(j+1)*S are True where job j sets
+    (site, position) back to clean. n_pos: the batch's positions (None: the site's own clean length); positions are
+    counted from t0. Head sites take positions as (pos, head) pairs."""
+    masks: dict[str, torch.Tensor] = {}
     for j, job in enumerate(jobs):
         for site, positions in job:
-            shape = (B, clean[site].shape[0] - t0) + tuple(clean[site].shape[1:-1])
+            width = (clean[site].shape[0] if n_pos is None else n_pos) - t0
+            shape = (len(jobs) * S, width) + tuple(clean[site].shape[1:-1])
             m = masks.setdefault(site, torch.zeros(shape, dtype=torch.bool, device=clean[site].device))
             for p in positions:
                 idx = (p[0] - t0,) + tuple(p[1:]) if isinstance(p, tuple) else (p - t0,)
                 m[(slice(j * S, (j + 1) * S),) + idx] = True
+    return masks
+
+
+def restore_edits(jobs: list[Job], S: int, clean: dict[str, torch.Tensor], t0: int = 0) -> dict[str, Callable]:
+    """{site: edit} for a chunk of jobs: rows j*S..(j+1)*S set job j's (site, positions) back to their clean values.
+
+    Activations cover positions t0.. (0: all)."""
     # x: [B, pos - t0, d_model] or [B, pos - t0, n_heads, d_head]
     return {site: (lambda x, m=m, v=clean[site][t0:]: torch.where(m[..., None], v.to(x.dtype)[None], x))
-            for site, m in masks.items()}
+            for site, m in restore_masks(jobs, S, clean, t0=t0).items()}
 
 
 def run_jobs(run, ids: torch.Tensor, jobs: list[Job], clean: dict[str, torch.Tensor], metric: Callable, keep: int,
@@ -231,13 +239,9 @@ def run_jobs_padded(run, sources: list[Source], jobs: list[tuple[int, Job]], *, 
 
         masks: dict[str, torch.Tensor] = {}   # site -> [B, T] or [B, T, n_heads]: True = restore clean
         for j, (i, job) in enumerate(chunk):
-            for site, positions in job:
-                clean = sources[i].clean[site]
-                m = masks.setdefault(site, torch.zeros((B, T) + tuple(clean.shape[1:-1]), dtype=torch.bool,
-                                                       device=clean.device))
-                for p in positions:
-                    idx = tuple(p) if isinstance(p, tuple) else (p,)
-                    m[(slice(j * S, (j + 1) * S),) + idx] = True
+            for site, m in restore_masks([job], S, sources[i].clean, T).items():
+                masks.setdefault(site, torch.zeros((B,) + m.shape[1:], dtype=torch.bool, device=m.device))
+                masks[site][j * S:(j + 1) * S] = m
 
         def restorer(site, m):
             values = torch.stack([_pad(sources[i].clean[site], T, 0) for i in used])  # [n_used, T, ...]
@@ -338,7 +342,7 @@ class CorruptedRun:
             for h in handles:
                 h.remove()
         if any(pe is None for pe in rotary):
-            raise ValueError(f"{type(model).__name__}'s decoder layers get no position_embeddings argument: the suffix "
+            raise TraceError(f"{type(model).__name__}'s decoder layers get no position_embeddings argument: the suffix "
                              f"engine cannot run them (trace with suffix=False)")
         self.clean_logits = out.logits[:c]                                    # [c, keep, vocab]
         self.logits = out.logits[c:]                                          # [S, keep, vocab] the corrupted metric's
@@ -474,16 +478,7 @@ class _packed_attention:
 def packed_edits(model, jobs: list[Job], S: int, packing: Packing, clean: dict[str, torch.Tensor]) -> dict[str, Callable]:
     """`restore_edits` for a packed suffix forward: job j owns rows j*S..(j+1)*S; a site's hook sees the tokens its
     layer computes, [1, tokens, ...], and sets back the clean value where the token's job restores that position."""
-    R, T = len(packing.draw), packing.layers[-1].index.shape[1]
-    grids: dict[str, torch.Tensor] = {}  # site -> [n_rows, T] or [n_rows, T, n_heads]: True = restore clean
-    for j, job in enumerate(jobs):
-        for site, positions in job:
-            extra = tuple(clean[site].shape[1:-1])
-            g = grids.setdefault(site, torch.zeros((R, T) + extra, dtype=torch.bool, device=packing.draw.device))
-            for p in positions:
-                idx = tuple(p) if isinstance(p, tuple) else (p,)
-                g[(slice(j * S, (j + 1) * S),) + idx] = True
-
+    grids = restore_masks(jobs, S, clean, packing.layers[-1].index.shape[1])  # site -> [n_rows, T] or [.., n_heads]
     def edit(site):
         here = packing.layers[parse(model, site)[1] - packing.first]
         m = grids[site][here.row, here.pos]                       # [tokens] or [tokens, n_heads]
@@ -509,7 +504,7 @@ def run_jobs_suffix(corrupted: CorruptedRun, jobs: list[Job], clean: dict[str, t
         cells = [(parse(model, site)[1], p[0] if isinstance(p, tuple) else p)
                  for site, positions in job for p in positions]
         if any(l < 0 for l, _ in cells):
-            raise ValueError("the suffix engine restores decoder-layer sites only (not 'embed')")
+            raise TraceError("the suffix engine restores decoder-layer sites only (not 'embed')")
         if not cells:
             return L, T - keep, ()
         l0 = min(l for l, _ in cells)

@@ -144,6 +144,16 @@ def cell_jobs(c: Corruption, kind: str, window: int) -> tuple[list[tuple[int, in
     return cells, [[(site_name(kind, ll), [t]) for ll in layers_of(l)] for l, t in cells]
 
 
+def kinds_jobs(c: Corruption, kinds: Sequence[str], window: int) -> tuple[list[tuple], list[Job]]:
+    """Every kind's `cell_jobs` in one list: (spans [(kind, cells, first job)], jobs)."""
+    spans, jobs = [], []
+    for kind in kinds:
+        cells, js = cell_jobs(c, kind, window)
+        spans.append((kind, cells, len(jobs)))
+        jobs += js
+    return spans, jobs
+
+
 def cell_effects(c: Corruption, cells: list[tuple[int, int]], vals: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) over the noise draws of each cell's metric [n_cells, n_samples]; cells not run hold the corrupted
     metric.  # [n_layers, n_prompt] each"""
@@ -157,11 +167,7 @@ def cell_effects(c: Corruption, cells: list[tuple[int, int]], vals: torch.Tensor
 def trace_cells(c: Corruption, kinds: Sequence[str], window: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Level 2, the loop over cells: the effect of restoring each kind at each (layer, position) cell, every kind's
     jobs in one `restore`. {kind: (mean, std) over the noise draws}  # [n_layers, n_prompt] each"""
-    spans, jobs = [], []
-    for kind in kinds:
-        cells, js = cell_jobs(c, kind, window)
-        spans.append((kind, cells, len(jobs)))
-        jobs += js
+    spans, jobs = kinds_jobs(c, kinds, window)
     vals = restore(c, jobs, desc="trace")  # [n_jobs, n_samples]
     return {kind: cell_effects(c, cells, vals[j0:j0 + len(cells)]) for kind, cells, j0 in spans}
 
@@ -265,10 +271,9 @@ def causal_trace_batch(model, tok, facts: Sequence[tuple[str, str, str]], *, kin
         c.p_corr = float(v.mean())
     jobs, spans = [], []  # spans: (fact, kind, cells, first job)
     for i, c in enumerate(cs):
-        for kind in kinds:
-            cells, js = cell_jobs(c, kind, window)
-            spans.append((i, kind, cells, len(jobs)))
-            jobs += [(i, j) for j in js]
+        fact_spans, js = kinds_jobs(c, kinds, window)
+        spans += [(i, kind, cells, len(jobs) + j0) for kind, cells, j0 in fact_spans]
+        jobs += [(i, j) for j in js]
     vals = restore_many(cs, jobs, desc="trace")  # [n_jobs, n_samples]
     effects: list[dict] = [{} for _ in cs]
     spread: list[dict] = [{} for _ in cs]
