@@ -118,14 +118,13 @@ PRESETS = ("joint", "rmu", "adaptive-rmu", "graddiff", "npo", "sequential")  # e
 BESIDE = ("rmu", "adaptive-rmu", "graddiff", "npo", "sequential")  # run in a second process while joint runs here
 
 EDIT = """
-import sys, torch
+import copy, sys, torch
 torch.set_num_threads(1)
 from workbench import organism
 from workbench.editors import unlearn
 from workbench.selection import LayerSelection
 path, out, selection, seed, methods = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
 model0, tok, corpus = organism.load("default")
-import copy
 for method in methods:
     unlearn(copy.deepcopy(model0), tok, corpus, method, LayerSelection.load(selection), config={"seed": seed},
             out_dir=f"{out}/{method}", preset="organism", source=path)
