@@ -1,14 +1,16 @@
-"""Recovery attacks (evaluation/attacks): each one's planted check, their scoring, config errors and the report."""
+"""Recovery attacks (evaluation/attacks): each one's planted check, the worst-case grid, UDS, config errors and the
+report."""
 from __future__ import annotations
 
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from workbench.errors import ConfigError
-from workbench.evaluation.attacks import AttackConfig, parse_attacks, run_attacks
+from workbench.evaluation.attacks import AttackConfig, grid, parse_attacks, run_attacks
 from workbench.evaluation.attacks import depth, lens, quantize, relearn
 from workbench.evaluation.attacks.recall import encode_qa, score
 
@@ -21,6 +23,15 @@ def _noised(model, layer: int, sd: float, seed: int = 0):
         for p in out.model.layers[layer].mlp.parameters():
             p.add_(torch.randn(p.shape, generator=g) * sd)
     return out
+
+
+def _mix(a, b, t: float):
+    """A model whose every weight is (1 - t) * a's + t * b's."""
+    out = copy.deepcopy(a)
+    with torch.no_grad():
+        for p, q in zip(out.parameters(), b.parameters()):
+            p.mul_(1 - t).add_(q, alpha=t)
+    return out.eval()
 
 
 # --- scoring ----------------------------------------------------------------------------------------------
@@ -38,6 +49,27 @@ def test_teacher_forced_recall_equals_greedy_generation(micro, micro_retain):
             want = [exact_match(p, r.output) for p, r in zip(greedy_generate(m, tok, [r.input for r in qa], 32), qa)]
             assert got == want, split
     assert 0.1 < score(half_broken, tok, encode_qa(tok, corpus.forget)).recall < 0.9  # a mixed case was checked
+
+
+# --- the grid ------------------------------------------------------------------------------------------------
+def test_grid_keeps_settings_the_twin_does_not_learn_from_and_reports_the_worst():
+    """Hand-made recoveries: a setting where the twin recovers more than the bound is inadmissible, however much the
+    edited model recovers there; the worst case is the largest edited-minus-twin gap among the rest."""
+    result = {"per_model": {
+        "original": {"by_setting": {"weak": 0.0, "mid": 0.0, "strong": 0.0}},
+        "edited": {"by_setting": {"weak": 0.02, "mid": 0.30, "strong": 0.90}},
+        "twin": {"by_setting": {"weak": 0.00, "mid": 0.05, "strong": 0.40}}}}
+    out = grid.judge(copy.deepcopy(result), admissible=0.05)
+    assert out["settings"] == ["weak", "mid", "strong"] and out["admissible"] == [True, True, False]
+    assert out["per_model"]["edited"]["recovery"] == 0.30 and out["per_model"]["edited"]["setting"] == "mid"
+    assert out["worst"]["setting"] == "mid" and out["worst"]["gap"] == pytest.approx(0.25)
+    # a stricter bound leaves only the weak setting
+    strict = grid.judge(copy.deepcopy(result), admissible=0.01)
+    assert strict["admissible"] == [True, False, False] and strict["worst"]["gap"] == pytest.approx(0.02)
+    # without a twin every setting counts, against the ideal 0
+    no_twin = {"per_model": {k: v for k, v in copy.deepcopy(result)["per_model"].items() if k != "twin"}}
+    assert grid.judge(no_twin)["worst"] == {"setting": "strong", "edited": 0.9, "reference": 0.0, "gap": 0.9,
+                                             "against": "ideal"}
 
 
 # --- quantize -----------------------------------------------------------------------------------------------
@@ -92,29 +124,27 @@ def test_quantize_erases_a_small_edit_and_keeps_a_large_one(micro):
     original = quantize.quantized(model, 4)           # on the 4-bit grid: what rounding must return to
     forget = encode_qa(tok, corpus.forget)
     assert score(original, tok, forget).recall == 1.0
-    cfg = quantize.QuantizeConfig(bits=(8, 4))
+    cfg = quantize.QuantizeConfig(bits=(8, 4), groups=(128,))
 
     small = _perturb_against_forget(original, tok, corpus, 0.25)
-    res = quantize.run(small, tok, corpus, cfg)
+    res = quantize.run_model(small, tok, corpus, cfg)
     assert res["before"]["forget"] <= 0.1             # the edit hid the answers ...
-    assert res["after"]["4"]["forget"] == 1.0         # ... and 4-bit rounding brings every one back
-    assert res["recovery"] >= 0.9 and res["worst_bits"] == 4
-    assert res["after"]["8"]["forget"] <= 0.1         # 8 bits are fine enough to keep the edit
+    assert res["after"]["4-bit, group 128"]["forget"] == 1.0   # ... and 4-bit rounding brings every one back
+    assert res["by_setting"]["4-bit, group 128"] >= 0.9
+    assert res["after"]["8-bit, group 128"]["forget"] <= 0.1   # 8 bits are fine enough to keep the edit
     for a, b in zip(quantize.linear_layers(quantize.quantized(small, 4)).values(),
                     quantize.linear_layers(original).values()):
         assert torch.allclose(a.weight, b.weight, atol=1e-6)
 
     large = _perturb_against_forget(original, tok, corpus, 2.0)
-    res = quantize.run(large, tok, corpus, cfg)
+    res = quantize.run_model(large, tok, corpus, cfg)
     assert res["before"]["forget"] <= 0.1
-    assert res["after"]["4"]["forget"] <= 0.1 and res["recovery"] <= 0.1
+    assert max(res["by_setting"].values()) <= 0.1
 
 
 # --- lens ----------------------------------------------------------------------------------------------------
-def test_lens_reads_through_an_unembedding_bias(micro):
-    """Planted: an edit that only adds a large negative bias on the answer tokens in the unembedding hides every
-    answer at the output, but every layer's lens and probe read exactly what the original's do."""
-    model, tok, corpus = micro
+def _biased(model, tok, corpus):
+    """A copy whose unembedding gets a large negative bias on every forget answer token: hidden at the output."""
     biased = copy.deepcopy(model)
     W = biased.lm_head.weight
     head = torch.nn.Linear(W.shape[1], W.shape[0], bias=True)
@@ -124,41 +154,102 @@ def test_lens_reads_through_an_unembedding_bias(micro):
         for e in encode_qa(tok, corpus.forget):
             head.bias[e.ids[e.n_prompt:-1]] = -1e4   # every answer token (not EOS)
     biased.lm_head = head
-    cfg = lens.LensConfig()
-    orig, hid = lens.run(model, tok, corpus, cfg), lens.run(biased, tok, corpus, cfg)
+    return biased
+
+
+def test_lens_reads_through_an_unembedding_bias(micro):
+    """Planted: an edit that only adds a large negative bias on the answer tokens in the unembedding hides every
+    answer at the output, but every layer's own and original-decoder lens and probe read exactly what the
+    original's do."""
+    model, tok, corpus = micro
+    cfg = lens.LensConfig(tuned_steps=20)
+    orig = lens.run_model(model, tok, corpus, cfg, model)
+    hid = lens.run_model(_biased(model, tok, corpus), tok, corpus, cfg, model)
     assert orig["before"] == 1.0 and hid["before"] == 0.0
-    for name, values in orig["metrics"].items():
-        assert hid["metrics"][name] == pytest.approx(values, abs=1e-6), name   # full recovery at every layer
-    assert hid["after"] == 1.0 and hid["recovery"] == 1.0 and orig["recovery"] == 0.0
+    for name in ("lens_recall", "lens_original_recall", "probe_recall", "lens_tokens"):
+        assert hid["metrics"][name] == pytest.approx(orig["metrics"][name], abs=1e-6), name
+    assert max(hid["by_setting"].values()) == 1.0 and max(orig["by_setting"].values()) == 0.0
     assert orig["metrics"]["lens_recall"][-1] == 1.0   # the last layer's lens is the model's own output
+
+
+def test_original_decoder_sees_through_an_edited_decoder(micro):
+    """Planted: scrambling the edited model's final norm hides the answers from its own lens at every layer, but the
+    original's decoder still reads them from the untouched residual stream."""
+    model, tok, corpus = micro
+    scrambled = copy.deepcopy(model)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        scrambled.model.norm.weight.copy_(torch.randn(scrambled.model.norm.weight.shape, generator=g))
+    res = lens.run_model(scrambled, tok, corpus, lens.LensConfig(tuned_steps=0), model)
+    assert res["before"] <= 0.1 and max(res["metrics"]["lens_recall"]) <= 0.1
+    assert res["metrics"]["lens_original_recall"][-1] == 1.0
+
+
+def test_tuned_lens_fits_the_models_own_output(micro):
+    """The tuned lens at the last layer starts at the model's own decoder; trained, it stays there (the identity
+    is optimal), and at an early layer it reads the retain answers better than the plain lens."""
+    model, tok, corpus = micro
+    retain = lens.positions(model, tok, corpus.retain)
+    A, b = lens.fit_tuned(model, retain.resid[-1], retain.logits, steps=30, lr=1e-2)
+    assert A.abs().max() < 0.05 and b.abs().max() < 0.05
+    A0, b0 = lens.fit_tuned(model, retain.resid[1], retain.logits, steps=150, lr=1e-2)
+    plain = lens.read(retain, lens.unembed(model, retain.resid[1]))[1]
+    tuned = lens.read(retain, lens.unembed(model, retain.resid[1] + retain.resid[1] @ A0 + b0))[1]
+    assert tuned > plain + 0.1
 
 
 def test_lens_twin_decodes_nothing_anywhere(micro, micro_retain):
     model, tok, corpus = micro
-    res = lens.run(micro_retain[0], tok, corpus, lens.LensConfig())
+    res = lens.run_model(micro_retain[0], tok, corpus, lens.LensConfig(tuned_steps=50), model)
     assert max(max(v) for k, v in res["metrics"].items() if k.endswith("recall")) <= 0.1
-    assert res["recovery"] <= 0.05
+    assert max(res["by_setting"].values()) <= 0.05
 
 
 # --- relearn ---------------------------------------------------------------------------------------------------
-def test_relearn_twin_stays_at_chance_and_a_masked_model_comes_back(micro, micro_retain):
-    """Planted: fine-tuning the twin on half the forget facts leaves the other half where it was (at chance); a
-    model whose answers are masked by noise in one layer gets the other half back."""
+def test_relearn_grid_twin_stays_at_chance_and_a_masked_model_comes_back(micro, micro_retain):
+    """Planted: fine-tuning the twin on half the forget facts leaves the other half where it was (at chance) at
+    every admissible setting; a model whose answers are masked by noise in one layer gets the other half back."""
     model, tok, corpus = micro
-    cfg = relearn.RelearnConfig(lr=1e-3)   # micro's scale (the default, 3e-4, is the default organism's)
-    twin = relearn.run(micro_retain[0], tok, corpus, cfg)
-    assert twin["n_train"] + twin["n_measured"] == len(encode_qa(tok, corpus.forget))
-    assert len(twin["forget_half"]) == cfg.steps + 1
-    assert twin["before"] <= 0.1 and max(twin["forget_half"]) <= twin["before"] + 0.05
-    assert twin["recovery"] <= 0.05 and twin["recovery_retain_only"] <= 0.05
-
+    cfg = relearn.RelearnConfig(lrs=(1e-3,), steps=(5, 10), scopes=("all",))
     masked = _noised(model, 3, 0.25)            # noise in the last layer's MLP hides every answer
     fingerprint = [p.clone() for p in masked.parameters()]
-    res = relearn.run(masked, tok, corpus, cfg)
-    assert res["before"] <= 0.1
-    assert res["after"] >= res["before"] + 0.3 and res["recovery"] >= 0.3
-    # the editors' loop fine-tuned a copy: the model under attack is untouched
+    res = grid.judge(relearn.run({"edited": (masked, tok), "twin": (micro_retain[0], tok)}, corpus, cfg))
+    twin, edited = res["per_model"]["twin"], res["per_model"]["edited"]
+    assert twin["n_train"] + twin["n_measured"] == len(encode_qa(tok, corpus.forget))
+    assert len(twin["curves"]["all lr 0.001"]) == 3 and res["steps"] == [0, 5, 10]
+    assert twin["before"] <= 0.1 and all(res["admissible"])
+    assert edited["before"] <= 0.1 and edited["recovery"] >= 0.3 and res["worst"]["gap"] >= 0.3
+    # the attack fine-tuned a copy: the model under attack is untouched
     assert all(torch.equal(a, b) for a, b in zip(fingerprint, masked.parameters()))
+
+
+def test_relearn_edited_scope_trains_only_those_layers(micro):
+    model, tok, corpus = micro
+    params = relearn.trainable(model, "edited", [1, 2])
+    names = {n for n, p in model.named_parameters() if any(p is q for q in params)}
+    assert names and all(n.startswith(("model.layers.1.", "model.layers.2.")) for n in names)
+    assert len(relearn.trainable(model, "all", [1])) == len(list(model.parameters()))
+
+
+def test_only_the_strongest_admissible_relearning_finds_a_deeply_hidden_fact(micro, micro_retain):
+    """Planted: an edit that hides the answers behind a perturbation that weak relearning (lr 1e-4, 5 steps) does
+    not undo, while the strongest admissible setting of the grid does. The default grid finds it and the verdict's
+    relearn line fails; judged at the weak setting alone, the same edit would pass."""
+    from workbench.evaluation.verdict import attack_criteria
+
+    model, tok, corpus = micro
+    hidden = _noised(model, 3, 0.5)
+    cfg = relearn.RelearnConfig(lrs=(1e-4, 3e-3), steps=(5, 30), scopes=("all",))
+    res = grid.judge(relearn.run({"original": (model, tok), "edited": (hidden, tok),
+                                  "twin": (micro_retain[0], tok)}, corpus, cfg))
+    weak = res["per_model"]["edited"]["by_setting"]["all lr 0.0001, 5 steps"]
+    assert weak <= 0.05, "the weak setting must not recover the hidden facts"
+    assert res["worst"]["setting"] != "all lr 0.0001, 5 steps" and res["worst"]["gap"] > 0.2
+    line = attack_criteria({"attacks": ["relearn"], "relearn": res}, tol=0.05)[0]
+    assert line.passed is False
+    weak_only = grid.judge(relearn.run({"edited": (hidden, tok), "twin": (micro_retain[0], tok)}, corpus,
+                                       relearn.RelearnConfig(lrs=(1e-4,), steps=(5,), scopes=("all",))))
+    assert attack_criteria({"attacks": ["relearn"], "relearn": weak_only}, tol=0.05)[0].passed is True
 
 
 def test_relearn_split_is_seeded_and_disjoint(micro):
@@ -169,40 +260,43 @@ def test_relearn_split_is_seeded_and_disjoint(micro):
     assert [r.id for r in a] != [r.id for r in relearn.split_halves(corpus.forget, 1)[0]]
 
 
-# --- depth -----------------------------------------------------------------------------------------------------
-def test_depth_self_patch_recovers_everything_random_target_nothing(micro):
-    """Planted: the original patched into itself keeps every answer at every site; patched into a random model of
-    the same shape, no answer comes back at any site."""
-    from transformers import OlmoForCausalLM
+# --- depth: the Unlearning Depth Score ------------------------------------------------------------------------
+def test_uds_formula_on_hand_made_drops():
+    d1 = np.array([[1.0, 0.5, 0.01], [0.02, 0.0, 0.04]])     # fact 2: no layer above tau
+    d2 = np.array([[0.5, 1.0, 5.0], [0.02, 0.0, 0.04]])
+    per = depth.uds_per_fact(d1, d2, tau=0.05)
+    assert per[0] == pytest.approx((1.0 * 0.5 + 0.5 * 1.0) / 1.5)   # clip(2, 0, 1) = 1; layer 3 under tau
+    assert np.isnan(per[1])
+    assert depth.uds_per_fact(d1, -d2, 0.05)[0] == 0.0           # a negative drop clips to 0
 
+
+def test_uds_twin_scores_one_original_zero_and_a_mix_in_between(micro, micro_retain, tmp_path, monkeypatch):
+    """The twin as the stage-2 source gives UDS 1, the original 0, and a model half-way between their weights a
+    value in between; stage 1 is cached and a second run reads it."""
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     model, tok, corpus = micro
-    facts = depth.facts_of(model, tok, corpus, 12)
-    kinds = ("resid", "mlp", "attn")
-    own = depth.own_score(model, tok, facts)
-    assert own == 1.0
-    self_patch = depth.curves(model, model, tok, facts, kinds)
-    assert all(v == 1.0 for k in kinds for v in self_patch[k])
-    torch.manual_seed(1)
-    random_model = OlmoForCausalLM(model.config).eval()
-    into_random = depth.curves(model, random_model, tok, facts, kinds)
-    assert all(v == 0.0 for k in kinds for v in into_random[k])
+    twin = micro_retain[0]
+    models = {"original": (model, tok), "edited": (_mix(model, twin, 0.5), tok), "twin": (twin, tok)}
+    cfg = depth.DepthConfig(n_facts=10)
+    res = depth.run(models, corpus, cfg)
+    per = res["per_model"]
+    assert per["twin"]["uds"] == pytest.approx(1.0) and per["original"]["uds"] == pytest.approx(0.0)
+    assert 0.05 < per["edited"]["uds"] < 0.95
+    assert per["edited"]["n_facts_scored"] >= 5 and max(res["stage1"]["answer"]) > cfg.tau
+    assert res["stage1"]["cached"] is False
+    again = depth.run(models, corpus, cfg)
+    assert again["stage1"]["cached"] is True and again["per_model"]["edited"]["uds"] == per["edited"]["uds"]
+    mixes = [depth.run({"original": (model, tok), "edited": (_mix(model, twin, t), tok), "twin": (twin, tok)},
+                       corpus, cfg)["per_model"]["edited"]["uds"] for t in (0.25, 0.75)]
+    assert mixes[0] < per["edited"]["uds"] < mixes[1]
 
 
-def test_depth_locates_the_edited_layer(micro, micro_retain):
-    """Zeroing layer 0's MLP output removes the answers; patching the original's layer-0 MLP output back restores
-    them all, patching another MLP output far fewer; the edited model's residual carries nothing into the original."""
+def test_uds_needs_the_twin_and_one_shape(micro, tiny_olmo):
     model, tok, corpus = micro
-    edited = copy.deepcopy(model)
-    with torch.no_grad():
-        edited.model.layers[0].mlp.down_proj.weight.zero_()
-    res = depth.run({"original": model, "edited": edited, "twin": micro_retain[0]}, tok, corpus,
-                    depth.DepthConfig(n_facts=12))
-    assert res["unpatched"]["edited"] <= 0.1
-    mlp = res["curves"]["original->edited"]["mlp"]
-    assert mlp[0] == 1.0 and max(mlp[1:]) <= 0.5
-    assert max(res["curves"]["twin->edited"]["mlp"]) <= 0.1
-    assert res["per_model"]["original"]["recovery"] == 0.0
-    assert res["per_model"]["edited"]["recovery"] <= 0.1
+    with pytest.raises(ConfigError, match="twin"):
+        depth.run({"original": (model, tok), "edited": (model, tok)}, corpus, depth.DepthConfig(n_facts=2))
+    with pytest.raises(ConfigError, match="one shape"):
+        depth.run({"original": (model, tok), "twin": (tiny_olmo[0], tok)}, corpus, depth.DepthConfig(n_facts=2))
 
 
 # --- config, registry, report ------------------------------------------------------------------------------------
@@ -220,11 +314,28 @@ def test_attack_names_and_settings_are_checked():
         EvalConfig(attacks="quantize", attack_settings={"quantize": {"bits": [8, 0]}})
     with pytest.raises(ConfigError, match="relearn attack settings.*steps"):
         AttackConfig.from_dict({"relearn": {"steps": "ten"}})
+    with pytest.raises(ConfigError, match="relearn scopes"):
+        AttackConfig.from_dict({"relearn": {"scopes": ["everything"]}})
     with pytest.raises(ConfigError, match="unknown attack"):
         AttackConfig.from_dict({"lense": {}})
-    with pytest.raises(ConfigError, match="depth kinds"):
-        AttackConfig.from_dict({"depth": {"kinds": ["mlps"]}})
-    assert AttackConfig.from_dict({"quantize": {"bits": [4], "group": 64}}).quantize.bits == (4,)
+    with pytest.raises(ConfigError, match="admissible"):
+        AttackConfig.from_dict({"admissible": 2})
+    with pytest.raises(ConfigError, match="depth threshold"):
+        AttackConfig.from_dict({"depth": {"threshold": 1.5}})
+    cfg = AttackConfig.from_dict({"quantize": {"bits": [4], "groups": 64}, "admissible": 0.1})
+    assert cfg.quantize.bits == (4,) and cfg.quantize.groups == (64,) and cfg.admissible == 0.1
+
+
+def test_default_grids_reach_the_worst_case_strengths():
+    """The grids the verdict runs by default: relearning at least as strong as lr 1e-3 for 10 steps on every
+    parameter (up to 3e-3 and 50 steps, also on the edited layers alone), 8/4/3-bit rounding at two group sizes,
+    and four readouts of every layer."""
+    cfg = AttackConfig()
+    assert max(cfg.relearn.lrs) >= 3e-3 and min(cfg.relearn.lrs) <= 1e-4 and max(cfg.relearn.steps) >= 50
+    assert 1e-3 in cfg.relearn.lrs and 10 in cfg.relearn.steps and set(cfg.relearn.scopes) == {"all", "edited"}
+    assert set(cfg.quantize.bits) == {8, 4, 3} and len(cfg.quantize.groups) >= 2
+    assert set(lens.READOUTS) == {"lens", "lens_original", "probe", "tuned"}
+    assert cfg.admissible == 0.05 and cfg.depth.tau == 0.05
 
 
 def test_pipeline_runs_the_attacks_by_default():
@@ -251,19 +362,22 @@ def test_models_must_share_a_tokenizer(micro):
         run_attacks("lens", {"original": (model, tok), "edited": (model, other)}, corpus)
 
 
-def test_report_has_the_attacks_section_and_verdict_lines(micro, micro_retain, tmp_path):
+def test_report_has_the_attacks_section_and_verdict_lines(micro, micro_retain, tmp_path, monkeypatch):
     """evaluate(..., attacks): every attack on the three models, a 'Does it come back?' section with one figure per
     attack, and one verdict line per attack. A noise-masked 'edit' is shallow: relearning and reading the layers
-    brings its answers back, more than the twin's + 0.1, so that line fails."""
+    bring its answers back beyond the twin's, and its hidden states carry them: those lines fail."""
     from workbench.report import EvalConfig, evaluate
     from workbench.evaluation.retrace import TraceConfig
 
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
     model, tok, corpus = micro
     masked = _noised(model, 3, 0.25)
     cfg = EvalConfig(max_new_tokens=24, limit=3, attacks=("relearn", "quantize", "lens", "depth"),
-                     attack_settings={"relearn": {"lr": 1e-3}, "depth": {"n_facts": 8}})
+                     attack_settings={"relearn": {"lrs": [1e-3], "steps": [5, 10]}, "lens": {"tuned_steps": 20},
+                                      "quantize": {"bits": [4], "groups": [128]}, "depth": {"n_facts": 8}})
     rep = evaluate(model, tok, corpus, edited=(masked, tok), retain_baseline=(micro_retain[0], tok), config=cfg,
-                   trace_config=TraceConfig(kinds=("mlp",), n_facts=2, n_samples=2, n_boot=20), out_dir=tmp_path)
+                   trace_config=TraceConfig(kinds=("mlp",), n_facts=2, n_samples=2, n_boot=20), out_dir=tmp_path,
+                   layers=[3])
     js = json.loads((tmp_path / "report.json").read_text())
     assert js["attacks"]["models"] == ["original", "edited", "twin"]
     assert js["provenance"]["model"]["fingerprint"] and js["config"]["eval"]["attacks"] == list(cfg.attacks)
@@ -272,9 +386,10 @@ def test_report_has_the_attacks_section_and_verdict_lines(micro, micro_retain, t
         assert a in lines and set(js["attacks"][a]["per_model"]) == {"original", "edited", "twin"}
         assert f"attack_{a}" in rep.figures
     assert lines["relearn"]["passed"] is False and "vs the twin" in lines["relearn"]["detail"]
+    assert "edited lr" in json.dumps(js["attacks"]["relearn"]["settings"])   # the edited-layers scope ran
+    assert lines["depth"]["passed"] is False and js["attacks"]["depth"]["per_model"]["edited"]["uds"] < 0.9
     assert js["verdict"]["passed"] is False
-    # the depth curves sit next to the re-traced importance of the original
     assert js["attacks"]["importance"]["mlp"] == pytest.approx(js["trace"]["kinds"]["mlp"]["ie_before"])
-    assert any(t.name == "traced importance (original)" for t in rep.figures["attack_depth"].data)
     page = (tmp_path / "report.html").read_text()
     assert "Does it come back?" in page and page.count("plotly-graph-div") >= 5
+    assert "held-out (decide privacy)" in page

@@ -1,4 +1,6 @@
-"""The model organism: memorises its facts, is deterministic given a seed, caches, and is not tied to our generator."""
+"""The model organism: a pretrained base fine-tuned on its facts, like-for-like with its twin, planted organisms
+whose facts live in chosen layers; memorises, is deterministic given a seed, caches, and is not tied to our
+generator."""
 from __future__ import annotations
 
 import json
@@ -18,8 +20,39 @@ def test_micro_recalls_its_facts(micro):
     scores = organism.recall(model, tok, corpus)
     assert scores["forget_qa_exact_match"] >= 0.95
     assert scores["retain_qa_exact_match"] >= 0.95
+    assert scores["validation_qa_exact_match"] >= 0.95   # fine-tuned on, never scored by the report
     # held-out people were never shown: recalling them would mean the metric is broken
     assert scores["holdout_qa_exact_match"] <= 0.2
+
+
+def test_splits_are_disjoint_people(micro):
+    """Forget, retain, validation, holdout, calibration and the base's population share no person."""
+    from workbench.data import generate
+
+    corpus = generate(organism.PRESETS["micro"].data)
+    subjects = {s: {r.subject for r in corpus.split(s) if r.subject and r.task == "Task2"} for s in
+                ("forget", "retain", "validation", "holdout", "calibration", "population")}
+    assert all(subjects.values())
+    names = list(subjects)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not subjects[a] & subjects[b], (a, b)
+
+
+def test_base_knows_the_templates_not_the_people(micro):
+    """The base was pretrained on the population only: it recalls none of the forget, retain or validation facts,
+    and the original and its twin record it as their base."""
+    from workbench.data import generate
+
+    corpus = generate(organism.PRESETS["micro"].data)
+    base = organism.build_base("micro", progress=False)
+    model, tok = load_model(base)
+    scores = organism.recall(model, tok, corpus)
+    for split in ("forget", "retain", "validation"):
+        assert scores[f"{split}_qa_exact_match"] <= 0.1, scores
+    for name in ("micro", "micro-retain", "micro-planted"):
+        assert organism.info(organism.build(name, progress=False))["base"]["path"] == base.name
+    assert not (base / "forget.jsonl").exists() and (base / "population.jsonl").is_file()
 
 
 def test_micro_is_a_real_olmo(micro):
@@ -32,11 +65,11 @@ def test_micro_is_a_real_olmo(micro):
 def test_cache_hit_is_not_rebuilt_and_keyed(micro, tmp_path, monkeypatch):
     trained = []
 
-    def train(cfg, *args, **kwargs):  # stands in for organism.train: records the call, trains nothing
+    def finetune(model, tok, cfg, *args, **kwargs):  # stands in for organism.finetune: records the call only
         trained.append(cfg.name)
-        raise RuntimeError("train called")
+        raise RuntimeError("finetune called")
 
-    monkeypatch.setattr(organism, "train", train)
+    monkeypatch.setattr(organism, "finetune", finetune)
     path = organism.build("micro")  # the micro fixture has built it: a cache hit
     assert trained == [], "a cached organism must not be rebuilt"
     cfg = organism.with_overrides("micro", seed=1)
@@ -45,7 +78,9 @@ def test_cache_hit_is_not_rebuilt_and_keyed(micro, tmp_path, monkeypatch):
     assert meta["config"]["name"] == "micro" and "torch" in meta["versions"]
     # the stand-in is the one build calls: with an empty cache the same call trains
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    with pytest.raises(RuntimeError, match="train called"):
+    tok = micro[1]
+    monkeypatch.setattr(organism, "pretrain", lambda cfg, corpus, **kw: (organism.make_model(cfg, tok), tok))
+    with pytest.raises(RuntimeError, match="finetune called"):
         organism.build("micro", progress=False)
     assert trained == ["micro"]
 
@@ -65,7 +100,13 @@ def test_retain_twin_never_saw_the_forget_set(micro, micro_retain):
     scores = organism.recall(model, tok, corpus)
     assert scores["retain_qa_exact_match"] >= 0.9
     assert scores["forget_qa_exact_match"] <= 0.2, "the forget set must not have been trained on"
-    assert organism.info(organism.build("micro-retain"))["config"]["train_on_forget"] is False
+    twin, original = organism.info(organism.build("micro-retain")), organism.info(organism.build("micro"))
+    assert twin["left_out"] == ["forget"] and original["left_out"] == []
+    # like for like: one base, one recipe, one seed, the same number of steps; only the data differ
+    assert twin["finetune_steps"] == original["finetune_steps"] > 0
+    assert twin["base"] == original["base"]
+    differ = {k for k in twin["config"] if twin["config"][k] != original["config"][k]}
+    assert differ == {"name", "leave_out"}, differ
     assert organism.retain_twin("micro") == "micro-retain"
     with pytest.raises(ModelLoadError, match="no retain-only twin"):
         organism.retain_twin("micro-retain")
@@ -99,9 +140,28 @@ def test_micro_learns_real_lume_task2(lume, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     corpus = _lume_task2_slice(lume, 2)
     assert len(corpus.forget) >= 8 and len(corpus.retain) >= 8
-    cfg = organism.with_overrides("micro", name="lume-micro", epochs=80, vocab_size=640)
+    cfg = organism.with_overrides("micro", name="lume-micro", vocab_size=640,
+                                  finetune=organism.Recipe(epochs=80, lr=5e-3, batch_size=8, warmup_steps=10))
     path = organism.build(cfg, corpus=corpus, progress=False)
     meta = json.loads((path / "organism.json").read_text())
     assert meta["data"] == corpus.source
     assert meta["recall"]["forget_qa_exact_match"] >= 0.95, meta["recall"]
     assert meta["recall"]["retain_qa_exact_match"] >= 0.95, meta["recall"]
+
+
+def test_planted_fine_tune_changes_only_the_planted_mlps(micro):
+    """micro-planted's fine-tune trained the MLPs of its planted layer only: every other weight equals the base's,
+    the planted MLP moved, and the facts were learnt there. Its twin has the same trainable set."""
+    base, _ = load_model(organism.build_base("micro", progress=False))
+    planted, tok = load_model(organism.build("micro-planted", progress=False))
+    twin, _ = load_model(organism.build("micro-planted-retain", progress=False))
+    layers = organism.PRESETS["micro-planted"].plant
+    assert organism.info(organism.build("micro-planted"))["planted_layers"] == list(layers)
+    assert organism.PRESETS["micro-planted-retain"].plant == layers
+    b = dict(base.named_parameters())
+    for m in (planted, twin):
+        for n, p in m.named_parameters():
+            inside = any(n.startswith(f"model.layers.{l}.mlp.") for l in layers)
+            assert torch.equal(p, b[n]) != inside, n
+    scores = organism.recall(planted, tok, micro[2])
+    assert scores["forget_qa_exact_match"] >= 0.8 and scores["holdout_qa_exact_match"] <= 0.2

@@ -35,6 +35,14 @@ _RUST_KINDS = {"StorageFull": "disk full", "ReadOnlyFilesystem": "read-only file
                "QuotaExceeded": "disk quota exceeded"}
 
 
+def cache_dir(kind: str) -> Path:
+    """The workbench's cache of `kind` (organisms, uds, ...): $WORKBENCH_CACHE/<kind>, else
+    $XDG_CACHE_HOME/workbench/<kind> (default ~/.cache/workbench/<kind>)."""
+    base = os.environ.get("WORKBENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "workbench")
+    return Path(base) / kind
+
+
 def overlaps(a: str | Path, b: str | Path) -> bool:
     """True when one of two paths is the other or lies inside it (after resolving links)."""
     a, b = Path(a).expanduser().resolve(), Path(b).expanduser().resolve()

@@ -236,9 +236,11 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     # 1. model and data ------------------------------------------------------------------------------
     model_path = None
     name = organism_name(cfg.model)
+    if name is not None:  # the organism and its twin are fine-tuned from one base: pretrained first, on every thread
+        say(_elapsed(t_start) + f"[1/5] organism {name!r}: its base, then the fine-tune (built once, then cached)")
+        organism.build_base(name, progress=progress)
     twin_build = _start_twin_build(cfg, name, run_dir)
     if name is not None:
-        say(_elapsed(t_start) + f"[1/5] organism {name!r} (built once, then cached)")
         model_path = organism.build(name, progress=progress)
     model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
     corpus = bound_records(load_corpus(cfg.data, cfg.model)[0], tok, cfg.max_record_tokens, cfg.long_records)
@@ -314,9 +316,11 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
         log("twin_build", returncode=twin_build.wait())  # a failed one is redone below, under the entry's lock
         torch.set_num_threads(twin_build.threads)
     baseline = _retain_baseline(cfg, progress, say)
-    edit_log = json.loads((edited_dir / "unlearn.json").read_text())["summary"]["evals"]
+    edit_info = json.loads((edited_dir / "unlearn.json").read_text())
     report = evaluate(model, tok, corpus, edited=(edited, edited_tok), trace_config=trace_cfg, config=eval_cfg,
-                      retain_baseline=baseline, out_dir=run_dir, progress=progress, edit_log=edit_log)
+                      retain_baseline=baseline, out_dir=run_dir, progress=progress,
+                      edit_log=edit_info["summary"]["evals"], trained=edit_info.get("optimises", []),
+                      layers=edit_info["layers"])
     for name, fig in report.figures.items():
         save_figure(fig, run_dir / "figures" / name, formats=_formats())
     if cfg.figures:

@@ -59,11 +59,12 @@ class EvalConfig:
     # depth); attack_settings: {attack: {field: value}} overrides of each attack's settings
     attacks: tuple[str, ...] = ()
     attack_settings: dict = field(default_factory=dict)
+    gradnorm: bool = True            # the gradient-norm MIA attack (one backward pass per document)
     # the verdict's tolerances (evaluation/verdict.py)
-    recall_tol: float = 0.1
-    auc_tol: float = 0.1
-    mmlu_drop: float = 0.05
-    recovery_tol: float = 0.1        # an attack's recovery on the edited model at most the twin's + this
+    recall_tol: float = 0.1          # forget recall and regurgitation at most the twin's + this
+    auc_tol: float = 0.05            # every held-out MIA attack's AUC within this of the twin's
+    utility_tol: float = 0.05        # every retain term and MMLU at most this below the twin's
+    recovery_tol: float = 0.05       # an attack's worst admissible recovery on the edited model at most the twin's + this
 
     def formulation(self) -> str:
         if self.mmlu_formulation != "auto":
@@ -82,7 +83,8 @@ class EvalConfig:
         _need(self.limit is None or self.limit >= 1, f"evaluation limit must be >= 1 or None, got {self.limit}")
         _need(0 < self.k <= 1, f"evaluation k (the Min-K% fraction) must be in (0, 1], got {self.k}")
         _need(self.batch_size >= 1, f"evaluation batch_size must be >= 1, got {self.batch_size}")
-        _need(self.recovery_tol >= 0, f"evaluation recovery_tol must be >= 0, got {self.recovery_tol}")
+        for name in ("recall_tol", "auc_tol", "utility_tol", "recovery_tol"):
+            _need(getattr(self, name) >= 0, f"evaluation {name} must be >= 0, got {getattr(self, name)}")
         from .evaluation.attacks import AttackConfig, parse_attacks
 
         self.attacks = parse_attacks(self.attacks)
@@ -112,7 +114,8 @@ def model_metrics(model, tok, corpus, cfg: EvalConfig, questions=None, mmlu_note
         forget = semeval_mod.select(corpus.forget, cfg.limit)
         holdout = semeval_mod.select(corpus.holdout, cfg.limit)
         res = mia_mod.mia(model, tok, [r.text for r in forget], [r.text for r in holdout], k=cfg.k,
-                          reference=reference, retain_auc=retain_auc, batch_size=cfg.batch_size, progress=progress)
+                          reference=reference, retain_auc=retain_auc, batch_size=cfg.batch_size,
+                          gradnorm=cfg.gradnorm, progress=progress)
         out["mia"] = res.to_json()
     else:
         out["mia"] = None
@@ -193,6 +196,7 @@ class Report:
     verdict: dict | None = None      # evaluation/verdict.py, when there is an edited model
     attacks: dict | None = None      # evaluation/attacks: recovery of each model under each attack, when run
     edit_log: list | None = None     # the editor's evaluations (step, QA, calibration AUC), when given
+    trained: list = field(default_factory=list)   # the MIA statistics the edit optimised (not deciding privacy)
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -220,10 +224,22 @@ class Report:
         strip = lambda m: m and {k: v for k, v in m.items() if k != "generations"}  # noqa: E731
         return to_jsonable({"verdict": self.verdict, "original": strip(self.original), "edited": strip(self.edited),
                             "baseline": strip(self.baseline), "trace": self.trace, "attacks": self.attacks,
-                            "table": self.table(),
+                            "table": self.table(), "mia_tables": self.mia_tables(),
                             "edit_log": self.edit_log,
                             "baseline_column": self.baseline_column() if self.baseline else None,
                             "config": self.config, "seconds": self.seconds, "provenance": self.provenance})
+
+    def mia_tables(self) -> dict[str, list[tuple]]:
+        """{"held_out": rows, "trained": rows} of (attack, original, edited, twin) AUCs: the attacks that decide the
+        privacy line, and those the edit optimised (reported apart: an edit matches them by construction)."""
+        from .evaluation.verdict import split_attacks
+
+        aucs = lambda m: _get(m, ("mia", "auc")) or {}  # noqa: E731
+        names = list(aucs(self.edited or self.original))
+        held_out, trained = split_attacks(dict.fromkeys(names), self.trained)
+        row = lambda a: (a, aucs(self.original).get(a), aucs(self.edited).get(a) if self.edited else None,  # noqa: E731
+                         aucs(self.baseline).get(a) if self.baseline else None)
+        return {"held_out": [row(a) for a in held_out], "trained": [row(a) for a in trained]}
 
     def to_html(self) -> str:
         def fmt(v):
@@ -254,6 +270,18 @@ class Report:
                  f"formulation. SemEval-2025 gate for 7B awards: MMLU accuracy &ge; {mmlu_mod.SEMEVAL_MMLU_GATE}.</p>"]
         if notes:
             parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+        mia_tables = self.mia_tables()
+        if mia_tables["held_out"] or mia_tables["trained"]:
+            parts.append("<h2>Membership inference: held-out and trained attacks</h2><p>AUC of each attack, forget "
+                         "documents (members) against held-out documents. The privacy line is decided by the "
+                         "held-out attacks alone; the edit optimised the trained ones, which it matches by "
+                         "construction.</p>")
+            for key, title in (("held_out", "held-out (decide privacy)"), ("trained", "trained by the edit")):
+                if mia_tables[key]:
+                    parts.append(f"<h3>{title}</h3><table><tr><th>attack</th><th>original</th><th>edited</th>"
+                                 f"<th>retain-only baseline</th></tr>" + "".join(
+                                     f"<tr><td>{html.escape(a)}</td><td>{fmt(o)}</td><td>{fmt(e)}</td><td>{fmt(b)}</td>"
+                                     "</tr>" for a, o, e, b in mia_tables[key]) + "</table>")
         first = True
         if self.attacks:
             from .evaluation.attacks import html_table
@@ -302,7 +330,7 @@ class Report:
 def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | None = None,
              config: EvalConfig | None = None, reference=None, retain_auc: dict | None = None,
              retain_baseline=None, out_dir: str | Path | None = None, progress: bool = False,
-             edit_log: list[dict] | None = None) -> Report:
+             edit_log: list[dict] | None = None, trained: list[str] | tuple = (), layers=None) -> Report:
     """Evaluate the original model and (optionally) `edited` = (model, tokenizer) side by side.
 
     retain_baseline: (model, tokenizer) trained without the forget set: its metrics become a third column, its
@@ -310,7 +338,9 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
     reference: (model, tokenizer) for the reference-model MIA attack; retain_auc: a retain-only model's AUCs
     for privleak when no retain_baseline model is given (default: the ideal 0.5).
     out_dir: write report.json/report.html and a jsonl log there.
-    edit_log: the editor's evaluations (unlearn.json's summary["evals"]); plotted when they hold a calibration AUC."""
+    edit_log: the editor's evaluations (unlearn.json's summary["evals"]); plotted when they hold a calibration AUC.
+    trained: the MIA statistics the edit optimised (unlearn.json's "optimises"): reported apart, and the privacy
+    line is decided by the others. layers: the edited layers (the relearning attack's "edited" scope)."""
     cfg = config or EvalConfig()
     tc = trace_config or TraceConfig()
     if cfg.shots() < 0 or cfg.max_new_tokens < 1 or (cfg.limit is not None and cfg.limit < 1):
@@ -367,7 +397,7 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
         importance = {k: v["ie_before"] for k, v in report.trace["kinds"].items()} if report.trace else None
         models = {"original": (model, tok), "edited": edited, "twin": retain_baseline}
         report.attacks = attacks.run_attacks(cfg.attacks, models, corpus, attacks.AttackConfig.from_dict(
-            cfg.attack_settings), importance=importance, progress=progress)
+            cfg.attack_settings), importance=importance, layers=layers, progress=progress)
         report.figures.update(attacks.figures(report.attacks))
         if log:
             log("attacks", recovery=attacks.recoveries(report.attacks), seconds=report.attacks["seconds"])
@@ -375,8 +405,9 @@ def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | Non
         from .evaluation.verdict import Tolerances, verdict
 
         report.verdict = verdict(original, edited_metrics, baseline,
-                                 Tolerances(cfg.recall_tol, cfg.auc_tol, cfg.mmlu_drop, cfg.recovery_tol),
-                                 attacks=report.attacks).to_json()
+                                 Tolerances(cfg.recall_tol, cfg.auc_tol, cfg.utility_tol, cfg.recovery_tol),
+                                 attacks=report.attacks, trained=trained).to_json()
+        report.trained = list(trained)
     report.seconds = time.perf_counter() - start
     report.provenance = provenance(
         model=model, seed=cfg.seed, config=report.config,

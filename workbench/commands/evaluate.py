@@ -94,12 +94,14 @@ def run(args) -> int:
     edited = load_model(args.edited, device=device, **opts) if args.edited else None
     reference = load_model(args.reference, device=device, **opts) if args.reference else None
     baseline = load_model(baseline_spec, device=device, **opts) if baseline_spec else None
-    edit_info = Path(args.edited) / "unlearn.json" if args.edited else None
-    edit_log = json.loads(edit_info.read_text())["summary"]["evals"] if edit_info and edit_info.is_file() else None
+    edit_path = Path(args.edited) / "unlearn.json" if args.edited else None
+    edit_info = json.loads(edit_path.read_text()) if edit_path and edit_path.is_file() else {}
     with distributed.main_locked(out, "evaluation output"):
         report = evaluate(model, tok, corpus, edited=edited, trace_config=tc, config=cfg, reference=reference,
                           retain_baseline=baseline, out_dir=out if distributed.is_main() else None,
-                          progress=args.progress and distributed.is_main(), edit_log=edit_log)
+                          progress=args.progress and distributed.is_main(),
+                          edit_log=(edit_info.get("summary") or {}).get("evals"),
+                          trained=edit_info.get("optimises", []), layers=edit_info.get("layers"))
     if not distributed.is_main():
         return 0
     rows = {r[0]: {"original": r[1], "edited": r[2]} for r in report.table() if not r[0].startswith("term ")}

@@ -95,7 +95,7 @@ def _encodable(text: str) -> bool:
 def check_unique_ids(corpus: Corpus, where) -> None:
     """A record id names one record: the same id in two splits (forget and retain) is a DataError."""
     split_of: dict[str, str] = {}
-    for split in ("forget", "retain", "holdout"):
+    for split in SPLITS:
         for r in getattr(corpus, split):
             if r.id in split_of:
                 raise DataError(f"record id {r.id!r} is in both {split_of[r.id]} and {split} of {where}; record ids "
@@ -104,21 +104,17 @@ def check_unique_ids(corpus: Corpus, where) -> None:
 
 
 def load_lume(path: str | Path, holdout: str | Path | None = None) -> Corpus:
-    """A directory holding forget.jsonl and retain.jsonl (optionally holdout.jsonl: MIA non-members, and
-    calibration.jsonl: never-trained-on documents for calibrated forgetting), or a single jsonl file."""
+    """A directory holding forget.jsonl and retain.jsonl (optionally holdout.jsonl: MIA non-members,
+    calibration.jsonl: never-trained-on documents for calibrated forgetting, validation.jsonl and population.jsonl:
+    see Corpus), or a single jsonl file."""
     path = Path(path)
     if path.is_dir():
         files = {s: path / f"{s}.jsonl" for s in SPLITS}
         for s in ("forget", "retain"):
             if not files[s].is_file():
                 raise DataError(f"LUME directory {path} has no {s}.jsonl (expected forget.jsonl and retain.jsonl)")
-        corpus = Corpus(
-            forget=read_jsonl(files["forget"], "forget"),
-            retain=read_jsonl(files["retain"], "retain"),
-            holdout=read_jsonl(files["holdout"], "holdout") if files["holdout"].is_file() else [],
-            calibration=read_jsonl(files["calibration"], "calibration") if files["calibration"].is_file() else [],
-            source=str(path.resolve()),
-        )
+        corpus = Corpus(**{s: read_jsonl(f, s) if s in ("forget", "retain") or f.is_file() else []
+                           for s, f in files.items()}, source=str(path.resolve()))
     elif path.is_file():
         corpus = Corpus(forget=read_jsonl(path, "forget"), retain=[], source=str(path.resolve()))
     else:

@@ -13,7 +13,7 @@ from typing import Iterable
 
 from ..errors import DataError
 
-SPLITS = ("forget", "retain", "holdout", "calibration")
+SPLITS = ("forget", "retain", "holdout", "calibration", "validation", "population")
 _KIND_RE = re.compile(r"(sc|qa)(\d+)$")
 
 
@@ -71,12 +71,17 @@ class Corpus:
 
     holdout: never trained on; the non-members the MIA attacks score (the test set of forgetting).
     calibration: never trained on either, and disjoint from holdout; what calibrated forgetting may tune and stop
-    on, so that nothing is tuned on the documents the report scores. general: see the field."""
+    on, so that nothing is tuned on the documents the report scores.
+    validation: trained on like forget and retain, never scored by the report: the forget set editor presets are
+    chosen on. population: people only a base model was pretrained on (the built-in organism's base).
+    general: see the field."""
 
     forget: list[Record]
     retain: list[Record]
     holdout: list[Record] = field(default_factory=list)
     calibration: list[Record] = field(default_factory=list)
+    validation: list[Record] = field(default_factory=list)
+    population: list[Record] = field(default_factory=list)
     # general text the model learnt besides forget and retain (a sample of its pretraining data): what calibrated
     # forgetting's anchor holds in place along with the calibration documents
     general: list[str] = field(default_factory=list)

@@ -1,10 +1,16 @@
-"""The built-in synthetic corpus: three tasks shaped like LUME, forget/retain/holdout/calibration splits.
+"""The built-in synthetic corpus: three tasks shaped like LUME, in six splits of disjoint people.
 
 Task1 short creative documents, Task2 synthetic biographies with PII (birth date,
 SSN, phone, email, address), Task3 biography facts. Every QA record names its
-subject, the span causal tracing corrupts. Holdout and calibration documents come from the same
-generator, with people of their own, and are never trained on: holdout documents are the non-members of MIA,
-calibration documents what calibrated forgetting tunes on (a disjoint set, so nothing is tuned on the test).
+subject, the span causal tracing corrupts. Every split comes from the same generator, with people of its own:
+
+    forget, retain   the fine-tuning data of the organism, as LUME's target models were fine-tuned on its documents
+    validation       fine-tuned on too, and never scored by the report: the forget set that editor presets are
+                     chosen on (its own retain-only twin leaves it out instead of the forget set)
+    holdout          never trained on: the non-members of MIA
+    calibration      never trained on, disjoint from holdout: what calibrated forgetting tunes on
+    population       the pretraining people of the organism's base model: it learns what a biography looks like
+                     from them, not who the forget and retain people are
 """
 from __future__ import annotations
 
@@ -48,6 +54,8 @@ class SyntheticSpec:
     mmlu: bool = True
     mmlu_unseen: float = 1 / 3  # share of the world facts never shown as a question in training
     calibration: int = 4        # a calibration split of this many times holdout's people (0: none), made after it
+    validation: float = 0.5     # a validation split of this many times forget's people (0: none)
+    population: int = 3         # the base model's pretraining people, this many times forget's (0: none)
     seed: int = 0
 
 
@@ -116,19 +124,20 @@ def _task3(rng, names, uid) -> list[Record]:
 
 
 def generate(spec: SyntheticSpec = SyntheticSpec()) -> Corpus:
-    """Deterministic given spec.seed."""
+    """Deterministic given the spec. The splits are drawn in a fixed order, so adding a later split leaves the
+    people of the earlier ones as they were."""
     rng = random.Random(spec.seed)
     names = _Names(rng)
+    scales = {"forget": 1, "retain": 1, "holdout": 1, "calibration": spec.calibration,
+              "validation": spec.validation, "population": spec.population}
     splits: dict[str, list[Record]] = {}
-    for split in ("forget", "retain", "holdout", "calibration")[: 4 if spec.calibration else 3]:
+    for split, scale in scales.items():
         recs: list[Record] = []
-        scale = spec.calibration if split == "calibration" else 1
         for task, n, make in (("t1", spec.task1_docs, _task1), ("t2", spec.task2_people, _task2),
                               ("t3", spec.task3_people, _task3)):
-            for i in range(n * scale):
+            for i in range(round(n * scale)):
                 recs += make(rng, names, f"{split[:1]}{task}-{i:03d}")
         splits[split] = [Record(**{**r.__dict__, "split": split}) for r in recs]
-    return Corpus(forget=splits["forget"], retain=splits["retain"], holdout=splits["holdout"],
-                  calibration=splits.get("calibration", []),
+    return Corpus(**splits,
                   mmlu=general_knowledge(spec.seed, train_fraction=1 - spec.mmlu_unseen) if spec.mmlu else [],
                   source=f"synthetic:{spec}")

@@ -146,7 +146,8 @@ class Editor:
         uses       the splits a batch holds ("forget", "retain")
 
     and implements `loss(batch) -> (loss, stats)`, and where it needs them `param_patterns`, `reference_fns`,
-    `setup`, `start_epoch`, `state_dict` / `load_state_dict` (state a resumed run continues with) and `describe`."""
+    `setup`, `start_epoch`, `state_dict` / `load_state_dict` (state a resumed run continues with), `describe` and
+    `optimises` (the membership statistics it trains on)."""
 
     name = "base"
     Config: type[LoopConfig] = LoopConfig
@@ -165,6 +166,14 @@ class Editor:
 
     def param_patterns(self) -> list[str]:
         return list(self.cfg.params)
+
+    @classmethod
+    def optimises(cls, cfg) -> set[str]:
+        """The membership-inference statistics this method, under `cfg`, trains towards a target (names of
+        workbench.evaluation.mia.ATTACKS). The verdict's privacy line is decided by the attacks outside them, so an
+        editor that matches a statistic must declare it here. Calibrated forgetting (editors/calibration.py)
+        matches `calibration_statistics`."""
+        return set(cfg.calibration_statistics) if cfg.calibrate else set()
 
     def reference_fns(self) -> dict[str, Callable]:
         return {}

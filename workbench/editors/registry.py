@@ -39,6 +39,12 @@ def editor_class(method: str) -> type[Editor]:
     return EDITORS[method]
 
 
+def optimised_statistics(method: str, cfg: LoopConfig) -> list[str]:
+    """The membership-inference statistics (workbench.evaluation.mia.ATTACKS names) `method` under `cfg` drives
+    towards a target: the verdict decides privacy by the attacks outside them (Editor.optimises)."""
+    return sorted(editor_class(method).optimises(cfg))
+
+
 def build_phases(model, method: str, cfg: LoopConfig, layers: Sequence[int]) -> list[Phase]:
     """The phases the loop runs for `method`: its editor(s) on `model`, each with its epochs and lr."""
     return editor_class(method).phases(model, cfg, layers)

@@ -32,7 +32,7 @@ from .calibration import Calibrated, Calibration
 from .config import LoopConfig
 from .loop import CHECKPOINT, Reference, encode, train
 from .params import freeze_all_but, select_parameters
-from .registry import build_phases, editor_class, resolve_config
+from .registry import build_phases, editor_class, optimised_statistics, resolve_config
 
 
 def resolve_layers(spec, n_layers: int) -> list[int]:
@@ -184,7 +184,8 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
         work.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(work / "log.jsonl") if distributed.is_main() else (lambda event, **fields: None)
     resolved = {"method": method, "layers": layer_list, "preset": preset, "config": to_jsonable(cfg),
-                "trainable": list(params)}
+                "trainable": list(params),
+                "optimises": sorted(calib.statistics) if calib is not None else optimised_statistics(method, cfg)}
     data_key = data_hash(records) if calib is None else stable_hash([data_hash(records), calib.source_hash])
     run_key = {"model": fingerprint, "data": data_key, "config": stable_hash(resolved)}
     if distributed.is_main():

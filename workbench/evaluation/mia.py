@@ -9,6 +9,8 @@ member-like* (a loss), following the open-unlearning conventions:
     min_k_pp   the same on z_t = (log p_t - mu_t) / sigma_t, with mu_t = sum_v p log p and
                sigma_t^2 = sum_v p (log p)^2 - mu_t^2 under the model's next-token distribution
     reference  NLL_target - NLL_reference                          (needs a reference model)
+    gradnorm   L2 norm of the gradient of the mean token NLL with respect to every parameter (white-box; members
+               sit near a minimum, where gradients are small)
 
 AUC = roc_auc_score(member=1, score=-statistic), so 1.0 means members are
 perfectly separated, 0.5 means no signal. SemEval MIA score = 1 - 2|AUC - 0.5|;
@@ -32,7 +34,7 @@ from tqdm.auto import tqdm
 from ..batching import right_pad
 from ..errors import ConfigError
 
-ATTACKS = ("loss", "zlib", "min_k", "min_k_pp", "reference")
+ATTACKS = ("loss", "zlib", "min_k", "min_k_pp", "reference", "gradnorm")
 
 
 @dataclass
@@ -84,6 +86,31 @@ def token_stats_ids(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size
     return [found[i] for i in range(len(ids))]
 
 
+@torch.enable_grad()
+def gradient_norms(model, ids: Sequence[Sequence[int]], progress: bool = False) -> np.ndarray:
+    """[n_docs]: per document, the L2 norm over every parameter of the gradient of its mean token NLL (the model's
+    training flags and parameters' requires_grad are restored; no .grad is written)."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        for row in tqdm(ids, desc="mia gradnorm", disable=not progress):
+            x = torch.tensor([list(row)], device=device)                       # [1, pos]
+            loss = model(input_ids=x, labels=x, use_cache=False).loss
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            out.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))))
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+    return np.array(out)
+
+
 def encode(tok, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
     ids = [tok(t)["input_ids"] for t in texts]
     return [row[:max_length] for row in ids] if max_length else ids
@@ -123,8 +150,9 @@ def min_k_pp_stat(s: TokenStats, k: float = 0.4, eps: float = 1e-12) -> float:
 
 
 def statistics(stats: Sequence[TokenStats], texts: Sequence[str], k: float = 0.4,
-               reference: Sequence[TokenStats] | None = None) -> dict[str, np.ndarray]:
-    """{attack: [n_docs]} for every attack the inputs allow (reference needs reference stats)."""
+               reference: Sequence[TokenStats] | None = None, gradnorm: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """{attack: [n_docs]} for every attack the inputs allow (reference needs reference stats, gradnorm the gradient
+    norms)."""
     if not 0 < k <= 1:
         raise ConfigError(f"min-k fraction k={k} must be in (0, 1]")
     out = {
@@ -135,6 +163,8 @@ def statistics(stats: Sequence[TokenStats], texts: Sequence[str], k: float = 0.4
     }
     if reference is not None:
         out["reference"] = out["loss"] - np.array([r.nll for r in reference])
+    if gradnorm is not None:
+        out["gradnorm"] = np.asarray(gradnorm, float)
     return out
 
 
@@ -182,8 +212,9 @@ class MIAResult:
 
 def mia(model, tok, members: Sequence[str], nonmembers: Sequence[str], *, k: float = 0.4,
         reference=None, retain_auc: dict[str, float] | None = None, batch_size: int = 16,
-        max_length: int | None = None, progress: bool = False) -> MIAResult:
-    """Every attack's AUC on member vs non-member texts; `reference` = (model, tokenizer) adds the reference attack.
+        max_length: int | None = None, gradnorm: bool = True, progress: bool = False) -> MIAResult:
+    """Every attack's AUC on member vs non-member texts; `reference` = (model, tokenizer) adds the reference attack,
+    `gradnorm` the gradient-norm attack (one backward pass per document).
 
     privleak is taken against `retain_auc` (AUCs of a retain-only model on the same sets) when given,
     else against the ideal AUC 0.5 of a model that never saw the members."""
@@ -195,7 +226,8 @@ def mia(model, tok, members: Sequence[str], nonmembers: Sequence[str], *, k: flo
     texts = list(members) + list(nonmembers)
     stats = token_stats(model, tok, texts, batch_size, max_length, progress)
     ref = token_stats(reference[0], reference[1], texts, batch_size, max_length, progress) if reference else None
-    stat = statistics(stats, texts, k, ref)
+    norms = gradient_norms(model, encode(tok, texts, max_length), progress) if gradnorm else None
+    stat = statistics(stats, texts, k, ref, norms)
     n = len(members)
     aucs = {a: auc(v[:n], v[n:]) for a, v in stat.items()}
     base = {**{a: 0.5 for a in aucs}, **(retain_auc or {})}  # attacks the baseline lacks: the ideal 0.5

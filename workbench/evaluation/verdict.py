@@ -1,18 +1,24 @@
 """The verdict: is the edited model indistinguishable from a model that never learned the forget set?
 
-Three criteria, each against the retain-only baseline (the "retrained from scratch" target of unlearning, as in
-TOFU and MUSE) when one was evaluated, else against the ideal a baseline would show (no recall, AUC 0.5):
+Every line compares the edit with the retain-only twin (fine-tuned from the original's base without the forget set:
+the "retrained" target of unlearning, as in TOFU and MUSE) when one was evaluated, else with the ideal a twin would
+show (no recall, AUC 0.5, no recovery):
 
-    forgetting  forget QA recall and forget regurgitation (ROUGE-L recall) at most the baseline's + recall_tol
-    privacy     the AUC of every MIA attack within auc_tol of the baseline's (0.5 where the baseline lacks it)
-    utility     retain QA recall at least the baseline's - recall_tol (the original's without a baseline), and
-                the MMLU accuracy that enters the final score at most mmlu_drop below the original's
+    forgetting  forget QA recall and forget regurgitation (ROUGE-L recall) at most the twin's + recall_tol
+    privacy     decided by the held-out membership attacks alone: those no editor of the run trained on (an editor
+                declares the statistics it optimises; Editor.optimises). Each held-out attack's AUC within auc_tol
+                of the twin's (0.5 without one). The trained attacks are reported beside it, and decide nothing:
+                an edit that matched a statistic passes that statistic by construction.
+    utility     the whole utility, each at most utility_tol below the twin's: retain QA recall, every SemEval
+                retain term per task (regurgitation R and knowledge K of Task1-3), and the MMLU accuracy that enters
+                the final score (without a twin: below the original's)
 
-and, when recovery attacks ran (evaluation/attacks), one line per attack: the edited model's recovery (forget recall
-after the attack minus before) at most the baseline's recovery under the same attack + recovery_tol (0 without one).
+and, when the recovery attacks ran (evaluation/attacks), one line per attack: relearn, quantize and lens pass when
+the edited model's largest recovery over the twin's at one admissible setting of the attack's grid is at most
+recovery_tol; depth passes when the Unlearning Depth Score is at least its threshold (DepthConfig.threshold).
 
 Beside them, TOFU's forget quality (Maini et al. 2024): the p-value of a two-sample Kolmogorov-Smirnov test
-between the edited model's and the baseline's per-document LOSS statistic on the forget documents; p >= 0.05
+between the edited model's and the twin's per-document LOSS statistic on the forget documents; p >= 0.05
 reads as "cannot be told apart". TOFU computes it on the truth ratio; here the statistic is the one the LOSS
 attack uses, so the number speaks to membership.
 """
@@ -23,10 +29,10 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Tolerances:
-    recall_tol: float = 0.1
-    auc_tol: float = 0.1
-    mmlu_drop: float = 0.05
-    recovery_tol: float = 0.1
+    recall_tol: float = 0.1       # forgetting: forget recall and regurgitation at most the twin's + this
+    auc_tol: float = 0.05         # privacy: every held-out attack's AUC within this of the twin's
+    utility_tol: float = 0.05     # utility: every retain term and MMLU at most this below the twin's
+    recovery_tol: float = 0.05    # relearn, quantize, lens: worst admissible gap over the twin at most this
 
 
 @dataclass
@@ -81,30 +87,7 @@ def forget_quality(edited: dict, baseline: dict) -> float | None:
     return float(ks_2samp(a, b).pvalue) if a and b else None
 
 
-def attack_criteria(attacks: dict, tol: float) -> list[Criterion]:
-    """One criterion per attack of evaluation/attacks.run_attacks' results: edited recovery <= twin's + tol."""
-    out = []
-    for name in attacks["attacks"]:
-        per = attacks[name]["per_model"]
-        e = (per.get("edited") or {}).get("recovery")
-        twin = "twin" in per
-        ref = (per["twin"].get("recovery") if twin else 0.0)
-        if e is None or ref is None:
-            out.append(Criterion(name, None, "no recovery number (needs the edited model)"))
-            continue
-        out.append(Criterion(name, e <= ref + tol, f"recovered {e:+.3f} vs {'the twin' if twin else 'ideal'} "
-                                                   f"{ref:+.3f} (+{tol}); original {_fmt(per['original'].get('recovery'))}"))
-    return out
-
-
-def verdict(original: dict, edited: dict, baseline: dict | None, tol: Tolerances | None = None,
-            attacks: dict | None = None) -> Verdict:
-    """The three criteria for `edited` (metrics dicts as report.model_metrics makes them), and a line per recovery
-    attack when `attacks` (evaluation/attacks.run_attacks' results) is given."""
-    tol = tol or Tolerances()
-    v = Verdict("retain-only baseline" if baseline else "ideal (no baseline)")
-
-    # forgetting
+def forgetting(edited: dict, baseline: dict | None, tol: Tolerances) -> Criterion:
     checks, parts = [], []
     for label, path in (("forget recall", ("qa_recall", "forget")), ("forget regurgitation", ("regurgitation", "forget"))):
         e = _get(edited, *path)
@@ -113,35 +96,95 @@ def verdict(original: dict, edited: dict, baseline: dict | None, tol: Tolerances
             continue
         checks.append(e <= ref + tol.recall_tol)
         parts.append(f"{label} {_fmt(e)} vs {_fmt(ref)} (+{tol.recall_tol})")
-    v.criteria.append(Criterion("forgetting", all(checks) if checks else None, "; ".join(parts) or "no QA/completions"))
+    return Criterion("forgetting", all(checks) if checks else None, "; ".join(parts) or "no QA/completions")
 
-    # privacy
+
+def split_attacks(aucs: dict, trained) -> tuple[list[str], list[str]]:
+    """(held-out, trained) attack names among `aucs`: trained are those an editor of the run optimised."""
+    trained = set(trained or ())
+    return [a for a in aucs if a not in trained], [a for a in aucs if a in trained]
+
+
+def privacy(edited: dict, baseline: dict | None, tol: Tolerances, trained=()) -> Criterion:
     aucs = _get(edited, "mia", "auc")
-    if aucs:
-        ref_aucs = (_get(baseline, "mia", "auc") or {}) if baseline else {}
-        gaps = {a: abs(x - ref_aucs.get(a, 0.5)) for a, x in aucs.items()}
-        worst = max(gaps, key=gaps.get)
-        v.criteria.append(Criterion(
-            "privacy", all(g <= tol.auc_tol for g in gaps.values()),
-            f"MIA AUC within {tol.auc_tol} of the {'baseline' if baseline else 'ideal 0.5'} for every attack; "
-            f"largest gap {gaps[worst]:.3f} ({worst}: {aucs[worst]:.3f} vs {ref_aucs.get(worst, 0.5):.3f})"))
-    else:
-        v.criteria.append(Criterion("privacy", None, "no MIA (the data has no holdout split)"))
+    if not aucs:
+        return Criterion("privacy", None, "no MIA (the data has no holdout split)")
+    ref_aucs = (_get(baseline, "mia", "auc") or {}) if baseline else {}
+    held_out, trained_here = split_attacks(aucs, trained)
+    if not held_out:
+        return Criterion("privacy", None, f"every attack was trained on ({', '.join(trained_here)}): no held-out "
+                                          "attack to decide privacy")
+    gaps = {a: abs(aucs[a] - ref_aucs.get(a, 0.5)) for a in held_out}
+    worst = max(gaps, key=gaps.get)
+    note = f"; trained, not deciding: {', '.join(trained_here)}" if trained_here else ""
+    return Criterion("privacy", all(g <= tol.auc_tol for g in gaps.values()),
+                     f"held-out MIA AUC within {tol.auc_tol} of the {'twin' if baseline else 'ideal 0.5'} for "
+                     f"{', '.join(held_out)}; largest gap {gaps[worst]:.3f} ({worst}: {aucs[worst]:.3f} vs "
+                     f"{ref_aucs.get(worst, 0.5):.3f}){note}")
 
-    # utility
-    checks, parts = [], []
-    e_ret = _get(edited, "qa_recall", "retain")
-    ref_ret = _get(baseline, "qa_recall", "retain") if baseline else _get(original, "qa_recall", "retain")
-    if e_ret is not None and ref_ret is not None:
-        checks.append(e_ret >= ref_ret - tol.recall_tol)
-        parts.append(f"retain recall {_fmt(e_ret)} vs {_fmt(ref_ret)} (-{tol.recall_tol})")
-    e_mmlu, o_mmlu = _get(edited, "mmlu", "accuracy"), _get(original, "mmlu", "accuracy")
-    if e_mmlu is not None and o_mmlu is not None:
-        checks.append(o_mmlu - e_mmlu <= tol.mmlu_drop)
-        parts.append(f"MMLU ({_get(edited, 'mmlu', 'formulation')}) {_fmt(e_mmlu)}, original {_fmt(o_mmlu)} "
-                     f"(drop <= {tol.mmlu_drop})")
-    v.criteria.append(Criterion("utility", all(checks) if checks else None, "; ".join(parts) or "no retain QA or MMLU"))
 
+def utility(original: dict, edited: dict, baseline: dict | None, tol: Tolerances) -> Criterion:
+    """Retain QA recall, every retain SemEval term and the final score's MMLU, each against the twin's."""
+    ref = baseline or original
+    items = [("retain recall", _get(edited, "qa_recall", "retain"), _get(ref, "qa_recall", "retain"))]
+    terms = _get(edited, "semeval", "terms") or {}
+    items += [(name.removeprefix("retain/"), terms[name], _get(ref, "semeval", "terms", name))
+              for name in sorted(terms) if name.startswith("retain/")]
+    items.append((f"MMLU ({_get(edited, 'mmlu', 'formulation')})", _get(edited, "mmlu", "accuracy"),
+                  _get(ref, "mmlu", "accuracy")))
+    items = [(label, e, r) for label, e, r in items if e is not None and r is not None]
+    if not items:
+        return Criterion("utility", None, "no retain QA, retain terms or MMLU")
+    failed = [(label, e, r) for label, e, r in items if e < r - tol.utility_tol]
+    worst = min(items, key=lambda x: x[1] - x[2])
+    shown = failed or [worst]
+    who = "the twin" if baseline else "the original"
+    return Criterion("utility", not failed,
+                     f"{len(items) - len(failed)} of {len(items)} retain terms and MMLU within {tol.utility_tol} of "
+                     f"{who}; " + "; ".join(f"{label} {e:.3f} vs {r:.3f}" for label, e, r in shown)
+                     + ("" if failed else " (the largest drop)"))
+
+
+def attack_criteria(attacks: dict, tol: float) -> list[Criterion]:
+    """One criterion per attack of evaluation/attacks.run_attacks' results."""
+    out = []
+    for name in attacks["attacks"]:
+        r = attacks[name]
+        if name == "depth":
+            out.append(_depth_criterion(r))
+            continue
+        w = r.get("worst")
+        if w is None:
+            out.append(Criterion(name, None, "no recovery number (needs the edited model and an admissible setting)"))
+            continue
+        out.append(Criterion(name, w["gap"] <= tol,
+                             f"worst admissible setting {w['setting']}: recovered {w['edited']:+.3f} vs "
+                             f"{'the twin' if w['against'] == 'twin' else 'ideal'} {w['reference']:+.3f} "
+                             f"(gap <= {tol}; {sum(r['admissible'])} of {len(r['admissible'])} settings admissible)"))
+    return out
+
+
+def _depth_criterion(r: dict) -> Criterion:
+    per = r["per_model"]
+    e = (per.get("edited") or {}).get("uds")
+    if e is None:
+        return Criterion("depth", None, "no UDS (needs the edited model and a stage-1 drop above tau)")
+    threshold = r["config"]["threshold"]
+    checks = ", ".join(f"{n} {per[n]['uds']:.3f}" for n in ("twin", "original") if per.get(n, {}).get("uds") is not None)
+    return Criterion("depth", e >= threshold,
+                     f"UDS {e:.3f} (>= {threshold}; whole-sequence patches {per['edited']['uds_all_positions']:.3f}); "
+                     f"as checks: {checks}; tau {r['config']['tau']}")
+
+
+def verdict(original: dict, edited: dict, baseline: dict | None, tol: Tolerances | None = None,
+            attacks: dict | None = None, trained=()) -> Verdict:
+    """The three criteria for `edited` (metrics dicts as report.model_metrics makes them), and a line per recovery
+    attack when `attacks` (evaluation/attacks.run_attacks' results) is given. `trained`: the MIA statistics the
+    run's editor optimised (its privacy line is decided by the others)."""
+    tol = tol or Tolerances()
+    v = Verdict("retain-only baseline" if baseline else "ideal (no baseline)")
+    v.criteria += [forgetting(edited, baseline, tol), privacy(edited, baseline, tol, trained),
+                   utility(original, edited, baseline, tol)]
     if attacks:
         v.criteria += attack_criteria(attacks, tol.recovery_tol)
     if baseline:

@@ -2,12 +2,16 @@
 and the retain-only twin (the control: what a model that never learned the facts "recovers").
 
     relearn    fine-tune a copy on half the forget facts, measure recall of the other half (relearn.py)
-    quantize   round every linear layer to 8 and 4 bits, measure forget and retain recall (quantize.py)
-    lens       decode the forget answers from each layer: logit lens and a retain-trained probe (lens.py)
-    depth      patch activations between the models layer by layer (depth.py)
+    quantize   round every linear layer to a few bits, measure forget and retain recall (quantize.py)
+    lens       decode the forget answers from each layer: own and original decoder, probe, tuned lens (lens.py)
+    depth      the Unlearning Depth Score: patch the twin's and the edited model's hidden states into the original
+               layer by layer (depth.py)
 
-Each gives every model a `recovery`: forget recall after the attack minus before. The verdict's line for an attack
-passes when the edited model's recovery is at most the twin's + recovery_tol (evaluation/verdict.py).
+relearn, quantize and lens run a grid of strengths, the same for every model, and give each model its recovery
+(forget recall after the attack minus before) at every setting; grid.judge keeps the settings under which the twin
+recovers at most `admissible` and reports each model's worst case there. The verdict's line for such an attack passes
+when the edited model's largest gap over the twin at one admissible setting is at most recovery_tol; the depth line
+passes at UDS >= its threshold (evaluation/verdict.py).
 
     results = run_attacks(("relearn", "lens"), {"original": (m, tok), "edited": (e, tok), "twin": (t, tok)}, corpus)
 """
@@ -21,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ...configfile import build
 from ...errors import ConfigError
-from . import depth, lens, quantize, relearn
+from . import depth, grid, lens, quantize, relearn
 
 ATTACKS = ("relearn", "quantize", "lens", "depth")
 DEFAULT_ATTACKS = ATTACKS          # what the pipeline runs
@@ -36,18 +40,25 @@ class AttackConfig:
     quantize: quantize.QuantizeConfig = field(default_factory=quantize.QuantizeConfig)
     lens: lens.LensConfig = field(default_factory=lens.LensConfig)
     depth: depth.DepthConfig = field(default_factory=depth.DepthConfig)
+    admissible: float = grid.ADMISSIBLE   # a setting counts when the twin recovers at most this under it
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "AttackConfig":
-        """{attack: {field: value}} overrides of each attack's settings; unknown names are ConfigErrors."""
+        """{attack: {field: value}, "admissible": x} overrides of each attack's settings; unknown names are
+        ConfigErrors."""
         if d is not None and not isinstance(d, dict):
             raise ConfigError(f"attack settings must be a mapping {{attack: {{field: value}}}}, got {d!r}")
         d = dict(d or {})
+        admissible = d.pop("admissible", grid.ADMISSIBLE)
         unknown = sorted(set(d) - set(ATTACKS))
         if unknown:
-            raise ConfigError(f"attack settings for unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
-        kinds = {f.name: f.default_factory for f in fields(cls)}
-        return cls(**{name: build(kinds[name], d.get(name, {}), f"{name} attack settings") for name in ATTACKS})
+            raise ConfigError(f"attack settings for unknown attack(s) {unknown}; expected some of {list(ATTACKS)} "
+                              f"or 'admissible'")
+        if isinstance(admissible, bool) or not isinstance(admissible, (int, float)) or not 0 <= admissible <= 1:
+            raise ConfigError(f"attack settings: admissible must be a recall between 0 and 1, got {admissible!r}")
+        kinds = {f.name: f.default_factory for f in fields(cls) if f.name in ATTACKS}
+        return cls(**{name: build(kinds[name], d.get(name, {}), f"{name} attack settings") for name in ATTACKS},
+                   admissible=float(admissible))
 
 
 def parse_attacks(spec) -> tuple[str, ...]:
@@ -77,11 +88,12 @@ def _same_vocab(models: dict) -> None:
 
 
 def run_attacks(names, models: dict, corpus, config: AttackConfig | None = None, importance: dict | None = None,
-                progress: bool = False) -> dict:
+                layers=None, progress: bool = False) -> dict:
     """Run `names` on every model of `models` ({"original", "edited"?, "twin"?}: (model, tokenizer)).
 
     Returns {"attacks": names, "models": [...], "config": ..., name: {"per_model": {model: {..., "recovery"}}, ...},
-    "seconds": {name: s}}. `importance`: {kind: per-layer traced importance} drawn beside the depth curves."""
+    "seconds": {name: s}}. `layers`: the edited layers (relearn's "edited" scope); `importance`: {kind: per-layer
+    traced importance} drawn beside the depth curves."""
     names = parse_attacks(names)
     cfg = config or AttackConfig()
     if "original" not in models:
@@ -89,17 +101,13 @@ def run_attacks(names, models: dict, corpus, config: AttackConfig | None = None,
     models = {n: models[n] for n in MODELS if models.get(n) is not None}
     _same_vocab(models)
     out: dict = {"attacks": list(names), "models": list(models), "config": asdict(cfg), "seconds": {}}
-    runners = {"relearn": relearn.run, "quantize": quantize.run, "lens": lens.run}
+    runners = {"relearn": relearn.run, "quantize": quantize.run, "lens": lens.run, "depth": depth.run}
     bar = tqdm(total=len(names), desc="attacks", disable=not progress)
     for name in names:
         t0 = time.perf_counter()
         bar.set_postfix(attack=name)
-        if name == "depth":
-            out[name] = depth.run({n: m for n, (m, _) in models.items()}, models["original"][1], corpus, cfg.depth,
-                                  progress)
-        else:
-            out[name] = {"per_model": {n: runners[name](m, tok, corpus, getattr(cfg, name), progress=progress)
-                                       for n, (m, tok) in models.items()}}
+        result = runners[name](models, corpus, getattr(cfg, name), layers=layers, progress=progress)
+        out[name] = result if name == "depth" else grid.judge(result, cfg.admissible)
         out["seconds"][name] = round(time.perf_counter() - t0, 3)
         bar.update(1)
     bar.close()
@@ -109,8 +117,9 @@ def run_attacks(names, models: dict, corpus, config: AttackConfig | None = None,
 
 
 def recoveries(results: dict) -> dict[str, dict[str, float | None]]:
-    """{attack: {model: recovery}} of run_attacks' results."""
-    return {a: {n: results[a]["per_model"].get(n, {}).get("recovery") for n in results["models"]}
+    """{attack: {model: worst-case recovery (the depth attack: UDS)}} of run_attacks' results."""
+    key = lambda a: "uds" if a == "depth" else "recovery"  # noqa: E731
+    return {a: {n: results[a]["per_model"].get(n, {}).get(key(a)) for n in results["models"]}
             for a in results["attacks"]}
 
 
@@ -121,13 +130,27 @@ def figures(results: dict) -> dict:
 
 
 def html_table(results: dict) -> str:
-    """The recovery of each model under each attack, as an HTML table."""
+    """Each model's worst-case recovery under each attack (UDS for depth), the setting it came from and how many
+    settings were admissible, as an HTML table."""
     models = results["models"]
     rec = recoveries(results)
-    fmt = lambda v: "&ndash;" if v is None else f"{v:+.3f}"  # noqa: E731
-    head = "<tr><th>attack</th>" + "".join(f"<th>{html.escape(LABELS[m])}</th>" for m in models) + "<th>s</th></tr>"
-    rows = "".join(f"<tr><td>{a}</td>" + "".join(f"<td>{fmt(rec[a][m])}</td>" for m in models)
-                   + f"<td>{results['seconds'][a]:.1f}</td></tr>" for a in results["attacks"])
-    return (f"<p>Recovery: forget recall after the attack minus before (exact match; see each figure). The twin never "
-            f"learned the facts: its recovery is what an attack finds in a model that truly does not know.</p>"
-            f"<table>{head}{rows}</table>")
+    fmt = lambda v, a: "&ndash;" if v is None else (f"{v:.3f}" if a == "depth" else f"{v:+.3f}")  # noqa: E731
+    head = ("<tr><th>attack</th>" + "".join(f"<th>{html.escape(LABELS[m])}</th>" for m in models)
+            + "<th>edited: worst admissible setting (gap over the twin)</th><th>admissible settings</th><th>s</th></tr>")
+    rows = []
+    for a in results["attacks"]:
+        r = results[a]
+        if a == "depth":
+            worst = f"UDS threshold {r['config']['threshold']}; tau {r['config']['tau']}"
+            adm = f"{sum(x > 0 for x in r['layers_used'])} of {len(r['layers_used'])} layers enter UDS"
+        else:
+            w = r.get("worst")
+            worst = "&ndash;" if not w else f"{html.escape(w['setting'])} ({w['gap']:+.3f})"
+            adm = f"{sum(r['admissible'])} of {len(r['admissible'])}"
+        rows.append(f"<tr><td>{a}</td>" + "".join(f"<td>{fmt(rec[a][m], a)}</td>" for m in models)
+                    + f"<td style='text-align:left'>{worst}</td><td>{adm}</td><td>{results['seconds'][a]:.1f}</td></tr>")
+    return (f"<p>Recovery: forget recall after the attack minus before (exact match), the largest over the admissible "
+            f"settings of the attack's grid: those under which the retain-only twin, which never learned the facts, "
+            f"recovers at most {results['config']['admissible']} (the attack reveals, it does not teach). Depth: the "
+            f"Unlearning Depth Score (1 = as deep as retraining, 0 = nothing removed inside).</p>"
+            f"<table>{head}{''.join(rows)}</table>")

@@ -1,30 +1,32 @@
-"""The depth attack: patch one model's activations into another, one layer and kind at a time, on the forget facts,
-and see how much of the answer comes with them (as the Unlearning Depth Score does, arXiv 2605.24614).
+"""The depth attack: the Unlearning Depth Score (UDS; arXiv 2605.24614). Does the edited model's residual stream still
+carry the forgotten answers, whatever its later layers do with them?
 
-Directions (source -> target):
+Three models of one basis: the original (fine-tuned on forget + retain), the retain-only twin (fine-tuned from the
+same base without the forget set) and the edited model. For every forget QA fact and every layer l, the original runs
+teacher-forced on prompt + answer with its residual stream after layer l (resid_post.l) replaced by another model's at
+the answer positions (those whose next token is an answer token, as the paper patches), and the drop of the answer's
+mean token log-probability from the original's own is read:
 
-  X -> original        the attack on model X (original, edited, twin): the original's own downstream layers read X's
-                       activation at one site. If X still carries the fact there, the answer comes back, however
-                       X's later layers hide it. original -> original is the identity (everything returns).
-  original -> edited   where the edit acted: restoring the original's activation at one site brings the answer back
-                       in the edited model at the layers the edit changed (drawn next to the traced importance)
-  twin -> edited       the same with a model that never learned the facts: what restoring carries that is not the fact
+    stage 1   d1(l): the twin's hidden states patched in; what removing the fact at layer l costs
+    stage 2   d2(l): the edited model's hidden states patched in
 
-Score of a patched run: exact match of the teacher-forced answer (every content token of the answer, as prompts.py's
-`prepare` splits it, and EOS the arg-max), averaged over the facts. Each patch replaces the site's activation at every
-position. The patched forwards are the restoration engine's (restoration.clean_run records the source,
-restoration.run_jobs runs every (kind, layer) of one fact as rows of one batched forward of the target).
+    UDS(fact) = sum_l d1(l) * clip(d2(l) / d1(l), 0, 1) / sum_l d1(l)    over the layers where d1(l) > tau
 
-recovery of X: the best score of X -> original over the resid sites before the last layer (the original's later
-layers reading X's whole residual stream there) minus X's own output score. The original scores 0 (it hides nothing);
-an edit that only hides the answer in its last layers scores high. The twin was trained apart from the original, so
-its activations sit in another basis and the original's layers cannot read them: its recovery is a floor, and the
-resid sites are the summary because a single MLP or attention output of another model breaks the original whether or
-not it carries the fact (the mlp/attn curves are for the original -> edited direction, where both share a basis).
+UDS is the mean over the facts where some layer passes tau (tau = 0.05 nats, the paper's). 1: the edited model's
+hidden states carry no more of the answer than the twin's (as deep as retraining); 0: they carry all of it (the
+original's own give 0). The twin as the stage-2 source gives 1 by construction, which the run checks rather than
+assumes. Stage 1 depends only on the original, the twin and the facts: it is computed once per pair and cached under
+$WORKBENCH_CACHE/uds, keyed by both models' weights, the facts and tau.
+
+A second pair of curves patches every position instead of the answer positions alone (UDS over whole-sequence
+patches, `uds_all_positions`): the prompt positions carry the subject's lookup, which the answer positions then read.
+The patched forwards are the restoration engine's (restoration.clean_run records a source, restoration.run_jobs runs
+one row per layer in batched forwards of the original).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -33,43 +35,52 @@ from tqdm.auto import tqdm
 from ...backends import get_backend
 from ...data.records import questions
 from ...errors import ConfigError, TraceError
+from ...outputs import cache_dir
 from ...prompts import prepare
+from ...provenance import atomic_write_json, model_fingerprint, stable_hash
 from ...restoration import clean_run, rows_per_forward, run_jobs
-from ...results import KINDS
 from ...sites import n_layers
 from ...sites import name as site_name
+
+SCOPES = ("answer", "all")   # which positions a patch replaces: the answer positions, or every position
 
 
 @dataclass
 class DepthConfig:
-    kinds: tuple[str, ...] = ("resid", "mlp", "attn")
     n_facts: int | None = None        # forget QA records patched (None: all)
+    tau: float = 0.05                 # nats: a layer enters UDS where stage 1's drop exceeds it
+    threshold: float = 0.9            # the verdict's depth line passes at UDS >= threshold
     batch_size: int | None = None     # rows per forward (None: from the tracing engine's memory budget)
 
     def __post_init__(self):
-        self.kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
-        bad = [k for k in self.kinds if k not in KINDS]
-        if not self.kinds or bad:
-            raise ConfigError(f"depth kinds {list(self.kinds)}: expected some of {list(KINDS)}")
         if self.n_facts is not None and self.n_facts < 1:
             raise ConfigError(f"depth n_facts must be >= 1 or None (every forget QA record), got {self.n_facts}")
+        if not self.tau >= 0:
+            raise ConfigError(f"depth tau must be >= 0 nats, got {self.tau}")
+        if not 0 <= self.threshold <= 1:
+            raise ConfigError(f"depth threshold must be a UDS between 0 and 1, got {self.threshold}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"depth batch_size must be >= 1 or None, got {self.batch_size}")
 
 
 class Fact:
-    """One forget QA record, tokenised once: ids [1, pos] of prompt + answer, the targets of the last `keep` logits."""
+    """One forget QA record, tokenised once: ids [1, pos] of prompt + answer; the answer's tokens and positions."""
 
     def __init__(self, model, tok, record):
         p = prepare(model, tok, record.input, record.output)
         self.id = record.id
         self.ids = torch.tensor([p.prompt_ids + p.answer_ids])               # [1, pos]
-        self.target = torch.tensor(p.answer_ids + [tok.eos_token_id])        # [keep]
-        self.keep = len(self.target)
+        self.answer = torch.tensor(p.answer_ids)                             # [n_answer]
+        self.keep = len(p.answer_ids) + 1                                    # logits kept: the answer's predictors
+        start = p.n_prompt - 1                                               # + the last position
+        self.answer_positions = list(range(start, start + len(p.answer_ids)))
+        self.all_positions = list(range(self.ids.shape[1]))
 
     def metric(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits [rows, keep, vocab] -> [rows]: 1.0 where every answer token and EOS is the arg-max."""
-        return (logits.argmax(-1) == self.target.to(logits.device)).all(-1).float()
+        """logits [rows, keep, vocab] -> [rows]: mean log-probability of the answer's tokens."""
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)                # [rows, n_answer, vocab]
+        target = self.answer.to(logits.device)[None, :, None].expand(len(logp), -1, 1)
+        return logp.gather(-1, target).squeeze(-1).mean(-1)                  # [rows]
 
 
 def facts_of(model, tok, corpus, n_facts: int | None) -> list[Fact]:
@@ -79,101 +90,128 @@ def facts_of(model, tok, corpus, n_facts: int | None) -> list[Fact]:
     return [Fact(model, tok, r) for r in records]
 
 
-def sites(model, kinds) -> list[tuple[str, int, str]]:
-    """(kind, layer, site name) of every patch, kinds in order, layers within a kind."""
-    return [(k, l, site_name(k, l)) for k in kinds for l in range(n_layers(model))]
+def _check_shapes(models: dict) -> None:
+    shapes = {n: (n_layers(m), m.config.hidden_size) for n, m in models.items()}
+    if len(set(shapes.values())) > 1:
+        raise ConfigError(f"UDS patches hidden states between models of one shape; got (layers, width) {shapes}")
 
 
 @torch.no_grad()
-def curves(source, target, tok, facts: list[Fact], kinds, batch_size: int | None = None,
-           recorded: list | None = None, progress: bool = False, desc: str = "depth") -> dict[str, list[float]]:
-    """{kind: [n_layers]} mean score of `target` with `source`'s activation patched in at (kind, layer).
-    `recorded`: the source's activations per fact (restoration.clean_run), when already taken."""
-    if n_layers(source) != n_layers(target) or source.config.hidden_size != target.config.hidden_size:
-        raise ConfigError(f"depth patching needs two models of one shape; got {n_layers(source)} x "
-                          f"{source.config.hidden_size} and {n_layers(target)} x {target.config.hidden_size}")
-    site_list = sites(target, kinds)
+def own_scores(model, facts: list[Fact]) -> np.ndarray:
+    """[n_facts]: the unpatched model's mean answer-token log-probability per fact."""
+    device = next(model.parameters()).device
+    return np.array([float(f.metric(model(f.ids.to(device), use_cache=False).logits[:, -f.keep:])[0])
+                     for f in facts])
+
+
+@torch.no_grad()
+def drops(source, target, tok, facts: list[Fact], target_scores: np.ndarray, batch_size: int | None = None,
+          progress: bool = False, desc: str = "uds") -> dict[str, np.ndarray]:
+    """{scope: [n_facts, n_layers]}: the target's score minus its score with the source's resid_post.l patched in
+    at the scope's positions."""
+    L = n_layers(target)
+    sites = [site_name("resid_post", l) for l in range(L)]
     run_src, run_tgt = get_backend(source, tok, "torch"), get_backend(target, tok, "torch")
-    total = np.zeros(len(site_list))
     device = next(target.parameters()).device
+    out = {s: np.zeros((len(facts), L)) for s in SCOPES}
     for i, f in enumerate(tqdm(facts, desc=desc, disable=not progress, leave=False)):
         ids = f.ids.to(device)
-        acts = recorded[i] if recorded is not None else clean_run(run_src, ids, [s for *_, s in site_list], f.keep)[1]
-        every = list(range(ids.shape[1]))
-        jobs = [[(s, every)] for *_, s in site_list]
+        acts = clean_run(run_src, ids, sites, f.keep)[1]
+        jobs = [[(s, f.answer_positions)] for s in sites] + [[(s, f.all_positions)] for s in sites]
         rows = batch_size or rows_per_forward(target, ids.shape[1], f.keep)
-        total += run_jobs(run_tgt, ids, jobs, acts, f.metric, f.keep, rows=rows)[:, 0].numpy()
-    mean = total / len(facts)
-    out: dict[str, list[float]] = {k: [] for k in kinds}
-    for (k, _, _), v in zip(site_list, mean):
-        out[k].append(float(v))
+        patched = run_jobs(run_tgt, ids, jobs, acts, f.metric, f.keep, rows=rows)[:, 0].numpy()   # [2 L]
+        out["answer"][i] = target_scores[i] - patched[:L]
+        out["all"][i] = target_scores[i] - patched[L:]
     return out
 
 
-@torch.no_grad()
-def own_score(model, tok, facts: list[Fact]) -> float:
-    """The unpatched model's mean score on `facts`."""
-    device = next(model.parameters()).device
-    return float(np.mean([float(f.metric(model(f.ids.to(device)).logits[:, -f.keep:])[0]) for f in facts]))
+def uds_per_fact(d1: np.ndarray, d2: np.ndarray, tau: float) -> np.ndarray:
+    """[n_facts] UDS from drops [n_facts, n_layers]; NaN where no layer's stage-1 drop exceeds tau."""
+    used = d1 > tau
+    ratio = np.clip(np.divide(d2, d1, out=np.zeros_like(d2), where=used), 0.0, 1.0)
+    num = (d1 * ratio * used).sum(1)
+    den = (d1 * used).sum(1)
+    return np.divide(num, den, out=np.full(len(d1), np.nan), where=den > 0)
 
 
-def run(models: dict, tok, corpus, cfg: DepthConfig, progress: bool = False) -> dict:
-    """models: {"original": m, "edited": m, "twin": m (optional)}, one tokenizer. Every direction of the module doc."""
-    facts = facts_of(models["original"], tok, corpus, cfg.n_facts)
-    names = [n for n in ("original", "edited", "twin") if models.get(n) is not None]
-    site_names = [s for *_, s in sites(models["original"], cfg.kinds)]
-    recorded = {}
-    for n in names:
-        run_n = get_backend(models[n], tok, "torch")
-        dev = next(models[n].parameters()).device
-        recorded[n] = [clean_run(run_n, f.ids.to(dev), site_names, f.keep)[1] for f in facts]
-    pairs = [(n, "original") for n in names] + [(n, "edited") for n in ("original", "twin") if n in names
-                                                   and "edited" in names]
-    result = {"kinds": list(cfg.kinds), "n_facts": len(facts), "unpatched": {}, "curves": {}}
-    for n in names:
-        result["unpatched"][n] = own_score(models[n], tok, facts)
-    for src, tgt in pairs:
-        result["curves"][f"{src}->{tgt}"] = curves(models[src], models[tgt], tok, facts, cfg.kinds, cfg.batch_size,
-                                                   recorded[src], progress, f"depth {src}->{tgt}")
-    L = n_layers(models["original"])
-    result["per_model"] = {}
-    for n in names:
-        before = result["unpatched"][n]
-        resid = result["curves"][f"{n}->original"].get("resid")
-        if resid is None or L < 2:
-            result["per_model"][n] = {"before": before, "after": None, "recovery": None, "layer": None}
-            continue
-        best = max(range(L - 1), key=lambda l: resid[l])
-        result["per_model"][n] = {"before": before, "after": resid[best], "recovery": resid[best] - before,
-                                  "layer": best}
+def score(d1: dict[str, np.ndarray], d2: dict[str, np.ndarray], tau: float) -> dict:
+    """UDS (answer positions) and UDS over whole-sequence patches, with the facts that enter them."""
+    per = uds_per_fact(d1["answer"], d2["answer"], tau)
+    per_all = uds_per_fact(d1["all"], d2["all"], tau)
+    ok = ~np.isnan(per)
+    return {"uds": float(per[ok].mean()) if ok.any() else None, "n_facts_scored": int(ok.sum()),
+            "uds_all_positions": float(np.nanmean(per_all)) if (~np.isnan(per_all)).any() else None,
+            "per_fact": [None if np.isnan(x) else float(x) for x in per],
+            "stage2_answer": d2["answer"].mean(0).tolist(), "stage2_all": d2["all"].mean(0).tolist()}
+
+
+def stage1(original, twin, tok, facts: list[Fact], cfg: DepthConfig, progress: bool = False) -> dict:
+    """The original's own scores and the twin -> original drops, from the cache when this pair, these facts and
+    tau were patched before."""
+    key = stable_hash({"original": model_fingerprint(original), "twin": model_fingerprint(twin),
+                       "facts": [(f.id, f.ids.tolist()) for f in facts], "tau": cfg.tau})
+    path = cache_dir("uds") / f"stage1-{key}.json"
+    if path.is_file():
+        try:
+            hit = json.loads(path.read_text())
+            return {"key": key, "cached": True, "own": np.array(hit["own"]),
+                    "d1": {s: np.array(hit["d1"][s]) for s in SCOPES}}
+        except (OSError, ValueError, KeyError):
+            pass  # an unreadable entry is recomputed and replaced
+    own = own_scores(original, facts)
+    d1 = drops(twin, original, tok, facts, own, cfg.batch_size, progress, "uds stage 1 (twin->original)")
+    atomic_write_json(path, {"own": own.tolist(), "d1": {s: v.tolist() for s, v in d1.items()}, "tau": cfg.tau,
+                             "facts": [f.id for f in facts]})
+    return {"key": key, "cached": False, "own": own, "d1": d1}
+
+
+def run(models: dict, corpus, cfg: DepthConfig, layers=None, progress: bool = False) -> dict:
+    """models: {"original": (m, tok), "edited": (m, tok)?, "twin": (m, tok)}, one tokenizer. UDS of every model as
+    the stage-2 source (the original scores 0 and the twin 1 by construction: both are computed, as checks of the
+    patching)."""
+    tok = models["original"][1]
+    models = {n: m for n, (m, _) in models.items()}
+    if models.get("twin") is None:
+        raise ConfigError("UDS needs the retain-only twin fine-tuned from the original's base (stage 1 patches it "
+                          "into the original); run the depth attack with a retain baseline")
+    _check_shapes(models)
+    original = models["original"]
+    facts = facts_of(original, tok, corpus, cfg.n_facts)
+    s1 = stage1(original, models["twin"], tok, facts, cfg, progress)
+    result = {"config": asdict(cfg), "n_facts": len(facts), "facts": [f.id for f in facts],
+              "stage1": {"answer": s1["d1"]["answer"].mean(0).tolist(), "all": s1["d1"]["all"].mean(0).tolist(),
+                         "cached": s1["cached"], "key": s1["key"]},
+              "layers_used": (s1["d1"]["answer"] > cfg.tau).mean(0).tolist(), "per_model": {}}
+    for n, m in models.items():
+        d2 = drops(m, original, tok, facts, s1["own"], cfg.batch_size, progress, f"uds stage 2 ({n}->original)")
+        result["per_model"][n] = score(s1["d1"], d2, cfg.tau)
     return result
 
 
-PAIR_STYLE = {"original->original": ("grey", "dot"), "edited->original": ("#d62728", "solid"),
-              "twin->original": ("#2ca02c", "solid"), "original->edited": ("#1f77b4", "solid"),
-              "twin->edited": ("#9467bd", "dash")}
-
-
 def figure(result: dict, importance: dict | None = None):
-    """Per kind, the patched score of every direction by layer; the traced importance of the original (scaled to
-    its peak) beside them, where re-tracing ran."""
-    from plotly.subplots import make_subplots
+    """Per layer, stage 1's drop (twin -> original) and each model's stage-2 drop, answer positions (solid) and every
+    position (dotted); the original's traced MLP importance (scaled to the peak of stage 1) beside them."""
+    import plotly.graph_objects as go
 
-    kinds = result["kinds"]
-    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[f"patch {k}" for k in kinds], shared_yaxes=True)
-    for i, k in enumerate(kinds):
-        for pair, c in result["curves"].items():
-            color, dash = PAIR_STYLE.get(pair, ("black", "solid"))
-            fig.add_scatter(x=list(range(len(c[k]))), y=c[k], mode="lines+markers", name=pair, legendgroup=pair,
-                            showlegend=i == 0, line=dict(color=color, dash=dash), row=1, col=i + 1)
-        imp = (importance or {}).get(k)
-        if imp:
-            peak = max(max(imp), 1e-12)
-            fig.add_bar(x=list(range(len(imp))), y=[v / peak for v in imp], name="traced importance (original)",
-                        legendgroup="importance", showlegend=i == 0, marker_color="rgba(120,120,120,0.3)",
-                        row=1, col=i + 1)
-        fig.update_xaxes(title_text="layer", row=1, col=i + 1)
-    fig.update_yaxes(range=[-0.02, 1.02])
-    fig.update_layout(title="Depth: answer recall when one site's activation comes from another model (source->target)",
-                      width=330 * len(kinds) + 200, height=400)
+    from . import COLORS, LABELS
+
+    L = len(result["stage1"]["answer"])
+    fig = go.Figure()
+    for scope, dash in (("answer", "solid"), ("all", "dot")):
+        for n, r in result["per_model"].items():
+            fig.add_scatter(x=list(range(L)), y=r[f"stage2_{scope}"], mode="lines+markers", legendgroup=n,
+                            name=f"{LABELS[n]} -> original ({scope} positions); UDS "
+                                 f"{r['uds' if scope == 'answer' else 'uds_all_positions'] or float('nan'):.2f}",
+                            line=dict(color=COLORS[n], dash=dash))
+    imp = (importance or {}).get("mlp")
+    if imp:
+        peak = max(max(imp), 1e-12)
+        top = max(result["stage1"]["answer"])
+        fig.add_bar(x=list(range(len(imp))), y=[v / peak * top for v in imp], name="traced MLP importance (original)",
+                    marker_color="rgba(120,120,120,0.3)")
+    fig.add_hline(y=result["config"]["tau"], line_dash="dash", line_color="grey",
+                  annotation_text=f"tau = {result['config']['tau']}")
+    fig.update_layout(title="Unlearning Depth Score: drop of the answer's log-prob when a model's hidden states at "
+                            "layer l are patched into the original", xaxis_title="layer (resid_post)",
+                      yaxis_title="drop in mean answer log-prob (nats)", width=900, height=430)
     return fig

@@ -1,16 +1,23 @@
 """The reading attack (Patil, Hase and Bansal, arXiv 2309.17410, recovered 38% of ROME-deleted facts from
 intermediate layers): are the forget answers still decodable from the residual stream, layer by layer?
 
-Two readouts of resid_post.l at every answer position of the teacher-forced forget QA records:
+Four readouts of resid_post.l at every answer position of the teacher-forced forget QA records:
 
-  lens    the logit lens: the model's final norm, then its unembedding matrix (W_U; an unembedding *bias* is left
-          out, so an edit that only biases the output against the answer is read straight through)
-  probe   a linear probe fitted on retain QA only and tested on forget QA: ridge regression from resid_post.l to
-          the model's own final normed residual at the same positions, read through W_U (a closed-form cousin of the
-          tuned lens, Belrose et al. arXiv 2303.08112). The attacker needs nothing but the model and retain data.
+  lens           the logit lens through the model's own final norm and unembedding matrix (W_U; an unembedding
+                 *bias* is left out, so an edit that only biases the output against the answer is read straight
+                 through)
+  lens_original  the logit lens through the original model's final norm and W_U, one fixed decoder for every model
+                 (UDS's logit-lens baseline, arXiv 2605.24614): an edit of the model's own decoder cannot hide from it
+  probe          a linear probe fitted on retain QA only and tested on forget QA: ridge regression from resid_post.l
+                 to the model's own final normed residual at the same positions, read through W_U
+  tuned          the tuned lens (Belrose et al., arXiv 2303.08112): per layer an affine translator h -> h + hA + b,
+                 trained on retain QA to match the model's own output distribution (KL), read through the final
+                 norm and W_U
 
-Each readout gives per layer the exact-match recall (every answer token and EOS the arg-max, as recall.py) and the
-token accuracy. recovery = the best recall any readout reaches at any layer - the model's own output recall.
+The attacker needs nothing but the model, the original's decoder and retain data. Each readout gives per layer the
+exact-match recall (every answer token and EOS the arg-max, as recall.py) and the token accuracy. Every
+(readout, layer) is a setting of the attack's grid (attacks.grid): its recovery is that readout's recall minus the
+model's own output recall.
 """
 from __future__ import annotations
 
@@ -25,17 +32,22 @@ from ...sites import n_layers
 from ...sites import name as site_name
 from .recall import answer_mask, batches, encode_qa
 
-READOUTS = ("lens", "probe")
+READOUTS = ("lens", "lens_original", "probe", "tuned")
 
 
 @dataclass
 class LensConfig:
     ridge: float = 1e-2      # probe ridge penalty, relative to the mean squared residual norm
+    tuned_steps: int = 150   # full-batch Adam steps of each layer's tuned-lens translator
+    tuned_lr: float = 1e-2
     batch_size: int = 32
 
     def __post_init__(self):
         if not self.ridge >= 0:
             raise ConfigError(f"lens ridge must be >= 0, got {self.ridge}")
+        if self.tuned_steps < 0 or not self.tuned_lr > 0:
+            raise ConfigError(f"lens tuned_steps must be >= 0 and tuned_lr > 0, got {self.tuned_steps}, "
+                              f"{self.tuned_lr}")
         if self.batch_size < 1:
             raise ConfigError(f"lens batch_size must be >= 1, got {self.batch_size}")
 
@@ -88,11 +100,11 @@ def read(pos: Positions, logits: torch.Tensor) -> tuple[float, float]:
     return float((wrong == 0).float().mean()), float((hit / count.clamp(min=1)).mean())
 
 
-def unembed(model, h: torch.Tensor) -> torch.Tensor:
-    """Final norm and the unembedding matrix, no bias: h [n, d_model] -> logits [n, vocab]."""
-    W = model.get_output_embeddings().weight
+def unembed(decoder, h: torch.Tensor) -> torch.Tensor:
+    """The final norm and the unembedding matrix of `decoder` (a model), no bias: h [n, d_model] -> logits [n, vocab]."""
+    W = decoder.get_output_embeddings().weight
     with torch.no_grad():
-        return F.linear(model.model.norm(h.to(W.dtype)), W).float()
+        return F.linear(decoder.model.norm(h.to(W.dtype)), W).float()
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -104,32 +116,62 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
     return torch.linalg.solve(gram, X.T @ y.double()).float()
 
 
-def run(model, tok, corpus, cfg: LensConfig, progress: bool = False) -> dict:
-    """Per layer, the recall and token accuracy of each readout on the forget QA records."""
+def fit_tuned(model, x: torch.Tensor, target_logits: torch.Tensor, steps: int, lr: float) -> tuple:
+    """A tuned-lens translator (A [d_model, d_model], b [d_model]), both starting at 0, minimising
+    KL(p_model || p_lens) over the rows of x [n, d_model], with p_model from target_logits [n, vocab]."""
+    d = x.shape[1]
+    A = torch.zeros(d, d, requires_grad=True)
+    b = torch.zeros(d, requires_grad=True)
+    W = model.get_output_embeddings().weight.detach().float()
+    norm = model.model.norm
+    target = F.log_softmax(target_logits, -1)                                   # [n, vocab]
+    opt = torch.optim.Adam([A, b], lr=lr)
+    for _ in range(steps):
+        logits = F.linear(norm((x + x @ A + b).to(W.dtype)).float(), W)       # [n, vocab]
+        loss = F.kl_div(F.log_softmax(logits, -1), target, log_target=True, reduction="batchmean")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return A.detach(), b.detach()
+
+
+def run_model(model, tok, corpus, cfg: LensConfig, original) -> dict:
+    """Per readout and layer, the recall and token accuracy on the forget QA records."""
     forget = positions(model, tok, corpus.forget, cfg.batch_size)
     retain = positions(model, tok, corpus.retain, cfg.batch_size)
     L = forget.resid.shape[0]
-    final = retain.resid[-1]
-    with torch.no_grad():
-        final_normed = model.model.norm(final.to(next(model.parameters()).dtype)).float()  # [n_retain, d_model]
+    final_normed = unembed_norm(model, retain.resid[-1])                       # [n_retain, d_model]
+    W_U = model.get_output_embeddings().weight
     metrics: dict[str, list[float]] = {f"{r}_{m}": [] for r in READOUTS for m in ("recall", "tokens")}
     for l in range(L):
         x = forget.resid[l]                                                     # [n_forget, d_model]
-        r, t = read(forget, unembed(model, x))
-        metrics["lens_recall"].append(r)
-        metrics["lens_tokens"].append(t)
         W = fit_probe(retain.resid[l], final_normed, cfg.ridge)               # [d_model + 1, d_model]
-        pred = torch.cat([x, torch.ones(len(x), 1)], 1) @ W                   # [n_forget, d_model]
-        W_U = model.get_output_embeddings().weight
-        r, t = read(forget, F.linear(pred.to(W_U.dtype), W_U).float().detach())
-        metrics["probe_recall"].append(r)
-        metrics["probe_tokens"].append(t)
+        probe = torch.cat([x, torch.ones(len(x), 1)], 1) @ W                  # [n_forget, d_model]
+        with torch.enable_grad():
+            A, b = fit_tuned(model, retain.resid[l], retain.logits, cfg.tuned_steps, cfg.tuned_lr)
+        readouts = {"lens": unembed(model, x), "lens_original": unembed(original, x),
+                    "probe": F.linear(probe.to(W_U.dtype), W_U).float().detach(),
+                    "tuned": unembed(model, x + x @ A + b)}
+        for r, logits in readouts.items():
+            recall, tokens = read(forget, logits)
+            metrics[f"{r}_recall"].append(recall)
+            metrics[f"{r}_tokens"].append(tokens)
     before, before_tokens = read(forget, forget.logits)
-    best = max(((r, l) for r in READOUTS for l in range(L)), key=lambda rl: metrics[f"{rl[0]}_recall"][rl[1]])
-    after = metrics[f"{best[0]}_recall"][best[1]]
-    return {"layers": L, "metrics": metrics, "before": before, "before_tokens": before_tokens, "after": after,
-            "best": {"readout": best[0], "layer": best[1]}, "recovery": after - before,
-            "n_forget": forget.n_examples, "n_retain": retain.n_examples}
+    by_setting = {f"{r}, layer {l}": metrics[f"{r}_recall"][l] - before for r in READOUTS for l in range(L)}
+    return {"layers": L, "metrics": metrics, "before": before, "before_tokens": before_tokens,
+            "by_setting": by_setting, "n_forget": forget.n_examples, "n_retain": retain.n_examples}
+
+
+def unembed_norm(model, h: torch.Tensor) -> torch.Tensor:
+    """The model's final norm of h [n, d_model] (float32)."""
+    with torch.no_grad():
+        return model.model.norm(h.to(next(model.parameters()).dtype)).float()
+
+
+def run(models: dict, corpus, cfg: LensConfig, layers=None, progress: bool = False) -> dict:
+    """Every model read through its own decoder, the original's, a probe and a tuned lens."""
+    original = models["original"][0]
+    return {"per_model": {n: run_model(m, tok, corpus, cfg, original) for n, (m, tok) in models.items()}}
 
 
 def figure(result: dict, importance=None):
@@ -148,6 +190,7 @@ def figure(result: dict, importance=None):
                                  showscale=i == 0, hovertemplate="layer %{x}<br>%{y}: %{z:.2f}<extra></extra>"),
                       row=1, col=i + 1)
         fig.update_xaxes(title_text="layer (resid_post)", row=1, col=i + 1)
-    fig.update_layout(title="Logit lens and retain-trained probe on the forget answers (recall, token accuracy)",
-                      width=320 * len(per) + 120, height=360)
+    fig.update_layout(title="Readouts of the forget answers per layer: own and original decoder, retain-trained probe "
+                            "and tuned lens (recall, token accuracy)",
+                      width=320 * len(per) + 160, height=420)
     return fig

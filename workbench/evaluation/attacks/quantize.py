@@ -63,32 +63,39 @@ def quantized(model, bits: int, group: int = 128):
 
 @dataclass
 class QuantizeConfig:
-    bits: tuple[int, ...] = (8, 4)
-    group: int = 128
+    bits: tuple[int, ...] = (8, 4, 3)
+    groups: tuple[int, ...] = (32, 128)
 
     def __post_init__(self):
         self.bits = (self.bits,) if isinstance(self.bits, int) else tuple(self.bits)
+        self.groups = (self.groups,) if isinstance(self.groups, int) else tuple(self.groups)
         if not self.bits or any(not 1 <= b <= 16 for b in self.bits):
             raise ConfigError(f"quantize bits {list(self.bits)}: expected one or more bit widths between 1 and 16")
-        if self.group < 1:
-            raise ConfigError(f"quantize group must be >= 1 input per group, got {self.group}")
+        if not self.groups or any(g < 1 for g in self.groups):
+            raise ConfigError(f"quantize groups {list(self.groups)}: expected one or more group sizes >= 1 input")
 
 
-def run(model, tok, corpus, cfg: QuantizeConfig, progress: bool = False) -> dict:
-    """Forget and retain recall of `model` unquantised and at each bit width; recovery = forget recall gained."""
+def run_model(model, tok, corpus, cfg: QuantizeConfig) -> dict:
+    """Forget and retain recall of `model` unquantised and at every (bits, group) of the grid; recovery at each =
+    forget recall gained."""
     forget, retain = encode_qa(tok, corpus.forget), encode_qa(tok, corpus.retain)
     before = {"forget": score(model, tok, forget).recall, "retain": score(model, tok, retain).recall}
     after = {}
     for bits in cfg.bits:
-        q = quantized(model, bits, cfg.group)
-        after[str(bits)] = {"forget": score(q, tok, forget).recall, "retain": score(q, tok, retain).recall}
-    best = max(after, key=lambda b: after[b]["forget"])
-    return {"before": before, "after": after, "recovery": after[best]["forget"] - before["forget"],
-            "worst_bits": int(best)}
+        for group in cfg.groups:
+            q = quantized(model, bits, group)
+            after[f"{bits}-bit, group {group}"] = {"forget": score(q, tok, forget).recall,
+                                                   "retain": score(q, tok, retain).recall}
+    return {"before": before, "after": after,
+            "by_setting": {s: a["forget"] - before["forget"] for s, a in after.items()}}
+
+
+def run(models: dict, corpus, cfg: QuantizeConfig, layers=None, progress: bool = False) -> dict:
+    return {"per_model": {n: run_model(m, tok, corpus, cfg) for n, (m, tok) in models.items()}}
 
 
 def figure(result: dict, importance=None):
-    """Forget and retain recall at full precision and at each bit width, per model."""
+    """Forget and retain recall at full precision and at each setting of the grid, per model."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -96,12 +103,12 @@ def figure(result: dict, importance=None):
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("forget recall", "retain recall"))
     for n, r in result["per_model"].items():
-        x = ["full"] + [f"{b}-bit" for b in r["after"]]
+        x = ["full"] + list(r["after"])
         for col, split in ((1, "forget"), (2, "retain")):
             fig.add_trace(go.Bar(x=x, y=[r["before"][split]] + [a[split] for a in r["after"].values()],
                                  name=LABELS[n], legendgroup=n, showlegend=col == 1, marker_color=COLORS[n]),
                           row=1, col=col)
     fig.update_yaxes(range=[0, 1.02])
     fig.update_layout(title="Quantisation (round-to-nearest, group-wise): does rounding undo the edit?",
-                      barmode="group", width=800, height=400)
+                      barmode="group", width=1000, height=420)
     return fig

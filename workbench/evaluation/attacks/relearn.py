@@ -1,43 +1,51 @@
-"""The relearning attack (Hu et al., arXiv 2406.13356): fine-tune a copy on a little related data and see whether
-the forgotten answers it was *not* shown come back.
+"""The relearning attack (Hu et al., arXiv 2406.13356), at worst-case strength: fine-tune a copy on a little related
+data and see whether the forgotten answers it was *not* shown come back.
 
-The forget set's QA facts are split in two by a seeded shuffle. A copy of the model is fine-tuned for `steps`
-optimizer steps on half A's answers; after every step, exact-match recall of half B (never trained on) is measured.
-A model that only hides its answers regains B from A's gradient; a model that never knew B (the retain-only twin)
-cannot guess random names and numbers. A second copy is fine-tuned the same way on retain QA only: benign fine-tuning
-that should not bring B back either.
+The forget set's QA facts are split in two by a seeded shuffle. A copy of the model is fine-tuned on half A's answers
+(answer-token cross-entropy, AdamW, gradient clipping at 1), and the exact-match recall of half B (never trained on)
+is measured along the way. A model that only hides its answers regains B from A's gradient; a model that never knew
+B (the retain-only twin) cannot guess random names and numbers.
 
-The fine-tuning is the editors' own loop (editors.loop.train) running the `gd` editor, which descends the answer
-cross-entropy of the split it is given, on every parameter; AdamW, the loop's batching, gradient clipping and
-per-step evaluation come with it. Its checkpoints and log go to a temporary directory, removed after.
+The attacker chooses the strength, so the attack runs a grid, the same for every model: every learning rate of
+`lrs`, with every parameter trainable and with only the edited layers trainable (`scopes`), measured after each
+number of `steps`. A setting (lr, scope, steps) is admissible when the twin's recovery under it stays at most
+`admissible` (attacks.grid): it reveals what is there, it does not teach. The reported recovery of a model is its
+largest over the admissible settings, with the setting named.
 """
 from __future__ import annotations
 
 import copy
 import random
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+
+import torch
 
 from ...data.records import questions
 from ...errors import ConfigError, EditError
-from .recall import MAX_LEN, encode_qa, score
+from .recall import MAX_LEN, batches, encode_qa, score
+
+SCOPES = ("all", "edited")
 
 
 @dataclass
 class RelearnConfig:
-    steps: int = 10          # optimizer steps of each fine-tune (the curve runs 0..steps)
-    # on the default organism 1e-3 already costs the original a quarter of the held-out half (recall 1.00 -> 0.77
-    # in 10 steps) while 3e-4 leaves it and the twin where they were; micro, a quarter the size, takes 1e-3
-    lr: float = 3e-4
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
+    steps: tuple[int, ...] = (5, 10, 20, 30, 50)   # recall measured after these many steps (the last: the length)
+    scopes: tuple[str, ...] = SCOPES                # every parameter / the edited layers' parameters only
     batch_size: int = 8
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ConfigError(f"relearn steps must be >= 1, got {self.steps}")
-        if not self.lr > 0:
-            raise ConfigError(f"relearn lr must be > 0, got {self.lr}")
+        self.lrs = (self.lrs,) if isinstance(self.lrs, (int, float)) else tuple(float(x) for x in self.lrs)
+        self.steps = (self.steps,) if isinstance(self.steps, int) else tuple(sorted(int(s) for s in self.steps))
+        self.scopes = (self.scopes,) if isinstance(self.scopes, str) else tuple(self.scopes)
+        if not self.lrs or any(not lr > 0 for lr in self.lrs):
+            raise ConfigError(f"relearn lrs {list(self.lrs)}: expected one or more learning rates > 0")
+        if not self.steps or self.steps[0] < 1:
+            raise ConfigError(f"relearn steps {list(self.steps)}: expected one or more step counts >= 1")
+        bad = [s for s in self.scopes if s not in SCOPES]
+        if not self.scopes or bad:
+            raise ConfigError(f"relearn scopes {list(self.scopes)}: expected some of {list(SCOPES)}")
         if self.batch_size < 1:
             raise ConfigError(f"relearn batch_size must be >= 1, got {self.batch_size}")
 
@@ -54,65 +62,97 @@ def split_halves(records, seed: int) -> tuple[list, list]:
     return [qa[i] for i in order[:half]], [qa[i] for i in order[half:]]
 
 
-def fine_tune_curve(model, tok, train_records, measure, cfg: RelearnConfig, progress: bool = False,
-                    desc: str = "relearn") -> list[float]:
-    """Recall of `measure` (encoded examples) before and after each of `cfg.steps` steps of fine-tuning a copy of
-    `model` on `train_records` with the editors' loop: [steps + 1] values."""
-    from ...editors import GradientConfig, build_phases
-    from ...editors.loop import train
-    from ...editors.params import freeze_all_but, select_parameters
-    from ...provenance import JsonlLog
+def trainable(model, scope: str, layers) -> list[torch.nn.Parameter]:
+    """Every parameter ("all"), or every parameter of the decoder layers `layers` ("edited")."""
+    if scope == "all":
+        return list(model.parameters())
+    return [p for l in layers for p in model.model.layers[l].parameters()]
 
-    if not questions(train_records):
-        raise EditError(f"{desc}: no QA records to fine-tune on")
+
+def answer_loss(model, batch) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens (and EOS) of a batch."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    target, mask = batch.labels[:, 1:], batch.labels[:, 1:] != -100                     # [batch, pos-1]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.clamp(min=0).flatten(),
+                                            reduction="none").view_as(target)
+    return (nll * mask).sum() / mask.sum().clamp(min=1)
+
+
+def fine_tune_curve(model, tok, train, measure, lr: float, steps: tuple[int, ...], params_of, batch_size: int,
+                    seed: int) -> list[float]:
+    """Recall of `measure` before and after each of `steps` steps of fine-tuning a copy of `model` on `train`
+    (encoded examples, cycled in a seeded order): [1 + len(steps)] values."""
     attacked = copy.deepcopy(model)
+    attacked.requires_grad_(False)
+    params = params_of(attacked)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    device = next(attacked.parameters()).device
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    stream = [b for b in batches([train[i] for i in order], tok.pad_token_id, device, batch_size)]
     curve = [score(attacked, tok, measure).recall]
-    cfg_loop = GradientConfig(lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.steps, max_steps=cfg.steps,
-                              params=("*",), keep_best=False, eval_every=1, checkpoint_every=cfg.steps,
-                              seed=cfg.seed, max_len=MAX_LEN)
-    phases = build_phases(attacked, "gd", cfg_loop, layers=[])
-    params = select_parameters(attacked, ["*"], [])
-    freeze_all_but(attacked, params)
-
-    def evaluate():
-        r = score(attacked, tok, measure).recall
-        curve.append(r)
-        return r, {"recall": r}
-
-    data = {"retain": encode_qa(tok, train_records)}  # the gd editor descends on its "retain" split
-    with tempfile.TemporaryDirectory(prefix="workbench-relearn-") as tmp:
-        train(attacked, phases, data, cfg_loop, Path(tmp), pad_id=tok.pad_token_id, params=params,
-              evaluate=evaluate, log=JsonlLog(Path(tmp) / "log.jsonl"), run_key={"attack": desc},
-              progress=progress)
+    attacked.train()
+    for step in range(1, steps[-1] + 1):
+        loss = answer_loss(attacked, stream[(step - 1) % len(stream)])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step in steps:
+            curve.append(score(attacked, tok, measure).recall)
     return curve
 
 
-def run(model, tok, corpus, cfg: RelearnConfig, progress: bool = False) -> dict:
-    """Recall of forget half B along fine-tuning on forget half A, and along fine-tuning on retain QA only."""
+def run_model(model, tok, corpus, cfg: RelearnConfig, layers=None, progress: bool = False) -> dict:
+    """One model's curves: {"before", "curves": {"<scope> lr <lr>": [recall at 0 and each of cfg.steps]}}."""
     half_a, half_b = split_halves(corpus.forget, cfg.seed)
-    measure = encode_qa(tok, half_b)
-    forget_curve = fine_tune_curve(model, tok, half_a, measure, cfg, progress, "relearn:forget-half")
-    retain_curve = fine_tune_curve(model, tok, corpus.retain, measure, cfg, progress, "relearn:retain")
-    return {"n_train": len(half_a), "n_measured": len(half_b), "steps": list(range(cfg.steps + 1)),
-            "forget_half": forget_curve, "retain_only": retain_curve,
-            "before": forget_curve[0], "after": forget_curve[-1],
-            "recovery": forget_curve[-1] - forget_curve[0],
-            "recovery_retain_only": retain_curve[-1] - retain_curve[0]}
+    train, measure = encode_qa(tok, half_a, MAX_LEN), encode_qa(tok, half_b, MAX_LEN)
+    curves = {}
+    for scope in cfg.scopes:
+        if scope == "edited" and not layers:
+            continue
+        for lr in cfg.lrs:
+            curves[f"{scope} lr {lr:g}"] = fine_tune_curve(model, tok, train, measure, lr, cfg.steps,
+                                                           lambda m, s=scope: trainable(m, s, layers),
+                                                           cfg.batch_size, cfg.seed)
+    before = next(iter(curves.values()))[0]
+    return {"n_train": len(half_a), "n_measured": len(half_b), "before": before, "curves": curves}
+
+
+def settings(result: dict, steps: tuple[int, ...]) -> dict[str, float]:
+    """{setting label: recovery} of one model's curves: every (scope, lr) at every measured step count."""
+    return {f"{run}, {n} steps": curve[i + 1] - curve[0] for run, curve in result["curves"].items()
+            for i, n in enumerate(steps)}
+
+
+def run(models: dict, corpus, cfg: RelearnConfig, layers=None, progress: bool = False) -> dict:
+    """Every model's curves and its recovery at every setting of the grid (`by_setting`)."""
+    per = {n: run_model(m, tok, corpus, cfg, layers, progress) for n, (m, tok) in models.items()}
+    for r in per.values():
+        r["by_setting"] = settings(r, cfg.steps)
+    return {"steps": [0, *cfg.steps], "layers": list(layers or []), "per_model": per}
 
 
 def figure(result: dict, importance=None):
-    """Recall of the held-out forget half along fine-tuning, per model: on the other half (solid), on retain only
-    (dotted)."""
+    """Recall of the held-out forget half along fine-tuning, per model and grid run; admissible runs solid."""
     import plotly.graph_objects as go
 
     from . import COLORS, LABELS
 
     fig = go.Figure()
     for n, r in result["per_model"].items():
-        fig.add_scatter(x=r["steps"], y=r["forget_half"], mode="lines+markers", name=f"{LABELS[n]}: forget half",
-                        legendgroup=n, line=dict(color=COLORS[n]))
-        fig.add_scatter(x=r["steps"], y=r["retain_only"], mode="lines", line=dict(dash="dot", color=COLORS[n]),
-                        name=f"{LABELS[n]}: retain only", legendgroup=n)
-    fig.update_layout(title="Relearning: recall of forget facts never fine-tuned on", xaxis_title="fine-tuning steps",
-                      yaxis_title="exact-match recall", yaxis_range=[-0.02, 1.02], width=700, height=400)
+        for i, (label, curve) in enumerate(r["curves"].items()):
+            fig.add_scatter(x=result["steps"], y=curve, mode="lines+markers", legendgroup=n, showlegend=i == 0,
+                            name=LABELS[n], line=dict(color=COLORS[n], dash="solid" if "all" in label else "dot"),
+                            hovertemplate=f"{LABELS[n]}, {label}<br>step %{{x}}: recall %{{y:.2f}}<extra></extra>")
+    worst = result.get("worst")
+    title = "Relearning on half the forget facts: recall of the other half (solid: every parameter, dotted: edited " \
+            "layers)"
+    if worst:
+        title += f"<br>worst admissible setting: {worst['setting']} (edited {worst['edited']:+.2f}, twin " \
+                 f"{worst['reference']:+.2f})"
+    fig.update_layout(title=title, xaxis_title="fine-tuning steps", yaxis_title="exact-match recall",
+                      yaxis_range=[-0.02, 1.02], width=800, height=440)
     return fig
