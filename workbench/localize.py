@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .configfile import build, coerce_fields, read_mapping
+from .configfile import MAX_BOOT, MAX_SAMPLES, MAX_SEED, build, coerce_fields, read_mapping
 from .errors import ConfigError
 from .provenance import JsonlLog, atomic_write_json, atomic_write_text, model_fingerprint, provenance, stable_hash
 
@@ -131,6 +131,9 @@ def checked(cfg: LocalizeConfig) -> LocalizeConfig:
                                          "localize config"))
     need(cfg.n_facts is None or cfg.n_facts >= 3, f"n_facts must be >= 3 or null (every fact), got {cfg.n_facts}")
     need(cfg.n_samples >= 1, f"n_samples must be >= 1, got {cfg.n_samples}")
+    need(cfg.n_samples <= MAX_SAMPLES, f"n_samples must be <= {MAX_SAMPLES} (it sizes memory), got {cfg.n_samples}")
+    need(0 <= cfg.seed <= MAX_SEED - cfg.seeds + 1,
+         f"seed must be from 0 to {MAX_SEED - cfg.seeds + 1} (the runs use seed .. seed + seeds - 1), got {cfg.seed}")
     bad = [k for k in cfg.kinds if k not in KINDS]
     need(cfg.kinds and not bad, f"kinds {list(cfg.kinds)}: expected some of {list(KINDS)}")
     need(cfg.kind in cfg.kinds, f"kind {cfg.kind!r} is not traced; kinds are {list(cfg.kinds)}")
@@ -143,6 +146,8 @@ def checked(cfg: LocalizeConfig) -> LocalizeConfig:
     need(0 < cfg.retain_budget <= 1, f"retain_budget must be in (0, 1], got {cfg.retain_budget}")
     need(0 < cfg.area_damage <= 1, f"area_damage must be in (0, 1], got {cfg.area_damage}")
     need(cfg.n_boot >= 1 and cfg.n_perm >= 1, f"n_boot and n_perm must be >= 1, got {cfg.n_boot}, {cfg.n_perm}")
+    need(cfg.n_boot <= MAX_BOOT and cfg.n_perm <= MAX_BOOT,
+         f"n_boot and n_perm must be <= {MAX_BOOT} (they size memory), got {cfg.n_boot}, {cfg.n_perm}")
     need(all(n >= 1 for n in cfg.agreement_sizes), f"agreement_sizes must be >= 1, got {list(cfg.agreement_sizes)}")
     need(cfg.n_facts is None or all(n <= cfg.n_facts for n in cfg.agreement_sizes),
          f"agreement_sizes {list(cfg.agreement_sizes)} exceed n_facts {cfg.n_facts}")

@@ -14,9 +14,9 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .configfile import build, coerce_fields, read_mapping
+from .configfile import MAX_SAMPLES, MAX_SEED, build, coerce_fields, read_mapping
 from .data.limits import MAX_RECORD_TOKENS
-from .errors import ConfigError
+from .errors import ConfigError, quote
 from .provenance import JsonlLog, atomic_write_json, provenance, stable_hash
 
 
@@ -69,7 +69,7 @@ class PipelineConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown pipeline config key(s) {unknown}; expected some of {sorted(known)}")
+            raise ConfigError(f"unknown pipeline config key(s) {quote(unknown)}; expected some of {sorted(known)}")
         d = dict(d)
         if isinstance(d.get("kinds"), str):  # "mlp" or "resid,mlp": a short list, not its characters
             d["kinds"] = [k.strip() for k in d["kinds"].split(",") if k.strip()]
@@ -101,6 +101,8 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
 
     need(cfg.n_facts is None or cfg.n_facts >= 1, f"n_facts must be >= 1 or null (every fact), got {cfg.n_facts}")
     need(cfg.n_samples >= 1, f"n_samples must be >= 1, got {cfg.n_samples}")
+    need(cfg.n_samples <= MAX_SAMPLES, f"n_samples must be <= {MAX_SAMPLES} (it sizes memory), got {cfg.n_samples}")
+    need(0 <= cfg.seed <= MAX_SEED, f"seed must be from 0 to {MAX_SEED}, got {cfg.seed}")
     bad = [k for k in cfg.kinds if k not in KINDS]
     need(cfg.kinds and not bad, f"kinds {list(cfg.kinds)}: expected some of {list(KINDS)}")
     need(cfg.position in POSITIONS, f"position {cfg.position!r}: expected one of {POSITIONS}")
