@@ -351,6 +351,26 @@ def _check_load_report(report: dict, source) -> None:
         raise ModelLoadError(f"{source}: the weights do not match the config; {'; '.join(parts)}")
 
 
+def weights_key(source, model=None) -> str:
+    """The content key of a model: `weights_hash` of its directory (a local directory, or a hub id's snapshot in the
+    local Hugging Face cache), else, for a model with no files to read, `state_hash` of the loaded `model`."""
+    from .provenance import state_hash, weights_hash
+
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        return weights_hash(path)
+    if _HUB_ID.match(str(source)):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return weights_hash(snapshot_download(str(source), local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the local cache (or no hub client): hash what was loaded
+            pass
+    if model is None:
+        raise ModelLoadError(f"model {quote(str(source))} has no local files to hash; pass the loaded model")
+    return state_hash(model)
+
+
 def organism_name(spec) -> str | None:
     """The built-in organism a model spec names ('organism' -> 'default', 'organism:micro' -> 'micro'), else None."""
     spec_s = str(spec)

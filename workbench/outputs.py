@@ -212,6 +212,66 @@ def check_writable(directory: str | Path, what: str = "output directory") -> Pat
     return directory
 
 
+def check_output_path(path: str | Path, what: str) -> Path:
+    """`path` can be a directory this run writes: it is one already, or it can be made. Made here (with a probe file
+    written and removed), so an impossible output (/proc/figs, a regular file, a read-only mount) is an OutputError
+    before any work, not after it."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} exists and is not a directory")
+    try:
+        return check_writable(path, what)
+    except OSError as e:
+        raise OutputError(f"cannot write the {what} {path} ({e.strerror or type(e).__name__}); choose another "
+                          "directory") from None
+
+
+# ---------------------------------------------------------------- directories a command made
+def _claim_path(directory: Path) -> Path:
+    return directory / ".workbench-output.json"
+
+
+def claimed_by(directory: str | Path) -> str | None:
+    """The command whose output `directory` is (its claim file), or None."""
+    import json
+
+    try:
+        data = json.loads(_claim_path(Path(directory)).read_text())
+        return data.get("command") if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def check_claimable(directory: str | Path, command: str, legacy: tuple[str, ...] = ()) -> None:
+    """Refuse to write into `directory` unless it is new, empty, an output of `command` (its claim file), or holds
+    all of `legacy` (what that command wrote before outputs were claimed). Reads only; `claim` writes the claim."""
+    d = Path(directory).expanduser()
+    if d.is_symlink() or (d.exists() and not d.is_dir()):
+        raise OutputError(f"output {d} is {'a symbolic link' if d.is_symlink() else 'not a directory'}; "
+                          f"`workbench {command}` writes a directory of its own: choose a new one")
+    if not d.exists() or claimed_by(d) == command:
+        return
+    if claimed_by(d) is not None:
+        raise OutputError(f"output {d} is the output of `workbench {claimed_by(d)}`, not of `workbench {command}`; "
+                          "choose a new directory")
+    held = sorted(p.name for p in d.iterdir())
+    if held and not (legacy and all((d / name).exists() for name in legacy)):
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise OutputError(f"output {d} already holds {shown}, which `workbench {command}` did not write; it writes "
+                          "only into a new or empty directory or one of its own outputs: choose another")
+
+
+def claim(directory: str | Path, command: str) -> Path:
+    """Mark `directory` (checked by `check_claimable`) as `command`'s output, so a later run may reuse and replace
+    what that command made there, and nothing else."""
+    from .provenance import atomic_write_json
+
+    d = Path(directory)
+    if claimed_by(d) != command:
+        atomic_write_json(_claim_path(d), {"command": command, "pid": os.getpid()})
+    return d
+
+
 def entry_complete(path: str | Path, marker: str) -> bool:
     """A cache entry is complete when its marker file (written last) parses as JSON and every safetensors weight
     file in it is as long as its header says (a truncated copy or a full disk is not complete)."""

@@ -192,7 +192,13 @@ def key_change(saved, key: dict) -> str | None:
     theirs = saved["parts"]
     changed = [name for name, h in key["parts"].items() if theirs.get(name) != h]
     changed += [name for name in theirs if name not in key["parts"]]
-    return f"{', '.join(changed) or 'its key'} changed" if changed else "its key changed"
+    return f"{', '.join(_PART_NAMES.get(c, c) for c in changed)} changed" if changed else "its key changed"
+
+
+# how key_change names a part in its one-line reason
+_PART_NAMES = {"model": "the model's files (weights, config or tokenizer)", "data": "the records' text",
+               "trace": "the trace it used", "config": "its settings", "layers": "its layers",
+               "scores": "the scores taken", "windows": "the windows"}
 
 
 def model_fingerprint(model) -> str:

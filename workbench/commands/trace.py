@@ -186,10 +186,13 @@ def run(args) -> int:
     from .. import distributed
     from ..outputs import check_writable
 
+    from . import check_out
+
     mode = check_args(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
+    check_out(out, "--out", args.model)
     records, source = (load_facts(args.facts, args.model, args.data, args.task, args.limit) if mode == "facts"
                        else (None, "command line"))
     if distributed.is_main():  # under `accelerate launch` the main process writes, the others trace their share

@@ -63,6 +63,15 @@ def load_inputs(args):
     return model, tok, bound_records(corpus, tok, args.max_record_tokens, args.long_records), source
 
 
+def model_path(spec: str):
+    """The directory a --model spec is read from: an organism's cache entry (built if needed), else the spec."""
+    from ..models import organism_name
+    from ..organism import build
+
+    name = organism_name(spec)
+    return build(name, progress=False) if name is not None else spec
+
+
 def add_parser(sub):
     from ..editors import EDITORS
 
@@ -77,9 +86,14 @@ def add_parser(sub):
 def run(args) -> int:
     from ..editors import resolve_config, unlearn
 
+    from ..selection import parse_layers
+    from . import check_out
+
     over = overrides(args)
     cfg = resolve_config(args.method, preset=args.preset, file=args.config, overrides=over)  # fail before loading
     check_length_args(args)
+    parse_layers(args.layers)  # the spec's syntax and bounds, before the model's depth is known
+    check_out(args.out, "--out", args.model, args.data)
     model, tok, corpus, source = load_inputs(args)
     from .. import distributed
 

@@ -67,6 +67,8 @@ def read_jsonl(path: str | Path, split: str, guess_subjects: bool = True) -> lis
             unencodable = [k for k in (*REQUIRED, "subject") if isinstance(row.get(k), str) and not _encodable(row[k])]
             if unencodable:
                 raise DataError(f"{path}:{lineno}: field(s) {unencodable} hold an unpaired UTF-16 surrogate escape")
+            if subject is not None and subject not in row["input"]:  # Record says so too, quoting all of both
+                raise DataError(f"{path}:{lineno}: subject {quote(subject)} is not in its input {quote(row['input'])}")
             if row["id"] in first_line:
                 raise DataError(f"{path}:{lineno}: duplicate record id {quote(row['id'])} (first on line "
                                 f"{first_line[row['id']]}); record ids must be unique")

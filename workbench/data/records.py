@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
-from ..errors import DataError, quote
+from ..errors import DataError
 
 SPLITS = ("forget", "retain", "holdout", "calibration")
 _KIND_RE = re.compile(r"(sc|qa)(\d+)$")
@@ -22,7 +22,7 @@ def kind_of(record_id: str) -> str:
     m = _KIND_RE.search(record_id)
     if not m:
         raise DataError(
-            f"record id {quote(record_id)} does not end in 'sc<N>' (sentence completion) "
+            f"record id {record_id!r} does not end in 'sc<N>' (sentence completion) "
             f"or 'qa<N>' (question), as LUME ids do"
         )
     return m.group(1)
@@ -41,9 +41,9 @@ class Record:
     def __post_init__(self):
         kind_of(self.id)  # validate early
         if self.split not in SPLITS:
-            raise DataError(f"record {quote(self.id)}: split {quote(self.split)} is not one of {SPLITS}")
+            raise DataError(f"record {self.id!r}: split {self.split!r} is not one of {SPLITS}")
         if self.subject is not None and self.subject not in self.input:
-            raise DataError(f"record {quote(self.id)}: subject {quote(self.subject)} is not in its input {quote(self.input)}")
+            raise DataError(f"record {self.id!r}: subject {self.subject!r} is not in its input {self.input!r}")
 
     @property
     def kind(self) -> str:
