@@ -312,6 +312,14 @@ def _from_pretrained(source: str, dtype, device, device_map, local_only: bool, t
         kwargs["device_map"] = device_map  # accelerate spreads layers over several devices
         if offload_folder is not None:
             kwargs["offload_folder"] = str(offload_folder)
+    try:  # the tokenizer first: one with more tokens than the config's vocabulary is refused before any weight
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **remote)
+    except Exception as e:
+        raise ModelLoadError(f"{source}: no usable tokenizer ({type(e).__name__}: {clip(e)})") from None
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tok) > vocab:
+        raise ModelLoadError(f"{source}: the tokenizer has {len(tok)} tokens but the model's embedding has {vocab} "
+                             "rows (config vocab_size); the tokenizer and the weights do not belong together")
     try:
         model, report = AutoModelForCausalLM.from_pretrained(source, config=config, output_loading_info=True, **kwargs)
     except ValueError as e:
@@ -326,10 +334,6 @@ def _from_pretrained(source: str, dtype, device, device_map, local_only: bool, t
         raise ModelLoadError(f"{source}: config found but weights could not be loaded "
                              f"({str(e).splitlines()[0][:300]}){hint}") from None
     _check_load_report(report, source)
-    try:
-        tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **remote)
-    except Exception as e:
-        raise ModelLoadError(f"{source}: no usable tokenizer ({type(e).__name__}: {clip(e)})") from None
     check_vocabulary(model, tok, source)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
