@@ -216,3 +216,12 @@ def _yaml(tmp_path: Path, cfg: PipelineConfig) -> str:
     path.write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
                                     for k, v in dataclasses.asdict(cfg).items()}))
     return str(path)
+
+
+def test_the_hashing_benchmark_names_the_cost():
+    """benchmarks/hashing.py (quick): the hash's cost against a plain read, and the cached check, on the same bytes."""
+    from benchmarks import hashing
+
+    sec = hashing.run(quick=True, log=lambda *_: None)
+    assert sec.goals[0]["equal"] and sec.data["hash_s"] > 0 and sec.data["cached_s"] < sec.data["hash_s"]
+    assert "Hashing costs" in sec.markdown and f"{sec.data['ratio']:.1f}x a plain read" in sec.markdown

@@ -103,12 +103,18 @@ def test_evaluate_inside_an_organism_cache_entry_is_refused(micro, capsys):
     from workbench import organism
 
     entry = organism.build("micro", progress=False)
-    before = sorted(p.name for p in entry.parent.iterdir())
-    assert main(["evaluate", "--model", "organism:micro", "--limit", "1", "--no-trace",
-                 "--out", str(entry / "eval")]) == 2
-    err = capsys.readouterr().err
-    assert "overlaps the model directory" in err and str(organism.cache_root()) in err
-    assert not (entry / "eval").exists() and sorted(p.name for p in entry.parent.iterdir()) == before
+    out = entry / f"eval-{os.getpid()}"
+    before = _files(entry)
+    try:
+        assert main(["evaluate", "--model", "organism:micro", "--limit", "1", "--no-trace", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "overlaps the model directory" in err and str(organism.cache_root()) in err
+        assert _files(entry) == before, "nothing was written into the cache entry"
+    finally:  # a failing run must not leave its output in the shared cache entry
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        (entry / f".{out.name}.lock").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- clean shutdown: D11
