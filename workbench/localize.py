@@ -563,7 +563,7 @@ def run(cfg: LocalizeConfig, progress: bool = True) -> dict:
     from .data.limits import bound_records
     from .models import organism_name, weights_key
     from .organism import load_model
-    from .outputs import check_not_source
+    from .outputs import check_not_source, check_output_path
 
     cfg = checked(cfg)
     name = organism_name(cfg.model)
@@ -571,9 +571,13 @@ def run(cfg: LocalizeConfig, progress: bool = True) -> dict:
         raise ConfigError(f"data 'organism' needs an organism model, but model is {cfg.model!r}; "
                           "give a LUME directory as data")
     sources = [organism.cache_root()] if name is not None else [Path(cfg.model)]
-    src = check_not_source(cfg.out, [s for s in sources if Path(s).exists()])
-    if src is not None:
-        raise ConfigError(f"out {cfg.out} overlaps the source model directory {src}; choose an out directory outside it")
+    for what, path in (("out", cfg.out), ("figures", cfg.figures)):   # every output, before any work
+        src = check_not_source(path, [s for s in sources if Path(s).exists()]) if path else None
+        if src is not None:
+            raise ConfigError(f"{what} {path} overlaps the source model directory {src}; choose a directory "
+                              "outside it")
+    if cfg.figures:
+        check_output_path(cfg.figures, "figures directory")
     path = organism.build(name, progress=progress) if name is not None else None
     model, tok = load_model(path or cfg.model)
     corpus = bound_records(organism.load_corpus(path) if cfg.data == "organism" else load_lume(cfg.data), tok)

@@ -189,7 +189,6 @@ def check_run_dir(cfg: PipelineConfig) -> Path:
 
 # what a run directory held before runs claimed theirs: one of those is reused (and claimed), not refused
 RUN_FILES = ("pipeline_config.json", "pipeline.log.jsonl")
-# files a run may find in its edited model besides those it recorded: none (a user's file there stops a removal)
 
 
 def _remove_old_edit(edited_dir: Path, stage: "_Stage", cfg: PipelineConfig) -> None:
@@ -209,6 +208,8 @@ def _remove_old_edit(edited_dir: Path, stage: "_Stage", cfg: PipelineConfig) -> 
     if check_not_source(edited_dir, source_dirs(cfg)) is not None:
         refuse("is a source model of this run")
     made = ((stage.saved or {}).get("made") or {}).get("edited_model")
+    if not isinstance(made, dict) and _legacy_edit(edited_dir, stage):
+        made = {"pending": True}
     if not isinstance(made, dict):
         refuse("was not made by a run in this directory (none is recorded in its .unlearn.stamp)")
     if not made.get("pending"):  # a finished edit: exactly what the run wrote, unchanged
@@ -218,6 +219,20 @@ def _remove_old_edit(edited_dir: Path, stage: "_Stage", cfg: PipelineConfig) -> 
         if weights_hash(edited_dir) != made.get("weights"):
             refuse("was changed after the run wrote it (its weights, config or tokenizer differ)")
     shutil.rmtree(edited_dir)
+
+
+def _legacy_edit(edited_dir: Path, stage: "_Stage") -> bool:
+    """An edited model a run wrote before stages recorded what they made: its stamp is the bare key of that time,
+    and the directory holds only what `unlearn` writes (model files, unlearn.json, log.jsonl)."""
+    from .provenance import model_files
+
+    try:
+        bare = stage.stamp.is_file() and stage.stamp.read_text().strip().isalnum()
+    except (OSError, UnicodeDecodeError):
+        return False
+    names = {p.name for p in edited_dir.iterdir()}
+    ours = {p.name for p in model_files(edited_dir)} | {"unlearn.json", "log.jsonl"}
+    return bare and "unlearn.json" in names and names <= ours and not any(p.is_dir() for p in edited_dir.iterdir())
 
 
 class _Stage:
