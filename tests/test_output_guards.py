@@ -142,10 +142,11 @@ def _twin_building(tag: str) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts processes through /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_a_signal_during_the_twin_build_leaves_no_process(sig, micro, tmp_path):
     """The run starts the retain-only twin's build in a second process; SIGTERM ends both (exit 143, one line),
-    and SIGKILL, which the run cannot see, still ends the child (it dies with its parent)."""
+    so does Ctrl-C sent to the run alone (exit 130), and SIGKILL, which the run cannot see, still ends the child
+    (it dies with its parent)."""
     from workbench import organism
 
     cache = tmp_path / "cache"
@@ -172,11 +173,12 @@ def test_a_signal_during_the_twin_build_leaves_no_process(sig, micro, tmp_path):
         while time.time() < deadline and _tagged(tag):
             time.sleep(0.1)
         assert _tagged(tag) == [], "a process the run started is still running"
-        if sig == signal.SIGTERM:
-            assert proc.returncode == 143 and err.strip().splitlines()[-1] == (
-                "workbench run: terminated; resume with the same command"), err[-1000:]
-        else:
+        if sig == signal.SIGKILL:
             assert proc.returncode == -signal.SIGKILL
+        else:
+            code, word = (143, "terminated") if sig == signal.SIGTERM else (130, "interrupted")
+            assert proc.returncode == code and err.strip().splitlines()[-1] == (
+                f"workbench run: {word}; resume with the same command"), err[-1000:]
     finally:
         for pid in _tagged(tag):
             os.kill(pid, signal.SIGKILL)
