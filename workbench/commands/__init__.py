@@ -116,6 +116,5 @@ def check_out(out, what: str, *specs) -> None:
 
     src = check_not_source(out, source_dirs(*specs))
     if src is not None:
-        raise ConfigError(f"{what} {Path(out).expanduser().resolve()} overlaps the source model directory {src}; "
-                          "a command never writes into its sources or the organism cache: choose a directory outside it")
-
+        raise ConfigError(f"{what} {Path(out).expanduser().resolve()} overlaps the source model directory {src}; a "
+                          "command never writes into its sources or the organism cache: choose a directory outside it")

@@ -60,7 +60,8 @@ def read_jsonl(path: str | Path, split: str, guess_subjects: bool = True) -> lis
                 raise DataError(f"{path}:{lineno}: field(s) {bad} must be strings")
             subject = row.get("subject")
             if subject is not None and not (isinstance(subject, str) and subject.strip()):
-                raise DataError(f"{path}:{lineno}: subject must be a non-empty string (or absent), got {quote(subject)}")
+                raise DataError(f"{path}:{lineno}: subject must be a non-empty string (or absent), got "
+                                f"{quote(subject)}")
             empty = [k for k in REQUIRED if not row[k].strip()]
             if empty:
                 raise DataError(f"{path}:{lineno}: field(s) {empty} are empty; LUME rows need non-empty {list(REQUIRED)}")
@@ -100,8 +101,8 @@ def check_unique_ids(corpus: Corpus, where) -> None:
     for split in ("forget", "retain", "holdout"):
         for r in getattr(corpus, split):
             if r.id in split_of:
-                raise DataError(f"record id {quote(r.id)} is in both {split_of[r.id]} and {split} of {where}; record ids "
-                                "must be unique across splits")
+                raise DataError(f"record id {quote(r.id)} is in both {split_of[r.id]} and {split} of {where}; "
+                                "record ids must be unique across splits")
             split_of[r.id] = split
 
 
