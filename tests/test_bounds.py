@@ -98,12 +98,18 @@ def test_a_selection_json_with_a_non_integer_layer_is_refused(layers, msg, tmp_p
     assert not (tmp_path / "u").exists()
 
 
-def test_a_billion_layer_range_is_refused_without_building_it(tmp_path):
-    """0-999999999 is checked against the model's depth before it is expanded (the list alone would take 8 GB)."""
-    proc = _bounded("unlearn", "--method", "ga", "--layers", "0-999999999", "--steps", "1", "--quiet",
-                    "--out", str(tmp_path / "u"))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-800:]
-    assert "layers 10000-999999999 out of range" in proc.stderr.strip().splitlines()[-1]
+def test_a_billion_layer_range_is_refused_without_building_it(micro, tmp_path):
+    """0-999999999 is checked against the model's depth (its config.json) before it is expanded or the model
+    loaded (the list alone would take 8 GB); before an organism is built, against the depth no model reaches."""
+    from test_content_keys import micro_copy
+
+    model, data = micro_copy(tmp_path)
+    for spec, msg in ((str(model), "layers 4-999999999 out of range; the model has layers 0..3"),
+                      ("organism:micro", "layers 10000-999999999 out of range; a layer index is at most 9999")):
+        proc = _bounded("unlearn", "--method", "ga", "--layers", "0-999999999", "--steps", "1", "--quiet",
+                        "--model", spec, "--data", str(data), "--out", str(tmp_path / "u"))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-800:]
+        assert msg in proc.stderr.strip().splitlines()[-1], proc.stderr[-800:]
 
 
 def test_a_range_past_the_last_layer_names_its_bad_layers():

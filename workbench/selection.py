@@ -224,8 +224,7 @@ def parse_layers(spec, n_layers: int | None = None) -> list[int]:
         raise ConfigError(f"{where} selects no layers; expected at least one layer")
     bad = [l for l in layers if l < 0 or l >= (n_layers if n_layers is not None else MAX_LAYERS)]
     if bad:
-        rng = f"0..{n_layers - 1}" if n_layers is not None else f"0..{MAX_LAYERS - 1}"
-        raise ConfigError(f"{where}: layers {quote(sorted(set(bad)))} out of range; the model has layers {rng}")
+        raise ConfigError(f"{where}: layers {quote(sorted(set(bad)))} out of range; {_depth(n_layers)}")
     return sorted(set(layers))
 
 
@@ -240,5 +239,10 @@ def _check_range(a: int, b: int, n_layers: int | None, where: str) -> None:
     if b >= top:
         lo = max(a, top)
         bad = str(list(range(lo, b + 1))) if b - lo < 8 else f"{lo}-{b}"
-        rng = f"0..{n_layers - 1}" if n_layers is not None else f"0..{MAX_LAYERS - 1}"
-        raise ConfigError(f"{where}: layers {bad} out of range; the model has layers {rng}")
+        raise ConfigError(f"{where}: layers {bad} out of range; {_depth(n_layers)}")
+
+
+def _depth(n_layers: int | None) -> str:
+    if n_layers is None:  # read before the model is loaded: only the bound no model reaches
+        return f"a layer index is at most {MAX_LAYERS - 1} (no decoder has more layers)"
+    return f"the model has layers 0..{n_layers - 1}"
