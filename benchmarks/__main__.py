@@ -1,5 +1,5 @@
-"""python -m benchmarks [--quick] [--only tracing,attribution,editors,evaluation,attacks] [--out PATH]: run, print, write
-RESULTS.md."""
+"""python -m benchmarks [--quick] [--only tracing,attribution,editors,evaluation,attacks,hashing] [--out PATH]: run,
+print, write RESULTS.md."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ import torch
 
 from . import fresh_clone, machine_info, table
 
-SECTIONS = ("tracing", "attribution", "editors", "evaluation", "attacks")
+SECTIONS = ("tracing", "attribution", "editors", "evaluation", "attacks", "hashing")
 
 
 GAPS = """

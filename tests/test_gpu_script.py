@@ -2,8 +2,8 @@
 for the pipeline, bfloat16, OLMo-1B's shape) and the per-stage timing it reports from a pipeline log."""
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,13 @@ def test_script_parses_and_needs_a_gpu(tmp_path):
     assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the script would run the benchmark")
+    # the script calls `python`: on its PATH, this interpreter (the one running the tests, with torch), whichever
+    # python comes first on the caller's PATH
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
     proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, env={
-        "PATH": str(Path(shutil.which("python")).parent) + ":/usr/bin:/bin", "OUT": str(tmp_path / "bench")})
+        "PATH": f"{bin_dir}:/usr/bin:/bin", "OUT": str(tmp_path / "bench")})
     assert proc.returncode != 0 and "needs a CUDA GPU" in proc.stderr
     assert not (tmp_path / "bench").exists()   # refused before writing anything
 

@@ -8,13 +8,13 @@ not noise samples, since facts are the unit we generalise over).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, TraceError
+from .configfile import read_json
+from .errors import ConfigError, TraceError, clip, quote
 from .provenance import atomic_write_json, provenance, stable_hash, to_jsonable
 from .results import TraceResult
 
@@ -94,22 +94,38 @@ class LayerImportance:
         return atomic_write_json(path, self.to_json())
 
     @classmethod
-    def from_json(cls, d: dict) -> "LayerImportance":
-        if d.get("type") != "LayerImportance":
-            raise ConfigError(f"not a LayerImportance JSON (type={d.get('type')!r}); "
+    def from_json(cls, d: dict, where: str = "layer importance") -> "LayerImportance":
+        if not isinstance(d, dict) or d.get("type") != "LayerImportance":
+            found = d.get("type") if isinstance(d, dict) else type(d).__name__
+            raise ConfigError(f"{where}: not a LayerImportance JSON (type={quote(found)}); "
                               "expected a file written by LayerImportance.save")
-        arrays = {k: np.asarray(d[k], dtype=float) for k in ("mean", "lo", "hi")}
-        per_fact = np.asarray(d["per_fact"], dtype=float).reshape(-1, len(arrays["mean"]))
-        return cls(kind=d["kind"], position=d["position"], per_fact=per_fact, method=d.get("method", "causal_trace"),
-                   metric=d.get("metric", "prob"), n_boot=d.get("n_boot", 0), config=d.get("config", {}),
-                   provenance=d.get("provenance", {}), **arrays)
+        missing = [k for k in ("kind", "position", "mean", "lo", "hi", "per_fact") if k not in d]
+        if missing:
+            raise ConfigError(f"{where}: LayerImportance JSON lacks {missing}; expected a file written by "
+                              "LayerImportance.save (or `workbench trace`)")
+        try:
+            arrays = {k: np.asarray(d[k], dtype=float) for k in ("mean", "lo", "hi")}
+            if any(a.ndim != 1 or a.shape != arrays["mean"].shape or a.size == 0 for a in arrays.values()):
+                raise ValueError("mean, lo and hi must be lists of one number per layer, of equal length")
+            per_fact = np.asarray(d["per_fact"], dtype=float).reshape(-1, len(arrays["mean"]))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: bad LayerImportance arrays ({clip(e)})") from None
+        if not isinstance(d["kind"], str) or not isinstance(d["position"], str):
+            raise ConfigError(f"{where}: kind and position must be strings, got {quote(d['kind'])} and "
+                              f"{quote(d['position'])}")
+        config, prov = d.get("config", {}), d.get("provenance", {})
+        if not isinstance(config, dict) or not isinstance(prov, dict):
+            raise ConfigError(f"{where}: config and provenance must be JSON objects")
+        return cls(kind=d["kind"], position=d["position"], per_fact=per_fact,
+                   method=str(d.get("method", "causal_trace")), metric=str(d.get("metric", "prob")),
+                   n_boot=d.get("n_boot", 0), config=config, provenance=prov, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "LayerImportance":
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no layer-importance file at {path}")
-        return cls.from_json(json.loads(path.read_text()))
+        return cls.from_json(read_json(path, "layer importance"), f"layer importance {path}")
 
 
 def _source_provenance(results: list[TraceResult], **config) -> dict:

@@ -460,17 +460,29 @@ def save_figure(fig: go.Figure, path, formats=("html", "png"), scale: float = 3,
     targets = [stem.with_name(f"{stem.name}.{f}") for f in static]
     tmps = [t.with_name(f".{t.stem}.tmp.{t.suffix.lstrip('.')}") for t in targets]
     stem.parent.mkdir(parents=True, exist_ok=True)
-    try:  # one browser session for all formats
-        # kaleido ignores layout.width/height unless passed (it would use its 700x500 default)
-        w, h = fig.layout.width, fig.layout.height
-        with warnings.catch_warnings():   # "kopts ignored if using a server" inside export_session
-            warnings.simplefilter("ignore", UserWarning)
-            pio.write_images([fig] * len(static), tmps, format=static, scale=scale, width=w, height=h)
-    except Exception as e:
+    # kaleido ignores layout.width/height unless passed (it would use its 700x500 default)
+    w, h = fig.layout.width, fig.layout.height
+    todo = list(range(len(static)))
+    for attempt in range(2):  # kaleido has returned without writing a file under load: its export is tried twice
+        try:  # one browser session for all formats
+            with warnings.catch_warnings():   # "kopts ignored if using a server" inside export_session
+                warnings.simplefilter("ignore", UserWarning)
+                pio.write_images([fig] * len(todo), [tmps[i] for i in todo], format=[static[i] for i in todo],
+                                 scale=scale, width=w, height=h)
+        except Exception as e:
+            for t in tmps:
+                t.unlink(missing_ok=True)
+            raise FigureExportError(f"kaleido could not export {stem.name} as {static}: {type(e).__name__}: {e}. "
+                                    f"If the browser is missing or broken: {NO_BROWSER}") from e
+        todo = [i for i in todo if not (tmps[i].is_file() and tmps[i].stat().st_size > 0)]
+        if not todo:
+            break
+    if todo:
         for t in tmps:
             t.unlink(missing_ok=True)
-        raise FigureExportError(f"kaleido could not export {stem.name} as {static}: {type(e).__name__}: {e}. "
-                                f"If the browser is missing or broken: {NO_BROWSER}") from e
+        raise FigureExportError(f"kaleido (Chromium at {browser_path()}) returned without writing {stem.name} as "
+                                f"{[static[i] for i in todo]}, twice; the HTML is written. A browser starved of "
+                                "memory or time does this: rerun when the machine is less busy")
     for tmp, target, f in zip(tmps, targets, static):
         os.replace(tmp, target)
         out[f] = target

@@ -42,9 +42,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .configfile import build, coerce_fields, read_mapping
+from .configfile import MAX_BOOT, MAX_SAMPLES, MAX_SEED, build, coerce_fields, read_mapping
 from .errors import ConfigError
-from .provenance import JsonlLog, atomic_write_json, atomic_write_text, model_fingerprint, provenance, stable_hash
+from .provenance import (JsonlLog, atomic_write_json, atomic_write_text, key_change, key_parts, provenance,
+                         records_hash, state_hash)
 
 EFFICACIES = ("budget", "area")
 # Loop housekeeping for every edit: localize measures the trajectory itself (on every step callback), so the loop
@@ -131,6 +132,9 @@ def checked(cfg: LocalizeConfig) -> LocalizeConfig:
                                          "localize config"))
     need(cfg.n_facts is None or cfg.n_facts >= 3, f"n_facts must be >= 3 or null (every fact), got {cfg.n_facts}")
     need(cfg.n_samples >= 1, f"n_samples must be >= 1, got {cfg.n_samples}")
+    need(cfg.n_samples <= MAX_SAMPLES, f"n_samples must be <= {MAX_SAMPLES} (it sizes memory), got {cfg.n_samples}")
+    need(0 <= cfg.seed <= MAX_SEED - cfg.seeds + 1,
+         f"seed must be from 0 to {MAX_SEED - cfg.seeds + 1} (the runs use seed .. seed + seeds - 1), got {cfg.seed}")
     bad = [k for k in cfg.kinds if k not in KINDS]
     need(cfg.kinds and not bad, f"kinds {list(cfg.kinds)}: expected some of {list(KINDS)}")
     need(cfg.kind in cfg.kinds, f"kind {cfg.kind!r} is not traced; kinds are {list(cfg.kinds)}")
@@ -143,6 +147,8 @@ def checked(cfg: LocalizeConfig) -> LocalizeConfig:
     need(0 < cfg.retain_budget <= 1, f"retain_budget must be in (0, 1], got {cfg.retain_budget}")
     need(0 < cfg.area_damage <= 1, f"area_damage must be in (0, 1], got {cfg.area_damage}")
     need(cfg.n_boot >= 1 and cfg.n_perm >= 1, f"n_boot and n_perm must be >= 1, got {cfg.n_boot}, {cfg.n_perm}")
+    need(cfg.n_boot <= MAX_BOOT and cfg.n_perm <= MAX_BOOT,
+         f"n_boot and n_perm must be <= {MAX_BOOT} (they size memory), got {cfg.n_boot}, {cfg.n_perm}")
     need(all(n >= 1 for n in cfg.agreement_sizes), f"agreement_sizes must be >= 1, got {list(cfg.agreement_sizes)}")
     need(cfg.n_facts is None or all(n <= cfg.n_facts for n in cfg.agreement_sizes),
          f"agreement_sizes {list(cfg.agreement_sizes)} exceed n_facts {cfg.n_facts}")
@@ -191,20 +197,24 @@ def _recalled(model, tok, records) -> np.ndarray:
     return score(model, tok, encode_qa(tok, records)).exact.numpy()
 
 
-def trace_set(model, tok, records, cfg: LocalizeConfig, kinds, path: Path, progress: bool, log) -> dict:
+def trace_set(model, tok, records, cfg: LocalizeConfig, kinds, path: Path, progress: bool, log,
+              model_key: str | None = None) -> dict:
     """Trace `records`, keep the recalled facts the noise hurts enough; {kind: LayerImportance} and the fact ids.
-    Saved at `path` and reused when the same facts and settings were traced before."""
+    Saved at `path` with a content key (the model's content, the records' text, the settings) and reused when the
+    key matches; otherwise traced again, the log saying what changed."""
     from .aggregate import LayerImportance, aggregate
     from .tracing import trace_facts
 
-    key = stable_hash({"model": model_fingerprint(model), "facts": [r.id for r in records], "kinds": list(kinds),
-                       "n_samples": cfg.n_samples, "position": cfg.position, "metric": cfg.metric,
-                       "min_total_effect": cfg.min_total_effect, "seed": cfg.seed, "n_boot": cfg.n_boot})
+    key = key_parts(model=model_key or state_hash(model), data=records_hash(records), config={
+        "kinds": list(kinds), "n_samples": cfg.n_samples, "position": cfg.position, "metric": cfg.metric,
+        "min_total_effect": cfg.min_total_effect, "seed": cfg.seed, "n_boot": cfg.n_boot})
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("key") == key:
+        reason = key_change(saved.get("key"), key)
+        if reason is None:
             log("trace_reused", path=str(path))
             return {**saved, "importance": {k: LayerImportance.from_json(v) for k, v in saved["importance"].items()}}
+        log("trace_rerun", path=str(path), reason=reason)
     recalled = _recalled(model, tok, records)
     results = trace_facts(model, tok, records, kinds=kinds, n_samples=cfg.n_samples, seed=cfg.seed,
                           metric=cfg.metric, progress=progress)
@@ -267,17 +277,20 @@ def edit_trajectory(original, tok, corpus, spec: EditorSpec, layers: list[int], 
 
 # ---------------------------------------------------------------- the run
 def localize(model, tok, corpus, cfg: LocalizeConfig | None = None, out_dir: str | Path | None = None, *,
-             progress: bool = True) -> dict:
-    """Trace, edit every window with every editor and seed, correlate; writes out_dir (see the module doc)."""
+             progress: bool = True, model_key: str | None = None) -> dict:
+    """Trace, edit every window with every editor and seed, correlate; writes out_dir (see the module doc).
+
+    model_key: the content key of `model` (models.weights_key of its directory); default: a hash of its parameters.
+    Saved traces and edits are reused only when their content keys match (the module doc, 6)."""
     from .outputs import check_writable, locked
 
     cfg = checked(cfg or LocalizeConfig())
     out = Path(out_dir if out_dir is not None else cfg.out)
     with locked(check_writable(out, "localize output"), "localize output"):
-        return _localize(model, tok, corpus, cfg, out, progress)
+        return _localize(model, tok, corpus, cfg, out, progress, model_key)
 
 
-def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool) -> dict:
+def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool, model_key: str | None) -> dict:
     from .correlation import correlate
     from .data.records import questions
     from .editors import resolve_config
@@ -296,7 +309,7 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
         raise ConfigError(f"{len(wins)} window(s) of {cfg.window} layers in a {n_layers}-layer model; a correlation "
                           "over windows needs at least 3: use a smaller window or stride, or a deeper model")
     original = copy.deepcopy(model).eval()  # every edit starts from these weights; the caller's model is untouched
-    fingerprint = model_fingerprint(original)
+    content = model_key or state_hash(original)
 
     # 1-2. facts and trace ----------------------------------------------------------------------------
     def facts_of(task):
@@ -308,7 +321,8 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
         return facts
 
     t0 = time.perf_counter()
-    main = trace_set(original, tok, facts_of(cfg.task), cfg, cfg.kinds, out / "trace" / "main.json", progress, log)
+    main = trace_set(original, tok, facts_of(cfg.task), cfg, cfg.kinds, out / "trace" / "main.json", progress, log,
+                     content)
     trace_seconds = time.perf_counter() - t0
     by_id = {r.id: r for r in corpus.forget}
     facts = [by_id[i] for i in main["facts"]]
@@ -326,12 +340,14 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
     for label, spec, layers, s in tqdm(jobs, desc="localize edits", disable=not progress or not jobs):
         resolved = resolve_config(spec.method, preset=spec.preset,
                                   overrides={**spec.config, **RUN_SETTINGS, "seed": s})
-        key = stable_hash({"model": fingerprint, "facts": main["facts"], "retain": [r.id for r in corpus.retain],
-                           "method": spec.method, "config": asdict(resolved), "layers": layers,
-                           "eval_every": spec.eval_every})
+        key = key_parts(model=content, data=records_hash([*facts, *corpus.retain]), layers=layers, config={
+            "method": spec.method, "config": asdict(resolved), "eval_every": spec.eval_every})
         path = out / "runs" / label / f"layers-{layers[0]}-{layers[-1]}" / f"seed-{s}.json"
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-        reused = saved.get("key") == key
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        reason = None if saved is None else key_change(saved.get("key"), key)
+        reused = saved is not None and reason is None
+        if saved is not None and not reused:
+            log("edit_rerun", editor=label, layers=layers, seed=s, reason=reason)
         if reused:
             traj = saved
         else:
@@ -369,7 +385,8 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
     tasks = {}
     for task in cfg.tasks:
         traced = main if task == cfg.task else trace_set(
-            original, tok, facts_of(task), cfg, (cfg.kind,), out / "trace" / f"task-{task}.json", progress, log)
+            original, tok, facts_of(task), cfg, (cfg.kind,), out / "trace" / f"task-{task}.json", progress, log,
+            content)
         tasks[task] = traced["importance"][cfg.kind]
 
     result = {
@@ -544,9 +561,9 @@ def run(cfg: LocalizeConfig, progress: bool = True) -> dict:
     from . import organism
     from .data import load_lume
     from .data.limits import bound_records
-    from .models import organism_name
+    from .models import organism_name, weights_key
     from .organism import load_model
-    from .outputs import check_not_source
+    from .outputs import check_not_source, check_output_path
 
     cfg = checked(cfg)
     name = organism_name(cfg.model)
@@ -554,10 +571,15 @@ def run(cfg: LocalizeConfig, progress: bool = True) -> dict:
         raise ConfigError(f"data 'organism' needs an organism model, but model is {cfg.model!r}; "
                           "give a LUME directory as data")
     sources = [organism.cache_root()] if name is not None else [Path(cfg.model)]
-    src = check_not_source(cfg.out, [s for s in sources if Path(s).exists()])
-    if src is not None:
-        raise ConfigError(f"out {cfg.out} overlaps the source model directory {src}; choose an out directory outside it")
+    for what, path in (("out", cfg.out), ("figures", cfg.figures)):   # every output, before any work
+        src = check_not_source(path, [s for s in sources if Path(s).exists()]) if path else None
+        if src is not None:
+            raise ConfigError(f"{what} {path} overlaps the source model directory {src}; choose a directory "
+                              "outside it")
+    if cfg.figures:
+        check_output_path(cfg.figures, "figures directory")
     path = organism.build(name, progress=progress) if name is not None else None
     model, tok = load_model(path or cfg.model)
     corpus = bound_records(organism.load_corpus(path) if cfg.data == "organism" else load_lume(cfg.data), tok)
-    return localize(model, tok, corpus, cfg, cfg.out, progress=progress)
+    return localize(model, tok, corpus, cfg, cfg.out, progress=progress,
+                    model_key=weights_key(path or cfg.model, model))

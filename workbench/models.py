@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, clip, quote
 from .outputs import safetensors_problem
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ def check_device(device) -> None:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ModelLoadError(f"device {device!r} is not a torch device ({e}); expected e.g. cpu, cuda, cuda:1") from None
+    if dev.type == "meta":
+        raise ModelLoadError(f"device {device!r} holds shapes without data, so nothing can run on it; expected e.g. "
+                             "cpu, cuda, cuda:1")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelLoadError(f"device {device!r}: this torch ({torch.__version__}) has no usable CUDA GPU; "
@@ -107,6 +110,140 @@ def check_weight_files(directory: str | Path, allow_pickle_weights: bool = False
         if problem:
             raise ModelLoadError(f"weight file {f} is truncated or corrupt ({problem}); re-save or re-copy the model")
     return files
+
+
+# config fields that size the model: each must be a whole number >= 1 (a negative depth builds an empty model)
+_SIZE_FIELDS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                "num_key_value_heads", "vocab_size", "max_position_embeddings")
+# files a tokenizer's vocabulary comes from; without one, AutoTokenizer builds an empty tokenizer without a word
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+_SHOWN_KEYS = 4
+
+
+def check_config(config, source) -> None:
+    """The config's size fields are whole numbers >= 1 (a ModelLoadError naming the field otherwise)."""
+    for name in _SIZE_FIELDS:
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelLoadError(f"{source}: config.json gives {name} = {quote(value)}; expected a whole number >= 1")
+
+
+def _skeleton(config, source):
+    """The model `config` describes, on the meta device (shapes, no memory, no random initialisation)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with init_empty_weights():
+            return AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # a config transformers cannot build (a bad head count, an unknown type, ...)
+        raise ModelLoadError(f"{source}: config.json does not describe a model transformers can build "
+                             f"({type(e).__name__}: {clip(e)})") from None
+
+
+def _checkpoint_files(directory: Path) -> list[Path]:
+    """The safetensors files from_pretrained reads: the shards an index names, else model.safetensors."""
+    import json
+
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelLoadError(f"{index} is not a safetensors index ({clip(e)})") from None
+        missing = [n for n in names if not (directory / Path(n).name).is_file()]
+        if missing:
+            raise ModelLoadError(f"{index} names shard(s) that are not in {directory}: {quote(missing)}")
+        return [directory / Path(n).name for n in names]
+    single = directory / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def _natural(key: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def _some(keys, n: int = _SHOWN_KEYS) -> str:
+    keys = sorted(keys, key=_natural)
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def check_checkpoint(directory: str | Path, config) -> None:
+    """The weights in `directory` are the model its config describes, compared from the safetensors headers before
+    transformers builds anything: no tensor missing (transformers would initialise it at random), none unexpected
+    (it would be dropped: a model silently cut short), no shape different, no header that lies about its data.
+    A ModelLoadError names the keys. Tied weights (lm_head = embeddings) may be absent, as transformers allows."""
+    from .outputs import safetensors_header
+
+    directory = Path(directory)
+    check_config(config, directory)
+    files = _checkpoint_files(directory)
+    if not files:
+        return  # pickle weights (allow_pickle_weights): transformers' load report is checked after loading
+    found: dict[str, list[int]] = {}
+    for f in files:
+        try:
+            header = safetensors_header(f)
+        except (OSError, ValueError, OverflowError) as e:
+            raise ModelLoadError(f"weight file {f} is truncated or corrupt ({clip(e)}); re-save or re-copy the "
+                                 "model") from None
+        found.update({k: v["shape"] for k, v in header.items()})
+    skeleton = _skeleton(config, directory)
+    expected = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
+    prefix = getattr(skeleton, "base_model_prefix", "") or ""
+    if prefix and not any(k.startswith(prefix + ".") for k in found) and any(k.startswith(prefix + ".")
+                                                                              for k in expected):
+        found = {(f"{prefix}.{k}" if f"{prefix}.{k}" in expected else k): v for k, v in found.items()}
+    may_miss = getattr(skeleton, "all_tied_weights_keys", None)   # transformers 5: the ties this config makes
+    if may_miss is None:  # transformers 4: the class's tie candidates, tied when the config says so
+        tie = getattr(config, "tie_word_embeddings", False)
+        may_miss = (getattr(skeleton, "_tied_weights_keys", None) or []) if tie else []
+    may_miss = set(may_miss)
+    ignore_missing = [re.compile(p) for p in getattr(skeleton, "_keys_to_ignore_on_load_missing", None) or []]
+    ignore_unexpected = [re.compile(p) for p in getattr(skeleton, "_keys_to_ignore_on_load_unexpected", None) or []]
+    buffers = {n for n, _ in skeleton.named_buffers()} - set(expected)   # non-persistent: saved by some versions
+    missing = [k for k in expected if k not in found and k not in may_miss
+               and not any(p.search(k) for p in ignore_missing)]
+    unexpected = [k for k in found if k not in expected and k not in buffers
+                  and not any(p.search(k) for p in ignore_unexpected)]
+    wrong = [f"{k} is {found[k]} in the weights but {expected[k]} by the config" for k in expected
+             if k in found and found[k] != expected[k]]
+    if not (missing or unexpected or wrong):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) the config needs are not in the weights ({_some(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensor(s) in the weights are not in the config's model "
+                        f"({_some(unexpected)})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape(s) differ ({'; '.join(wrong[:2])}{'; ...' if len(wrong) > 2 else ''})")
+    layers = getattr(config, "num_hidden_layers", None)
+    raise ModelLoadError(f"{directory}: config.json does not match the weights"
+                         f"{f' (config: {layers} layers)' if layers is not None else ''}: {'; '.join(problems)}. "
+                         "Nothing was loaded (transformers would start a missing tensor at random and drop an "
+                         "unexpected one); use the config.json saved with these weights")
+
+
+def check_tokenizer_files(directory: str | Path) -> None:
+    """A local model directory has a tokenizer vocabulary (TOKENIZER_FILES): without one transformers builds an
+    empty tokenizer, and every prompt becomes nothing."""
+    d = Path(directory)
+    if not any((d / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{d} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the tokenizer files "
+                             "saved with the model (`tokenizer.save_pretrained(dir)`) into it")
+
+
+def check_vocabulary(model, tok, source) -> None:
+    """Every token id the tokenizer makes has a row in the model's embedding (else the first such token is an
+    IndexError deep in a forward)."""
+    emb = model.get_input_embeddings()
+    rows = getattr(emb, "num_embeddings", None)
+    if rows is not None and len(tok) > rows:
+        raise ModelLoadError(f"{source}: the tokenizer has {len(tok)} tokens but the model's embedding has {rows} "
+                             "rows (config vocab_size); the tokenizer and the weights do not belong together")
 
 
 def plan_device_map(config, max_memory: dict, dtype=None) -> dict[str, int | str]:
@@ -156,8 +293,11 @@ def _from_pretrained(source: str, dtype, device, device_map, local_only: bool, t
                                   "or use the built-in model organism: --model organism")) from None
     if getattr(config, "is_encoder_decoder", False):
         raise ModelLoadError(f"{source}: {config.model_type} is an encoder-decoder; the workbench needs a decoder-only OLMo")
+    check_config(config, source)
     if local_only:
         check_weight_files(source, allow_pickle_weights)
+        check_checkpoint(source, config)
+        check_tokenizer_files(source)
     kwargs = {"local_files_only": local_only, "use_safetensors": not allow_pickle_weights, **remote}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -172,24 +312,67 @@ def _from_pretrained(source: str, dtype, device, device_map, local_only: bool, t
         kwargs["device_map"] = device_map  # accelerate spreads layers over several devices
         if offload_folder is not None:
             kwargs["offload_folder"] = str(offload_folder)
+    try:  # the tokenizer first: one with more tokens than the config's vocabulary is refused before any weight
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **remote)
+    except Exception as e:
+        raise ModelLoadError(f"{source}: no usable tokenizer ({type(e).__name__}: {clip(e)})") from None
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tok) > vocab:
+        raise ModelLoadError(f"{source}: the tokenizer has {len(tok)} tokens but the model's embedding has {vocab} "
+                             "rows (config vocab_size); the tokenizer and the weights do not belong together")
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+        model, report = AutoModelForCausalLM.from_pretrained(source, config=config, output_loading_info=True, **kwargs)
     except ValueError as e:
-        raise ModelLoadError(f"{source}: model type {config.model_type!r} is not a causal LM ({e})") from None
+        raise ModelLoadError(f"{source}: model type {config.model_type!r} is not a causal LM ({clip(e)})") from None
+    except RuntimeError as e:  # a shape mismatch check_checkpoint could not see (a hub model's remote files)
+        if "mismatch" not in str(e):
+            raise
+        raise ModelLoadError(f"{source}: the weights do not fit the config ({clip(str(e).splitlines()[0])})") from None
     except OSError as e:
         hint = (f"; the workbench loads safetensors only: {CONVERT_HINT.format(src=source)}, or pass "
                 "allow_pickle_weights=True / --allow-bin" if not allow_pickle_weights and "safetensors" in str(e) else "")
         raise ModelLoadError(f"{source}: config found but weights could not be loaded "
                              f"({str(e).splitlines()[0][:300]}){hint}") from None
-    try:
-        tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **remote)
-    except Exception as e:
-        raise ModelLoadError(f"{source}: no usable tokenizer ({type(e).__name__}: {e})") from None
+    _check_load_report(report, source)
+    check_vocabulary(model, tok, source)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if device is not None and device_map is None:
         model = model.to(device)
     return model, tok
+
+
+def _check_load_report(report: dict, source) -> None:
+    """transformers' own account of the load: a tensor it initialised at random or dropped is a ModelLoadError
+    (check_checkpoint sees this first for a local directory; this covers hub ids and pickle weights)."""
+    missing = sorted(report.get("missing_keys") or [])
+    unexpected = sorted(report.get("unexpected_keys") or [])
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in report.get("mismatched_keys") or [])
+    if missing or unexpected or mismatched:
+        parts = [f"{what} {_some(keys)}" for what, keys in (("missing (initialised at random):", missing),
+                                                            ("unexpected (dropped):", unexpected),
+                                                            ("of another shape:", mismatched)) if keys]
+        raise ModelLoadError(f"{source}: the weights do not match the config; {'; '.join(parts)}")
+
+
+def weights_key(source, model=None) -> str:
+    """The content key of a model: `weights_hash` of its directory (a local directory, or a hub id's snapshot in the
+    local Hugging Face cache), else, for a model with no files to read, `state_hash` of the loaded `model`."""
+    from .provenance import state_hash, weights_hash
+
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        return weights_hash(path)
+    if _HUB_ID.match(str(source)):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return weights_hash(snapshot_download(str(source), local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the local cache (or no hub client): hash what was loaded
+            pass
+    if model is None:
+        raise ModelLoadError(f"model {quote(str(source))} has no local files to hash; pass the loaded model")
+    return state_hash(model)
 
 
 def organism_name(spec) -> str | None:

@@ -220,6 +220,66 @@ def check_writable(directory: str | Path, what: str = "output directory") -> Pat
     return directory
 
 
+def check_output_path(path: str | Path, what: str) -> Path:
+    """`path` can be a directory this run writes: it is one already, or it can be made. Made here (with a probe file
+    written and removed), so an impossible output (/proc/figs, a regular file, a read-only mount) is an OutputError
+    before any work, not after it."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} exists and is not a directory")
+    try:
+        return check_writable(path, what)
+    except OSError as e:
+        raise OutputError(f"cannot write the {what} {path} ({e.strerror or type(e).__name__}); choose another "
+                          "directory") from None
+
+
+# ---------------------------------------------------------------- directories a command made
+def _claim_path(directory: Path) -> Path:
+    return directory / ".workbench-output.json"
+
+
+def claimed_by(directory: str | Path) -> str | None:
+    """The command whose output `directory` is (its claim file), or None."""
+    import json
+
+    try:
+        data = json.loads(_claim_path(Path(directory)).read_text())
+        return data.get("command") if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def check_claimable(directory: str | Path, command: str, legacy: tuple[str, ...] = ()) -> None:
+    """Refuse to write into `directory` unless it is new, empty, an output of `command` (its claim file), or holds
+    all of `legacy` (what that command wrote before outputs were claimed). Reads only; `claim` writes the claim."""
+    d = Path(directory).expanduser()
+    if d.is_symlink() or (d.exists() and not d.is_dir()):
+        raise OutputError(f"output {d} is {'a symbolic link' if d.is_symlink() else 'not a directory'}; "
+                          f"`workbench {command}` writes a directory of its own: choose a new one")
+    if not d.exists() or claimed_by(d) == command:
+        return
+    if claimed_by(d) is not None:
+        raise OutputError(f"output {d} is the output of `workbench {claimed_by(d)}`, not of `workbench {command}`; "
+                          "choose a new directory")
+    held = sorted(p.name for p in d.iterdir())
+    if held and not (legacy and all((d / name).exists() for name in legacy)):
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise OutputError(f"output {d} already holds {shown}, which `workbench {command}` did not write; it writes "
+                          "only into a new or empty directory or one of its own outputs: choose another")
+
+
+def claim(directory: str | Path, command: str) -> Path:
+    """Mark `directory` (checked by `check_claimable`) as `command`'s output, so a later run may reuse and replace
+    what that command made there, and nothing else."""
+    from .provenance import atomic_write_json
+
+    d = Path(directory)
+    if claimed_by(d) != command:
+        atomic_write_json(_claim_path(d), {"command": command, "pid": os.getpid()})
+    return d
+
+
 def entry_complete(path: str | Path, marker: str) -> bool:
     """A cache entry is complete when its marker file (written last) parses as JSON and every safetensors weight
     file in it is as long as its header says (a truncated copy or a full disk is not complete)."""
@@ -233,25 +293,67 @@ def entry_complete(path: str | Path, marker: str) -> bool:
         return False
 
 
-def safetensors_problem(path: str | Path) -> str | None:
-    """Why a safetensors file is not whole, or None. The format is an 8-byte header length, a JSON header giving
-    each tensor's byte range, then the data: a file shorter (or longer) than its header's last byte range is a
-    killed copy or a full disk."""
+# bytes per element of each safetensors dtype (sub-byte float formats are left out: their sizes are not checked)
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
+                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own bound on a header
+
+
+def safetensors_header(path: str | Path) -> dict[str, dict]:
+    """{tensor name: {"dtype", "shape", "data_offsets"}} of a safetensors file, every entry checked against the file:
+    a shape whose bytes are not its byte range (a header that lies), ranges that overlap or leave gaps, a file
+    shorter or longer than its ranges (a killed copy, a full disk). A ValueError says what is wrong."""
     import json
+    import math
     import struct
 
     path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{size}-byte file, too short for a safetensors header")
+        n = struct.unpack("<Q", raw)[0]
+        if n > size - 8 or n > MAX_HEADER_BYTES:
+            raise ValueError(f"header of {n} bytes in a {size}-byte file")
+        header = json.loads(fh.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    spans = []
+    for name, t in tensors.items():
+        if not isinstance(t, dict):
+            raise ValueError(f"tensor {name!r}: its header entry is not an object")
+        dtype, shape, offsets = t.get("dtype"), t.get("shape"), t.get("data_offsets")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                for d in shape)):
+            raise ValueError(f"tensor {name!r}: shape {shape!r} is not a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise ValueError(f"tensor {name!r}: data_offsets {offsets!r} are not [begin, end]")
+        if not isinstance(dtype, str):
+            raise ValueError(f"tensor {name!r}: dtype {dtype!r} is not a name")
+        if dtype in _DTYPE_BYTES and math.prod(shape) * _DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
+            raise ValueError(f"tensor {name!r}: shape {shape} of {dtype} is {math.prod(shape) * _DTYPE_BYTES[dtype]} "
+                             f"bytes, but its data range holds {offsets[1] - offsets[0]}")
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            raise ValueError(f"tensor {name!r}: its data starts at byte {begin}, expected {end} "
+                             "(ranges overlap or leave a gap)")
+        end = stop
+    if 8 + n + end != size:
+        raise ValueError(f"{size} bytes, its header describes {8 + n + end}")
+    return tensors
+
+
+def safetensors_problem(path: str | Path) -> str | None:
+    """Why a safetensors file is not whole or not what its header says (`safetensors_header`), or None. The format
+    is an 8-byte header length, a JSON header giving each tensor's dtype, shape and byte range, then the data."""
     try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            n = struct.unpack("<Q", fh.read(8))[0]
-            if n > size - 8:
-                return f"header of {n} bytes in a {size}-byte file"
-            header = json.loads(fh.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + n + end != size:
-            return f"{size} bytes, its header describes {8 + n + end}"
-    except (struct.error, ValueError, KeyError, TypeError, IndexError) as e:
+        safetensors_header(path)
+    except (OSError, ValueError, OverflowError) as e:
         return str(e)
     return None
 

@@ -1,10 +1,17 @@
 """The main job, read top to bottom: model → facts → trace → select → unlearn → evaluate + re-trace → figures.
 
-Each stage writes its artifact into the run directory and is skipped on a re-run when the artifact is there
-and was made with the same configuration, so a killed run resumes where it stopped.
+Each stage writes its artifact into the run directory with a content key (`.<stage>.stamp`): a hash of the model's
+files, of the text of the records it read, of its settings and of the keys of the stages it used. A re-run reuses
+the artifact when the key is the same, so a killed run resumes where it stopped; when anything it read has changed
+the stage runs again, and the log and the console say what changed, in one line.
+
+A run writes only into a directory it made (its claim file, workbench.outputs.claim) and removes only what it made
+there. A figure that cannot be written never ends a run whose results are computed: the run finishes, warns, and
+lists the figure in summary.json's `figures_incomplete` (`workbench run` then exits 3).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,10 +21,10 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .configfile import build, coerce_fields, read_mapping
+from .configfile import MAX_SAMPLES, MAX_SEED, build, coerce_fields, read_mapping
 from .data.limits import MAX_RECORD_TOKENS
-from .errors import ConfigError
-from .provenance import JsonlLog, atomic_write_json, provenance, stable_hash
+from .errors import ConfigError, quote
+from .provenance import JsonlLog, atomic_write_json, key_change, key_parts, provenance, records_hash, weights_hash
 
 
 @dataclass
@@ -69,7 +76,7 @@ class PipelineConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown pipeline config key(s) {unknown}; expected some of {sorted(known)}")
+            raise ConfigError(f"unknown pipeline config key(s) {quote(unknown)}; expected some of {sorted(known)}")
         d = dict(d)
         if isinstance(d.get("kinds"), str):  # "mlp" or "resid,mlp": a short list, not its characters
             d["kinds"] = [k.strip() for k in d["kinds"].split(",") if k.strip()]
@@ -101,6 +108,8 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
 
     need(cfg.n_facts is None or cfg.n_facts >= 1, f"n_facts must be >= 1 or null (every fact), got {cfg.n_facts}")
     need(cfg.n_samples >= 1, f"n_samples must be >= 1, got {cfg.n_samples}")
+    need(cfg.n_samples <= MAX_SAMPLES, f"n_samples must be <= {MAX_SAMPLES} (it sizes memory), got {cfg.n_samples}")
+    need(0 <= cfg.seed <= MAX_SEED, f"seed must be from 0 to {MAX_SEED}, got {cfg.seed}")
     bad = [k for k in cfg.kinds if k not in KINDS]
     need(cfg.kinds and not bad, f"kinds {list(cfg.kinds)}: expected some of {list(KINDS)}")
     need(cfg.position in POSITIONS, f"position {cfg.position!r}: expected one of {POSITIONS}")
@@ -158,7 +167,7 @@ def source_dirs(cfg: PipelineConfig) -> list[Path]:
 def check_run_dir(cfg: PipelineConfig) -> Path:
     """The run directory, refused when it is, holds or lies inside a source model directory (a previous run's
     edited_model as `model` and that run's directory as `out` would otherwise replace the source with its own edit)."""
-    from .outputs import check_not_source
+    from .outputs import check_claimable, check_not_source
 
     run_dir = Path(cfg.out).expanduser().resolve()
     src = check_not_source(run_dir, source_dirs(cfg))
@@ -167,50 +176,121 @@ def check_run_dir(cfg: PipelineConfig) -> Path:
                           "removes its source: choose an out directory outside it")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"out {run_dir} exists and is not a directory")
+    check_claimable(run_dir, "run", legacy=RUN_FILES)
+    if cfg.figures:
+        figures = Path(cfg.figures).expanduser().resolve()
+        if figures.exists() and not figures.is_dir():
+            raise ConfigError(f"figures {figures} exists and is not a directory; expected a directory for the PNGs")
+        src = check_not_source(figures, source_dirs(cfg))
+        if src is not None:
+            raise ConfigError(f"figures {figures} overlaps the source model directory {src}; choose another")
     return run_dir
 
 
-def _remove_old_edit(edited_dir: Path, cfg: PipelineConfig) -> None:
-    """Remove an edited model this run made under another config; anything else there is refused, not removed."""
+# what a run directory held before runs claimed theirs: one of those is reused (and claimed), not refused
+RUN_FILES = ("pipeline_config.json", "pipeline.log.jsonl")
+
+
+def _remove_old_edit(edited_dir: Path, stage: "_Stage", cfg: PipelineConfig) -> None:
+    """Remove the edited model an earlier run in this directory made, to make it again. Only what the unlearn stage
+    recorded as made (its files and their content hash) is removed; a link, a source model, a directory the stage
+    did not record, one holding other files or changed since, is refused with what is wrong, and left alone."""
     from .outputs import check_not_source
 
-    if check_not_source(edited_dir, source_dirs(cfg)) is not None or not (edited_dir / "unlearn.json").is_file():
-        raise ConfigError(f"{edited_dir} is in the way of this run's edited model and was not written by it "
-                          "(no unlearn.json, or a source model); move it or choose another out")
+    def refuse(why: str):
+        raise ConfigError(f"{edited_dir} is in the way of this run's edited model and {why}; it was not removed: "
+                          "move it away or choose another out")
+
+    if edited_dir.is_symlink():
+        refuse("is a symbolic link")
+    if not edited_dir.is_dir():
+        refuse("is not a directory")
+    if check_not_source(edited_dir, source_dirs(cfg)) is not None:
+        refuse("is a source model of this run")
+    made = ((stage.saved or {}).get("made") or {}).get("edited_model")
+    if not isinstance(made, dict) and _legacy_edit(edited_dir, stage):
+        made = {"pending": True}
+    if not isinstance(made, dict):
+        refuse("was not made by a run in this directory (none is recorded in its .unlearn.stamp)")
+    if not made.get("pending"):  # a finished edit: exactly what the run wrote, unchanged
+        extra = sorted({p.name for p in edited_dir.iterdir()} - set(made.get("files", [])))
+        if extra:
+            refuse(f"holds files the run did not write ({', '.join(extra[:5])})")
+        if weights_hash(edited_dir) != made.get("weights"):
+            refuse("was changed after the run wrote it (its weights, config or tokenizer differ)")
     shutil.rmtree(edited_dir)
 
 
+def _legacy_edit(edited_dir: Path, stage: "_Stage") -> bool:
+    """An edited model a run wrote before stages recorded what they made: its stamp is the bare key of that time,
+    and the directory holds only what `unlearn` writes (model files, unlearn.json, log.jsonl)."""
+    from .provenance import model_files
+
+    try:
+        bare = stage.stamp.is_file() and stage.stamp.read_text().strip().isalnum()
+    except (OSError, UnicodeDecodeError):
+        return False
+    names = {p.name for p in edited_dir.iterdir()}
+    ours = {p.name for p in model_files(edited_dir)} | {"unlearn.json", "log.jsonl"}
+    return bare and "unlearn.json" in names and names <= ours and not any(p.is_dir() for p in edited_dir.iterdir())
+
+
 class _Stage:
-    """A stage's artifact is reused when its stamp (config hash) matches: resume after a kill."""
+    """A stage's artifact is reused when the content key it recorded is this run's (resume after a kill); else it
+    runs again, and the log (event stage_rerun) and the console say which of its inputs changed."""
 
-    def __init__(self, run_dir: Path, name: str, key: dict, log: JsonlLog):
+    def __init__(self, run_dir: Path, name: str, log: JsonlLog, say, **parts):
         self.stamp = run_dir / f".{name}.stamp"
-        self.key, self.name, self.log = stable_hash(key), name, log
+        self.name, self.log, self.say = name, log, say
+        self.key = key_parts(**parts)
+        try:
+            saved = json.loads(self.stamp.read_text())
+        except (OSError, ValueError):  # none, or a key written before keys had parts
+            saved = None if not self.stamp.exists() else {}
+        self.saved = saved if isinstance(saved, dict) or saved is None else {}
 
-    def done(self) -> bool:
-        ok = self.stamp.is_file() and self.stamp.read_text() == self.key
-        if ok:
-            self.log("stage_reused", stage=self.name)
-        return ok
+    def done(self, *outputs: Path) -> bool:
+        if self.saved is None:  # never ran here
+            return False
+        reason = key_change(self.saved, self.key)
+        if reason is None and self.saved.get("state") == "running":
+            reason = "an earlier run stopped inside this stage"
+        if reason is None and not all(p.exists() for p in outputs):
+            reason = "its outputs are missing"
+        if reason is None:
+            self.log("stage_reused", stage=self.name, key=self.key["key"])
+            return True
+        self.log("stage_rerun", stage=self.name, reason=reason)
+        self.say(f"      {self.name} runs again: {reason}")
+        return False
 
-    def finish(self, **fields) -> None:
-        self.stamp.write_text(self.key)
-        self.log("stage_done", stage=self.name, **fields)
+    def start(self, **made) -> None:
+        """Record that the stage is running and what it is about to make (so a killed run's leftovers are known)."""
+        atomic_write_json(self.stamp, {**self.key, "state": "running", "made": made})
+
+    def finish(self, made: dict | None = None, **fields) -> None:
+        atomic_write_json(self.stamp, {**self.key, "state": "done", "made": made or {}})
+        self.log("stage_done", stage=self.name, key=self.key["key"], **fields)
 
 
 def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
-    """Run the pipeline; returns the path of report.html. The whole config is validated first; the run directory
-    is locked for the run (a second run on it is an OutputError naming the PID that holds it)."""
-    from .outputs import check_writable, locked, remove_stale_temps
+    """Run the pipeline; returns the path of report.html. The whole config and every output path are checked first;
+    the run directory is locked for the run (a second run on it is an OutputError naming the PID that holds it),
+    and a child process the run started is ended when the run ends, however it ends."""
+    from .outputs import check_output_path, check_writable, claim, locked, remove_stale_temps
 
     cfg = checked(cfg)
-    run_dir = check_writable(check_run_dir(cfg), "run directory")
-    with locked(run_dir, "run directory"):
+    run_dir = check_run_dir(cfg)
+    if cfg.figures:
+        check_output_path(cfg.figures, "figures directory")
+    run_dir = check_writable(run_dir, "run directory")
+    with locked(run_dir, "run directory"), contextlib.ExitStack() as children:
+        claim(run_dir, "run")
         remove_stale_temps(run_dir)  # temp files of a killed run
-        return _run(cfg, run_dir, progress, say)
+        return _run(cfg, run_dir, progress, say, children)
 
 
-def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
+def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: contextlib.ExitStack) -> Path:
     import torch
 
     from . import organism
@@ -220,8 +300,8 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     from .editors import unlearn
     from .report import evaluate
     from .evaluation.retrace import TraceConfig
-    from .figures import heatmaps, importance_curve, save_figure
-    from .models import organism_name
+    from .figures import heatmaps, importance_curve
+    from .models import organism_name, weights_key
     from .organism import load_model
     from .selection import LayerSelection, select_layers
     from .tracing import trace_facts
@@ -240,6 +320,9 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
         say(_elapsed(t_start) + f"[1/5] organism {name!r}: its base, then the fine-tune (built once, then cached)")
         organism.build_base(name, progress=progress)
     twin_build = _start_twin_build(cfg, name, run_dir)
+    if twin_build is not None:
+        children.callback(_stop, twin_build)
+    figure = _Figures(run_dir, log)
     if name is not None:
         model_path = organism.build(name, progress=progress)
     model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
@@ -249,15 +332,16 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
         raise ConfigError(f"no traceable forget facts for task {cfg.task!r} in {corpus.source} "
                           "(QA records that name their subject)")
     log("data", source=corpus.source, n_forget=len(corpus.forget), n_retain=len(corpus.retain), n_traced=len(facts))
+    weights = weights_key(model_path or cfg.model, model)  # the model's content: its files, read once (cached)
+    runtime = {"dtype": cfg.dtype, "device": cfg.device}
 
     # 2. trace the forget facts, aggregate per kind ---------------------------------------------------
     say(_elapsed(t_start) + f"[2/5] causal tracing of {len(facts)} forget facts ({', '.join(cfg.kinds)})")
-    trace_key = {"model": str(model_path or cfg.model), "facts": [r.id for r in facts], "n": cfg.n_samples,
-                 "kinds": cfg.kinds, "seed": cfg.seed, "position": cfg.position, "metric": cfg.metric,
-                 "min_total_effect": cfg.min_total_effect}
-    stage = _Stage(run_dir, "trace", trace_key, log)
+    stage = _Stage(run_dir, "trace", log, say, model=weights, data=records_hash(facts), config={
+        "n": cfg.n_samples, "kinds": cfg.kinds, "seed": cfg.seed, "position": cfg.position, "metric": cfg.metric,
+        "min_total_effect": cfg.min_total_effect, **runtime})
     imp_path = {k: run_dir / "trace" / f"importance_{k}.json" for k in cfg.kinds}
-    if stage.done():
+    if stage.done(*imp_path.values()):
         importances = {k: LayerImportance.load(p) for k, p in imp_path.items()}
     else:
         results = trace_facts(model, tok, facts, kinds=cfg.kinds, n_samples=cfg.n_samples, seed=cfg.seed,
@@ -267,10 +351,9 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
         for k, imp in importances.items():
             imp.save(imp_path[k])
         results[0].save(run_dir / "trace" / "example_fact")
-        save_figure(heatmaps(results[0]), run_dir / "figures" / "trace_example", formats=_formats())
         stage.finish(peaks={k: imp.peak for k, imp in importances.items()})
-    save_figure(importance_curve(list(importances.values())), run_dir / "figures" / "layer_importance",
-                formats=_formats())
+        figure("trace_example", lambda: heatmaps(results[0]))
+    figure("layer_importance", lambda: importance_curve(list(importances.values())))
 
     # 3. select layers -------------------------------------------------------------------------------
     if cfg.select_kind not in importances:
@@ -283,26 +366,29 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     log("selection", layers=selection.layers, scores=selection.selected_scores)
 
     if cfg.sweep_window:
-        _sweep(cfg, model, tok, corpus, importances[cfg.select_kind], run_dir, progress, say, log)
+        _sweep(cfg, model, tok, corpus, importances[cfg.select_kind], run_dir, progress, say, log, weights, figure)
         model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
 
     # 4. unlearn -------------------------------------------------------------------------------------
-    edit_key = {"trace": stage.key, "layers": selection.layers, "method": cfg.method, "preset": cfg.preset,
-                "editor": cfg.editor, "seed": cfg.seed}
-    edit_stage = _Stage(run_dir, "unlearn", edit_key, log)
+    edit_stage = _Stage(run_dir, "unlearn", log, say, model=weights, data=_edit_data(corpus),
+                        trace=stage.key["key"], config={"layers": selection.layers, "method": cfg.method,
+                                                        "preset": _preset(cfg), "editor": cfg.editor,
+                                                        "seed": cfg.seed, **runtime})
     edited_dir = run_dir / "edited_model"
     if twin_build is not None and twin_build.poll() is not None:  # the twin is built: both threads for the edit
         torch.set_num_threads(twin_build.threads)
     preset = _preset(cfg)
     say(_elapsed(t_start) + f"[4/5] unlearning with {cfg.method}{f' (preset {preset})' if preset else ''} "
         f"at layers {selection.layers}")
-    if not edit_stage.done():
-        if edited_dir.exists():  # made under another config
-            _remove_old_edit(edited_dir, cfg)
+    if not edit_stage.done(edited_dir) or not _edit_intact(edited_dir, edit_stage):
+        if edited_dir.exists() or edited_dir.is_symlink():  # made by an earlier run here under other inputs
+            _remove_old_edit(edited_dir, edit_stage, cfg)
+        edit_stage.start(edited_model={"pending": True})
         unlearn(model, tok, corpus, cfg.method, LayerSelection.load(selection_path),
                 config={"seed": cfg.seed, **cfg.editor}, out_dir=edited_dir, preset=preset,
                 source=model_path or _local_dir(cfg.model), progress=progress)
-        edit_stage.finish(out=str(edited_dir))
+        edit_stage.finish({"edited_model": {"files": sorted(p.name for p in edited_dir.iterdir()),
+                                            "weights": weights_hash(edited_dir)}}, out=str(edited_dir))
     # the editor trained `model` in place: reload both from disk so "original" really is the original
     model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
     edited, edited_tok = load_model(edited_dir, dtype=cfg.dtype, device=cfg.device)
@@ -322,18 +408,81 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
                       edit_log=edit_info["summary"]["evals"], trained=edit_info.get("optimises", []),
                       layers=edit_info["layers"])
     for name, fig in report.figures.items():
-        save_figure(fig, run_dir / "figures" / name, formats=_formats())
+        figure(name, lambda fig=fig: fig)
     if cfg.figures:
-        _publish(run_dir / "figures", Path(cfg.figures))
+        figure.publish(Path(cfg.figures))
     summary = {"seconds": round(time.perf_counter() - t_start, 1), "layers": selection.layers,
                "method": cfg.method, "report": str(run_dir / "report.html"),
                "table": [list(r) for r in report.table()[:8]]}
     summary["verdict"] = report.verdict
+    summary["figures_incomplete"] = figure.failed
     atomic_write_json(run_dir / "summary.json", summary)
     log("done", **summary)
     for line in report.verdict_lines():
         say(line)
+    for warning in figure.warnings:
+        print(f"workbench run: warning: {warning}", file=sys.stderr)
     return run_dir / "report.html"
+
+
+def _edit_data(corpus) -> str:
+    """Content key of what an editor reads: the forget and retain records, calibration documents, general text."""
+    return records_hash([*corpus.forget, *corpus.retain, *getattr(corpus, "calibration", []),
+                         *getattr(corpus, "general", [])])
+
+
+def _edit_intact(edited_dir: Path, stage: _Stage) -> bool:
+    """The edited model the unlearn stage recorded is still what it wrote (a changed one is made again, or, when
+    it cannot be removed safely, refused by _remove_old_edit)."""
+    made = ((stage.saved or {}).get("made") or {}).get("edited_model") or {}
+    if edited_dir.is_symlink() or not edited_dir.is_dir() or weights_hash(edited_dir) != made.get("weights"):
+        stage.log("stage_rerun", stage=stage.name, reason="edited_model is not what the stage wrote")
+        stage.say(f"      {stage.name} runs again: edited_model is not what the stage wrote")
+        return False
+    return True
+
+
+class _Figures:
+    """Writes the run's figures; a figure that cannot be written (no browser, an export that fails, a full disk)
+    becomes a warning and an entry of `failed` instead of ending a run whose results are computed."""
+
+    def __init__(self, run_dir: Path, log: JsonlLog):
+        self.dir, self.log = run_dir / "figures", log
+        self.failed: list[str] = []
+        self.warnings: list[str] = []
+
+    def _fail(self, name: str, e: BaseException) -> None:
+        from .errors import clip
+
+        self.failed.append(name)
+        self.warnings.append(f"figure {name} was not written ({type(e).__name__}: {clip(e)})")
+        self.log("figure_warning", figure=name, message=self.warnings[-1])
+
+    def __call__(self, name: str, make) -> None:
+        from .errors import FigureExportError, OutputError
+        from .figures import save_figure
+
+        try:
+            save_figure(make(), self.dir / name, formats=_formats())
+        except (FigureExportError, OutputError, OSError) as e:
+            self._fail(name, e)
+
+    def publish(self, dest: Path) -> None:
+        """Copy the PNGs (and SVGs) into `dest` (the README's figures/), each atomically."""
+        from .errors import OutputError
+
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return self._fail(f"{dest} (published copies)", e)
+        for f in sorted(self.dir.glob("*.png")) + sorted(self.dir.glob("*.svg")):
+            tmp = dest / f".{f.name}.tmp"
+            try:
+                shutil.copyfile(f, tmp)
+                tmp.replace(dest / f.name)
+            except (OutputError, OSError) as e:
+                tmp.unlink(missing_ok=True)
+                self._fail(f"{dest / f.name}", e)
 
 
 def sweep_rows(result: dict, importance) -> list[dict]:
@@ -376,11 +525,34 @@ def _start_twin_build(cfg: PipelineConfig, name: str | None, run_dir: Path):
             f"organism.build({twin!r}, progress=False)")
     log = open(run_dir / "twin_build.log", "wb")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_end_with_parent if sys.platform.startswith("linux") else None)
     log.close()
     proc.threads = torch.get_num_threads()
     torch.set_num_threads(max(1, proc.threads - 1))
     return proc
+
+
+def _end_with_parent() -> None:
+    """Run in the child between fork and exec: the kernel sends it SIGTERM when the run that started it dies, even
+    by SIGKILL, which no handler in the run can see (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """End a child process the run started, if it still runs: SIGTERM, then SIGKILL after `grace` seconds. Its
+    half-built cache entry is a temp directory the next build removes."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _retain_baseline(cfg: PipelineConfig, progress: bool, say):
@@ -417,23 +589,34 @@ def _preset(cfg: PipelineConfig) -> str | None:
     return "organism" if on_default and "organism" in editor_class(cfg.method).presets else None
 
 
-def _sweep(cfg, model, tok, corpus, importance, run_dir: Path, progress: bool, say, log) -> None:
-    """Unlearning efficacy per window beside the traced importance of the same window."""
-    from .figures import save_figure, sweep_plot
-    from .sweep import sweep
+def _sweep(cfg, model, tok, corpus, importance, run_dir: Path, progress: bool, say, log, weights: str,
+           figure: "_Figures") -> None:
+    """Unlearning efficacy per window beside the traced importance of the same window. A finished sweep is reused
+    when its content key (model, data, method and settings) is this run's; else it runs again, reusing the windows
+    whose own keys still match."""
+    from .figures import sweep_plot
+    from .sweep import sweep, sweep_key
 
     say(f"[3b] layer sweep: {cfg.method} at every {cfg.sweep_window}-layer window")
     out = run_dir / "sweep"
-    if (out / "sweep.json").is_file():
-        result = json.loads((out / "sweep.json").read_text())
+    config = {"seed": cfg.seed, **cfg.editor}
+    key = sweep_key(weights, corpus, cfg.method, config, _preset(cfg), cfg.sweep_window)
+    saved = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else None
+    reason = None if saved is None else key_change(saved.get("key"), key)
+    if saved is not None and reason is None:
+        result = saved
     else:
-        result = sweep(model, tok, corpus, cfg.method, window=cfg.sweep_window, out_dir=out,
-                       config={"seed": cfg.seed, **cfg.editor}, preset=_preset(cfg), progress=progress)
+        if saved is not None:  # this run's own finished sweep, made from other inputs
+            log("stage_rerun", stage="sweep", reason=reason)
+            say(f"      sweep runs again: {reason}")
+            (out / "sweep.json").unlink()
+        result = sweep(model, tok, corpus, cfg.method, window=cfg.sweep_window, out_dir=out, config=config,
+                       preset=_preset(cfg), progress=progress, model_key=weights)
     rows = sweep_rows(result, importance)
     atomic_write_json(out / "sweep_vs_trace.json", {"kind": importance.kind, "rows": rows})
-    fig = sweep_plot(rows, x="window", ys=["forget_drop", "retain_qa_em", "traced_importance"],
-                     title=f"{cfg.method}: efficacy per window vs traced {importance.kind} importance")
-    save_figure(fig, run_dir / "figures" / "sweep", formats=_formats())
+    figure("sweep", lambda: sweep_plot(rows, x="window", ys=["forget_drop", "retain_qa_em", "traced_importance"],
+                                       title=f"{cfg.method}: efficacy per window vs traced {importance.kind} "
+                                             "importance"))
     log("sweep", rows=rows)
 
 
@@ -442,11 +625,3 @@ def _formats() -> tuple[str, ...]:
     from .figures import browser_path
 
     return ("html", "png") if browser_path() else ("html",)
-
-
-def _publish(src: Path, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in sorted(src.glob("*.png")) + sorted(src.glob("*.svg")):
-        tmp = dest / f".{f.name}.tmp"
-        shutil.copyfile(f, tmp)
-        tmp.replace(dest / f.name)

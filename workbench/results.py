@@ -5,12 +5,13 @@ Saved as `<stem>.npz` (arrays) + `<stem>.json` (everything else), both written a
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .configfile import read_json
+from .errors import ConfigError, clip
 from .provenance import atomic_write_json, to_jsonable
 from .sites import KINDS  # noqa: F401  the trace kinds, the keys of a causal trace's effects (defined with the sites)
 
@@ -89,9 +90,14 @@ class TraceResult:
         jpath = stem.with_suffix(".json")
         if not jpath.is_file():
             raise FileNotFoundError(f"no trace result at {jpath} (expected <name>.json + <name>.npz from TraceResult.save)")
-        meta = json.loads(jpath.read_text())
-        with np.load(stem.with_name(meta.pop("arrays"))) as z:
-            effects = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("effects/")}
-            extra = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("extra/")}
-        meta["subject_range"] = tuple(meta["subject_range"])
-        return cls(effects=effects, extra=extra, **meta)
+        meta = read_json(jpath, "trace result")
+        try:
+            arrays = stem.with_name(Path(meta.pop("arrays")).name)  # beside the JSON, never elsewhere
+            with np.load(arrays) as z:
+                effects = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("effects/")}
+                extra = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("extra/")}
+            meta["subject_range"] = tuple(meta["subject_range"])
+            return cls(effects=effects, extra=extra, **meta)
+        except (KeyError, TypeError, ValueError, AttributeError, OSError) as e:
+            raise ConfigError(f"trace result {jpath} is not one TraceResult.save wrote ({type(e).__name__}: "
+                              f"{clip(e)})") from None

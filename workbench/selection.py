@@ -9,14 +9,14 @@ The result is a `LayerSelection` JSON artifact that `parse_layers` (and so every
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from .configfile import read_json
+from .errors import ConfigError, quote
 from .provenance import atomic_write_json, provenance, to_jsonable
 
 STRATEGIES = ("top-k", "window", "threshold")
@@ -52,16 +52,37 @@ class LayerSelection:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no layer-selection file at {path}")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"layer selection {path} is not valid JSON ({e})") from None
+        d = read_json(path, "layer selection")
         if not isinstance(d, dict) or d.get("type") != "LayerSelection" or "layers" not in d:
             raise ConfigError(f"{path} is not a LayerSelection JSON (expected a file written by "
                               "`workbench select` / LayerSelection.save)")
-        return cls(layers=[int(l) for l in d["layers"]], scores=[float(s) for s in d.get("scores", [])],
-                   strategy=d.get("strategy", "manual"), kind=d.get("kind"), params=d.get("params", {}),
-                   provenance=d.get("provenance", {}))
+        where = f"layer selection {path}"
+        scores = d.get("scores", [])
+        if not isinstance(scores, list) or not all(_is_number(x) for x in scores):
+            raise ConfigError(f"{where}: scores {quote(scores)} must be a list of numbers (one per layer)")
+        params, prov = d.get("params", {}), d.get("provenance", {})
+        if not isinstance(params, dict) or not isinstance(prov, dict):
+            raise ConfigError(f"{where}: params and provenance must be JSON objects")
+        kind, strategy = d.get("kind"), d.get("strategy", "manual")
+        if not (kind is None or isinstance(kind, str)) or not isinstance(strategy, str):
+            raise ConfigError(f"{where}: kind and strategy must be strings, got {quote(kind)} and {quote(strategy)}")
+        return cls(layers=layer_indices(d["layers"], where), scores=[float(x) for x in scores], strategy=strategy,
+                   kind=kind, params=params, provenance=prov)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def layer_indices(values, where: str) -> list[int]:
+    """`values` as a list of layer indices: a JSON list of integers. 1.7, true, "3" or {} are errors, not layer 1:
+    a float or a bool is not a layer, and rounding or truthiness would edit a layer nobody chose."""
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{where}: layers must be a list of integers, got {quote(values)}")
+    bad = [x for x in values if isinstance(x, bool) or not isinstance(x, (int, np.integer))]
+    if bad:
+        raise ConfigError(f"{where}: {quote(bad[0])} is not a layer index; layers must be integers, like [1, 2, 3]")
+    return [int(x) for x in values]
 
 
 def _scores_of(importance) -> tuple[np.ndarray, str | None, dict]:
@@ -150,7 +171,15 @@ def selection_agreement(per_fact: np.ndarray, sizes, window: int = 3, reps: int 
     return rows
 
 
-_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+_RANGE = re.compile(r"^([0-9]+)\s*-\s*([0-9]+)$")
+_INDEX = re.compile(r"^[0-9]+$")
+
+
+def _is_file(spec: str) -> bool:
+    try:
+        return Path(spec).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, or one holding a NUL byte
+        return False
 
 
 def parse_layers(spec, n_layers: int | None = None) -> list[int]:
@@ -158,46 +187,62 @@ def parse_layers(spec, n_layers: int | None = None) -> list[int]:
 
     Returns sorted unique layers; raises ConfigError for empty, malformed or out-of-range specs.
     """
-    where = f"layer spec {spec!r}"
+    where = f"layer spec {quote(spec)}"
     if isinstance(spec, LayerSelection):
         layers = list(spec.layers)
-    elif isinstance(spec, Path) or (isinstance(spec, str) and (spec.strip().endswith(".json") or Path(spec).is_file())):
+    elif isinstance(spec, Path) or (isinstance(spec, str) and (spec.strip().endswith(".json") or _is_file(spec))):
         path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"{where}: no such selection file (expected '12,13,14', '12-14' or a "
                               "LayerSelection JSON path)")
         layers = LayerSelection.load(path).layers
-        where = f"layer selection {str(path)!r}"
+        where = f"layer selection {quote(str(path))}"
     elif isinstance(spec, str):
         layers = []
         for part in spec.split(","):
             part = part.strip()
             if not part:
                 continue
-            if part.isdigit():
+            if _INDEX.match(part):
                 layers.append(int(part))
             elif m := _RANGE.match(part):
                 a, b = int(m.group(1)), int(m.group(2))
                 if a > b:
-                    raise ConfigError(f"{where}: range {part!r} runs backwards; expected low-high like '12-14'")
+                    raise ConfigError(f"{where}: range {quote(part)} runs backwards; expected low-high like '12-14'")
+                _check_range(a, b, n_layers, where)  # before range() builds the list
                 layers.extend(range(a, b + 1))
             else:
-                raise ConfigError(f"{where}: cannot read {part!r}; expected comma-separated layers and ranges "
+                raise ConfigError(f"{where}: cannot read {quote(part)}; expected comma-separated layers and ranges "
                                   "like '12,13,14' or '12-14', or a LayerSelection JSON path")
     elif isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
         layers = [int(spec)]
     elif isinstance(spec, (list, tuple, np.ndarray)):
-        layers = []
-        for x in spec:
-            if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-                raise ConfigError(f"{where}: {x!r} is not a layer index (expected integers)")
-            layers.append(int(x))
+        layers = layer_indices(list(spec), where)
     else:
         raise ConfigError(f"{where}: expected a string like '12-14', a list of ints or a LayerSelection JSON path")
     if not layers:
         raise ConfigError(f"{where} selects no layers; expected at least one layer")
-    bad = [l for l in layers if l < 0 or (n_layers is not None and l >= n_layers)]
+    bad = [l for l in layers if l < 0 or l >= (n_layers if n_layers is not None else MAX_LAYERS)]
     if bad:
-        rng = f"0..{n_layers - 1}" if n_layers is not None else ">= 0"
-        raise ConfigError(f"{where}: layers {bad} out of range; the model has layers {rng}")
+        raise ConfigError(f"{where}: layers {quote(sorted(set(bad)))} out of range; {_depth(n_layers)}")
     return sorted(set(layers))
+
+
+# no decoder has this many layers (OLMo-2 32B has 64): a bound on a spec read before the model's depth is known
+MAX_LAYERS = 10_000
+
+
+def _check_range(a: int, b: int, n_layers: int | None, where: str) -> None:
+    """A range a-b whose end lies past the model's last layer is refused before it is expanded: its bad layers are
+    named as a list when there are a few, else as a range (0-999999999 is not built to be reported)."""
+    top = n_layers if n_layers is not None else MAX_LAYERS
+    if b >= top:
+        lo = max(a, top)
+        bad = str(list(range(lo, b + 1))) if b - lo < 8 else f"{lo}-{b}"
+        raise ConfigError(f"{where}: layers {bad} out of range; {_depth(n_layers)}")
+
+
+def _depth(n_layers: int | None) -> str:
+    if n_layers is None:  # read before the model is loaded: only the bound no model reaches
+        return f"a layer index is at most {MAX_LAYERS - 1} (no decoder has more layers)"
+    return f"the model has layers 0..{n_layers - 1}"

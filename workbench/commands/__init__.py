@@ -3,6 +3,8 @@
 Here: the flags several commands share (model-loading opt-ins, the record length bound)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def add_model_safety_args(p) -> None:
     """Opt-ins to load a model's own Python code or pickled weights; both are refused by default."""
@@ -88,3 +90,31 @@ def process_device(device: str | None) -> str | None:
         return device
     dev = launched_device()
     return None if dev is None else str(dev)
+
+
+def source_dirs(*specs) -> list:
+    """The directories models are read from: each local model directory given, and the organism cache for a
+    built-in organism. A command never writes into or around any of them (outputs.check_not_source)."""
+    from ..models import organism_name
+    from ..organism import cache_root
+
+    out = []
+    for spec in specs:
+        if spec is None:
+            continue
+        if organism_name(spec) is not None or spec == "twin":
+            out.append(cache_root())
+        elif Path(str(spec)).expanduser().exists():
+            out.append(Path(str(spec)).expanduser().resolve())
+    return out
+
+
+def check_out(out, what: str, *specs) -> None:
+    """`out` (a command's output directory) is clear of every source of `specs` (models), before any work."""
+    from ..errors import ConfigError
+    from ..outputs import check_not_source
+
+    src = check_not_source(out, source_dirs(*specs))
+    if src is not None:
+        raise ConfigError(f"{what} {Path(out).expanduser().resolve()} overlaps the source model directory {src}; a "
+                          "command never writes into its sources or the organism cache: choose a directory outside it")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from . import add_length_args, add_model_safety_args
 
@@ -34,6 +35,9 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--allow-foreign-edit", action="store_true",
+                   help="evaluate an --edited model whose unlearn.json says it was made from another model than "
+                        "--model (refused by default; the report then says so)")
     add_model_safety_args(p)
     add_length_args(p)
     return p
@@ -54,9 +58,54 @@ def _baseline_spec(spec: str, model_spec: str) -> str:
     return f"organism:{retain_twin(name)}"
 
 
-def run(args) -> int:
-    from pathlib import Path
+def check_edit_source(edited: str, model_spec: str, model, allow: bool) -> str | None:
+    """The edited model was made from `model` (the original given): its unlearn.json records the content key of the
+    files it was made from (source_weights) and the fingerprint of the weights it started from; when neither matches
+    the original, evaluating one against the other compares unrelated models, and is refused unless `allow`.
+    Returns the note the report carries when `allow` let a foreign edit through, else None."""
+    from ..configfile import read_json
+    from ..errors import ConfigError
+    from ..models import weights_key
+    from ..provenance import model_fingerprint
+    from .unlearn import model_path
 
+    info = Path(edited) / "unlearn.json"
+    if not info.is_file():
+        return None  # not made by `workbench unlearn`: nothing recorded to compare
+    record = read_json(info, "edit record")
+    prov = record.get("provenance") if isinstance(record, dict) else None
+    prov = prov if isinstance(prov, dict) else {}
+    theirs_weights, theirs_fp = prov.get("source_weights"), prov.get("source_fingerprint")
+    if not theirs_weights and not theirs_fp:
+        return None
+    if theirs_fp and theirs_fp == model_fingerprint(model):
+        return None
+    if theirs_weights and theirs_weights == weights_key(model_path(model_spec), model):
+        return None
+    made_from = prov.get("source_model") or "another model"
+    what = (f"the edited model {edited} was made from {made_from} (fingerprint {theirs_fp}), not from --model "
+            f"{model_spec} (fingerprint {model_fingerprint(model)})")
+    if not allow:
+        raise ConfigError(f"{what}; a report would compare unrelated models. Give the original it was made from, "
+                          "or pass --allow-foreign-edit to evaluate it anyway (the report then says so)")
+    return f"foreign edit: {what}; evaluated anyway (--allow-foreign-edit)"
+
+
+def check_same_shape(model, edited, model_spec: str, edited_spec: str) -> None:
+    """The edited model has the original's architecture: layers, width and vocabulary (the report compares them
+    position by position, layer by layer)."""
+    from ..errors import ConfigError
+
+    fields = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+              "vocab_size")
+    diff = [f"{f} {getattr(edited.config, f, None)} vs {getattr(model.config, f, None)}" for f in fields
+            if getattr(edited.config, f, None) != getattr(model.config, f, None)]
+    if diff:
+        raise ConfigError(f"the edited model {edited_spec} is not the shape of --model {model_spec} "
+                          f"({'; '.join(diff)}); an edit has its original's shape: give the original it was made from")
+
+
+def run(args) -> int:
     from ..errors import ConfigError
     from ..corpus import load_corpus
     from ..report import EvalConfig, evaluate
@@ -66,16 +115,20 @@ def run(args) -> int:
     from ..organism import load_model
     from ..outputs import check_not_source, check_writable
     from ..data.limits import bound_records
-    from . import check_length_args, model_options, process_device
+    from ..configfile import MAX_SAMPLES
+    from . import check_length_args, model_options, process_device, source_dirs
 
     out = Path(args.out)
-    sources = [Path(m) for m in (args.model, args.edited, args.reference, args.retain_baseline)
-               if m and Path(m).expanduser().exists()]
-    src = check_not_source(out, sources)
+    # every output checked before any work: never into or around a model read, or the organism cache
+    src = check_not_source(out, source_dirs(args.model, args.edited, args.reference, args.retain_baseline))
     if src is not None:
         raise ConfigError(f"--out {out.resolve()} overlaps the model directory {src}; choose a separate run directory")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    if args.n_samples > MAX_SAMPLES:
+        raise ConfigError(f"--n-samples must be <= {MAX_SAMPLES} (it sizes memory), got {args.n_samples}")
     # every flag is checked before any data or model is loaded
     tc = TraceConfig(n_facts=args.n_facts, n_samples=args.n_samples)
     default_tokens = ORGANISM_MAX_NEW_TOKENS if args.data == "organism" else MAX_NEW_TOKENS
@@ -91,7 +144,10 @@ def run(args) -> int:
     device = process_device(args.device)
     model, tok = load_model(args.model, device=device, **opts)
     corpus = bound_records(corpus, tok, args.max_record_tokens, args.long_records)
+    foreign = check_edit_source(args.edited, args.model, model, args.allow_foreign_edit) if args.edited else None
     edited = load_model(args.edited, device=device, **opts) if args.edited else None
+    if edited is not None:
+        check_same_shape(model, edited[0], args.model, args.edited)
     reference = load_model(args.reference, device=device, **opts) if args.reference else None
     baseline = load_model(baseline_spec, device=device, **opts) if baseline_spec else None
     edit_path = Path(args.edited) / "unlearn.json" if args.edited else None
@@ -104,6 +160,11 @@ def run(args) -> int:
                           trained=edit_info.get("optimises", []), layers=edit_info.get("layers"))
     if not distributed.is_main():
         return 0
+    if foreign:  # said in the report itself, beside the numbers it qualifies
+        report.edited.setdefault("notes", []).append(foreign)
+        report.provenance["foreign_edit"] = foreign
+        report.save(out)
+        print(f"workbench evaluate: warning: {foreign}", file=sys.stderr)
     rows = {r[0]: {"original": r[1], "edited": r[2]} for r in report.table() if not r[0].startswith("term ")}
     print(json.dumps({"out": str(out), "seconds": round(report.seconds, 1), "verdict": report.verdict,
                       "metrics": rows}, indent=2))

@@ -1,5 +1,10 @@
-"""`workbench run [--config pipeline.yaml]`: the whole pipeline (default: on the built-in organism)."""
+"""`workbench run [--config pipeline.yaml]`: the whole pipeline (default: on the built-in organism).
+
+Exit code 3: the results (report, summary, edited model) are written, but some figures are not; a warning names
+each one (workbench/cli.py lists every exit code)."""
 from __future__ import annotations
+
+import json
 
 
 def add_parser(sub):
@@ -23,4 +28,9 @@ def run(args) -> int:
     cfg = replace(cfg, **overrides)
     report = run_pipeline(cfg, progress=not args.quiet)
     print(f"report: {report.resolve()}")
+    summary = json.loads((report.parent / "summary.json").read_text())
+    if summary.get("figures_incomplete"):  # results are complete; the warnings above name each missing figure
+        from ..cli import EXIT_FIGURES_INCOMPLETE
+
+        return EXIT_FIGURES_INCOMPLETE
     return 0

@@ -29,11 +29,10 @@ def add_parser(sub):
     return p
 
 
-def _kind_of_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+def _kind_of_json(path: Path):
+    from ..configfile import read_json
+
+    return read_json(path, "importance or trace result")
 
 
 def load_importance(source: str | Path, kind: str | None = None, position: str = "max"):
@@ -57,7 +56,7 @@ def load_importance(source: str | Path, kind: str | None = None, position: str =
         raise FileNotFoundError(f"no layer-importance or trace result at {path}")
     d = _kind_of_json(path)
     if isinstance(d, dict) and d.get("type") == "LayerImportance":
-        imp = LayerImportance.from_json(d)
+        imp = LayerImportance.from_json(d, f"layer importance {path}")
         if kind is not None and kind != imp.kind:
             raise ConfigError(f"{path} holds the importance of kind {imp.kind!r}, not --kind {kind!r}; pass "
                               f"importance_{kind}.json or the trace directory")

@@ -78,6 +78,7 @@ def parse_list(value: str, what: str, allowed=None) -> list[str]:
 def check_args(args) -> str:
     """Validate flags before loading anything; returns 'prompt' or 'facts'."""
     from ..aggregate import POSITIONS
+    from ..configfile import MAX_BOOT, MAX_SAMPLES, check_count, check_seed
     from ..figures import STATIC_FORMATS
     from ..results import KINDS
     from ..tracing import METRICS
@@ -95,10 +96,9 @@ def check_args(args) -> str:
             raise ConfigError(f"subject {args.subject!r} is not in prompt {args.prompt!r}")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    if args.samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
-    if args.n_boot < 1:
-        raise ConfigError(f"--n-boot must be >= 1, got {args.n_boot}")
+    check_count(args.samples, "--samples", MAX_SAMPLES)
+    check_count(args.n_boot, "--n-boot", MAX_BOOT)
+    check_seed(args.seed, "--seed")
     if args.position not in POSITIONS:
         raise ConfigError(f"--position {args.position!r} unknown; expected one of {POSITIONS}")
     if args.metric not in METRICS:
@@ -186,10 +186,13 @@ def run(args) -> int:
     from .. import distributed
     from ..outputs import check_writable
 
+    from . import check_out
+
     mode = check_args(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
+    check_out(out, "--out", args.model)
     records, source = (load_facts(args.facts, args.model, args.data, args.task, args.limit) if mode == "facts"
                        else (None, "command line"))
     if distributed.is_main():  # under `accelerate launch` the main process writes, the others trace their share

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from . import add_length_args, add_model_safety_args, check_length_args
 
@@ -63,6 +64,26 @@ def load_inputs(args):
     return model, tok, bound_records(corpus, tok, args.max_record_tokens, args.long_records), source
 
 
+def model_path(spec: str):
+    """The directory a --model spec is read from: an organism's cache entry (built if needed), else the spec."""
+    from ..models import organism_name
+    from ..organism import build
+
+    name = organism_name(spec)
+    return build(name, progress=False) if name is not None else spec
+
+
+def saved_depth(source) -> int | None:
+    """The number of decoder layers a local model directory's config.json gives, read without loading the model
+    (None for a hub id, or a config without a usable num_hidden_layers: the range is then checked after loading)."""
+    config = Path(str(source)).expanduser() / "config.json"
+    try:
+        depth = json.loads(config.read_text()).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1 else None
+
+
 def add_parser(sub):
     from ..editors import EDITORS
 
@@ -77,9 +98,16 @@ def add_parser(sub):
 def run(args) -> int:
     from ..editors import resolve_config, unlearn
 
+    from ..selection import parse_layers
+    from . import check_out
+
     over = overrides(args)
     cfg = resolve_config(args.method, preset=args.preset, file=args.config, overrides=over)  # fail before loading
     check_length_args(args)
+    # the spec's syntax and range, before anything is built or loaded: against a local model's depth (its
+    # config.json), else against the depth no model reaches (an organism's is checked once it is loaded)
+    parse_layers(args.layers, saved_depth(args.model))
+    check_out(args.out, "--out", args.model, args.data)
     model, tok, corpus, source = load_inputs(args)
     from .. import distributed
 

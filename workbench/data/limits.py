@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
-from ..errors import DataError
+from ..errors import DataError, quote
 from .records import SPLITS, Corpus, Record
 
 MAX_RECORD_TOKENS = 2048
@@ -66,11 +66,11 @@ def bound_records(corpus: Corpus, tok, max_tokens: int = MAX_RECORD_TOKENS, on_l
             if n <= max_tokens:
                 continue
             if on_long == "error":
-                raise DataError(f"record {r.id!r} ({split} of {corpus.source}) is over the bound of {max_tokens} "
+                raise DataError(f"record {quote(r.id)} ({split} of {corpus.source}) is over the bound of {max_tokens} "
                                 f"tokens (at least {n}); raise the bound "
                                 "(--max-record-tokens / max_record_tokens), cut it (--long-records truncate), or remove it")
             cut = _truncate(tok, r, max_tokens)
-            warnings.warn(f"record {r.id!r} ({split}) is over {max_tokens} tokens; cut to the bound"
+            warnings.warn(f"record {quote(r.id)} ({split}) is over {max_tokens} tokens; cut to the bound"
                           + ("" if cut.subject == r.subject else " (its subject was cut off: it is no longer traced)"),
                           LongRecordWarning, stacklevel=2)
             changes.setdefault(split, list(records))[i] = cut

@@ -5,7 +5,7 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, quote
 from .records import SPLITS, Corpus, Record
 
 REQUIRED = ("id", "input", "output", "task")
@@ -60,15 +60,18 @@ def read_jsonl(path: str | Path, split: str, guess_subjects: bool = True) -> lis
                 raise DataError(f"{path}:{lineno}: field(s) {bad} must be strings")
             subject = row.get("subject")
             if subject is not None and not (isinstance(subject, str) and subject.strip()):
-                raise DataError(f"{path}:{lineno}: subject must be a non-empty string (or absent), got {subject!r}")
+                raise DataError(f"{path}:{lineno}: subject must be a non-empty string (or absent), got "
+                                f"{quote(subject)}")
             empty = [k for k in REQUIRED if not row[k].strip()]
             if empty:
                 raise DataError(f"{path}:{lineno}: field(s) {empty} are empty; LUME rows need non-empty {list(REQUIRED)}")
             unencodable = [k for k in (*REQUIRED, "subject") if isinstance(row.get(k), str) and not _encodable(row[k])]
             if unencodable:
                 raise DataError(f"{path}:{lineno}: field(s) {unencodable} hold an unpaired UTF-16 surrogate escape")
+            if subject is not None and subject not in row["input"]:  # Record says so too, quoting all of both
+                raise DataError(f"{path}:{lineno}: subject {quote(subject)} is not in its input {quote(row['input'])}")
             if row["id"] in first_line:
-                raise DataError(f"{path}:{lineno}: duplicate record id {row['id']!r} (first on line "
+                raise DataError(f"{path}:{lineno}: duplicate record id {quote(row['id'])} (first on line "
                                 f"{first_line[row['id']]}); record ids must be unique")
             first_line[row["id"]] = lineno
             try:
@@ -98,8 +101,8 @@ def check_unique_ids(corpus: Corpus, where) -> None:
     for split in SPLITS:
         for r in getattr(corpus, split):
             if r.id in split_of:
-                raise DataError(f"record id {r.id!r} is in both {split_of[r.id]} and {split} of {where}; record ids "
-                                "must be unique across splits")
+                raise DataError(f"record id {quote(r.id)} is in both {split_of[r.id]} and {split} of {where}; "
+                                "record ids must be unique across splits")
             split_of[r.id] = split
 
 

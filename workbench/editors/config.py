@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..configfile import coerce_value, field_types, read_mapping
+from ..configfile import MAX_SEED, coerce_value, field_types, read_mapping
 from ..errors import ConfigError
 
 Need = Callable[[bool, str], None]   # need(ok, message): a ConfigError naming the method when not ok
@@ -59,6 +59,8 @@ class LoopConfig:
 
     def check(self, need: Need) -> None:
         """The loop settings' ranges; an editor's config extends this with its own fields' checks."""
+        need(isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED,
+             f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or None, got {self.max_steps}")

@@ -27,7 +27,8 @@ import torch
 from .. import distributed
 from ..errors import ConfigError, EditError
 from ..outputs import named_write_errors, remove_stale_temps, share_permissions
-from ..provenance import JsonlLog, atomic_write_json, model_fingerprint, provenance, stable_hash, to_jsonable
+from ..provenance import (JsonlLog, atomic_write_json, model_files, model_fingerprint, provenance, stable_hash,
+                          to_jsonable, weights_hash)
 from .calibration import Calibrated, Calibration
 from .config import LoopConfig
 from .loop import CHECKPOINT, Reference, encode, train
@@ -84,12 +85,18 @@ def data_hash(records: dict[str, list]) -> str:
     return stable_hash({s: [(r.id, r.input, r.output, r.task) for r in recs] for s, recs in records.items()})
 
 
-def _check_out_dir(out: Path, model, source: str | Path | None) -> None:
+def _check_sources(out: Path, model, source: str | Path | None) -> None:
+    """`out` is clear of the source model's directory: checked before the output's lock file (beside `out`) is
+    written, so a refused run writes nothing into the source."""
     sources = [p for p in (_model_source(model), Path(source).resolve() if source else None) if p is not None]
     for src in sources:
         if out == src or src in out.parents or out in src.parents:
             raise EditError(f"output {out} overlaps the source model directory {src}; "
                             f"the source is never overwritten: choose a new --out")
+
+
+def _check_out_dir(out: Path, model, source: str | Path | None) -> None:
+    _check_sources(out, model, source)
     if out.exists():
         raise EditError(f"output {out} already exists; edited models are written to a new path (choose another --out)")
 
@@ -125,6 +132,7 @@ def unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict |
     if out_dir is None:
         raise ConfigError("out_dir is required: the edited model is written to a new directory")
     out = Path(out_dir).expanduser().resolve()
+    _check_sources(out, model, kw.get("source"))
     with distributed.main_locked(out, "unlearn output"):  # under `accelerate launch`, the main process writes
         if distributed.is_main():
             remove_stale_temps(out.parent, out.name)  # a killed final save's `.<out>.tmp-<pid>`
@@ -151,6 +159,9 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
     n_layers = len(decoder_layers(model))
     layer_list = resolve_layers(layers, n_layers)
     fingerprint = model_fingerprint(model)  # of the source weights, before any change: the resume key's model
+    source_dir = _model_source(model) or (Path(source).expanduser().resolve() if source else None)
+    # the content key of the files the source was loaded from: `evaluate` compares it with the original it is given
+    source_weights = weights_hash(source_dir) if source_dir is not None and model_files(source_dir) else None
     check_selection(layers, n_layers, fingerprint)
     out = Path(out_dir).expanduser().resolve()
     _check_out_dir(out, model, source)
@@ -256,7 +267,7 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
                     **resolved, "summary": summary,
                     "provenance": provenance(model=model, data=getattr(corpus, "source", None), config=resolved,
                                              seed=cfg.seed, source_model=str(_model_source(model) or source or ""),
-                                             source_fingerprint=fingerprint)})
+                                             source_fingerprint=fingerprint, source_weights=source_weights)})
                 shutil.copy(work / "log.jsonl", tmp / "log.jsonl")
                 share_permissions(tmp)  # safetensors writes model.safetensors 0600
                 os.replace(tmp, out)
