@@ -14,6 +14,7 @@ from workbench.aggregate import LayerImportance, aggregate
 from workbench.cli import main
 from workbench.results import TraceResult
 from workbench.selection import LayerSelection, select_layers
+from workbench.trace_settings import TraceSettings
 
 PNG = ("html", "png") if F.browser_path() is not None else ("html",)
 
@@ -199,7 +200,7 @@ def test_trace_and_select_end_to_end_on_micro(micro, tmp_path, capsys):
     assert [r.prompt for r in results] == [r.input for r in micro[2].facts("forget", "Task2")[:2]]
     for kind in ("resid", "mlp", "attn"):
         imp = LayerImportance.load(out / f"importance_{kind}.json")
-        again = aggregate(results, kind, n_boot=200)                       # same seed -> same intervals
+        again = TraceSettings(n_boot=200).importance(results, kind)        # the shared settings, same seed
         np.testing.assert_allclose(imp.mean, again.mean)
         np.testing.assert_allclose(imp.lo, again.lo)
         assert summary["peaks"][kind]["layer"] == int(np.argmax(again.mean))
