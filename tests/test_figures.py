@@ -99,7 +99,7 @@ def test_importance_curve_flags_a_mean_outside_the_sane_range_and_counts_the_lef
     assert raw.out_of_range == [0, 1] and "raise min_total_effect" in raw.warning()
     assert raw.summary()["out_of_range"]["layers"] == [0, 1]
     fig = F.importance_curve(raw)
-    assert "mean outside [-0.5, 1.5]" in fig.layout.annotations[0].text
+    assert "mean normalised effect outside [-0.5, 1.5]" in fig.layout.annotations[0].text
     rings = fig.data[-1]
     assert list(rings.x) == [0, 1] and rings.marker.line.color == "#cf222e"
     floored = aggregate(results, "mlp", position="last_subject", n_boot=50, min_total_effect=0.5)
@@ -136,7 +136,7 @@ def test_before_after_traces_and_importances():
     fig2 = F.importance_before_after(b, a, importance_difference(b, a))
     diff_line = fig2.data[5]
     np.testing.assert_allclose(diff_line.y, aggregate(as_, "mlp").mean - aggregate(bs, "mlp").mean, atol=1e-12)
-    assert fig2.layout.yaxis3.title.text == "after − before<br>(normalised effect)"
+    assert fig2.layout.yaxis3.title.text == "after − before"
     with pytest.raises(TraceError, match="differ in shape"):
         F.trace_before_after(before, make_result(n_layers=3), "resid")
 

@@ -24,7 +24,7 @@ STAGES = [
     ["evaluation"],
     ["organism"],
     ["corpus"],
-    ["figures"],
+    ["figures", "display"],
     ["report"],
     ["sweep", "localize"],
     ["pipeline"],

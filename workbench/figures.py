@@ -163,11 +163,12 @@ def heatmaps(result: TraceResult, kinds=None, normalised: bool = False, width="p
     equal values across panels. Causal traces keep one hue per kind, each panel with its own labelled colour bar over
     the shared range; patching and attribution results share one diverging scale and one colour bar."""
     kinds = list(kinds or result.kinds)
-    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.13,
-                        subplot_titles=[kind_title(k) for k in kinds])
     grids = [_grid(result, kind, normalised) for kind in kinds]
     scale = _shared_scale(result, [z for z, _, _ in grids], normalised)
     one_bar = _diverging(result)
+    # room between panels for a colour bar with its ticks and title (one-hue scales: one bar per panel)
+    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.13 if one_bar else 0.17,
+                        subplot_titles=[kind_title(k) for k in kinds])
     for i, (kind, (z, labels, x_title)) in enumerate(zip(kinds, grids), start=1):
         dom = fig.layout[f"xaxis{'' if i == 1 else i}"].domain
         fig.add_trace(_heatmap_trace(z, labels, kind, _colorbar_title(result, normalised),
@@ -175,6 +176,32 @@ def heatmaps(result: TraceResult, kinds=None, normalised: bool = False, width="p
                                      showscale=not one_bar or i == len(kinds), **scale), row=1, col=i)
         _axes(fig, labels, x_title, z.shape[0], row=1, col=i, y_title=i == 1)
     fig.update_layout(title_text=_trace_title(result))
+    return paper_layout(fig, width=width, height=int(_width_px(width) * 0.45))
+
+
+def method_heatmaps(results: dict, kind: str = "resid_pre", width="page") -> go.Figure:
+    """One kind's map from several estimates of the same patching (e.g. exact, AtP, AtP*, the prefilter's verified
+    cells), side by side: each panel the change of the metric over the counterfactual run, on one diverging scale
+    centred on no change, one colour bar. Cells a result does not estimate (NaN) are left blank."""
+    if not results:
+        raise ConfigError("method_heatmaps: no results to draw")
+    labels, rs = list(results), list(results.values())
+    grids = [_grid(r, kind, False) for r in rs]
+    zs = [z - r.corrupted for (z, _, _), r in zip(grids, rs)]
+    shapes = {z.shape for z in zs}
+    if len(shapes) != 1:
+        raise TraceError(f"method_heatmaps: the {kind} maps differ in shape {sorted(shapes)}; draw results of one pair")
+    finite = np.concatenate([z[np.isfinite(z)] for z in zs] + [np.zeros(1)])
+    lim = float(np.abs(finite).max()) or 1.0
+    fig = make_subplots(rows=1, cols=len(rs), shared_yaxes=True, horizontal_spacing=0.04, subplot_titles=labels)
+    cbar = f"change in<br>{metric_label(rs[0].metric)}"
+    for i, (z, (_, xl, x_title)) in enumerate(zip(zs, grids), start=1):
+        fig.add_trace(_heatmap_trace(z, xl, kind, cbar, colorscale="RdBu_r", zmid=0.0, zmin=-lim, zmax=lim,
+                                     showscale=i == len(rs)), row=1, col=i)
+        _axes(fig, xl, x_title, z.shape[0], row=1, col=i, y_title=i == 1)
+    fig.update_layout(title_text=f"{kind_title(kind)}: {html.escape(rs[0].prompt)} → {html.escape(rs[0].answer)}"
+                                 f"<br><sup>change of the metric over the counterfactual run; blank: not estimated"
+                                 f"</sup>")
     return paper_layout(fig, width=width, height=int(_width_px(width) * 0.45))
 
 
@@ -241,12 +268,13 @@ def _flag_out_of_range(fig: go.Figure, imps, labels) -> None:
         fig.add_trace(go.Scatter(x=imp.out_of_range, y=[float(imp.mean[l]) for l in imp.out_of_range], mode="markers",
                                  marker=dict(size=12, color="rgba(0,0,0,0)", line=dict(color="#cf222e", width=2)),
                                  hoverinfo="skip", showlegend=False))
-    where = "; ".join(f"{label} layer{'s' * (len(imp.out_of_range) > 1)} {imp.out_of_range}" for imp, label in flagged)
-    fig.add_annotation(text=f"&#9888; mean outside [{SANE_RANGE[0]}, {SANE_RANGE[1]}]: {html.escape(where)}<br>"
-                            "total effect near 0 for some facts: raise min_total_effect",
-                       xref="paper", yref="paper", x=0, y=1.0, xanchor="left", yanchor="bottom", align="left",
-                       showarrow=False, font=dict(color="#cf222e", size=8))
-    fig.update_layout(margin=dict(t=90))
+    lines = ([f"&#9888; mean normalised effect outside [{SANE_RANGE[0]}, {SANE_RANGE[1]}]:"]
+             + [f"{html.escape(label)}: layer{'s' * (len(imp.out_of_range) > 1)} {imp.out_of_range}"
+                for imp, label in flagged]
+             + ["some facts' total effect is near 0: raise min_total_effect"])
+    fig.add_annotation(text="<br>".join(lines), xref="paper", yref="paper", x=0, y=1.0, xanchor="left",
+                       yanchor="bottom", align="left", showarrow=False, font=dict(color="#cf222e", size=8))
+    fig.update_layout(margin=dict(t=75 + 11 * len(lines)))
 
 
 def token_role_heatmap(roles, width="column") -> go.Figure:
@@ -318,7 +346,7 @@ def importance_before_after(before, after, difference, width="page", labels=("be
         raise TraceError(f"before/after: {b.n_layers} vs {a.n_layers} layers; compare models of the same depth")
     d_mean, d_lo, d_hi = difference
     titles = [labels[0], labels[1], f"{labels[1]} − {labels[0]}"]
-    fig = make_subplots(rows=1, cols=3, shared_yaxes=False, horizontal_spacing=0.08, subplot_titles=titles)
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=False, horizontal_spacing=0.1, subplot_titles=titles)
     layers = range(b.n_layers)
     _band(fig, layers, b.mean, b.lo, b.hi, qualitative.Plotly[0], labels[0], row=1, col=1)
     _band(fig, layers, a.mean, a.lo, a.hi, qualitative.Plotly[1], labels[1], row=1, col=2)
@@ -333,7 +361,7 @@ def importance_before_after(before, after, difference, width="page", labels=("be
     raw = not b.config.get("normalise", True)
     unit = f"indirect effect<br>({metric_label(b.metric)})" if raw else "normalised effect"
     fig.update_yaxes(title_text=unit, row=1, col=1)
-    fig.update_yaxes(title_text=f"{labels[1]} − {labels[0]}<br>({unit.replace('<br>', ' ')})", row=1, col=3)
+    fig.update_yaxes(title_text=f"{labels[1]} − {labels[0]}", row=1, col=3)   # in the first panel's units
     fig.update_layout(title_text=f"{kind_title(b.kind)}: layer importance, {b.n_facts} vs {a.n_facts} facts",
                       showlegend=False)
     return paper_layout(fig, width=width, height=int(_width_px(width) * 0.4))

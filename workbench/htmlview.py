@@ -18,8 +18,10 @@ def text(v, digits: int = 4) -> str:
         return "&ndash;"
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.{digits}g}"
-    if isinstance(v, (list, tuple)) and all(isinstance(x, float) for x in v) and v:
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):
         return "[" + ", ".join(f"{x:.{digits}g}" for x in v) + "]"
+    if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
+        return html.escape(", ".join(v))
     return html.escape(str(v))
 
 
@@ -30,7 +32,8 @@ def verdict_word(passed: bool | None) -> str:
 
 def table(header: list[str], rows: list[list], caption: str | None = None, raw_columns: tuple[int, ...] = (),
           highlight: set[int] | None = None) -> str:
-    """An HTML table; cells in `raw_columns` are inserted as given (already HTML), rows in `highlight` are shaded."""
+    """An HTML table under `caption` (HTML); cells in `raw_columns` are inserted as given (already HTML), rows in
+    `highlight` are shaded."""
     def cell(v, j, tag="td"):
         align = "left" if j == 0 or isinstance(v, str) else "right"
         return f"<{tag} style='{CELL.format(align=align)}'>{v if j in raw_columns else text(v)}</{tag}>"
@@ -38,8 +41,8 @@ def table(header: list[str], rows: list[list], caption: str | None = None, raw_c
     head = "<tr>" + "".join(cell(h, 0 if i == 0 else -1, "th") for i, h in enumerate(header)) + "</tr>"
     body = "".join(f"<tr{' style=background:#fff3cd' if highlight and i in highlight else ''}>"
                    + "".join(cell(v, j) for j, v in enumerate(r)) + "</tr>" for i, r in enumerate(rows))
-    cap = f"<caption style='caption-side:top;text-align:left'>{caption}</caption>" if caption else ""
-    return f"<table style='{STYLE}'>{cap}{head}{body}</table>"
+    cap = f"<p style='margin:4px 0 2px 0'>{caption}</p>" if caption else ""   # a paragraph: as wide as the text
+    return f"{cap}<table style='{STYLE}'>{head}{body}</table>"
 
 
 def note(message: str, warning: bool = False) -> str:

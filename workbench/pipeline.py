@@ -219,8 +219,6 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
 
     from . import organism
     from .aggregate import LayerImportance
-    from .corpus import load_corpus
-    from .data.limits import bound_records
     from .figures import heatmaps, importance_curve, save_figure
     from .models import organism_name
     from .organism import load_model
@@ -240,8 +238,7 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
     if name is not None:
         say(_elapsed(t_start) + f"[1/5] organism {name!r} (built once, then cached)")
         model_path = organism.build(name, progress=progress)
-    model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
-    corpus = bound_records(load_corpus(cfg.data, cfg.model)[0], tok, cfg.max_record_tokens, cfg.long_records)
+    model, tok, corpus = load_inputs(cfg, model_path)
     facts = forget_facts(cfg, corpus)
     log("data", source=corpus.source, n_forget=len(corpus.forget), n_retain=len(corpus.retain), n_traced=len(facts))
 
@@ -320,6 +317,19 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
 
 
 # --- the stages, each one call: the pipeline above and notebooks/03_select_and_unlearn run these -------------------
+def load_inputs(cfg: PipelineConfig, model_path=None) -> tuple:
+    """Stage 1: (model, tokenizer, corpus) as the run loads them: the model through organism.load_model (a built-in
+    organism, a local directory or a hub id; model_path: the organism's built directory, when known), the corpus
+    through corpus.load_corpus, records over the length bound refused or cut."""
+    from .corpus import load_corpus
+    from .data.limits import bound_records
+    from .organism import load_model
+
+    model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
+    corpus = bound_records(load_corpus(cfg.data, cfg.model)[0], tok, cfg.max_record_tokens, cfg.long_records)
+    return model, tok, corpus
+
+
 def forget_facts(cfg: PipelineConfig, corpus) -> list:
     """The forget facts the run traces: the first n_facts traceable ones of the task."""
     facts = corpus.facts("forget", cfg.task)

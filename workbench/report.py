@@ -310,15 +310,19 @@ class Report:
         return Verdict.from_json(self.verdict, report=None if where is None else str(where))
 
     def _repr_html_(self) -> str:
-        """The verdict and the table of numbers (original, edited, the retain-only baseline)."""
-        from .htmlview import table
+        """The table of numbers (original, edited, the retain-only baseline) and the verdict's one line; the verdict
+        itself is `verdict_view()`."""
+        import html as html_mod
+
+        from .htmlview import WORDS, table
 
         extra = self.baseline_column() if self.baseline else None
         rows = [[r[0], r[1], r[2], r[3]] + ([extra[i]] if extra else []) for i, r in enumerate(self.table())]
-        verdict = self.verdict_view()
-        return ((verdict._repr_html_() if verdict else "")
-                + table(["metric", "original", "edited", "edited - original"] + (["retain-only baseline"] if extra else []),
-                        rows, caption="All numbers (report.json)"))
+        header = ["metric", "original", "edited", "edited - original"] + (["retain-only baseline"] if extra else [])
+        verdict = (f"; verdict against the {self.verdict['against']}: {WORDS[self.verdict['passed']]}"
+                   if self.verdict else "")
+        where = f" ({html_mod.escape(str(self.path))})" if self.path else ""
+        return table(header, rows, caption=f"Evaluation report{where}{html_mod.escape(verdict)}")
 
 
 def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | None = None,
