@@ -317,14 +317,19 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say) -> Path:
 
 
 # --- the stages, each one call: the pipeline above and notebooks/03_select_and_unlearn run these -------------------
-def load_inputs(cfg: PipelineConfig, model_path=None) -> tuple:
+def load_inputs(cfg: PipelineConfig, model_path=None, progress: bool = True) -> tuple:
     """Stage 1: (model, tokenizer, corpus) as the run loads them: the model through organism.load_model (a built-in
-    organism, a local directory or a hub id; model_path: the organism's built directory, when known), the corpus
-    through corpus.load_corpus, records over the length bound refused or cut."""
+    organism, built first if needed, a local directory or a hub id; model_path: the organism's built directory, when
+    known), the corpus through corpus.load_corpus, records over the length bound refused or cut."""
+    from . import organism
     from .corpus import load_corpus
     from .data.limits import bound_records
+    from .models import organism_name
     from .organism import load_model
 
+    name = organism_name(cfg.model)
+    if model_path is None and name is not None:
+        model_path = organism.build(name, progress=progress)
     model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
     corpus = bound_records(load_corpus(cfg.data, cfg.model)[0], tok, cfg.max_record_tokens, cfg.long_records)
     return model, tok, corpus
