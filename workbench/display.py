@@ -36,7 +36,8 @@ class FigureRenderer(PlotlyRenderer):
     def __init__(self, static: bool):
         super().__init__()
         self.static = static
-        self.plotlyjs_sent = False
+        # plotly renders each figure with a shallow copy of the registered renderer: shared state lives in a dict
+        self.sent = {"plotlyjs": False}
 
     def to_mimebundle(self, fig_dict):
         figure = {k: v for k, v in fig_dict.items() if k != "config"}
@@ -50,9 +51,9 @@ class FigureRenderer(PlotlyRenderer):
                                    validate=False)
             bundle["image/png"] = base64.b64encode(png).decode("ascii")
         else:
-            bundle["text/html"] = pio.to_html(figure, include_plotlyjs=not self.plotlyjs_sent, full_html=False,
+            bundle["text/html"] = pio.to_html(figure, include_plotlyjs=not self.sent["plotlyjs"], full_html=False,
                                               validate=False)
-            self.plotlyjs_sent = True
+            self.sent["plotlyjs"] = True
         return bundle
 
 
