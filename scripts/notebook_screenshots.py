@@ -36,7 +36,8 @@ def execute(path: Path, work: Path) -> Path:
     os.environ["WORKBENCH_NOTEBOOK_OUT"] = str(work / "runs")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(nb, timeout=3600, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
     out = work / path.name
     nbformat.write(nb, out)
     return out
