@@ -126,3 +126,51 @@ def test_cli_prefilter(micro, exact, tmp_path, capsys):
     assert main(["patch", "--model", "organism:micro", "--clean", CLEAN, "--corrupt", CORRUPT, "--answer", ANSWER,
                  "--wrong", WRONG, "--method", "prefilter", "--out", str(tmp_path / "x")]) != 0
     assert "needs --top-k" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("metric", ["logprob_mean", "logit_diff"])
+def test_atp_equals_transformer_lens_attribution_patching(micro, metric):
+    """Ours and TransformerLens's own attribution patching (transformer_lens.tools.analysis.attribution_patching,
+    an independent implementation on its TransformerBridge) give the same estimate in every cell both score."""
+    from workbench.attribution import agreement, transformer_lens_atp
+
+    model, tok, _ = micro
+    for clean, corrupt, answer, wrong in PAIRS[:2]:
+        ours = attribute(model, tok, clean, corrupt, answer, wrong_answer=wrong, metric=metric, method="atp")
+        tl = transformer_lens_atp(model, tok, clean, corrupt, answer, wrong_answer=wrong, metric=metric)
+        assert tl.corrupted == pytest.approx(ours.corrupted, abs=1e-5)
+        scale = max(np.nanmax(np.abs(v - ours.corrupted)) for v in ours.effects.values())
+        assert scale > 1e-2, "the pair must move the metric for the comparison to mean anything"
+        gaps = agreement(ours, tl)
+        assert set(gaps) == {"resid_pre", "attn_out", "mlp_out", "head"}
+        assert max(gaps.values()) < 1e-5 * max(1.0, scale), gaps
+        assert np.isnan(tl.effects["resid_pre"][1:]).all()   # TransformerLens has no resid_pre node above layer 0
+
+
+@pytest.mark.parametrize("method", ["atp", "atp_qk"])
+@pytest.mark.parametrize("metric, wrong", [("logprob_mean", None), ("logit_diff", WRONG)])
+def test_atp_agrees_in_sign_with_exact_patching_on_a_planted_small_swap(tiny_olmo, method, metric, wrong):
+    """Planted: the counterfactual subject's embedding is moved to 5% of the way from the clean subject's, so every
+    activation difference is small and the metric is linear in each patch to first order. There AtP is a first-order
+    estimate with an error of second order, and every cell with a clear exact effect (> 5% of the largest) must get
+    the exact effect's sign."""
+    import copy
+
+    model, tok = tiny_olmo
+    model = copy.deepcopy(model)
+    ids_c, ids_x = tok(CLEAN)["input_ids"], tok(CORRUPT)["input_ids"]
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for a, b in zip(ids_c, ids_x):
+            if a != b:
+                emb[b] = emb[a] + 0.05 * (emb[b] - emb[a])
+    ex = activation_patching(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=wrong, metric=metric)
+    est = attribute(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=wrong, metric=metric, method=method)
+    checked = disagree = 0
+    for kind in ex.effects:
+        e, a = ex.effects[kind] - ex.corrupted, est.effects[kind] - est.corrupted
+        clear = np.abs(e) > 0.05 * np.abs(e).max()
+        checked += int(clear.sum())
+        disagree += int((np.sign(a[clear]) != np.sign(e[clear])).sum())
+    assert checked >= 20, f"only {checked} cells with a clear effect"
+    assert disagree == 0, f"{disagree} of {checked} cells with a clear exact effect got the other sign"

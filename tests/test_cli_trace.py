@@ -14,6 +14,7 @@ from workbench.aggregate import LayerImportance, aggregate
 from workbench.cli import main
 from workbench.results import TraceResult
 from workbench.selection import LayerSelection, select_layers
+from workbench.trace_settings import TraceSettings
 
 PNG = ("html", "png") if F.browser_path() is not None else ("html",)
 
@@ -87,6 +88,25 @@ def test_trace_one_prompt(fakes, tmp_path, capsys):
     assert (prompt, answer, subject, kw["noise"]) == ("What is Ada Roe?", "1987", "Ada Roe", 0.5)
     assert json.loads(capsys.readouterr().out)["n_facts"] == 1
     assert not (tmp_path / "figures").exists()
+
+
+def test_trace_counts_the_facts_below_the_floor_and_keeps_their_results(fakes, tmp_path, capsys):
+    """The planted facts' total effect is 0.9: a floor of 1.0 leaves every one out of the importance, which the
+    summary says, while the per-fact results and heatmaps are still written."""
+    out = tmp_path / "run"
+    assert main(["trace", "--prompt", "What is Ada Roe?", "--subject", "Ada Roe", "--answer", "1987",
+                 "--min-total-effect", "1.0", "--formats", "html", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_facts_excluded"] == 1 and summary["peaks"] == {}
+    assert summary["warnings"] == ["no importance: no fact of 1 has a total effect (clean - corrupted) >= 1.0; "
+                                   "lower min_total_effect or use a stronger noise"]
+    assert not list(out.glob("importance_*.json")) and len(list((out / "results").glob("*.npz"))) == 1
+    assert sorted(p.name for p in (out / "figures").glob("*.html")) == ["trace_0000.html"]
+    # the default floor (0.5) keeps them, and a flagged range would be listed
+    assert main(["trace", "--prompt", "What is Ada Roe?", "--subject", "Ada Roe", "--answer", "1987",
+                 "--formats", "none", "--out", str(tmp_path / "kept")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_facts_excluded"] == 0 and summary["warnings"] == [] and summary["min_total_effect"] == 0.5
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -199,7 +219,7 @@ def test_trace_and_select_end_to_end_on_micro(micro, tmp_path, capsys):
     assert [r.prompt for r in results] == [r.input for r in micro[2].facts("forget", "Task2")[:2]]
     for kind in ("resid", "mlp", "attn"):
         imp = LayerImportance.load(out / f"importance_{kind}.json")
-        again = aggregate(results, kind, n_boot=200)                       # same seed -> same intervals
+        again = TraceSettings(n_boot=200).importance(results, kind)        # the shared settings, same seed
         np.testing.assert_allclose(imp.mean, again.mean)
         np.testing.assert_allclose(imp.lo, again.lo)
         assert summary["peaks"][kind]["layer"] == int(np.argmax(again.mean))

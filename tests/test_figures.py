@@ -55,6 +55,25 @@ def test_heatmaps_one_panel_per_kind():
     # colour bars sit right of their own panel, not on top of the next one
     xs = [t.colorbar.x for t in fig.data]
     assert xs == sorted(xs) and xs[0] > fig.layout.xaxis.domain[1] and xs[0] < fig.layout.xaxis2.domain[0]
+    # one colour range for the row, every colour bar labelled with what it measures
+    lo = min(float(np.min(r.effects[k])) for k in ("resid", "mlp", "attn"))
+    hi = max(float(np.max(r.effects[k])) for k in ("resid", "mlp", "attn"))
+    assert {(t.zmin, t.zmax) for t in fig.data} == {(lo, hi)}
+    assert [t.colorbar.title.text for t in fig.data] == ["p(answer)"] * 3
+
+
+def test_patching_heatmaps_share_one_diverging_scale_centred_on_no_change():
+    """An attribution estimate below the counterfactual metric is blue, one above red, a cell without effect white."""
+    r = make_result()
+    eff = {k: np.full((4, len(TOKENS)), 0.05) for k in ("resid_pre", "mlp_out")}
+    eff["resid_pre"][0, 6] = -0.4            # AtP's sign error at the embedding: below the corrupted metric
+    eff["mlp_out"][1, 7] = 0.6
+    atp = TraceResult(method="attribution_patching", prompt=r.prompt, answer=r.answer, tokens=TOKENS,
+                      subject_range=(5, 8), effects=eff, clean=0.95, corrupted=0.05)
+    fig = F.heatmaps(atp)
+    assert {t.zmid for t in fig.data} == {0.05} and {t.colorscale[0][1] for t in fig.data} == {"rgb(5,48,97)"}
+    assert {(round(t.zmin, 6), round(t.zmax, 6)) for t in fig.data} == {(-0.5, 0.6)}
+    assert [t.showscale for t in fig.data] == [False, True]      # one colour bar for the shared scale
 
 
 def test_importance_curve_band_is_the_interval():
@@ -68,13 +87,41 @@ def test_importance_curve_band_is_the_interval():
     assert [d.name for d in multi.data if d.showlegend is not False] == ["a", "b"]
     with pytest.raises(ConfigError):
         F.importance_curve([])
+    assert not fig.layout.annotations                                    # nothing to flag
+
+
+def test_importance_curve_flags_a_mean_outside_the_sane_range_and_counts_the_left_out():
+    """A fact whose answer the noise barely moves (total effect 0.01) has its effects divided by 0.01: without a
+    floor its normalised effect of 12 is drawn, flagged; with the floor the fact is left out and counted."""
+    weak = TraceResult(**{**make_result().__dict__, "clean": 0.06})      # total effect 0.01
+    results = [make_result(seed=s) for s in range(3)] + [weak]
+    raw = aggregate(results, "mlp", position="last_subject", n_boot=50)
+    assert raw.out_of_range == [0, 1] and "raise min_total_effect" in raw.warning()
+    assert raw.summary()["out_of_range"]["layers"] == [0, 1]
+    fig = F.importance_curve(raw)
+    assert "mean normalised effect outside [-0.5, 1.5]" in fig.layout.annotations[0].text
+    rings = fig.data[-1]
+    assert list(rings.x) == [0, 1] and rings.marker.line.color == "#cf222e"
+    floored = aggregate(results, "mlp", position="last_subject", n_boot=50, min_total_effect=0.5)
+    assert floored.out_of_range == [] and floored.n_facts == 3 and floored.n_facts_excluded == 1
+    fig = F.importance_curve(floored)
+    assert not fig.layout.annotations and "1 more left out: total effect below 0.5" in fig.layout.title.text
 
 
 def test_token_role_heatmap():
     roles = token_roles([make_result(seed=s) for s in range(3)], "resid")
     fig = F.token_role_heatmap(roles)
-    np.testing.assert_allclose(np.asarray(fig.data[0].z, float), roles.values.T)
-    assert list(fig.layout.xaxis.ticktext)[0] == "first subject"
+    # the subject ends one token before the last: no fact has a "first subsequent" or "further" token
+    present = [0, 1, 2, 5]
+    assert roles.counts.tolist() == [3, 3, 3, 0, 0, 3]
+    np.testing.assert_allclose(np.asarray(fig.data[0].z, float), roles.values.T[:, present])
+    assert list(fig.layout.xaxis.ticktext) == ["first subject", "middle subject", "last subject", "last token"]
+    assert "no first-subsequent column" in fig.layout.title.text and "no further-tokens column" in fig.layout.title.text
+    # two-token subjects have no middle: the column is left out and the title says why
+    two = TraceResult(**{**make_result().__dict__, "subject_range": (6, 8)})
+    fig2 = F.token_role_heatmap(token_roles([two], "resid"))
+    assert "middle subject" not in list(fig2.layout.xaxis.ticktext)
+    assert "every subject has at most two tokens" in fig2.layout.title.text
 
 
 def test_before_after_traces_and_importances():
@@ -89,6 +136,7 @@ def test_before_after_traces_and_importances():
     fig2 = F.importance_before_after(b, a, importance_difference(b, a))
     diff_line = fig2.data[5]
     np.testing.assert_allclose(diff_line.y, aggregate(as_, "mlp").mean - aggregate(bs, "mlp").mean, atol=1e-12)
+    assert fig2.layout.yaxis3.title.text == "after − before"
     with pytest.raises(TraceError, match="differ in shape"):
         F.trace_before_after(before, make_result(n_layers=3), "resid")
 
@@ -131,5 +179,17 @@ def test_sweep_plot():
     fig = F.sweep_plot(rows, "start", ["forget", "retain"])
     assert [d.name for d in fig.data] == ["forget", "retain"]
     np.testing.assert_allclose(fig.data[0].y, [1.0, 0.9, 0.8, 0.7])
+    # the pipeline's sweep: readable names, recall on the left axis, traced importance on its own right axis
+    rows = [{"window": f"{s}-{s + 1}", "forget_drop": 0.1 * s, "retain_qa_em": 0.9, "traced_importance": 0.02 * s}
+            for s in range(3)]
+    fig = F.sweep_plot(rows, "window", ["forget_drop", "retain_qa_em", "traced_importance"], y_title="recall",
+                       right=("traced_importance",))
+    assert [d.name for d in fig.data] == ["forget-recall drop", "retain QA recall",
+                                          "traced importance (normalised effect)"]
+    assert [d.yaxis for d in fig.data] == ["y", "y", "y2"] and fig.layout.yaxis2.side == "right"
+    assert fig.layout.yaxis.title.text == "recall" and fig.layout.xaxis.title.text == "layer window"
+    assert fig.layout.yaxis2.title.text == "traced importance (normalised effect)"
+    with pytest.raises(ConfigError, match="right-axis keys"):
+        F.sweep_plot(rows, "window", ["forget_drop"], right=("traced_importance",))
     with pytest.raises(ConfigError, match=r"rows lack keys \['mmlu'\]"):
-        F.sweep_plot(rows, "start", "mmlu")
+        F.sweep_plot(rows, "window", "mmlu")

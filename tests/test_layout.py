@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1] / "workbench"
 
 # Earlier stages first. The first row is infrastructure every stage may use (errors, provenance, safe writes).
 STAGES = [
-    ["errors", "provenance", "outputs", "configfile", "distributed"],
+    ["errors", "provenance", "outputs", "configfile", "distributed", "htmlview"],
     ["models"],
     ["data"],
     ["batching", "generation"],
@@ -19,12 +19,12 @@ STAGES = [
     ["restoration"],
     ["tracing", "patching"],
     ["attribution"],
-    ["aggregate", "correlation", "selection"],
+    ["aggregate", "correlation", "selection", "trace_settings"],
     ["editors"],
     ["evaluation"],
     ["organism"],
     ["corpus"],
-    ["figures"],
+    ["figures", "display"],
     ["report"],
     ["sweep", "localize"],
     ["pipeline"],

@@ -4,7 +4,6 @@ before transformers initialises anything at random; `evaluate` refuses an edit o
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 from pathlib import Path
 

@@ -42,7 +42,7 @@ def test_report_side_by_side_and_retrace(micro, damaged, tmp_path):
     facts = corpus.facts("forget")[:2]
     sigma = noise_scale(model, tok, [r.subject for r in facts])
     assert rep.trace["noise"] == pytest.approx(sigma)
-    kw = dict(kinds=("resid",), n_samples=3, noise=sigma, seed=0, progress=False)
+    kw = dict(kinds=("resid",), n_samples=3, noise=sigma, seed=0, metric=tc.metric, progress=False)
     direct_b = trace_facts(model, tok, facts, **kw)
     direct_a = trace_facts(damaged, tok, facts, **kw)
     ie_b = np.mean([r.indirect_effect("resid").max(axis=1) for r in direct_b], axis=0)

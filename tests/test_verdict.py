@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 
 from workbench.editors import EDITORS, editor_class, resolve_config

@@ -19,6 +19,10 @@ from .provenance import atomic_write_json, provenance, stable_hash, to_jsonable
 from .results import TraceResult
 
 POSITIONS = ("max", "last_subject", "last", "mean")
+# A mean normalised effect outside this range is flagged: restoring one site recovers between none (0) and all (1) of
+# the clean metric, give or take noise; far outside it the total effect of some facts is near 0, and the
+# normalisation divides noise by it.
+SANE_RANGE = (-0.5, 1.5)
 ROLES = ("first subject", "middle subject", "last subject", "first subsequent", "further tokens", "last token")
 
 
@@ -80,9 +84,50 @@ class LayerImportance:
         l = int(np.argmax(self.mean))
         return {"layer": l, "mean": float(self.mean[l]), "lo": float(self.lo[l]), "hi": float(self.hi[l])}
 
+    @property
+    def n_facts_excluded(self) -> int:
+        """Facts left out for a total effect below the floor (config["min_total_effect"])."""
+        return int(self.config.get("n_facts_excluded", 0))
+
+    @property
+    def out_of_range(self) -> list[int]:
+        """Layers whose mean normalised effect lies outside SANE_RANGE (none for a raw, unnormalised importance)."""
+        if not self.config.get("normalise", True):
+            return []
+        lo, hi = SANE_RANGE
+        return [l for l, m in enumerate(self.mean) if not lo <= m <= hi]
+
+    def warning(self) -> str | None:
+        """What is wrong when `out_of_range` is not empty, in one sentence; None otherwise."""
+        bad = self.out_of_range
+        if not bad:
+            return None
+        floor = self.config.get("min_total_effect", 0.0)
+        return (f"{self.kind}: mean normalised effect outside [{SANE_RANGE[0]}, {SANE_RANGE[1]}] at layer(s) {bad} "
+                f"({', '.join(f'{self.mean[l]:.3g}' for l in bad)}): some facts' total effect is near 0 and their "
+                f"normalisation amplifies noise (metric {self.metric}, total-effect floor {floor}); raise "
+                "min_total_effect or trace with metric logprob_mean")
+
     def summary(self) -> dict:
-        return {"kind": self.kind, "position": self.position, "n_facts": self.n_facts, "peak": self.peak,
-                "mean": self.mean.round(4).tolist(), "lo": self.lo.round(4).tolist(), "hi": self.hi.round(4).tolist()}
+        out = {"kind": self.kind, "position": self.position, "n_facts": self.n_facts,
+               "n_facts_excluded": self.n_facts_excluded, "peak": self.peak,
+               "mean": self.mean.round(4).tolist(), "lo": self.lo.round(4).tolist(), "hi": self.hi.round(4).tolist()}
+        if self.out_of_range:
+            out["out_of_range"] = {"layers": self.out_of_range, "range": list(SANE_RANGE), "warning": self.warning()}
+        return out
+
+    def _repr_html_(self) -> str:
+        from .htmlview import note, table
+
+        rows = [[l, float(self.mean[l]), float(self.lo[l]), float(self.hi[l])] for l in range(self.n_layers)]
+        what = "normalised effect" if self.config.get("normalise", True) else f"indirect effect ({self.metric})"
+        floor = self.config.get("min_total_effect", 0.0)
+        cap = (f"<b>{self.kind}</b> importance: mean {what} at position <i>{self.position}</i> over {self.n_facts} "
+               f"facts (metric {self.metric}; {self.n_facts_excluded} left out below the total-effect floor {floor}); "
+               f"peak layer {self.peak['layer']}")
+        out = table(["layer", "mean", "95% CI low", "95% CI high"], rows, caption=cap,
+                    highlight=set(self.out_of_range) or {self.peak["layer"]})
+        return out + (note(self.warning(), warning=True) if self.out_of_range else "")
 
     def to_json(self) -> dict:
         return to_jsonable({"type": "LayerImportance", "kind": self.kind, "position": self.position,
@@ -153,11 +198,7 @@ def aggregate(results, kind: str, position: str = "max", n_boot: int = 1000, see
         raise ConfigError(f"aggregate: n_boot must be >= 1, got {n_boot}")
     results = _check(results, kind)
     n_all = len(results)
-    if min_total_effect > 0:
-        results = [r for r in results if r.total_effect >= min_total_effect]
-        if not results:
-            raise TraceError(f"aggregate: no fact of {n_all} has a total effect (clean - corrupted) >= "
-                             f"{min_total_effect}; lower min_total_effect or use a stronger noise")
+    results = _above_floor(results, min_total_effect)
     per_fact = np.stack([r.layer_importance(kind, position, normalise) for r in results]).astype(float)  # [n_facts, n_layers]
     mean, lo, hi = bootstrap_mean(per_fact, n_boot=n_boot, seed=seed)
     cfg = {"kind": kind, "position": position, "n_boot": n_boot, "seed": seed,
@@ -165,6 +206,15 @@ def aggregate(results, kind: str, position: str = "max", n_boot: int = 1000, see
     return LayerImportance(kind=kind, position=position, mean=mean, lo=lo, hi=hi, per_fact=per_fact,
                            method=results[0].method, metric=results[0].metric, n_boot=n_boot,
                            config=cfg, provenance=_source_provenance(results, **cfg))
+
+
+def _above_floor(results: list[TraceResult], min_total_effect: float) -> list[TraceResult]:
+    """The results whose total effect (clean - corrupted) is at least `min_total_effect`; none is an error."""
+    kept = [r for r in results if r.total_effect >= min_total_effect] if min_total_effect > 0 else results
+    if not kept:
+        raise TraceError(f"no fact of {len(results)} has a total effect (clean - corrupted) >= {min_total_effect}; "
+                         "lower min_total_effect or use a stronger noise")
+    return kept
 
 
 def importance_difference(before: LayerImportance, after: LayerImportance):
@@ -201,20 +251,24 @@ class TokenRoles:
     counts: np.ndarray          # [6] number of facts that have a token of each role
     normalised: bool = True
     labels: tuple = ROLES
+    n_facts_excluded: int = 0   # facts left out for a total effect below the floor
 
     def to_json(self) -> dict:
         vals = [[None if np.isnan(v) else float(v) for v in row] for row in self.values]
         return {"type": "TokenRoles", "kind": self.kind, "labels": list(self.labels), "values": vals,
-                "counts": self.counts.tolist(), "normalised": self.normalised}
+                "counts": self.counts.tolist(), "normalised": self.normalised,
+                "n_facts_excluded": self.n_facts_excluded}
 
 
-def token_roles(results, kind: str, normalised: bool = True) -> TokenRoles:
+def token_roles(results, kind: str, normalised: bool = True, min_total_effect: float = 0.0) -> TokenRoles:
     """ROME's grouping: per fact, average the effect over the positions of each role, then average over facts.
 
     A one-token subject has first = last subject token and no middle tokens; roles a fact lacks are skipped
-    for that fact (the row is NaN only if no fact has that role).
+    for that fact (the row is NaN only if no fact has that role). min_total_effect: as for `aggregate`.
     """
     results = _check(results, kind)
+    n_all = len(results)
+    results = _above_floor(results, min_total_effect if normalised else 0.0)
     n_layers = results[0].effects[kind].shape[0]
     total = np.zeros((len(ROLES), n_layers))
     counts = np.zeros(len(ROLES), dtype=int)
@@ -227,4 +281,5 @@ def token_roles(results, kind: str, normalised: bool = True) -> TokenRoles:
     values = np.full_like(total, np.nan)
     has = counts > 0
     values[has] = total[has] / counts[has, None]
-    return TokenRoles(kind=kind, values=values, counts=counts, normalised=normalised)
+    return TokenRoles(kind=kind, values=values, counts=counts, normalised=normalised,
+                      n_facts_excluded=n_all - len(results))

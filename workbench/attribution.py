@@ -35,6 +35,10 @@ and, for AtP*, extra["graddrop_<kind>"] = c* (the score cells are ranked by; con
 Prefilter (the paper's use of AtP*): rank every cell by |estimate| (or c*), patch only the top k exactly.
 `prefilter` returns a TraceResult whose effects are exact at the k verified cells and NaN elsewhere.
 
+Cross-check: `transformer_lens_atp` runs TransformerLens's own attribution patching
+(`transformer_lens.tools.analysis.attribution_patching.attribution_patch`) on the model's TransformerBridge
+(workbench.backends) and puts its node scores on our grid; `agreement` is the largest difference per kind.
+
 The QK fix recomputes attention from the model's own modules (HF Olmo / Olmo2 attention: q/k/v projections, q/k norms,
 clip_qkv, rotary embedding, causal softmax); other model types get a TraceError. Torch backend only.
 """
@@ -358,6 +362,57 @@ def prefilter(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
                                provenance=provenance(model=model, config=config))
 
 
+def transformer_lens_atp(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *,
+                         wrong_answer: str | None = None, metric: str = "logit_diff"):
+    """TransformerLens's attribution patching of the same pair and metric, on our grid (a TraceResult):
+    mlp_out [layer, position] = its mlp_out nodes; attn_out [layer, position] = the sum over heads of its
+    attn_head_out nodes (attn_out is linear in the heads' outputs, so AtP's estimate of it is that sum); head
+    [layer, head] = the sum of a head's nodes over the prompt positions; resid_pre at layer 0 = its embed nodes
+    (OLMo adds no position embedding), above layer 0 NaN (TransformerLens scores no resid_pre node there)."""
+    from transformer_lens.tools.analysis.attribution_patching import attribution_patch
+
+    pair = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer,
+                  ("resid_pre", "attn_out", "mlp_out"), metric)
+    pc, fn, keep, T = pair.clean, pair.metric, pair.keep, pair.clean.n_prompt
+    clean_ids, corr_ids = pc.input_ids(metric, pair.device), pair.corrupt.input_ids(metric, pair.device)
+    t0 = time.perf_counter()
+    bridge = get_backend(model, tok, "transformer_lens").bridge
+    scores = attribution_patch(bridge, clean_ids, corr_ids, lambda logits: fn(logits[:, -keep:])[0]).node_scores
+    run = get_backend(model, tok, "torch")
+    with torch.no_grad():
+        m_clean, m_corr = float(fn(run(clean_ids, {}, keep))[0]), float(fn(run(corr_ids, {}, keep))[0])
+    L, H = n_layers(model), n_heads(model)
+    est = {"resid_pre": np.full((L, T), np.nan), "attn_out": np.zeros((L, T)), "mlp_out": np.zeros((L, T)),
+           "head": np.zeros((L, H))}
+    est["resid_pre"][0] = 0.0
+    for node, v in scores.items():
+        if node.position >= T:  # answer positions: exact patching and our AtP patch the prompt only
+            continue
+        if node.kind == "embed":
+            est["resid_pre"][0, node.position] = v
+        elif node.kind == "mlp_out":
+            est["mlp_out"][node.layer, node.position] = v
+        elif node.kind == "attn_head_out":
+            est["attn_out"][node.layer, node.position] += v
+            est["head"][node.layer, node.head] += v
+    config = {"sites": ["resid_pre", "attn_out", "mlp_out"], "heads": True, "metric": metric,
+              "implementation": "transformer_lens.tools.analysis.attribution_patching.attribution_patch",
+              "answer_ids": pc.answer_ids, "wall_s": round(time.perf_counter() - t0, 4)}
+    return _result("attribution_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, pair.changed,
+                   {k: m_corr + v for k, v in est.items()}, m_clean, m_corr, metric, config, model)
+
+
+def agreement(result, other) -> dict[str, float]:
+    """{kind: the largest |difference| of the two results' estimated changes over the cells both have}: how far two
+    implementations of one estimate are apart (e.g. ours and `transformer_lens_atp`)."""
+    out = {}
+    for k in set(result.effects) & set(other.effects):
+        a, b = result.effects[k] - result.corrupted, other.effects[k] - other.corrupted
+        both = np.isfinite(a) & np.isfinite(b)
+        out[k] = float(np.abs(a[both] - b[both]).max()) if both.any() else float("nan")
+    return dict(sorted(out.items()))
+
+
 def recall(result, exact, k: int | None = None) -> float:
     """Fraction of exact patching's top-k cells (by |change|, full grid) among `result`'s verified cells."""
     k = len(result.config["verified"]) if k is None else k
@@ -366,11 +421,13 @@ def recall(result, exact, k: int | None = None) -> float:
     return len(true & found) / k
 
 
-def compare(result, exact) -> dict:
-    """Correlations of an attribution result with exact patching over all cells: signed (Pearson, Spearman of the
-    estimated vs exact change) and magnitude (Spearman of the ranking score vs |exact change|)."""
-    kinds = list(result.effects)
+def compare(result, exact, kinds=None) -> dict:
+    """Correlations of an attribution result with exact patching over all cells (or those of `kinds`): signed
+    (Pearson, Spearman of the estimated vs exact change) and magnitude (Spearman of the ranking score vs |exact
+    change|)."""
+    kinds = list(result.effects) if kinds is None else [kinds] if isinstance(kinds, str) else list(kinds)
     est = np.concatenate([(result.effects[k] - result.corrupted).ravel() for k in kinds])
     ex = np.concatenate([(exact.effects[k] - exact.corrupted).ravel() for k in kinds])
-    sc = np.concatenate([v.ravel() for v in scores(result).values()])
+    ranked = scores(result)
+    sc = np.concatenate([ranked[k].ravel() for k in kinds])
     return {"pearson": _pearson(est, ex), "spearman": _spearman(est, ex), "abs_spearman": _spearman(sc, np.abs(ex))}

@@ -110,6 +110,25 @@ def _colorbar_title(result: TraceResult, normalised: bool) -> str:
     return "normalised<br>effect" if normalised else metric_label(result.metric).replace(" (", "<br>(")
 
 
+def _diverging(result: TraceResult) -> bool:
+    """Patching and attribution estimates can move the metric either way from the counterfactual run: they are drawn
+    on a diverging scale centred on "no change", so cells without effect are white whatever the sign elsewhere.
+    Causal traces keep ROME's one-hue scales (restoring a clean activation moves the metric towards clean)."""
+    return result.method != "causal_trace"
+
+
+def _shared_scale(result: TraceResult, zs: list[np.ndarray], normalised: bool) -> dict:
+    """zmin/zmax (and zmid) that every panel of one figure shares, so equal colours mean equal values."""
+    finite = np.concatenate([z[np.isfinite(z)].ravel() for z in zs] + [np.zeros(0)])
+    if _diverging(result):
+        mid = 0.0 if normalised else float(result.corrupted)
+        lim = float(np.abs(finite - mid).max()) if finite.size else 1.0
+        return {"zmin": mid - (lim or 1.0), "zmax": mid + (lim or 1.0), "zmid": mid, "colorscale": "RdBu_r"}
+    if not finite.size:
+        return {}
+    return {"zmin": float(finite.min()), "zmax": float(finite.max())}
+
+
 def _heatmap_trace(z, labels, kind, cbar_title, colorscale=None, colorbar=None, **kw) -> go.Heatmap:
     n_layers, n_cols = z.shape
     return go.Heatmap(z=z, x=list(range(n_cols)), y=list(range(n_layers)),
@@ -131,7 +150,8 @@ def _axes(fig, labels, x_title, n_layers, row=None, col=None, y_title=True):
 def heatmap(result: TraceResult, kind: str = "resid", normalised: bool = False, width="column") -> go.Figure:
     """Layer x token heatmap of one kind: effect on the metric after restoring each (layer, token)."""
     z, labels, x_title = _grid(result, kind, normalised)
-    fig = go.Figure(_heatmap_trace(z, labels, kind, _colorbar_title(result, normalised)))
+    fig = go.Figure(_heatmap_trace(z, labels, kind, _colorbar_title(result, normalised),
+                                   **(_shared_scale(result, [z], normalised) if _diverging(result) else {})))
     _axes(fig, labels, x_title, z.shape[0])
     fig.update_layout(title_text=_trace_title(result, heading=kind_title(kind), max_chars=45))
     paper_layout(fig, width=width, height=int(_width_px(width) * 0.9))
@@ -139,17 +159,49 @@ def heatmap(result: TraceResult, kind: str = "resid", normalised: bool = False, 
 
 
 def heatmaps(result: TraceResult, kinds=None, normalised: bool = False, width="page") -> go.Figure:
-    """The kinds of one result side by side (ROME's three-panel figure), one colour bar per panel."""
+    """The kinds of one result side by side (ROME's three-panel figure) on one colour range, so equal colours mean
+    equal values across panels. Causal traces keep one hue per kind, each panel with its own labelled colour bar over
+    the shared range; patching and attribution results share one diverging scale and one colour bar."""
     kinds = list(kinds or result.kinds)
-    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.13,
+    grids = [_grid(result, kind, normalised) for kind in kinds]
+    scale = _shared_scale(result, [z for z, _, _ in grids], normalised)
+    one_bar = _diverging(result)
+    # room between panels for a colour bar with its ticks and title (one-hue scales: one bar per panel)
+    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.13 if one_bar else 0.17,
                         subplot_titles=[kind_title(k) for k in kinds])
-    for i, kind in enumerate(kinds, start=1):
-        z, labels, x_title = _grid(result, kind, normalised)
+    for i, (kind, (z, labels, x_title)) in enumerate(zip(kinds, grids), start=1):
         dom = fig.layout[f"xaxis{'' if i == 1 else i}"].domain
-        fig.add_trace(_heatmap_trace(z, labels, kind, _colorbar_title(result, normalised) if i == len(kinds) else "",
-                                     colorbar=dict(x=dom[1] + 0.005, len=1.0)), row=1, col=i)
+        fig.add_trace(_heatmap_trace(z, labels, kind, _colorbar_title(result, normalised),
+                                     colorbar=dict(x=dom[1] + 0.005, len=1.0),
+                                     showscale=not one_bar or i == len(kinds), **scale), row=1, col=i)
         _axes(fig, labels, x_title, z.shape[0], row=1, col=i, y_title=i == 1)
     fig.update_layout(title_text=_trace_title(result))
+    return paper_layout(fig, width=width, height=int(_width_px(width) * 0.45))
+
+
+def method_heatmaps(results: dict, kind: str = "resid_pre", width="page") -> go.Figure:
+    """One kind's map from several estimates of the same patching (e.g. exact, AtP, AtP*, the prefilter's verified
+    cells), side by side: each panel the change of the metric over the counterfactual run, on one diverging scale
+    centred on no change, one colour bar. Cells a result does not estimate (NaN) are left blank."""
+    if not results:
+        raise ConfigError("method_heatmaps: no results to draw")
+    labels, rs = list(results), list(results.values())
+    grids = [_grid(r, kind, False) for r in rs]
+    zs = [z - r.corrupted for (z, _, _), r in zip(grids, rs)]
+    shapes = {z.shape for z in zs}
+    if len(shapes) != 1:
+        raise TraceError(f"method_heatmaps: the {kind} maps differ in shape {sorted(shapes)}; draw results of one pair")
+    finite = np.concatenate([z[np.isfinite(z)] for z in zs] + [np.zeros(1)])
+    lim = float(np.abs(finite).max()) or 1.0
+    fig = make_subplots(rows=1, cols=len(rs), shared_yaxes=True, horizontal_spacing=0.04, subplot_titles=labels)
+    cbar = f"change in<br>{metric_label(rs[0].metric)}"
+    for i, (z, (_, xl, x_title)) in enumerate(zip(zs, grids), start=1):
+        fig.add_trace(_heatmap_trace(z, xl, kind, cbar, colorscale="RdBu_r", zmid=0.0, zmin=-lim, zmax=lim,
+                                     showscale=i == len(rs)), row=1, col=i)
+        _axes(fig, xl, x_title, z.shape[0], row=1, col=i, y_title=i == 1)
+    fig.update_layout(title_text=f"{kind_title(kind)}: {html.escape(rs[0].prompt)} → {html.escape(rs[0].answer)}"
+                                 f"<br><sup>change of the metric over the counterfactual run; blank: not estimated"
+                                 f"</sup>")
     return paper_layout(fig, width=width, height=int(_width_px(width) * 0.45))
 
 
@@ -189,26 +241,65 @@ def importance_curve(imps, labels=None, title: str | None = None, width="column"
     for i, (imp, label) in enumerate(zip(imps, labels)):
         _band(fig, range(imp.n_layers), imp.mean, imp.lo, imp.hi, qualitative.Plotly[i % 10], label)
     n = imps[0].n_facts
+    left_out = imps[0].n_facts_excluded
     fig.update_xaxes(title_text="layer", dtick=1 if imps[0].n_layers <= 16 else None)
     fig.update_yaxes(title_text="normalised effect<br>(mean, 95% CI)")
     fig.update_layout(title_text=title or f"Layer importance over {n} fact{'s' * (n != 1)} "
-                                          f"(position: {imps[0].position})",
+                                          f"(position: {imps[0].position})"
+                                          + (f"<br><sup>{left_out} more left out: total effect below "
+                                             f"{imps[0].config.get('min_total_effect')}</sup>" if left_out else ""),
                       # inside the axes: a horizontal legend below wraps unevenly at column width
                       legend=dict(orientation="v", x=0.98, xanchor="right", y=0.98, yanchor="top",
                                   bgcolor="rgba(255,255,255,0.75)"))
     paper_layout(fig, width=width, height=int(_width_px(width) * 0.8))
+    _flag_out_of_range(fig, imps, labels)
     return fig
 
 
+def _flag_out_of_range(fig: go.Figure, imps, labels) -> None:
+    """Mark every mean normalised effect outside aggregate.SANE_RANGE: a red warning under the title and red rings
+    on the points, so an amplified near-zero total effect is not read as a finding."""
+    from .aggregate import SANE_RANGE
+
+    flagged = [(imp, label) for imp, label in zip(imps, labels) if imp.out_of_range]
+    if not flagged:
+        return
+    for imp, _ in flagged:
+        fig.add_trace(go.Scatter(x=imp.out_of_range, y=[float(imp.mean[l]) for l in imp.out_of_range], mode="markers",
+                                 marker=dict(size=12, color="rgba(0,0,0,0)", line=dict(color="#cf222e", width=2)),
+                                 hoverinfo="skip", showlegend=False))
+    lines = ([f"&#9888; mean normalised effect outside [{SANE_RANGE[0]}, {SANE_RANGE[1]}]:"]
+             + [f"{html.escape(label)}: layer{'s' * (len(imp.out_of_range) > 1)} {imp.out_of_range}"
+                for imp, label in flagged]
+             + ["some facts' total effect is near 0: raise min_total_effect"])
+    fig.add_annotation(text="<br>".join(lines), xref="paper", yref="paper", x=0, y=1.0, xanchor="left",
+                       yanchor="bottom", align="left", showarrow=False, font=dict(color="#cf222e", size=8))
+    fig.update_layout(margin=dict(t=75 + 11 * len(lines)))
+
+
 def token_role_heatmap(roles, width="column") -> go.Figure:
-    """ROME's averaged figure: layers x token roles (first/middle/last subject, subsequent, further, last)."""
-    z = np.asarray(roles.values, float).T           # [n_layers, 6]
-    labels = list(roles.labels)
+    """ROME's averaged figure: layers x token roles (first/middle/last subject, subsequent, further, last). A role no
+    fact has (a "middle subject" needs a subject of three tokens or more) is left out and named under the title."""
+    keep = [i for i, c in enumerate(roles.counts) if c > 0]
+    z = np.asarray(roles.values, float).T[:, keep]  # [n_layers, roles present]
+    labels = [roles.labels[i] for i in keep]
     cbar = "normalised<br>effect" if roles.normalised else "indirect<br>effect"
     fig = go.Figure(_heatmap_trace(z, labels, roles.kind, cbar))
     _axes(fig, labels, "token role", z.shape[0])
-    fig.update_layout(title_text=f"{kind_title(roles.kind)}, mean over {int(roles.counts.max())} facts")
-    return paper_layout(fig, width=width, height=int(_width_px(width) * 0.9))
+    notes = [_MISSING_ROLE.get(roles.labels[i], f"no fact has a {roles.labels[i]} token")
+             for i in range(len(roles.labels)) if i not in keep]
+    if roles.n_facts_excluded:
+        notes.append(f"{roles.n_facts_excluded} facts left out: total effect below the floor")
+    fig.update_layout(title_text=f"{kind_title(roles.kind)}, mean over {int(roles.counts.max())} facts"
+                                 + "".join(f"<br><sup>{html.escape(n)}</sup>" for n in notes))
+    paper_layout(fig, width=width, height=int(_width_px(width) * 0.9))
+    return fig.update_layout(margin=dict(t=55 + 14 * len(notes)))
+
+
+# why a role column can be empty: ROLES' positions per aggregate.role_positions
+_MISSING_ROLE = {"middle subject": "no middle subject column: every subject has at most two tokens",
+                 "first subsequent": "no first-subsequent column: every subject ends one token before the prompt",
+                 "further tokens": "no further-tokens column: at most one token between subject and last token"}
 
 
 def trace_before_after(before: TraceResult, after: TraceResult, kind: str = "resid", normalised: bool = False,
@@ -255,7 +346,7 @@ def importance_before_after(before, after, difference, width="page", labels=("be
         raise TraceError(f"before/after: {b.n_layers} vs {a.n_layers} layers; compare models of the same depth")
     d_mean, d_lo, d_hi = difference
     titles = [labels[0], labels[1], f"{labels[1]} − {labels[0]}"]
-    fig = make_subplots(rows=1, cols=3, shared_yaxes=False, horizontal_spacing=0.08, subplot_titles=titles)
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=False, horizontal_spacing=0.1, subplot_titles=titles)
     layers = range(b.n_layers)
     _band(fig, layers, b.mean, b.lo, b.hi, qualitative.Plotly[0], labels[0], row=1, col=1)
     _band(fig, layers, a.mean, a.lo, a.hi, qualitative.Plotly[1], labels[1], row=1, col=2)
@@ -268,8 +359,9 @@ def importance_before_after(before, after, difference, width="page", labels=("be
         fig.update_yaxes(range=[lo - pad, hi + pad], row=1, col=c)
     fig.update_xaxes(title_text="layer", dtick=1 if b.n_layers <= 16 else None)
     raw = not b.config.get("normalise", True)
-    fig.update_yaxes(title_text=f"indirect effect<br>({metric_label(b.metric)})" if raw else "normalised effect",
-                     row=1, col=1)
+    unit = f"indirect effect<br>({metric_label(b.metric)})" if raw else "normalised effect"
+    fig.update_yaxes(title_text=unit, row=1, col=1)
+    fig.update_yaxes(title_text=f"{labels[1]} − {labels[0]}", row=1, col=3)   # in the first panel's units
     fig.update_layout(title_text=f"{kind_title(b.kind)}: layer importance, {b.n_facts} vs {a.n_facts} facts",
                       showlegend=False)
     return paper_layout(fig, width=width, height=int(_width_px(width) * 0.4))
@@ -302,24 +394,44 @@ def calibration_curve(edit_log: list[dict]) -> go.Figure:
     return fig
 
 
-def sweep_plot(rows: list[dict], x: str, ys, title: str | None = None, width="column") -> go.Figure:
-    """Metric(s) against a swept setting (e.g. layer window start vs forget/retain accuracy): one line per y key."""
+# readable names of the columns the pipeline's and localize's sweeps plot
+SWEEP_LABELS = {"window": "layer window", "forget_drop": "forget-recall drop", "retain_qa_em": "retain QA recall",
+                "forget_qa_em": "forget QA recall", "traced_importance": "traced importance (normalised effect)",
+                "n_facts": "traced facts", "same_window": "two disjoint sets pick the same window",
+                "jaccard": "overlap of their windows (Jaccard)", "same_as_all": "same window as all facts"}
+
+
+def sweep_plot(rows: list[dict], x: str, ys, title: str | None = None, width="column", labels: dict | None = None,
+               y_title: str | None = None, right: tuple = (), right_title: str | None = None) -> go.Figure:
+    """Metric(s) against a swept setting (e.g. layer window vs forget/retain recall): one line per y key.
+
+    labels: readable name per key (default SWEEP_LABELS, else the key); y_title: the left axis' title (default the
+    one y's name, or "fraction" for several); right: y keys of other units (e.g. traced importance beside recall),
+    drawn dashed on a right-hand axis titled right_title (default their name)."""
     if not rows:
         raise ConfigError("sweep_plot: no rows to plot")
     ys = [ys] if isinstance(ys, str) else list(ys)
     missing = [k for k in [x, *ys] if any(k not in r for r in rows)]
     if missing:
         raise ConfigError(f"sweep_plot: rows lack keys {sorted(set(missing))}; they have {sorted(rows[0])}")
+    if set(right) - set(ys):
+        raise ConfigError(f"sweep_plot: right-axis keys {sorted(set(right) - set(ys))} are not among ys {ys}")
+    name = lambda k: (labels or {}).get(k) or SWEEP_LABELS.get(k, k)  # noqa: E731
     fig = go.Figure()
     for i, y in enumerate(ys):
-        fig.add_trace(go.Scatter(x=[r[x] for r in rows], y=[r[y] for r in rows], mode="lines+markers", name=y,
-                                 line=dict(color=qualitative.Plotly[i % 10])))
-    fig.update_xaxes(title_text=x)
-    fig.update_yaxes(title_text=ys[0] if len(ys) == 1 else "value")
-    fig.update_layout(title_text=title or f"Sweep over {x}",
+        fig.add_trace(go.Scatter(x=[r[x] for r in rows], y=[r[y] for r in rows], mode="lines+markers", name=name(y),
+                                 yaxis="y2" if y in right else "y",
+                                 line=dict(color=qualitative.Plotly[i % 10], dash="dash" if y in right else None)))
+    left = [y for y in ys if y not in right]
+    fig.update_xaxes(title_text=name(x))
+    fig.update_yaxes(title_text=y_title or (name(left[0]) if len(left) == 1 else "fraction"))
+    if right:
+        fig.update_layout(yaxis2=dict(title=dict(text=right_title or " / ".join(name(y) for y in right)),
+                                      overlaying="y", side="right", showgrid=False))
+    fig.update_layout(title_text=title or f"Sweep over {name(x)}",
                       legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.3, yanchor="top"))
     paper_layout(fig, width=width, height=int(_width_px(width) * 0.9))
-    return fig.update_layout(margin=dict(b=110))
+    return fig.update_layout(margin=dict(b=110, r=70 if right else 20))
 
 
 def _centre(layers) -> float:

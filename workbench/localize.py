@@ -46,6 +46,7 @@ from .configfile import MAX_BOOT, MAX_SAMPLES, MAX_SEED, build, coerce_fields, r
 from .errors import ConfigError
 from .provenance import (JsonlLog, atomic_write_json, atomic_write_text, key_change, key_parts, provenance,
                          records_hash, state_hash)
+from .trace_settings import TraceSettings
 
 EFFICACIES = ("budget", "area")
 # Loop housekeeping for every edit: localize measures the trajectory itself (on every step callback), so the loop
@@ -75,14 +76,14 @@ class LocalizeConfig:
     out: str = "runs/localize"
     figures: str | None = None       # also copy the PNG figures here (e.g. the README's figures/)
     seed: int = 0
-    # facts and trace (as the pipeline traces)
+    # facts and trace (the shared tracing defaults, workbench/trace_settings.py, as the pipeline traces)
     task: str | None = "Task2"
     n_facts: int | None = 16
-    n_samples: int = 10
-    kinds: tuple[str, ...] = ("resid", "mlp", "attn")
-    position: str = "last_subject"
-    metric: str = "logprob_mean"
-    min_total_effect: float = 0.5
+    n_samples: int = TraceSettings.n_samples
+    kinds: tuple[str, ...] = TraceSettings.kinds
+    position: str = TraceSettings.position
+    metric: str = TraceSettings.metric
+    min_total_effect: float = TraceSettings.min_total_effect
     kind: str = "mlp"                # the importance of the headline correlation and figure
     # windows and edits
     window: int = 3
@@ -94,7 +95,7 @@ class LocalizeConfig:
     retain_budget: float = 0.1       # budget: largest allowed fall of retain recall below the original's
     area_damage: float = 0.5         # area: retain damage the area integrates up to
     # statistics
-    n_boot: int = 1000
+    n_boot: int = TraceSettings.n_boot
     n_perm: int = 10000
     # trace-only studies
     tasks: tuple[str, ...] = ()            # trace each task's facts too and compare the peaks
@@ -113,16 +114,19 @@ class LocalizeConfig:
     def from_file(cls, path: str | Path) -> "LocalizeConfig":
         return cls.from_dict(read_mapping(path, "localize config"))
 
+    def trace_settings(self, kinds=None) -> TraceSettings:
+        """How the facts are traced: the config's tracing fields as the shared TraceSettings (every kind, or `kinds`)."""
+        return TraceSettings(kinds=self.kinds if kinds is None else kinds, n_samples=self.n_samples,
+                             metric=self.metric, position=self.position, min_total_effect=self.min_total_effect,
+                             seed=self.seed, n_boot=self.n_boot)
+
     def editor_specs(self) -> dict[str, EditorSpec]:
         return {label: build(EditorSpec, spec, f"localize editor {label!r}") for label, spec in self.editors.items()}
 
 
 def checked(cfg: LocalizeConfig) -> LocalizeConfig:
     """Every setting checked before any model work; a bad one is a ConfigError naming it."""
-    from .aggregate import POSITIONS
     from .editors import EDITORS, resolve_config
-    from .results import KINDS
-    from .tracing import METRICS
 
     def need(ok, msg):
         if not ok:
@@ -131,22 +135,17 @@ def checked(cfg: LocalizeConfig) -> LocalizeConfig:
     cfg = LocalizeConfig(**coerce_fields(LocalizeConfig, {f.name: getattr(cfg, f.name) for f in fields(cfg)},
                                          "localize config"))
     need(cfg.n_facts is None or cfg.n_facts >= 3, f"n_facts must be >= 3 or null (every fact), got {cfg.n_facts}")
-    need(cfg.n_samples >= 1, f"n_samples must be >= 1, got {cfg.n_samples}")
+    cfg.trace_settings().check(lambda key: f"localize config: {key}")
     need(cfg.n_samples <= MAX_SAMPLES, f"n_samples must be <= {MAX_SAMPLES} (it sizes memory), got {cfg.n_samples}")
     need(0 <= cfg.seed <= MAX_SEED - cfg.seeds + 1,
          f"seed must be from 0 to {MAX_SEED - cfg.seeds + 1} (the runs use seed .. seed + seeds - 1), got {cfg.seed}")
-    bad = [k for k in cfg.kinds if k not in KINDS]
-    need(cfg.kinds and not bad, f"kinds {list(cfg.kinds)}: expected some of {list(KINDS)}")
     need(cfg.kind in cfg.kinds, f"kind {cfg.kind!r} is not traced; kinds are {list(cfg.kinds)}")
-    need(cfg.position in POSITIONS, f"position {cfg.position!r}: expected one of {POSITIONS}")
-    need(cfg.metric in METRICS, f"metric {cfg.metric!r}: expected one of {METRICS}")
-    need(cfg.min_total_effect >= 0, f"min_total_effect must be >= 0, got {cfg.min_total_effect}")
     need(cfg.window >= 1 and cfg.stride >= 1, f"window and stride must be >= 1, got {cfg.window}, {cfg.stride}")
     need(cfg.seeds >= 1, f"seeds must be >= 1, got {cfg.seeds}")
     need(cfg.efficacy in EFFICACIES, f"efficacy {cfg.efficacy!r}: expected one of {EFFICACIES}")
     need(0 < cfg.retain_budget <= 1, f"retain_budget must be in (0, 1], got {cfg.retain_budget}")
     need(0 < cfg.area_damage <= 1, f"area_damage must be in (0, 1], got {cfg.area_damage}")
-    need(cfg.n_boot >= 1 and cfg.n_perm >= 1, f"n_boot and n_perm must be >= 1, got {cfg.n_boot}, {cfg.n_perm}")
+    need(cfg.n_perm >= 1, f"n_perm must be >= 1, got {cfg.n_perm}")
     need(cfg.n_boot <= MAX_BOOT and cfg.n_perm <= MAX_BOOT,
          f"n_boot and n_perm must be <= {MAX_BOOT} (they size memory), got {cfg.n_boot}, {cfg.n_perm}")
     need(all(n >= 1 for n in cfg.agreement_sizes), f"agreement_sizes must be >= 1, got {list(cfg.agreement_sizes)}")
@@ -202,9 +201,9 @@ def trace_set(model, tok, records, cfg: LocalizeConfig, kinds, path: Path, progr
     """Trace `records`, keep the recalled facts the noise hurts enough; {kind: LayerImportance} and the fact ids.
     Saved at `path` with a content key (the model's content, the records' text, the settings) and reused when the
     key matches; otherwise traced again, the log saying what changed."""
-    from .aggregate import LayerImportance, aggregate
-    from .tracing import trace_facts
+    from .aggregate import LayerImportance
 
+    settings = cfg.trace_settings(kinds)
     key = key_parts(model=model_key or state_hash(model), data=records_hash(records), config={
         "kinds": list(kinds), "n_samples": cfg.n_samples, "position": cfg.position, "metric": cfg.metric,
         "min_total_effect": cfg.min_total_effect, "seed": cfg.seed, "n_boot": cfg.n_boot})
@@ -216,8 +215,7 @@ def trace_set(model, tok, records, cfg: LocalizeConfig, kinds, path: Path, progr
             return {**saved, "importance": {k: LayerImportance.from_json(v) for k, v in saved["importance"].items()}}
         log("trace_rerun", path=str(path), reason=reason)
     recalled = _recalled(model, tok, records)
-    results = trace_facts(model, tok, records, kinds=kinds, n_samples=cfg.n_samples, seed=cfg.seed,
-                          metric=cfg.metric, progress=progress)
+    results = settings.trace(model, tok, records, progress=progress)
     excluded = {}
     for r, res, ok in zip(records, results, recalled):
         if not ok:
@@ -228,7 +226,7 @@ def trace_set(model, tok, records, cfg: LocalizeConfig, kinds, path: Path, progr
     if len(kept) < 3:
         raise ConfigError(f"only {len(kept)} of {len(records)} facts are recalled and hurt enough by the noise "
                           f"(excluded: {excluded}); tracing needs at least 3: raise n_facts or lower min_total_effect")
-    importance = {k: aggregate(kept, k, position=cfg.position, n_boot=cfg.n_boot, seed=cfg.seed) for k in kinds}
+    importance = settings.importances(kept)  # the floor was applied above, with the recall filter
     out = {"key": key, "facts": [r.id for r in records if r.id not in excluded], "excluded": excluded,
            "importance": importance}
     atomic_write_json(path, {**out, "importance": {k: v.to_json() for k, v in importance.items()}})

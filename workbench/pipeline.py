@@ -25,6 +25,7 @@ from .configfile import MAX_SAMPLES, MAX_SEED, build, coerce_fields, read_mappin
 from .data.limits import MAX_RECORD_TOKENS
 from .errors import ConfigError, quote
 from .provenance import JsonlLog, atomic_write_json, key_change, key_parts, provenance, records_hash, weights_hash
+from .trace_settings import TraceSettings
 
 
 @dataclass
@@ -40,13 +41,12 @@ class PipelineConfig:
     # trace
     task: str | None = "Task2"       # which forget facts to trace (None: every traceable one)
     n_facts: int | None = 24
-    n_samples: int = 10
-    kinds: tuple = ("resid", "mlp", "attn")
-    position: str = "last_subject"   # per-layer score of one fact: "last_subject" (ROME's site), "max", ...
-    # mean log-prob of the whole answer: LUME's Task2 answers (dates, SSNs, phones) share their first tokens
-    # across people, so the first token's probability barely moves under corruption
-    metric: str = "logprob_mean"
-    min_total_effect: float = 0.5    # facts the corruption hurts less than this (nats) are left out of the average
+    # how to trace: the shared defaults of workbench/trace_settings.py (why these, there)
+    n_samples: int = TraceSettings.n_samples
+    kinds: tuple = TraceSettings.kinds
+    position: str = TraceSettings.position   # per-layer score of one fact: "last_subject" (ROME's site), "max", ...
+    metric: str = TraceSettings.metric
+    min_total_effect: float = TraceSettings.min_total_effect  # facts the noise hurts less are left out, and counted
     # selection
     select_kind: str = "mlp"
     strategy: str = "window"         # window | top-k | threshold
@@ -90,15 +90,11 @@ class PipelineConfig:
 def checked(cfg: PipelineConfig) -> PipelineConfig:
     """`cfg` with every field coerced to its type and every stage's settings validated: a bad value anywhere
     (a method, an editor or evaluation field, n_samples) is a ConfigError before the first stage runs."""
-    from .aggregate import POSITIONS
     from .data.limits import check_bound
     from .editors import EDITORS, resolve_config
-    from .evaluation.retrace import TraceConfig
     from .models import check_device, organism_name, resolve_dtype
     from .organism import PRESETS as ORGANISMS
-    from .results import KINDS
     from .selection import STRATEGIES
-    from .tracing import METRICS
 
     cfg = PipelineConfig.from_dict({f.name: getattr(cfg, f.name) for f in fields(cfg)})
 
@@ -107,14 +103,9 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
             raise ConfigError(f"pipeline config: {msg}")
 
     need(cfg.n_facts is None or cfg.n_facts >= 1, f"n_facts must be >= 1 or null (every fact), got {cfg.n_facts}")
-    need(cfg.n_samples >= 1, f"n_samples must be >= 1, got {cfg.n_samples}")
+    trace_settings(cfg).check(lambda key: f"pipeline config: {key}")
     need(cfg.n_samples <= MAX_SAMPLES, f"n_samples must be <= {MAX_SAMPLES} (it sizes memory), got {cfg.n_samples}")
     need(0 <= cfg.seed <= MAX_SEED, f"seed must be from 0 to {MAX_SEED}, got {cfg.seed}")
-    bad = [k for k in cfg.kinds if k not in KINDS]
-    need(cfg.kinds and not bad, f"kinds {list(cfg.kinds)}: expected some of {list(KINDS)}")
-    need(cfg.position in POSITIONS, f"position {cfg.position!r}: expected one of {POSITIONS}")
-    need(cfg.metric in METRICS, f"metric {cfg.metric!r}: expected one of {METRICS}")
-    need(cfg.min_total_effect >= 0, f"min_total_effect must be >= 0, got {cfg.min_total_effect}")
     need(cfg.select_kind in cfg.kinds, f"select_kind {cfg.select_kind!r} is not traced; kinds are {list(cfg.kinds)}")
     need(cfg.strategy in STRATEGIES, f"strategy {cfg.strategy!r}: expected one of {STRATEGIES}")
     need(cfg.window >= 1 and cfg.k >= 1, f"window and k must be >= 1, got window={cfg.window}, k={cfg.k}")
@@ -132,9 +123,22 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
     check_device(cfg.device)
     resolve_config(cfg.method, preset=_preset(cfg), overrides={"seed": cfg.seed, **cfg.editor})
     _eval_config(cfg)
-    TraceConfig(kinds=cfg.kinds, n_samples=cfg.n_samples, n_facts=cfg.retrace_facts, position=cfg.position,
-                metric=cfg.metric, seed=cfg.seed)
+    retrace_config(cfg)
     return cfg
+
+
+def trace_settings(cfg: PipelineConfig) -> TraceSettings:
+    """How the run traces: the config's tracing fields as the shared TraceSettings."""
+    return TraceSettings(kinds=cfg.kinds, n_samples=cfg.n_samples, metric=cfg.metric, position=cfg.position,
+                         min_total_effect=cfg.min_total_effect, seed=cfg.seed)
+
+
+def retrace_config(cfg: PipelineConfig):
+    """What the evaluation re-traces on the original and the edited model: the run's tracing, on retrace_facts."""
+    from .evaluation.retrace import TraceConfig
+
+    settings = trace_settings(cfg)
+    return TraceConfig(**{f.name: getattr(settings, f.name) for f in fields(TraceSettings)}, n_facts=cfg.retrace_facts)
 
 
 def _eval_config(cfg: PipelineConfig):
@@ -294,17 +298,11 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: cont
     import torch
 
     from . import organism
-    from .aggregate import LayerImportance, aggregate
-    from .corpus import load_corpus
-    from .data.limits import bound_records
-    from .editors import unlearn
-    from .report import evaluate
-    from .evaluation.retrace import TraceConfig
+    from .aggregate import LayerImportance
     from .figures import heatmaps, importance_curve
     from .models import organism_name, weights_key
     from .organism import load_model
-    from .selection import LayerSelection, select_layers
-    from .tracing import trace_facts
+    from .selection import LayerSelection
 
     log = JsonlLog(run_dir / "pipeline.log.jsonl")
     atomic_write_json(run_dir / "pipeline_config.json", {"config": asdict(cfg), "provenance": provenance(
@@ -325,12 +323,8 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: cont
     figure = _Figures(run_dir, log)
     if name is not None:
         model_path = organism.build(name, progress=progress)
-    model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
-    corpus = bound_records(load_corpus(cfg.data, cfg.model)[0], tok, cfg.max_record_tokens, cfg.long_records)
-    facts = corpus.facts("forget", cfg.task)[: cfg.n_facts] if cfg.n_facts else corpus.facts("forget", cfg.task)
-    if not facts:
-        raise ConfigError(f"no traceable forget facts for task {cfg.task!r} in {corpus.source} "
-                          "(QA records that name their subject)")
+    model, tok, corpus = load_inputs(cfg, model_path)
+    facts = forget_facts(cfg, corpus)
     log("data", source=corpus.source, n_forget=len(corpus.forget), n_retain=len(corpus.retain), n_traced=len(facts))
     weights = weights_key(model_path or cfg.model, model)  # the model's content: its files, read once (cached)
     runtime = {"dtype": cfg.dtype, "device": cfg.device}
@@ -344,22 +338,19 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: cont
     if stage.done(*imp_path.values()):
         importances = {k: LayerImportance.load(p) for k, p in imp_path.items()}
     else:
-        results = trace_facts(model, tok, facts, kinds=cfg.kinds, n_samples=cfg.n_samples, seed=cfg.seed,
-                              metric=cfg.metric, progress=progress)
-        importances = {k: aggregate(results, k, position=cfg.position, seed=cfg.seed,
-                                    min_total_effect=cfg.min_total_effect) for k in cfg.kinds}
+        results, importances = trace(cfg, model, tok, facts, progress)
         for k, imp in importances.items():
             imp.save(imp_path[k])
         results[0].save(run_dir / "trace" / "example_fact")
         stage.finish(peaks={k: imp.peak for k, imp in importances.items()})
         figure("trace_example", lambda: heatmaps(results[0]))
     figure("layer_importance", lambda: importance_curve(list(importances.values())))
+    for line in _trace_notes(importances, len(facts)):
+        say(line)
+        log("trace_note", message=line.strip())
 
     # 3. select layers -------------------------------------------------------------------------------
-    if cfg.select_kind not in importances:
-        raise ConfigError(f"select_kind {cfg.select_kind!r} was not traced; traced kinds: {list(importances)}")
-    selection = select_layers(importances[cfg.select_kind], strategy=cfg.strategy, k=cfg.k, window=cfg.window,
-                              threshold=cfg.threshold)
+    selection = select(cfg, importances)
     selection_path = selection.save(run_dir / "selection.json")
     say(_elapsed(t_start) + f"[3/5] selected layers {selection.layers} ({cfg.strategy} on {cfg.select_kind}) "
         f"-> {selection_path}")
@@ -384,9 +375,8 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: cont
         if edited_dir.exists() or edited_dir.is_symlink():  # made by an earlier run here under other inputs
             _remove_old_edit(edited_dir, edit_stage, cfg)
         edit_stage.start(edited_model={"pending": True})
-        unlearn(model, tok, corpus, cfg.method, LayerSelection.load(selection_path),
-                config={"seed": cfg.seed, **cfg.editor}, out_dir=edited_dir, preset=preset,
-                source=model_path or _local_dir(cfg.model), progress=progress)
+        edit(cfg, model, tok, corpus, LayerSelection.load(selection_path), edited_dir,
+             source=model_path or _local_dir(cfg.model), progress=progress)
         edit_stage.finish({"edited_model": {"files": sorted(p.name for p in edited_dir.iterdir()),
                                             "weights": weights_hash(edited_dir)}}, out=str(edited_dir))
     # the editor trained `model` in place: reload both from disk so "original" really is the original
@@ -395,18 +385,10 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: cont
 
     # 5. evaluate both, re-trace both ------------------------------------------------------------------
     say(_elapsed(t_start) + "[5/5] evaluation (recall, MIA, MMLU, SemEval score) and re-tracing before/after")
-    eval_cfg = _eval_config(cfg)
-    trace_cfg = TraceConfig(kinds=tuple(cfg.kinds), n_samples=cfg.n_samples, n_facts=cfg.retrace_facts,
-                            position=cfg.position, metric=cfg.metric, seed=cfg.seed)
     if twin_build is not None:
         log("twin_build", returncode=twin_build.wait())  # a failed one is redone below, under the entry's lock
         torch.set_num_threads(twin_build.threads)
-    baseline = _retain_baseline(cfg, progress, say)
-    edit_info = json.loads((edited_dir / "unlearn.json").read_text())
-    report = evaluate(model, tok, corpus, edited=(edited, edited_tok), trace_config=trace_cfg, config=eval_cfg,
-                      retain_baseline=baseline, out_dir=run_dir, progress=progress,
-                      edit_log=edit_info["summary"]["evals"], trained=edit_info.get("optimises", []),
-                      layers=edit_info["layers"])
+    report = verify(cfg, (model, tok), (edited, edited_tok), edited_dir, corpus, run_dir, progress, say)
     for name, fig in report.figures.items():
         figure(name, lambda fig=fig: fig)
     if cfg.figures:
@@ -483,6 +465,84 @@ class _Figures:
             except (OutputError, OSError) as e:
                 tmp.unlink(missing_ok=True)
                 self._fail(f"{dest / f.name}", e)
+
+
+# --- the stages, each one call: the pipeline above and notebooks/03_select_and_unlearn run these -------------------
+def load_inputs(cfg: PipelineConfig, model_path=None, progress: bool = True) -> tuple:
+    """Stage 1: (model, tokenizer, corpus) as the run loads them: the model through organism.load_model (a built-in
+    organism, built first if needed, a local directory or a hub id; model_path: the organism's built directory, when
+    known), the corpus through corpus.load_corpus, records over the length bound refused or cut."""
+    from . import organism
+    from .corpus import load_corpus
+    from .data.limits import bound_records
+    from .models import organism_name
+    from .organism import load_model
+
+    name = organism_name(cfg.model)
+    if model_path is None and name is not None:
+        model_path = organism.build(name, progress=progress)
+    model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
+    corpus = bound_records(load_corpus(cfg.data, cfg.model)[0], tok, cfg.max_record_tokens, cfg.long_records)
+    return model, tok, corpus
+
+
+def forget_facts(cfg: PipelineConfig, corpus) -> list:
+    """The forget facts the run traces: the first n_facts traceable ones of the task."""
+    facts = corpus.facts("forget", cfg.task)
+    facts = facts[: cfg.n_facts] if cfg.n_facts else facts
+    if not facts:
+        raise ConfigError(f"no traceable forget facts for task {cfg.task!r} in {corpus.source} "
+                          "(QA records that name their subject)")
+    return facts
+
+
+def trace(cfg: PipelineConfig, model, tok, facts, progress: bool = True) -> tuple[list, dict]:
+    """Stage 2: (TraceResult per fact, {kind: LayerImportance}) with the run's trace settings."""
+    settings = trace_settings(cfg)
+    results = settings.trace(model, tok, facts, progress=progress)
+    return results, settings.importances(results)
+
+
+def select(cfg: PipelineConfig, importances: dict):
+    """Stage 3: the LayerSelection of select_kind's importance by the configured strategy."""
+    from .selection import select_layers
+
+    if cfg.select_kind not in importances:
+        raise ConfigError(f"select_kind {cfg.select_kind!r} was not traced; traced kinds: {list(importances)}")
+    return select_layers(importances[cfg.select_kind], strategy=cfg.strategy, k=cfg.k, window=cfg.window,
+                         threshold=cfg.threshold)
+
+
+def edit(cfg: PipelineConfig, model, tok, corpus, selection, out_dir: Path, source=None, progress: bool = True) -> Path:
+    """Stage 4: the configured method with its resolved preset (`_preset`) at the selected layers; trains `model` in
+    place and writes the edited model to out_dir (a new directory)."""
+    from .editors import unlearn
+
+    return unlearn(model, tok, corpus, cfg.method, selection, config={"seed": cfg.seed, **cfg.editor},
+                   out_dir=out_dir, preset=_preset(cfg), source=source, progress=progress)
+
+
+def verify(cfg: PipelineConfig, original, edited, edited_dir: Path, corpus, out_dir: Path, progress: bool = True,
+           say=print):
+    """Stage 5: the edited model beside the original and the retain-only baseline (recall, MIA, MMLU, SemEval score,
+    recovery attacks, re-tracing) and the verdict; writes report.json/report.html into out_dir. Returns the Report."""
+    from .report import evaluate
+
+    baseline = _retain_baseline(cfg, progress, say)
+    edit_info = json.loads((Path(edited_dir) / "unlearn.json").read_text())
+    return evaluate(*original, corpus, edited=edited, trace_config=retrace_config(cfg), config=_eval_config(cfg),
+                    retain_baseline=baseline, out_dir=out_dir, progress=progress,
+                    edit_log=edit_info["summary"]["evals"], trained=edit_info.get("optimises", []),
+                    layers=edit_info["layers"])
+
+
+def _trace_notes(importances: dict, n_facts: int) -> list[str]:
+    """The facts the total-effect floor left out, and any importance outside the sane range, as lines to print."""
+    first = next(iter(importances.values()))
+    floor = first.config.get("min_total_effect", 0.0)
+    lines = [f"      {first.n_facts_excluded} of {n_facts} facts left out: total effect below the floor {floor} "
+             f"({first.metric})"] if first.n_facts_excluded else []
+    return lines + [f"      warning: {imp.warning()}" for imp in importances.values() if imp.out_of_range]
 
 
 def sweep_rows(result: dict, importance) -> list[dict]:
@@ -616,7 +676,7 @@ def _sweep(cfg, model, tok, corpus, importance, run_dir: Path, progress: bool, s
     atomic_write_json(out / "sweep_vs_trace.json", {"kind": importance.kind, "rows": rows})
     figure("sweep", lambda: sweep_plot(rows, x="window", ys=["forget_drop", "retain_qa_em", "traced_importance"],
                                        title=f"{cfg.method}: efficacy per window vs traced {importance.kind} "
-                                             "importance"))
+                                             "importance", y_title="recall", right=("traced_importance",)))
     log("sweep", rows=rows)
 
 

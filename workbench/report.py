@@ -201,6 +201,7 @@ class Report:
     provenance: dict = field(default_factory=dict)
     seconds: float = 0.0
     figures: dict = field(default_factory=dict, repr=False)   # plotly figures (html only, not in json)
+    path: Path | None = field(default=None, repr=False)      # report.html, once saved
 
     def table(self) -> list[tuple]:
         """(metric, original, edited, edited - original) rows; None where a number is not available."""
@@ -323,8 +324,33 @@ class Report:
     def save(self, run_dir: str | Path) -> Path:
         run_dir = Path(run_dir)
         atomic_write_json(run_dir / "report.json", self.to_json())
-        atomic_write_text(run_dir / "report.html", self.to_html())
+        self.path = atomic_write_text(run_dir / "report.html", self.to_html())
         return run_dir
+
+    def verdict_view(self, link: str | Path | None = None):
+        """The verdict (evaluation/verdict.Verdict) with a link to report.html (`link`, e.g. relative to a notebook;
+        default: where it was saved), or None when there is no edited model."""
+        from .evaluation.verdict import Verdict
+
+        if not self.verdict:
+            return None
+        where = link if link is not None else self.path
+        return Verdict.from_json(self.verdict, report=None if where is None else str(where))
+
+    def _repr_html_(self) -> str:
+        """The table of numbers (original, edited, the retain-only baseline) and the verdict's one line; the verdict
+        itself is `verdict_view()`."""
+        import html as html_mod
+
+        from .htmlview import WORDS, table
+
+        extra = self.baseline_column() if self.baseline else None
+        rows = [[r[0], r[1], r[2], r[3]] + ([extra[i]] if extra else []) for i, r in enumerate(self.table())]
+        header = ["metric", "original", "edited", "edited - original"] + (["retain-only baseline"] if extra else [])
+        verdict = (f"; verdict against the {self.verdict['against']}: {WORDS[self.verdict['passed']]}"
+                   if self.verdict else "")
+        where = f" ({html_mod.escape(str(self.path))})" if self.path else ""
+        return table(header, rows, caption=f"Evaluation report{where}{html_mod.escape(verdict)}")
 
 
 def evaluate(model, tok, corpus, *, edited=None, trace_config: TraceConfig | None = None,

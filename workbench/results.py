@@ -66,6 +66,27 @@ class TraceResult:
             return norm[:, -1]
         return norm[:, int(position)]
 
+    def _repr_html_(self) -> str:
+        """The fact, its clean and corrupted metric, and per layer the normalised effect of each kind at the last
+        subject (or last changed) token, the site ROME reads."""
+        import html
+
+        from .htmlview import table, text
+
+        s, e = self.subject_range
+        toks = "".join(f"<b><u>{html.escape(t)}</u></b>" if s <= i < e else html.escape(t)
+                       for i, t in enumerate(self.tokens))
+        kinds = [k for k, v in self.effects.items() if v.shape[1] == len(self.tokens)]
+        rows = [[l] + [float(self.normalised(k)[l, e - 1]) for k in kinds] for l in range(self.n_layers)]
+        marked = "subject" if self.method == "causal_trace" else "changed tokens"
+        head = (f"<p style='margin:2px 0'><b>{html.escape(self.method)}</b>: {toks} &rarr; "
+                f"<b>{html.escape(self.answer)}</b> ({marked} underlined)<br>metric {html.escape(self.metric)}: clean "
+                f"{text(self.clean)}, corrupted {text(self.corrupted)}, total effect {text(self.total_effect)}</p>")
+        if not kinds:
+            return head
+        return head + table(["layer"] + kinds, rows, caption=f"normalised effect at token {e - 1} "
+                            f"({html.escape(self.tokens[e - 1])}); 0 = nothing restored, 1 = all of it")
+
     # --- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write `<path>.json` + `<path>.npz` (a suffix on `path` is dropped). Returns the json path."""

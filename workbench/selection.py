@@ -39,6 +39,16 @@ class LayerSelection:
     def selected_scores(self) -> list[float]:
         return [self.scores[l] for l in self.layers]
 
+    def _repr_html_(self) -> str:
+        """Every layer's score with the selected ones shaded, the strategy and its parameters."""
+        from .htmlview import table
+
+        params = ", ".join(f"{k}={v}" for k, v in self.params.items() if k != "window_sums")
+        cap = (f"<b>LayerSelection</b>: layers <b>{self.layers}</b> ({self.strategy}{f', {params}' if params else ''}"
+               f"{f' on {self.kind}' if self.kind else ''})")
+        rows = [[l, float(v), "selected" if l in self.layers else ""] for l, v in enumerate(self.scores)]
+        return table(["layer", "score", ""], rows, caption=cap, highlight=set(self.layers))
+
     def to_json(self) -> dict:
         return to_jsonable({"type": "LayerSelection", "layers": self.layers, "scores": self.scores,
                             "selected_scores": self.selected_scores, "strategy": self.strategy, "kind": self.kind,

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..trace_settings import TraceSettings
 from . import add_length_args, add_model_safety_args
 
 
@@ -31,7 +32,8 @@ def add_parser(sub):
                    help="recovery attacks run on the original, edited and retain-only models: a comma-separated "
                         "list of relearn, quantize, lens, depth, or 'all' (default: none)")
     p.add_argument("--n-facts", type=int, default=16, help="forget facts to re-trace")
-    p.add_argument("--n-samples", type=int, default=10, help="noise samples per traced fact")
+    p.add_argument("--n-samples", type=int, default=TraceSettings.n_samples, help="noise samples per traced fact "
+                   "(the re-trace uses the shared tracing settings, workbench/trace_settings.py)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--progress", action="store_true")

@@ -10,16 +10,20 @@ bootstrap intervals), token_roles.json, figures/*.html|png, trace.jsonl (log), s
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..trace_settings import TraceSettings
 from . import add_length_args, add_model_safety_args, add_placement_args, check_length_args
 
 FIGURE_FACTS = 3  # per-fact heatmaps drawn for the first few facts only (a 125-fact run needs no 125 figures)
+# the flag of each tracing setting, to name it in an error
+FLAGS = {"kinds": "--kinds", "n_samples": "--samples", "metric": "--metric", "position": "--position",
+         "min_total_effect": "--min-total-effect", "window": "--window", "noise": "--noise", "seed": "--seed",
+         "n_boot": "--n-boot"}
 
 
 def add_parser(sub):
@@ -38,15 +42,21 @@ def add_parser(sub):
     many.add_argument("--facts-per-batch", type=int, default=1,
                       help="trace this many facts in shared right-padded full forwards (default 1: one at a time, "
                            "which on OLMo-family models uses the suffix engine and does fewer FLOPs)")
-    p.add_argument("--kinds", default="resid,mlp,attn", help="comma-separated: resid, mlp, attn")
-    p.add_argument("--samples", type=int, default=10, help="noise samples per prompt (ROME: 10)")
+    d = TraceSettings()  # the defaults every entry point shares (workbench/trace_settings.py)
+    p.add_argument("--kinds", default=",".join(d.kinds), help="comma-separated: resid, mlp, attn")
+    p.add_argument("--samples", type=int, default=d.n_samples, help=f"noise samples per prompt (default {d.n_samples})")
     p.add_argument("--noise", type=float, help="noise sigma (default: 3 x embedding std over the subjects)")
     p.add_argument("--window", type=int, help="layers restored together for mlp/attn (default: 10/48 of depth)")
-    p.add_argument("--metric", default="prob", help="prob (first answer token) or logprob_mean (whole answer)")
+    p.add_argument("--metric", default=d.metric,
+                   help=f"prob (first answer token) or logprob_mean (whole answer; default {d.metric})")
     p.add_argument("--backend", default="torch", help="torch, transformer_lens or nnsight")
-    p.add_argument("--position", default="max", help="per-layer score: max, last_subject, last or mean")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--position", default=d.position,
+                   help=f"per-layer score: max, last_subject, last or mean (default {d.position})")
+    p.add_argument("--min-total-effect", type=float, default=d.min_total_effect,
+                   help="leave facts the noise hurts less than this (metric units) out of the importance, and count "
+                        f"them (default {d.min_total_effect}; 0 keeps every fact)")
+    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap resamples for the intervals")
+    p.add_argument("--seed", type=int, default=d.seed)
     add_length_args(many)
     add_run_args(p)
     return p
@@ -75,13 +85,18 @@ def parse_list(value: str, what: str, allowed=None) -> list[str]:
     return items
 
 
+def settings(args) -> TraceSettings:
+    """The flags' tracing settings, checked (an error names the flag)."""
+    return TraceSettings(kinds=args.kinds_list, n_samples=args.samples, metric=args.metric, position=args.position,
+                         min_total_effect=args.min_total_effect, window=args.window, noise=args.noise,
+                         seed=args.seed, n_boot=args.n_boot).check(FLAGS.get)
+
+
 def check_args(args) -> str:
     """Validate flags before loading anything; returns 'prompt' or 'facts'."""
-    from ..aggregate import POSITIONS
     from ..configfile import MAX_BOOT, MAX_SAMPLES, check_count, check_seed
     from ..figures import STATIC_FORMATS
     from ..results import KINDS
-    from ..tracing import METRICS
     from . import placement_options
 
     single = [args.prompt, args.subject, args.answer]
@@ -99,14 +114,6 @@ def check_args(args) -> str:
     check_count(args.samples, "--samples", MAX_SAMPLES)
     check_count(args.n_boot, "--n-boot", MAX_BOOT)
     check_seed(args.seed, "--seed")
-    if args.position not in POSITIONS:
-        raise ConfigError(f"--position {args.position!r} unknown; expected one of {POSITIONS}")
-    if args.metric not in METRICS:
-        raise ConfigError(f"--metric {args.metric!r} unknown; expected one of {METRICS}")
-    if args.noise is not None and not (math.isfinite(args.noise) and args.noise > 0):
-        raise ConfigError(f"--noise must be a finite number > 0 (omit it for 3 x the embedding std), got {args.noise}")
-    if args.window is not None and args.window < 1:
-        raise ConfigError(f"--window must be >= 1 layer, got {args.window}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.facts_per_batch < 1:
@@ -114,6 +121,7 @@ def check_args(args) -> str:
     check_length_args(args)
     placement_options(args)  # a bad --max-memory fails here, before anything is loaded
     args.kinds_list = parse_list(args.kinds, "--kinds", KINDS)
+    args.settings = settings(args)
     args.formats_list = [] if args.formats.strip().lower() == "none" else parse_list(
         args.formats.lower(), "--formats", ("html", *STATIC_FORMATS))
     return "facts" if args.facts else "prompt"
@@ -202,13 +210,13 @@ def run(args) -> int:
 
 
 def _trace(args, mode: str, out: Path, records, source: str) -> int:
-    from ..aggregate import aggregate, token_roles
+    from ..errors import TraceError
     from ..data.limits import bound_records
     from ..data.records import Corpus
     from ..figures import heatmaps, importance_curve, token_role_heatmap
     from ..organism import load_model
     from ..provenance import JsonlLog, atomic_write_json
-    from .. import distributed, tracing
+    from .. import distributed
     from ..models import layer_devices
     from . import model_options, placement_options
 
@@ -219,16 +227,16 @@ def _trace(args, mode: str, out: Path, records, source: str) -> int:
         records = bound_records(Corpus(forget=records, retain=[], source=source), tok, args.max_record_tokens,
                                 args.long_records).forget
     load_s, t1 = time.perf_counter() - t0, time.perf_counter()
-    kw = dict(kinds=tuple(args.kinds_list), n_samples=args.samples, window=args.window, metric=args.metric,
-              backend=args.backend, seed=args.seed, batch_size=args.batch_size)
+    st = args.settings
+    engine = dict(backend=args.backend, batch_size=args.batch_size)
     placed = {"layer_devices": layer_devices(model)} if args.max_memory else {}  # where --max-memory put each layer
-    log("start", model=args.model, mode=mode, source=source, n_facts=len(records) if records else 1, **placed, **kw)
+    log("start", model=args.model, mode=mode, source=source, n_facts=len(records) if records else 1, **placed,
+        settings=st.to_json(), **engine)
     if mode == "facts":
-        results = tracing.trace_facts(model, tok, records, noise=args.noise, facts_per_batch=args.facts_per_batch,
-                                      progress=args.progress and distributed.is_main(), **kw)
+        results = st.trace(model, tok, records, facts_per_batch=args.facts_per_batch,
+                           progress=args.progress and distributed.is_main(), **engine)
     else:
-        results = [tracing.causal_trace(model, tok, args.prompt, args.answer, args.subject, noise=args.noise,
-                                        progress=args.progress, **kw)]
+        results = [st.trace_one(model, tok, args.prompt, args.answer, args.subject, progress=args.progress, **engine)]
     trace_s = time.perf_counter() - t1
     if not distributed.is_main():
         return 0
@@ -242,24 +250,35 @@ def _trace(args, mode: str, out: Path, records, source: str) -> int:
             wall_s=r.config.get("wall_s"))
 
     imps, roles, figs = {}, {}, {}
-    for kind in args.kinds_list:
-        imps[kind] = aggregate(results, kind, position=args.position, n_boot=args.n_boot, seed=args.seed)
-        imps[kind].provenance["data"]["source"] = source
-        files.append(str(imps[kind].save(out / f"importance_{kind}.json")))
-        roles[kind] = token_roles(results, kind)
+    try:
+        imps = st.importances(results)
+    except TraceError as e:  # every fact below the total-effect floor: the per-fact results and heatmaps still stand
+        excluded = str(e)
+        log("importance_skipped", reason=excluded)
+    for kind, imp in imps.items():
+        imp.provenance["data"]["source"] = source
+        files.append(str(imp.save(out / f"importance_{kind}.json")))
+    for kind in imps:
+        roles[kind] = st.roles(results, kind)
         figs[f"token_roles_{kind}"] = token_role_heatmap(roles[kind])
     files.append(str(atomic_write_json(out / "token_roles.json", {k: v.to_json() for k, v in roles.items()})))
-    figs["importance"] = importance_curve(list(imps.values()))
+    if imps:
+        figs["importance"] = importance_curve(list(imps.values()))
     for i, r in enumerate(results[:FIGURE_FACTS]):
         figs[f"trace_{i:04d}"] = heatmaps(r)
     fig_files, fig_warning = write_figures(figs, out / "figures", args.formats_list, log)
 
     n = len(results)
+    first = next(iter(imps.values()), None)
     summary = {
-        "model": args.model, "source": source, "n_facts": n, "metric": args.metric, "position": args.position,
+        "model": args.model, "source": source, "n_facts": n, "metric": st.metric, "position": st.position,
+        "min_total_effect": st.min_total_effect,
+        "n_facts_excluded": first.n_facts_excluded if first else n,  # below the total-effect floor
         "clean_mean": sum(r.clean for r in results) / n, "corrupted_mean": sum(r.corrupted for r in results) / n,
         "noise_sigma": results[0].config.get("noise_sigma"), "window": results[0].config.get("window"),
         "peaks": {k: imp.peak for k, imp in imps.items()},
+        "warnings": [imp.warning() for imp in imps.values() if imp.out_of_range]
+        + ([] if imps else [f"no importance: {excluded}"]),
         "layers": {k: {"mean": imp.mean.round(4).tolist(), "lo": imp.lo.round(4).tolist(),
                        "hi": imp.hi.round(4).tolist()} for k, imp in imps.items()},
         "load_s": round(load_s, 2), "trace_s": round(trace_s, 2), "wall_s": round(time.perf_counter() - t0, 2), "out": str(out),

@@ -6,48 +6,41 @@ that carried it. This module computes; the report draws the curves it returns (f
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
-from ..aggregate import POSITIONS, aggregate, bootstrap_mean
-from ..errors import ConfigError, DataError
-from ..results import KINDS
-from ..tracing import METRICS, noise_scale, trace_facts
+from ..aggregate import bootstrap_mean
+from ..errors import ConfigError, DataError, TraceError
+from ..trace_settings import TraceSettings
+from ..tracing import noise_scale
 
 
 @dataclass
-class TraceConfig:
-    """What re-tracing runs on both models (the same for both)."""
+class TraceConfig(TraceSettings):
+    """What re-tracing runs on both models (the same for both): the shared tracing settings (trace_settings.py, the
+    pipeline's unless told otherwise) and which facts."""
 
-    kinds: tuple = ("resid", "mlp", "attn")
-    n_samples: int = 10
     n_facts: int | None = 16      # forget facts traced (None: all traceable ones)
     split: str = "forget"
-    window: int | None = None
-    position: str = "max"
-    metric: str = "prob"          # prob | logprob_mean (workbench.tracing.METRICS)
-    n_boot: int = 1000
-    seed: int = 0
 
     def __post_init__(self):
-        self.kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
-        bad = [k for k in self.kinds if k not in KINDS]
-        _need(self.kinds and not bad, f"re-trace kinds {list(self.kinds)}: expected some of {list(KINDS)}")
-        _need(self.n_samples >= 1, f"re-trace n_samples must be >= 1, got {self.n_samples}")
-        _need(self.n_facts is None or self.n_facts >= 1,
-              f"re-trace n_facts must be >= 1 (or None: every fact; turn re-tracing off with trace=False), "
-              f"got {self.n_facts}")
-        _need(self.window is None or self.window >= 1, f"re-trace window must be >= 1 layer, got {self.window}")
-        _need(self.position in POSITIONS, f"re-trace position {self.position!r}: expected one of {POSITIONS}")
-        _need(self.metric in METRICS, f"re-trace metric {self.metric!r}: expected one of {METRICS}")
-        _need(self.n_boot >= 1, f"re-trace n_boot must be >= 1, got {self.n_boot}")
+        super().__post_init__()
+        self.check(lambda field: f"re-trace {field}")
+        if not (self.n_facts is None or self.n_facts >= 1):
+            raise ConfigError(f"re-trace n_facts must be >= 1 (or None: every fact; turn re-tracing off with "
+                              f"trace=False), got {self.n_facts}")
 
 
-def _need(ok, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
+def _normalised(settings: TraceSettings, results, kind: str) -> dict:
+    """The LayerImportance summary of one model's traces; when every fact is below the total-effect floor (an edit
+    that removed the facts leaves little for the noise to hurt) the summary says so instead."""
+    try:
+        return settings.importance(results, kind).summary()
+    except TraceError:
+        return {"kind": kind, "position": settings.position, "n_facts": 0, "n_facts_excluded": len(results),
+                "note": f"every fact's total effect is below min_total_effect {settings.min_total_effect}"}
 
 
 def retrace(original, edited, corpus, tc: TraceConfig, progress: bool = False) -> tuple[dict, dict]:
@@ -60,28 +53,27 @@ def retrace(original, edited, corpus, tc: TraceConfig, progress: bool = False) -
     if not facts:
         raise DataError(f"re-tracing: the {tc.split} split has no traceable QA facts (records with a subject)")
     (m0, t0), (m1, t1) = original, edited
-    sigma = noise_scale(m0, t0, [r.subject for r in facts])  # one sigma for both: the same corruption
-    kw = dict(kinds=tuple(tc.kinds), n_samples=tc.n_samples, window=tc.window, seed=tc.seed, noise=sigma,
-              metric=tc.metric, progress=progress)
-    before, after = trace_facts(m0, t0, facts, **kw), trace_facts(m1, t1, facts, **kw)
+    # one sigma for both, measured on the original unless the settings fix it: the same corruption
+    sigma = tc.noise if tc.noise is not None else noise_scale(m0, t0, [r.subject for r in facts])
+    settings = replace(TraceSettings(**{f.name: getattr(tc, f.name) for f in fields(TraceSettings)}), noise=sigma)
+    before, after = settings.trace(m0, t0, facts, progress=progress), settings.trace(m1, t1, facts, progress=progress)
     numbers: dict[str, Any] = {"config": asdict(tc), "noise": sigma, "facts": [r.id for r in facts],
                                "p_clean": {"before": [r.clean for r in before], "after": [r.clean for r in after]},
                                "kinds": {}}
     curves = {}
     for kind in tc.kinds:
-        b = aggregate(before, kind, tc.position, tc.n_boot, tc.seed)
-        a = aggregate(after, kind, tc.position, tc.n_boot, tc.seed)
         # raw indirect effect (not normalised by each model's total effect): what unlearning should remove
         ie_b = np.stack([r.indirect_effect(kind).max(axis=1) for r in before])  # [n_facts, n_layers]
         ie_a = np.stack([r.indirect_effect(kind).max(axis=1) for r in after])
         d_mean, d_lo, d_hi = bootstrap_mean(ie_b - ie_a, n_boot=tc.n_boot, seed=tc.seed)
         numbers["kinds"][kind] = {
-            "normalised_before": b.summary(), "normalised_after": a.summary(),
+            "normalised_before": _normalised(settings, before, kind),
+            "normalised_after": _normalised(settings, after, kind),
             "ie_before": ie_b.mean(0).tolist(), "ie_after": ie_a.mean(0).tolist(),
             "ie_drop": d_mean.tolist(), "ie_drop_lo": d_lo.tolist(), "ie_drop_hi": d_hi.tolist(),
         }
         # the curves are raw indirect effects: normalising each model by its own total effect would blow up
         # the edited model's (small, once the fact is gone) denominator
-        curves[kind] = (aggregate(before, kind, tc.position, tc.n_boot, tc.seed, normalise=False),
-                        aggregate(after, kind, tc.position, tc.n_boot, tc.seed, normalise=False))
+        curves[kind] = (settings.importance(before, kind, normalise=False),
+                        settings.importance(after, kind, normalise=False))
     return numbers, curves

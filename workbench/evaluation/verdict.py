@@ -47,6 +47,7 @@ class Verdict:
     against: str               # "retain-only baseline" | "ideal (no baseline)"
     criteria: list[Criterion] = field(default_factory=list)
     forget_quality: float | None = None   # KS p-value (needs a baseline)
+    report: str | None = None             # report.html holding every number, linked from the notebook view
 
     @property
     def passed(self) -> bool | None:
@@ -65,6 +66,31 @@ class Verdict:
     def to_json(self) -> dict:
         return {"against": self.against, "passed": self.passed, "forget_quality": self.forget_quality,
                 "criteria": [c.__dict__ for c in self.criteria]}
+
+    @classmethod
+    def from_json(cls, d: dict, report: str | None = None) -> "Verdict":
+        return cls(d["against"], [Criterion(**c) for c in d["criteria"]], d.get("forget_quality"), report)
+
+    def __repr__(self) -> str:
+        return "\n".join(self.lines() + ([f"report: {self.report}"] if self.report else []))
+
+    def _repr_html_(self) -> str:
+        """PASS/FAIL per criterion with the edited model's number beside the baseline's, and the report's link."""
+        import html
+
+        from ..htmlview import COLORS, WORDS, table, verdict_word
+
+        rows = [[c.name, verdict_word(c.passed), c.detail] for c in self.criteria]
+        head = (f"<h3 style='color:{COLORS[self.passed]};margin:4px 0'>Verdict against the "
+                f"{html.escape(self.against)}: {WORDS[self.passed]}</h3>")
+        out = head + table(["criterion", "result", "edited vs the baseline (tolerance)"], rows, raw_columns=(1,))
+        if self.forget_quality is not None:
+            out += (f"<p style='margin:2px 0'>forget quality (KS p-value of per-document loss vs the baseline, "
+                    f"TOFU; &ge; 0.05 reads as indistinguishable): {self.forget_quality:.3g}</p>")
+        if self.report:
+            out += (f"<p style='margin:2px 0'>every number and figure: <a href='{html.escape(self.report)}' "
+                    f"target='_blank'>{html.escape(self.report)}</a></p>")
+        return out
 
 
 def _get(d, *path):
