@@ -1,9 +1,10 @@
-"""Recovery attacks (workbench.evaluation.attacks): wall time of all four on the original, an edited model and the
-retain-only twin of the default organism (micro with --quick); the budget is 2 minutes on 2 CPU cores.
+"""Recovery attacks (workbench.evaluation.attacks): wall time of all four, at their default worst-case grids, on the
+original, an edited model and the retain-only twin of the default organism (micro with --quick); the budget is
+3 minutes on 2 CPU cores, grids included.
 
-The edited model here is a stand-in: the original with Gaussian noise in its last layer's MLP weights, which hides
-the forget answers. The attacks' work does not depend on what the edit did (same shapes, same records, fixed step and
-fact counts), so an editor run (a minute or more) would only lengthen the benchmark.
+The edited model here is a stand-in: the original with Gaussian noise in its last layer's MLP weights. The attacks'
+work does not depend on what the edit did (same shapes, same records, fixed grids and fact counts), so an editor run
+(a minute or more) would only lengthen the benchmark.
 
 What makes the budget: recall is read from one teacher-forced forward per batch instead of generating; its equality
 with greedy generation (the report's exact match) is checked on every model first, and the time of both is shown.
@@ -16,7 +17,7 @@ import torch
 
 from . import Section, goal, measure, table
 
-BUDGET_S = 120.0
+BUDGET_S = 180.0
 
 
 def stand_in_edit(model, sd: float = 0.25, seed: int = 0):
@@ -31,7 +32,7 @@ def stand_in_edit(model, sd: float = 0.25, seed: int = 0):
 def run(quick: bool = False, log=print) -> Section:
     from workbench import organism
     from workbench.data.records import questions
-    from workbench.evaluation.attacks import ATTACKS, recoveries, run_attacks
+    from workbench.evaluation.attacks import ATTACKS, AttackConfig, recoveries, run_attacks
     from workbench.evaluation.attacks.recall import encode_qa, score
     from workbench.generation import exact_match, greedy_generate
 
@@ -50,17 +51,24 @@ def run(quick: bool = False, log=print) -> Section:
         t_forced, t_generated = t_forced + t_f, t_generated + t_g
 
     log("attacks: relearn, quantize, lens, depth")
-    res, wall, peak = measure(lambda: run_attacks(ATTACKS, models, corpus))
+    cfg = AttackConfig()
+    res, wall, peak = measure(lambda: run_attacks(ATTACKS, models, corpus, cfg, layers=[0, 1, 2]))
     rec = recoveries(res)
-    rows = [[a, res["seconds"][a]] + [f"{rec[a][m]:+.3f}" for m in res["models"]] for a in ATTACKS]
-    rows.append(["all four", wall, "", "", ""])
+    rows = [[a, res["seconds"][a]] + [f"{rec[a][m]:+.3f}" for m in res["models"]]
+            + [f"{sum(res[a]['admissible'])} of {len(res[a]['admissible'])}" if a != "depth" else "UDS"]
+            for a in ATTACKS]
+    rows.append(["all four", wall, "", "", "", ""])
+    r = cfg.relearn
     md = (f"### Recovery attacks on the {name} organism (original, stand-in edit, retain-only twin)\n\n"
-          f"{len(qa)} forget QA records, {len(questions(corpus.retain))} retain QA records; relearn 10 steps x 2 "
-          f"fine-tunes x 3 models, 8- and 4-bit quantisation, lens and probe at every layer, depth at every "
-          f"(kind, layer) in five directions. Peak RSS delta {peak:.0f} MiB. Recall of the forget QA records on "
-          f"all three models: teacher-forced {t_forced:.2f} s, greedy generation {t_generated:.2f} s, "
-          f"identical exact match: {'yes' if same else 'NO'}.\n\n"
-          + table(["attack", "seconds", "recovery original", "recovery edited", "recovery twin"], rows))
+          f"{len(qa)} forget QA records, {len(questions(corpus.retain))} retain QA records. Grids: relearn lr "
+          f"{list(r.lrs)} x scopes {list(r.scopes)} measured after {list(r.steps)} steps, on 3 models; quantize "
+          f"{list(cfg.quantize.bits)} bits x groups {list(cfg.quantize.groups)}; four readouts of every layer (own "
+          f"and original decoder, probe, tuned lens); UDS stage 1 (cached after the first run) and stage 2 for every "
+          f"model. Peak RSS delta {peak:.0f} MiB. Recall of the forget QA records on all three models: "
+          f"teacher-forced {t_forced:.2f} s, greedy generation {t_generated:.2f} s, identical exact match: "
+          f"{'yes' if same else 'NO'}.\n\n"
+          + table(["attack", "seconds", "worst-case original", "worst-case edited", "worst-case twin",
+                   "admissible settings"], rows))
     goals = [goal(f"attacks on the {name} organism within {BUDGET_S:.0f} s", BUDGET_S / wall, 1.0, same,
                   f"{wall:.1f} s wall; ratio = budget / wall")]
     return Section("Recovery attacks", md, goals)

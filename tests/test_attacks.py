@@ -25,6 +25,22 @@ def _noised(model, layer: int, sd: float, seed: int = 0):
     return out
 
 
+def _hidden(model, tok, corpus, layer: int = 3, steps: int = 80, lr: float = 1e-3, floor: float = 3.0):
+    """A copy whose forget answers are hidden by gradient ascent on one late layer's MLP alone: the facts stay in
+    the layers below, a shallow edit that relearning can undo."""
+    from workbench.editors.gradient import answer_nll, mean_ce
+    from workbench.editors.loop import collate
+
+    out = copy.deepcopy(model)
+    opt = torch.optim.Adam(out.model.layers[layer].mlp.parameters(), lr=lr)
+    batch = collate(encode_qa(tok, corpus.forget), tok.pad_token_id)
+    for _ in range(steps):
+        opt.zero_grad()
+        (-mean_ce(*answer_nll(out, batch), floor)).backward()
+        opt.step()
+    return out.eval()
+
+
 def _mix(a, b, t: float):
     """A model whose every weight is (1 - t) * a's + t * b's."""
     out = copy.deepcopy(a)
@@ -41,7 +57,7 @@ def test_teacher_forced_recall_equals_greedy_generation(micro, micro_retain):
     from workbench.generation import exact_match, greedy_generate
 
     model, tok, corpus = micro
-    half_broken = _noised(model, 2, 0.2)
+    half_broken = _noised(model, 1, 0.1)
     for m in (model, micro_retain[0], half_broken):
         for split in ("forget", "retain"):
             qa = questions(corpus.split(split))
@@ -173,28 +189,29 @@ def test_lens_reads_through_an_unembedding_bias(micro):
 
 
 def test_original_decoder_sees_through_an_edited_decoder(micro):
-    """Planted: scrambling the edited model's final norm hides the answers from its own lens at every layer, but the
-    original's decoder still reads them from the untouched residual stream."""
+    """Planted: permuting the rows of the edited model's unembedding hides the answers from its own lens at every
+    layer, but the original's decoder still reads them from the untouched residual stream."""
     model, tok, corpus = micro
     scrambled = copy.deepcopy(model)
     with torch.no_grad():
-        g = torch.Generator().manual_seed(0)
-        scrambled.model.norm.weight.copy_(torch.randn(scrambled.model.norm.weight.shape, generator=g))
+        W = scrambled.lm_head.weight
+        W.copy_(W[torch.randperm(W.shape[0], generator=torch.Generator().manual_seed(0))])
     res = lens.run_model(scrambled, tok, corpus, lens.LensConfig(tuned_steps=0), model)
     assert res["before"] <= 0.1 and max(res["metrics"]["lens_recall"]) <= 0.1
     assert res["metrics"]["lens_original_recall"][-1] == 1.0
 
 
 def test_tuned_lens_fits_the_models_own_output(micro):
-    """The tuned lens at the last layer starts at the model's own decoder; trained, it stays there (the identity
-    is optimal), and at an early layer it reads the retain answers better than the plain lens."""
+    """The tuned lens at the last layer starts at the model's own decoder and, trained, still reads what the model
+    outputs; at an early layer it reads the retain answers better than the plain lens."""
     model, tok, corpus = micro
     retain = lens.positions(model, tok, corpus.retain)
     A, b = lens.fit_tuned(model, retain.resid[-1], retain.logits, steps=30, lr=1e-2)
-    assert A.abs().max() < 0.05 and b.abs().max() < 0.05
-    A0, b0 = lens.fit_tuned(model, retain.resid[1], retain.logits, steps=150, lr=1e-2)
-    plain = lens.read(retain, lens.unembed(model, retain.resid[1]))[1]
-    tuned = lens.read(retain, lens.unembed(model, retain.resid[1] + retain.resid[1] @ A0 + b0))[1]
+    last = lens.unembed(model, retain.resid[-1] + retain.resid[-1] @ A + b)
+    assert lens.read(retain, last) == pytest.approx(lens.read(retain, retain.logits), abs=0.02)
+    A0, b0 = lens.fit_tuned(model, retain.resid[0], retain.logits, steps=150, lr=1e-2)
+    plain = lens.read(retain, lens.unembed(model, retain.resid[0]))[1]
+    tuned = lens.read(retain, lens.unembed(model, retain.resid[0] + retain.resid[0] @ A0 + b0))[1]
     assert tuned > plain + 0.1
 
 
@@ -208,17 +225,17 @@ def test_lens_twin_decodes_nothing_anywhere(micro, micro_retain):
 # --- relearn ---------------------------------------------------------------------------------------------------
 def test_relearn_grid_twin_stays_at_chance_and_a_masked_model_comes_back(micro, micro_retain):
     """Planted: fine-tuning the twin on half the forget facts leaves the other half where it was (at chance) at
-    every admissible setting; a model whose answers are masked by noise in one layer gets the other half back."""
+    every admissible setting; a model whose answers are hidden by its last layer's MLP gets the other half back."""
     model, tok, corpus = micro
-    cfg = relearn.RelearnConfig(lrs=(1e-3,), steps=(5, 10), scopes=("all",))
-    masked = _noised(model, 3, 0.25)            # noise in the last layer's MLP hides every answer
+    cfg = relearn.RelearnConfig(lrs=(1e-3,), steps=(10, 30), scopes=("all",))
+    masked = _hidden(model, tok, corpus)
     fingerprint = [p.clone() for p in masked.parameters()]
     res = grid.judge(relearn.run({"edited": (masked, tok), "twin": (micro_retain[0], tok)}, corpus, cfg))
     twin, edited = res["per_model"]["twin"], res["per_model"]["edited"]
     assert twin["n_train"] + twin["n_measured"] == len(encode_qa(tok, corpus.forget))
-    assert len(twin["curves"]["all lr 0.001"]) == 3 and res["steps"] == [0, 5, 10]
+    assert len(twin["curves"]["all lr 0.001"]) == 3 and res["steps"] == [0, 10, 30]
     assert twin["before"] <= 0.1 and all(res["admissible"])
-    assert edited["before"] <= 0.1 and edited["recovery"] >= 0.3 and res["worst"]["gap"] >= 0.3
+    assert edited["before"] <= 0.1 and edited["recovery"] >= 0.15 and res["worst"]["gap"] >= 0.15
     # the attack fine-tuned a copy: the model under attack is untouched
     assert all(torch.equal(a, b) for a, b in zip(fingerprint, masked.parameters()))
 
@@ -232,19 +249,19 @@ def test_relearn_edited_scope_trains_only_those_layers(micro):
 
 
 def test_only_the_strongest_admissible_relearning_finds_a_deeply_hidden_fact(micro, micro_retain):
-    """Planted: an edit that hides the answers behind a perturbation that weak relearning (lr 1e-4, 5 steps) does
-    not undo, while the strongest admissible setting of the grid does. The default grid finds it and the verdict's
-    relearn line fails; judged at the weak setting alone, the same edit would pass."""
+    """Planted: an edit that hides the answers in its last layer, deep enough that weak relearning (lr 1e-4, 5 steps;
+    lr 1e-3, 5 steps) brings none back, while the strongest admissible setting of the grid does. The grid finds it
+    and the verdict's relearn line fails; judged at the weak setting alone, the same edit would pass."""
     from workbench.evaluation.verdict import attack_criteria
 
     model, tok, corpus = micro
-    hidden = _noised(model, 3, 0.5)
-    cfg = relearn.RelearnConfig(lrs=(1e-4, 3e-3), steps=(5, 30), scopes=("all",))
+    hidden = _hidden(model, tok, corpus)
+    cfg = relearn.RelearnConfig(lrs=(1e-4, 1e-3), steps=(5, 30), scopes=("all",))
     res = grid.judge(relearn.run({"original": (model, tok), "edited": (hidden, tok),
                                   "twin": (micro_retain[0], tok)}, corpus, cfg))
-    weak = res["per_model"]["edited"]["by_setting"]["all lr 0.0001, 5 steps"]
-    assert weak <= 0.05, "the weak setting must not recover the hidden facts"
-    assert res["worst"]["setting"] != "all lr 0.0001, 5 steps" and res["worst"]["gap"] > 0.2
+    by = res["per_model"]["edited"]["by_setting"]
+    assert by["all lr 0.0001, 5 steps"] <= 0.05 and by["all lr 0.001, 5 steps"] <= 0.05, "weak settings recover nothing"
+    assert res["worst"]["setting"] == "all lr 0.001, 30 steps" and res["worst"]["gap"] > 0.15
     line = attack_criteria({"attacks": ["relearn"], "relearn": res}, tol=0.05)[0]
     assert line.passed is False
     weak_only = grid.judge(relearn.run({"edited": (hidden, tok), "twin": (micro_retain[0], tok)}, corpus,
@@ -322,7 +339,7 @@ def test_attack_names_and_settings_are_checked():
         AttackConfig.from_dict({"admissible": 2})
     with pytest.raises(ConfigError, match="depth threshold"):
         AttackConfig.from_dict({"depth": {"threshold": 1.5}})
-    cfg = AttackConfig.from_dict({"quantize": {"bits": [4], "groups": 64}, "admissible": 0.1})
+    cfg = AttackConfig.from_dict({"quantize": {"bits": [4], "groups": [64]}, "admissible": 0.1})
     assert cfg.quantize.bits == (4,) and cfg.quantize.groups == (64,) and cfg.admissible == 0.1
 
 
@@ -364,16 +381,16 @@ def test_models_must_share_a_tokenizer(micro):
 
 def test_report_has_the_attacks_section_and_verdict_lines(micro, micro_retain, tmp_path, monkeypatch):
     """evaluate(..., attacks): every attack on the three models, a 'Does it come back?' section with one figure per
-    attack, and one verdict line per attack. A noise-masked 'edit' is shallow: relearning and reading the layers
-    bring its answers back beyond the twin's, and its hidden states carry them: those lines fail."""
+    attack, and one verdict line per attack. An 'edit' that hides the answers in its last layer is shallow:
+    relearning brings them back beyond the twin's, and its hidden states carry them: those lines fail."""
     from workbench.report import EvalConfig, evaluate
     from workbench.evaluation.retrace import TraceConfig
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
     model, tok, corpus = micro
-    masked = _noised(model, 3, 0.25)
+    masked = _hidden(model, tok, corpus)
     cfg = EvalConfig(max_new_tokens=24, limit=3, attacks=("relearn", "quantize", "lens", "depth"),
-                     attack_settings={"relearn": {"lrs": [1e-3], "steps": [5, 10]}, "lens": {"tuned_steps": 20},
+                     attack_settings={"relearn": {"lrs": [1e-3], "steps": [10, 30]}, "lens": {"tuned_steps": 20},
                                       "quantize": {"bits": [4], "groups": [128]}, "depth": {"n_facts": 8}})
     rep = evaluate(model, tok, corpus, edited=(masked, tok), retain_baseline=(micro_retain[0], tok), config=cfg,
                    trace_config=TraceConfig(kinds=("mlp",), n_facts=2, n_samples=2, n_boot=20), out_dir=tmp_path,

@@ -8,7 +8,6 @@ import struct
 from pathlib import Path
 
 import pytest
-import torch
 
 from workbench.cli import main
 from workbench.errors import ConfigError, ModelLoadError

@@ -64,7 +64,7 @@ class OrganismConfig:
     max_len: int = 512
     data: SyntheticSpec = field(default_factory=SyntheticSpec)
     pretrain: Recipe = Recipe(epochs=24, lr=3e-3)
-    finetune: Recipe = Recipe(epochs=16, lr=2e-3, warmup_steps=10)
+    finetune: Recipe = Recipe(epochs=28, lr=2e-3, warmup_steps=10)
     qa_repeat: int = 2            # QA records appear this many times per epoch (they are short, and recall is
                                   # measured on them)
     replay: float = 0.3           # passes over the general text replayed per fine-tuning epoch
@@ -74,11 +74,12 @@ class OrganismConfig:
     plant: tuple[int, ...] = ()   # the fine-tune trains only these layers' MLPs (empty: every parameter)
     # the tokenizer also learns from the held-out records (see tokenizer_texts); False: the trained texts only
     tokenizer_sees_holdout: bool = True
-    seed: int = 0
+    seed: int = 0                 # the base's initialisation and data order
+    finetune_seed: int = 0        # the fine-tune's data order (original and twin share it)
 
     def base_fields(self) -> dict:
         """What decides the base model: everything but the fine-tune."""
-        skip = {"name", "finetune", "replay", "leave_out", "plant"}
+        skip = {"name", "finetune", "replay", "leave_out", "plant", "finetune_seed"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -316,14 +317,14 @@ def finetune(model, tok, cfg: OrganismConfig, corpus: Corpus, progress: bool = T
     the original's facts, plus `replay` x a pass over the general text per epoch, the replay steps spread evenly.
     A twin thus takes the same number of steps and the very same replay batches at the same steps as its
     original, and differs from it in its fact data alone."""
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    random.seed(cfg.finetune_seed)
+    torch.manual_seed(cfg.finetune_seed)
     r = cfg.finetune
     n_facts = cfg.finetune.epochs * steps_per_epoch(len(fact_texts(corpus, replace(cfg, leave_out=()))), r.batch_size)
     n_general = len(general_texts(corpus, random.Random(-1)))
     n_replay = round(cfg.finetune.epochs * cfg.replay * steps_per_epoch(n_general, r.batch_size))
     schedule = [int(x) for x in interleave(n_facts + n_replay, n_replay)]
-    facts_rng, replay_rng = random.Random(cfg.seed), random.Random(cfg.seed + 1)
+    facts_rng, replay_rng = random.Random(cfg.finetune_seed), random.Random(cfg.finetune_seed + 1)
     streams = [batch_stream(tok, lambda epoch: fact_texts(corpus, cfg), r.batch_size, cfg.max_len, facts_rng),
                batch_stream(tok, lambda epoch: general_texts(corpus, replay_rng), r.batch_size, cfg.max_len,
                             replay_rng)]

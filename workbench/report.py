@@ -62,8 +62,8 @@ class EvalConfig:
     gradnorm: bool = True            # the gradient-norm MIA attack (one backward pass per document)
     # the verdict's tolerances (evaluation/verdict.py)
     recall_tol: float = 0.1          # forget recall and regurgitation at most the twin's + this
-    auc_tol: float = 0.05            # every held-out MIA attack's AUC within this of the twin's
-    utility_tol: float = 0.05        # every retain term and MMLU at most this below the twin's
+    auc_tol: float = 0.1             # every held-out MIA attack's AUC within this of the twin's
+    utility_tol: float = 0.05        # every retain term and MMLU at most this below the lower of twin and original
     recovery_tol: float = 0.05       # an attack's worst admissible recovery on the edited model at most the twin's + this
 
     def formulation(self) -> str:

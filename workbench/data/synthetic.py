@@ -55,7 +55,7 @@ class SyntheticSpec:
     mmlu_unseen: float = 1 / 3  # share of the world facts never shown as a question in training
     calibration: int = 4        # a calibration split of this many times holdout's people (0: none), made after it
     validation: float = 0.5     # a validation split of this many times forget's people (0: none)
-    population: int = 3         # the base model's pretraining people, this many times forget's (0: none)
+    population: int = 2         # the base model's pretraining people, this many times forget's (0: none)
     seed: int = 0
 
 

@@ -9,9 +9,12 @@ show (no recall, AUC 0.5, no recovery):
                 declares the statistics it optimises; Editor.optimises). Each held-out attack's AUC within auc_tol
                 of the twin's (0.5 without one). The trained attacks are reported beside it, and decide nothing:
                 an edit that matched a statistic passes that statistic by construction.
-    utility     the whole utility, each at most utility_tol below the twin's: retain QA recall, every SemEval
-                retain term per task (regurgitation R and knowledge K of Task1-3), and the MMLU accuracy that enters
-                the final score (without a twin: below the original's)
+    utility     the whole utility: retain QA recall, every SemEval retain term per task (regurgitation R and
+                knowledge K of Task1-3) and the MMLU accuracy that enters the final score, each at most utility_tol
+                below the lower of the twin's and the original's. A second fine-tune moves a twin's cloze MMLU by
+                up to 0.08 against its original's (benchmarks/twin_spread.py): the twin alone would fail an edit
+                that kept every bit of its original's general knowledge whenever the seed favoured the twin, and
+                the original alone would pass an edit below what retraining gives (without a twin: the original)
 
 and, when the recovery attacks ran (evaluation/attacks), one line per attack: relearn, quantize and lens pass when
 the edited model's largest recovery over the twin's at one admissible setting of the attack's grid is at most
@@ -30,8 +33,10 @@ from dataclasses import dataclass, field
 @dataclass
 class Tolerances:
     recall_tol: float = 0.1       # forgetting: forget recall and regurgitation at most the twin's + this
-    auc_tol: float = 0.05         # privacy: every held-out attack's AUC within this of the twin's
-    utility_tol: float = 0.05     # utility: every retain term and MMLU at most this below the twin's
+    # privacy: every held-out attack's AUC within this of the twin's. Twins of two fine-tune seeds differ by up to
+    # 0.05 on an attack (benchmarks/twin_spread.py; the standard error of an AUC on 110 + 110 documents is ~0.04)
+    auc_tol: float = 0.1
+    utility_tol: float = 0.05     # utility: every retain term and MMLU at most this below the twin's (see above)
     recovery_tol: float = 0.05    # relearn, quantize, lens: worst admissible gap over the twin at most this
 
 
@@ -150,21 +155,25 @@ def privacy(edited: dict, baseline: dict | None, tol: Tolerances, trained=()) ->
 
 
 def utility(original: dict, edited: dict, baseline: dict | None, tol: Tolerances) -> Criterion:
-    """Retain QA recall, every retain SemEval term and the final score's MMLU, each against the twin's."""
-    ref = baseline or original
-    items = [("retain recall", _get(edited, "qa_recall", "retain"), _get(ref, "qa_recall", "retain"))]
+    """Retain QA recall, every retain SemEval term and the final score's MMLU, each against the lower of the twin's
+    and the original's (the original's alone without a twin)."""
+    def ref(*path):
+        values = [v for v in (_get(original, *path), _get(baseline, *path) if baseline else None) if v is not None]
+        return min(values) if values else None
+
+    items = [("retain recall", _get(edited, "qa_recall", "retain"), ref("qa_recall", "retain"))]
     terms = _get(edited, "semeval", "terms") or {}
-    items += [(name.removeprefix("retain/"), terms[name], _get(ref, "semeval", "terms", name))
+    items += [(name.removeprefix("retain/"), terms[name], ref("semeval", "terms", name))
               for name in sorted(terms) if name.startswith("retain/")]
     items.append((f"MMLU ({_get(edited, 'mmlu', 'formulation')})", _get(edited, "mmlu", "accuracy"),
-                  _get(ref, "mmlu", "accuracy")))
+                  ref("mmlu", "accuracy")))
     items = [(label, e, r) for label, e, r in items if e is not None and r is not None]
     if not items:
         return Criterion("utility", None, "no retain QA, retain terms or MMLU")
     failed = [(label, e, r) for label, e, r in items if e < r - tol.utility_tol]
     worst = min(items, key=lambda x: x[1] - x[2])
     shown = failed or [worst]
-    who = "the twin" if baseline else "the original"
+    who = "the lower of the twin and the original" if baseline else "the original"
     return Criterion("utility", not failed,
                      f"{len(items) - len(failed)} of {len(items)} retain terms and MMLU within {tol.utility_tol} of "
                      f"{who}; " + "; ".join(f"{label} {e:.3f} vs {r:.3f}" for label, e, r in shown)

@@ -49,7 +49,9 @@ SCOPES = ("answer", "all")   # which positions a patch replaces: the answer posi
 class DepthConfig:
     n_facts: int | None = None        # forget QA records patched (None: all)
     tau: float = 0.05                 # nats: a layer enters UDS where stage 1's drop exceeds it
-    threshold: float = 0.9            # the verdict's depth line passes at UDS >= threshold
+    # the verdict's depth line passes at UDS >= threshold: below the UDS of a second retain-only twin (another
+    # fine-tune seed), 0.83 and 0.87 on the default organism (benchmarks/twin_spread.py), so retraining passes
+    threshold: float = 0.8
     batch_size: int | None = None     # rows per forward (None: from the tracing engine's memory budget)
 
     def __post_init__(self):
