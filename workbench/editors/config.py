@@ -28,6 +28,8 @@ Need = Callable[[bool, str], None]   # need(ok, message): a ConfigError naming t
 class LoopConfig:
     """Shared training-loop settings. One step = one optimizer update (batch_size x grad_accum examples)."""
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # "constant" | "cosine" (linear warm-up over warmup_steps, then cosine to 0)
+    warmup_steps: int = 10
     epochs: int = 1               # passes over the forget set (over retain for `gd`)
     max_steps: int | None = None  # cap on optimizer steps (None: epochs decide)
     batch_size: int = 4
@@ -62,6 +64,9 @@ class LoopConfig:
         need(isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED,
              f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.lr_schedule in ("constant", "cosine"),
+             f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or None, got {self.max_steps}")
         need(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")

@@ -143,7 +143,7 @@ class Editor:
         Config     its config dataclass (a LoopConfig)
         defaults   organism-tuned values of Config's fields for this method (over the dataclass defaults)
         presets    named settings, e.g. a paper's: {preset name: {field: value}}
-        uses       the splits a batch holds ("forget", "retain")
+        uses       the splits a batch holds ("forget", "retain", or one of `extra_data`'s)
 
     and implements `loss(batch) -> (loss, stats)`, and where it needs them `param_patterns`, `reference_fns`,
     `setup`, `start_epoch`, `state_dict` / `load_state_dict` (state a resumed run continues with), `describe` and
@@ -154,6 +154,7 @@ class Editor:
     defaults: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = {}
     uses: tuple[str, ...] = ("forget", "retain")
+    primary: str | None = None   # the split an epoch passes over (None: forget when used, else retain)
 
     def __init__(self, model, cfg, layers: Sequence[int]):
         self.model, self.cfg, self.layers = model, cfg, list(layers)
@@ -166,6 +167,12 @@ class Editor:
 
     def param_patterns(self) -> list[str]:
         return list(self.cfg.params)
+
+    @classmethod
+    def extra_data(cls, model, tok, corpus, cfg) -> dict[str, list[Example]]:
+        """Splits this method trains on besides the forget and retain QA answers ({name: examples}); read by
+        editors.unlearn before any update."""
+        return {}
 
     @classmethod
     def optimises(cls, cfg) -> set[str]:
@@ -250,8 +257,17 @@ def _plan(phases: list[Phase], data: dict[str, list[Example]], cfg: LoopConfig) 
     return plan
 
 
+def lr_at(cfg: LoopConfig, lr: float, step: int, steps: int) -> float:
+    """The learning rate of a phase's step: constant, or ("cosine") a linear warm-up over `warmup_steps` then a
+    cosine decay to 0 at the phase's last step."""
+    if cfg.lr_schedule == "constant":
+        return lr
+    return lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
 def _primary(editor: Editor) -> str:
-    return "forget" if "forget" in editor.uses else "retain"
+    """The split whose passes make an epoch: the editor's `primary`, else forget when it uses it, else retain."""
+    return editor.primary or ("forget" if "forget" in editor.uses else "retain")
 
 
 def _micro_batches(editor: Editor, data, cfg: LoopConfig, phase: int, epoch: int, step_in_epoch: int,
@@ -479,6 +495,8 @@ def train(model, phases: list[Phase], data: dict[str, list[Example]], cfg: LoopC
             if s_epoch == 0 or not step_times:
                 ph.editor.start_epoch(epoch)
             t0 = time.perf_counter()
+            for g in run.opt.param_groups:
+                g["lr"] = lr_at(cfg, ph.lr, run.state["step"] - done_before, steps)
             sums = run.step(ph, _micro_batches(ph.editor, data, cfg, p, epoch, s_epoch, pad_id, device))
             step_times.append(time.perf_counter() - t0)
             step = run.state["step"]

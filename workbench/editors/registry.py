@@ -20,6 +20,7 @@ from .loop import Editor, Phase
 from .npo import NPO
 from .rmu import RMU
 from .sequential import Sequential
+from .undo import Undo
 
 EDITORS: dict[str, type[Editor]] = {cls.name: cls for cls in (
     RMU,
@@ -30,6 +31,7 @@ EDITORS: dict[str, type[Editor]] = {cls.name: cls for cls in (
     GradDiff,
     NPO,
     Sequential,
+    Undo,
 )}
 
 

@@ -169,8 +169,9 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
     patterns = sorted({p for ph in phases for p in ph.editor.param_patterns()})
     params = select_parameters(model, patterns, layer_list)
     records = {"forget": list(corpus.forget), "retain": list(corpus.retain)}
+    extra = editor_class(method).extra_data(model, tok, corpus, cfg)
     for split in sorted({u for ph in phases for u in ph.editor.uses}):
-        if not records[split]:
+        if not (records.get(split) or extra.get(split)):
             raise EditError(f"{method} needs a non-empty {split} set, but the corpus has no {split} records")
     calib = _calibration(cfg, tok, corpus, calibration) if cfg.calibrate else None
     if calib is not None:
@@ -186,6 +187,7 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
     random.seed(cfg.seed)
     freeze_all_but(model, params)
     data = {s: encode(tok, recs, cfg.max_len) for s, recs in records.items()}
+    data.update(extra)
     if calib is not None:
         data["forget_doc"] = calib.forget
         if calib.anchor_docs:
@@ -198,6 +200,8 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
                 "trainable": list(params),
                 "optimises": sorted(calib.statistics) if calib is not None else optimised_statistics(method, cfg)}
     data_key = data_hash(records) if calib is None else stable_hash([data_hash(records), calib.source_hash])
+    if extra:
+        data_key = stable_hash([data_key, {s: [e.ids for e in ex] for s, ex in extra.items()}])
     run_key = {"model": fingerprint, "data": data_key, "config": stable_hash(resolved)}
     if distributed.is_main():
         atomic_write_json(work / "unlearn_config.json", resolved)
