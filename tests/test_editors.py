@@ -15,6 +15,8 @@ from workbench.editors.joint import adaptive_m, answer_kl
 from workbench.editors.npo import npo_loss
 from workbench.editors.params import select_parameters
 from workbench.editors.rmu import control_vector, masked_mse
+from workbench.editors.simnpo import SimNPO, simnpo_loss
+from workbench.editors.undial import adjusted_logits, answer_positions, undial_loss
 from workbench.errors import ConfigError, EditError
 from workbench.generation import qa_accuracy
 
@@ -59,6 +61,93 @@ def test_npo_loss_by_hand():
         2 / beta * math.log(1 + math.exp(-1)), rel=1e-5)
 
 
+def test_simnpo_loss_by_hand():
+    beta, gamma = 2.5, 0.5
+    logp, length = torch.tensor([-2.0, -6.0]), torch.tensor([4.0, 3.0])
+
+    def log_sigmoid(x):
+        return -math.log(1 + math.exp(-x))
+
+    want = -(2 / beta) * (log_sigmoid(beta * 2 / 4 - gamma) + log_sigmoid(beta * 6 / 3 - gamma)) / 2
+    assert simnpo_loss(logp, length, beta, gamma).item() == pytest.approx(want, rel=1e-6)
+    # a certain answer (log p = 0) without margin: (2/beta) log 2, as NPO at its reference
+    assert simnpo_loss(torch.tensor([0.0]), torch.tensor([5.0]), beta).item() == pytest.approx(2 / beta * math.log(2))
+    # the reward is per token: twice the answer at the same mean log-prob gives the same loss (NPO's would change)
+    assert simnpo_loss(2 * logp, 2 * length, beta, gamma).item() == pytest.approx(want, rel=1e-6)
+    # d loss / d log p = (2/|y|) sigmoid((beta/|y|) log p + gamma) / batch: positive, so descent lowers log p
+    x = logp.clone().requires_grad_(True)
+    simnpo_loss(x, length, beta, gamma).backward()
+    for i in range(2):
+        s = 1 / (1 + math.exp(-(beta / length[i].item() * logp[i].item() + gamma)))
+        assert x.grad[i].item() == pytest.approx(2 / length[i].item() * s / 2, rel=1e-5)
+
+
+def test_simnpo_counts_only_answer_tokens():
+    """SimNPO's |y| is the number of answer tokens in the mask, not the padded width."""
+    cfg = resolve_config("simnpo", overrides={"beta": 3.0, "gamma": 0.2, "forget_weight": 0.5})
+    editor = SimNPO(None, cfg, [0])
+    nll = torch.tensor([[0.5, 1.5, 0.0], [2.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    stats = {}
+    got = editor.forget_term(None, nll, mask, stats).item()
+    want = 0.5 * simnpo_loss(torch.tensor([-2.0, -2.0]), torch.tensor([2.0, 1.0]), 3.0, 0.2).item()
+    assert got == pytest.approx(want, rel=1e-6)
+    assert stats["mean_token_logp"] == pytest.approx((-1.0 - 2.0) / 2)
+
+
+def test_answer_positions_packs_the_answer_predictions():
+    vocab = 3
+    logits = torch.arange(2 * 5 * vocab, dtype=torch.float).reshape(2, 5, vocab)
+    # row 0: answer tokens at positions 2..4 (predicted from positions 1..3); row 1: answer at 4 (from 3), padding
+    labels = torch.tensor([[-100, -100, 2, 0, 1], [-100, -100, -100, -100, 2]])
+    picked, target, mask = answer_positions(logits, labels)
+    assert picked.shape == (2, 3, vocab)
+    assert torch.equal(picked[0], logits[0, 1:4]) and torch.equal(picked[1, 0], logits[1, 3])
+    assert target.tolist() == [[2, 0, 1], [2, 0, 0]]
+    assert mask.tolist() == [[True, True, True], [True, False, False]]
+
+
+def test_undial_target_and_loss_by_hand():
+    gamma = 4.0
+    ref = torch.tensor([[[1.0, 2.0, -1.0], [0.5, 0.0, 3.0]]])       # [1, 2, vocab 3]
+    target = torch.tensor([[1, 2]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    adj = adjusted_logits(ref, target, gamma)
+    assert torch.equal(ref - adj, torch.tensor([[[0.0, gamma, 0.0], [0.0, 0.0, gamma]]]))  # exactly gamma, target only
+    # zero exactly at the adjusted teacher (softmax ignores a shift of all logits), positive at the teacher itself
+    assert undial_loss(adj + 7.0, ref, target, mask, gamma).item() == pytest.approx(0.0, abs=1e-6)
+    assert undial_loss(ref, ref, target, mask, gamma).item() > 0.1
+    assert undial_loss(ref, ref, target, mask, 0.0).item() == pytest.approx(0.0, abs=1e-6)
+    # vocab 2, teacher uniform, target 0 lowered by log 3: q = (1/4, 3/4); student uniform: KL(q || (1/2, 1/2))
+    want = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    zero = torch.zeros(1, 1, 2)
+    got = undial_loss(zero, zero, torch.tensor([[0]]), torch.ones(1, 1, dtype=torch.bool), math.log(3.0))
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    # masked positions do not count
+    assert undial_loss(ref, ref, target, torch.tensor([[False, False]]), gamma).item() == 0.0
+
+
+@pytest.mark.parametrize("gamma", [0.0, 5.0])
+def test_undial_descent_lowers_only_the_target(gamma):
+    """Gradient descent on UNDIAL's loss, from the teacher: with gamma = 0 there is no gradient (nothing to unlearn);
+    with gamma > 0 the target token's probability falls to the adjusted teacher's and the other tokens keep their
+    relative odds."""
+    ref = torch.tensor([[[6.0, 1.0, 0.0, -1.0]]])          # the teacher is sure of token 0
+    target, mask = torch.tensor([[0]]), torch.ones(1, 1, dtype=torch.bool)
+    student = ref.clone().requires_grad_(True)
+    opt = torch.optim.SGD([student], lr=1.0)
+    for _ in range(200):
+        opt.zero_grad()
+        undial_loss(student, ref, target, mask, gamma).backward()
+        opt.step()
+    p, p_ref = torch.softmax(student.detach(), -1)[0, 0], torch.softmax(ref, -1)[0, 0]
+    if gamma == 0:
+        assert torch.allclose(student.detach(), ref, atol=1e-6)
+        return
+    assert p[0] < 0.5 * p_ref[0]
+    assert torch.allclose(p[1:] / p[1:].sum(), p_ref[1:] / p_ref[1:].sum(), atol=1e-4)
+    assert torch.allclose(p, torch.softmax(adjusted_logits(ref, target, gamma), -1)[0, 0], atol=1e-4)
+
 def test_adaptive_m_rule():
     assert adaptive_m(5.0, None) == 1.2                # epoch 0: no baseline yet
     assert adaptive_m(0.9, 1.0) == 1.2                 # retain loss below baseline
@@ -79,7 +168,8 @@ def test_answer_kl_by_hand():
 # ------------------------------------------------------------------ configs and bad inputs
 
 def test_presets_resolve_and_registry_complete():
-    assert list(EDITORS) == ["rmu", "adaptive-rmu", "joint", "ga", "gd", "graddiff", "npo", "sequential"]
+    assert list(EDITORS) == ["rmu", "adaptive-rmu", "joint", "ga", "gd", "graddiff", "npo", "simnpo", "undial",
+                             "sequential"]
     for method, cls in EDITORS.items():  # every method's defaults and every preset resolve to its own config
         assert cls.name == method
         for preset in (None, *cls.presets):
@@ -87,6 +177,10 @@ def test_presets_resolve_and_registry_complete():
     assert resolve_config("rmu", preset="wmdp").steering_coef == 20.0
     assert resolve_config("adaptive-rmu", preset="snuffleupagus-7b").beta == 5.0
     assert resolve_config("joint", preset="sha256").grad_accum == 10
+    simnpo = resolve_config("simnpo", preset="open-unlearning")   # the authors' TOFU forget10 settings
+    assert (simnpo.beta, simnpo.gamma, simnpo.forget_weight, simnpo.retain_weight) == (4.5, 0.0, 0.125, 1.0)
+    undial = resolve_config("undial", preset="open-unlearning")
+    assert (undial.gamma, undial.retain_weight, undial.lr, undial.params) == (10.0, 0.0, 1e-4, ("*",))
     seq = resolve_config("sequential", preset="cyber-7b")
     assert [s.method for s in seq.stages] == ["ga", "gd", "ga"] and seq.stages[1].lr == 2e-6
     cfg = resolve_config("sequential", overrides={"stages": [{"method": "npo", "epochs": 1, "lr": 1e-3}]})
@@ -157,7 +251,7 @@ def _all_hooks(model):
 @pytest.mark.parametrize("method, config", [
     pytest.param("rmu", None, marks=pytest.mark.slow), ("adaptive-rmu", None),
     pytest.param("joint", None, marks=pytest.mark.slow), ("gd", None), ("graddiff", None),
-    ("npo", None), ("sequential", None),
+    ("npo", None), ("simnpo", None), ("undial", None), ("sequential", None),
 ])
 def test_editor_meets_targets_on_micro(micro, tmp_path, method, config):
     model0, tok, corpus = micro
@@ -202,3 +296,22 @@ def test_plain_ga_takes_retain_down_with_forget(micro, tmp_path):
     r = qa_accuracy(model, tok, questions(corpus.retain))
     assert f < start_f, f"ga: forget EM {f} (start {start_f}): the ascent unlearnt nothing"
     assert r < 0.8 * start_r, f"ga: retain EM {r} (start {start_r}) kept without a retain term"
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_undial_reference_is_aligned_with_the_student(micro, tmp_path, cache):
+    """At the first step the student is the frozen model, so with gamma = 0 UNDIAL's loss is 0 (nothing to unlearn)
+    and with gamma > 0 it is the same whether the frozen logits come from the cache or from a frozen copy: a cache
+    misaligned with the answer positions would give neither."""
+    import json
+
+    model0, tok, corpus = micro
+    first = {}
+    for gamma in (0.0, 10.0):
+        config = {"gamma": gamma, "max_steps": 1, "cache_reference": cache}
+        out = unlearn(copy.deepcopy(model0), tok, corpus, "undial", [0, 1, 2], config, tmp_path / f"g{gamma}")
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        first[gamma] = next(r for r in log if r["event"] == "step")["undial_loss"]
+    assert first[0.0] == pytest.approx(0.0, abs=1e-5)
+    # the micro organism is sure of its answers: lowering the answer logit by 10 moves most of the mass away
+    assert first[10.0] > 1.0

@@ -13,7 +13,10 @@ from .joint import JointConfig
 from .registry import EDITORS, build_phases, editor_class, resolve_config
 from .rmu import RMUConfig
 from .sequential import SequentialConfig, Stage
+from .simnpo import SimNPOConfig
+from .undial import UndialConfig
 from .unlearn import resolve_layers, unlearn
 
 __all__ = ["EDITORS", "unlearn", "resolve_layers", "resolve_config", "build_phases", "editor_class",
-           "LoopConfig", "RMUConfig", "JointConfig", "GradientConfig", "SequentialConfig", "Stage"]
+           "LoopConfig", "RMUConfig", "JointConfig", "GradientConfig", "SequentialConfig", "SimNPOConfig",
+           "UndialConfig", "Stage"]

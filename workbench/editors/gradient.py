@@ -1,4 +1,4 @@
-"""What the gradient editors (ga, gd, graddiff, npo, sequential) share: their config and answer-token losses.
+"""What the gradient editors (ga, gd, graddiff, npo, simnpo, sequential) share: their config and answer-token losses.
 
 Every loss here is on answer tokens only (the record's `output` + EOS; the prompt is context).
 `forget_floor` caps each forget token's CE in an ascent term: a token whose CE is already above the floor gives

@@ -20,6 +20,8 @@ from .loop import Editor, Phase
 from .npo import NPO
 from .rmu import RMU
 from .sequential import Sequential
+from .simnpo import SimNPO
+from .undial import Undial
 from .undo import Undo
 
 EDITORS: dict[str, type[Editor]] = {cls.name: cls for cls in (
@@ -30,6 +32,8 @@ EDITORS: dict[str, type[Editor]] = {cls.name: cls for cls in (
     GD,
     GradDiff,
     NPO,
+    SimNPO,
+    Undial,
     Sequential,
     Undo,
 )}
