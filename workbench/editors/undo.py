@@ -12,7 +12,7 @@ keeps the model. Then the damaged copy trains on data without the forget set, st
     kept      the retain (and validation) records, every token, cross-entropy on their own tokens (`kept_loss="ce"`)
               or KL to the teacher's distribution (`"kl"`)
     general   the general text the model learnt besides its records (corpus.general), KL(p_teacher || p) on every
-              token, weighted by `general_weight`
+              token (`general_loss="kl"`) or its own tokens ("ce"), weighted by `general_weight`
 
 The teacher is the model as it came in (its outputs cached before the damage). UNDO's teacher is an unlearned model:
 a teacher that still knows the forget set puts probability on its names and numbers in retain and general contexts,
@@ -50,7 +50,8 @@ class UndoConfig(LoopConfig):
     alpha: float = 1.0               # shrink towards the base: 1 = reset, 0 = keep
     sigma: float = 0.0               # Gaussian noise, relative to each tensor's std
     kept_loss: str = "ce"            # "ce": the kept records' own tokens; "kl": the teacher's distribution
-    general_weight: float = 1.0      # weight of the distillation on general text (0: none)
+    general_weight: float = 1.0      # weight of the general-text term (0: none)
+    general_loss: str = "kl"         # "kl": the teacher's distribution on general text; "ce": its own tokens
     qa_repeat: int = 2               # QA records appear this many times per pass (they are short)
     keep_best: bool = False          # the end of the schedule is the result (no early stop on the forget set)
     params: tuple[str, ...] = ("*",)
@@ -60,6 +61,7 @@ class UndoConfig(LoopConfig):
         need(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         need(self.sigma >= 0.0, f"sigma must be >= 0, got {self.sigma}")
         need(self.kept_loss in ("ce", "kl"), f"kept_loss must be 'ce' or 'kl', got {self.kept_loss!r}")
+        need(self.general_loss in ("ce", "kl"), f"general_loss must be 'ce' or 'kl', got {self.general_loss!r}")
         need(self.general_weight >= 0.0, f"general_weight must be >= 0, got {self.general_weight}")
         need(self.qa_repeat >= 1, f"qa_repeat must be >= 1, got {self.qa_repeat}")
         need(bool(str(self.base).strip()), "base must name the pretrained base (a directory, a hub id or 'auto')")
@@ -118,7 +120,7 @@ class Undo(Editor):
     def reference_fns(self):
         logp = lambda m, b: F.log_softmax(  # noqa: E731
             m(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits.float(), -1)
-        fns = {"general": logp} if self.cfg.general_weight > 0 else {}
+        fns = {"general": logp} if self.cfg.general_weight > 0 and self.cfg.general_loss == "kl" else {}
         if self.cfg.kept_loss == "kl":
             fns["kept"] = logp
         return fns
@@ -141,25 +143,25 @@ class Undo(Editor):
                 noise = torch.randn(p.shape, generator=g).to(p.device) * (p.float().std() if p.numel() > 1 else 0)
                 p.copy_(b + (1 - self.cfg.alpha) * (p - b) + self.cfg.sigma * noise.to(p.dtype))
 
+    def _term(self, split: str, batch, how: str):
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        if how == "kl":
+            return answer_kl(logits, self.ref.get(split, batch), batch.labels)
+        target, mask = batch.labels[:, 1:], batch.labels[:, 1:] != -100
+        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.clamp(min=0).flatten(),
+                              reduction="none").view_as(target)
+        return (nll * mask).sum() / mask.sum().clamp(min=1)
+
     def loss(self, batch):
-        kept, general = batch["kept"], batch["general"]
-        logits = self.model(input_ids=kept.input_ids, attention_mask=kept.attention_mask, use_cache=False).logits
-        if self.cfg.kept_loss == "kl":
-            kept_term = answer_kl(logits, self.ref.get("kept", kept), kept.labels)
-        else:
-            target, mask = kept.labels[:, 1:], kept.labels[:, 1:] != -100
-            nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.clamp(min=0).flatten(),
-                                  reduction="none").view_as(target)
-            kept_term = (nll * mask).sum() / mask.sum().clamp(min=1)
-        stats = {"kept_loss": kept_term.item()}
-        total = kept_term
+        kept = self._term("kept", batch["kept"], self.cfg.kept_loss)
+        stats, total = {"kept_loss": kept.item()}, kept
         if self.cfg.general_weight > 0:
-            g = self.model(input_ids=general.input_ids, attention_mask=general.attention_mask, use_cache=False).logits
-            general_term = answer_kl(g, self.ref.get("general", general), general.labels)
-            stats["general_kl"] = general_term.item()
-            total = total + self.cfg.general_weight * general_term
+            general = self._term("general", batch["general"], self.cfg.general_loss)
+            stats["general_loss"] = general.item()
+            total = total + self.cfg.general_weight * general
         return total, stats
 
     def describe(self):
         return {"alpha": self.cfg.alpha, "sigma": self.cfg.sigma, "kept_loss": self.cfg.kept_loss,
+                "general_loss": self.cfg.general_loss,
                 "general_weight": self.cfg.general_weight, "base": self.cfg.base}
