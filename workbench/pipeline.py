@@ -54,7 +54,9 @@ class PipelineConfig:
     k: int = 3
     threshold: float = 0.5
     # unlearning
-    method: str = "joint"            # fastest to the target on the default organism (forget 0.99 -> 0.10, retain 0.99 -> 0.81)
+    # the default edit: the one editor whose "organism" preset passes every line of the verdict on the default
+    # organism (README, "Deep forgetting"); "joint" is the calibrated joint loss the verdict shows to be shallow
+    method: str = "undo"
     # named editor preset (the method's `presets`, workbench/editors/<method>.py); "auto": the method's "organism"
     # preset on the built-in default organism (where it has one), else the dataclass defaults; None: those defaults
     preset: str | None = "auto"
@@ -533,7 +535,7 @@ def verify(cfg: PipelineConfig, original, edited, edited_dir: Path, corpus, out_
     return evaluate(*original, corpus, edited=edited, trace_config=retrace_config(cfg), config=_eval_config(cfg),
                     retain_baseline=baseline, out_dir=out_dir, progress=progress,
                     edit_log=edit_info["summary"]["evals"], trained=edit_info.get("optimises", []),
-                    layers=edit_info["layers"])
+                    layers=edit_info.get("edited_layers", edit_info["layers"]))
 
 
 def _trace_notes(importances: dict, n_facts: int) -> list[str]:

@@ -159,7 +159,7 @@ def run(args) -> int:
                           retain_baseline=baseline, out_dir=out if distributed.is_main() else None,
                           progress=args.progress and distributed.is_main(),
                           edit_log=(edit_info.get("summary") or {}).get("evals"),
-                          trained=edit_info.get("optimises", []), layers=edit_info.get("layers"))
+                          trained=edit_info.get("optimises", []), layers=edit_info.get("edited_layers", edit_info.get("layers")))
     if not distributed.is_main():
         return 0
     if foreign:  # said in the report itself, beside the numbers it qualifies

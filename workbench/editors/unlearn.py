@@ -68,6 +68,11 @@ def check_selection(spec, n_layers: int, fingerprint: str) -> None:
                         f"explicitly (--layers {','.join(map(str, sel.layers))}) to use them anyway")
 
 
+def edited_layers(params) -> list[int]:
+    """The decoder layers holding at least one trained parameter (names model.layers.<l>....)."""
+    return sorted({int(n.split(".")[2]) for n in params if n.startswith("model.layers.") and n.split(".")[2].isdigit()})
+
+
 def _sample(records, n: int, seed: int):
     records = list(records)
     if len(records) <= n:
@@ -197,7 +202,7 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
         work.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(work / "log.jsonl") if distributed.is_main() else (lambda event, **fields: None)
     resolved = {"method": method, "layers": layer_list, "preset": preset, "config": to_jsonable(cfg),
-                "trainable": list(params),
+                "trainable": list(params), "edited_layers": edited_layers(params),
                 "optimises": sorted(calib.statistics) if calib is not None else optimised_statistics(method, cfg)}
     data_key = data_hash(records) if calib is None else stable_hash([data_hash(records), calib.source_hash])
     if extra:
