@@ -26,7 +26,7 @@ STAGES = [
     ["corpus"],
     ["figures", "display"],
     ["report"],
-    ["sweep", "localize"],
+    ["sweep", "localize", "groundtruth"],
     ["pipeline"],
     ["commands", "cli", "__main__", "__init__"],
 ]

@@ -3,6 +3,7 @@ high p-value, a calibrated permutation test, a fact's own trace vs the others'),
 selection agreement, the figures, bad configs, and per-window efficacy on the micro organism."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -220,3 +221,88 @@ def test_per_window_efficacy_on_micro(micro, tmp_path):
     edits = [e["reused"] for e in events if e["event"] == "edit"]
     assert edits == [False] * 6 + [True] * 6
     assert again["statistics"] == res["statistics"]
+
+
+def test_window_contrast_is_paired_over_facts_and_seeds():
+    from workbench.correlation import window_contrast
+
+    eff = np.zeros((2, 4, 3))
+    eff[..., 0], eff[..., 1], eff[..., 2] = 0.2, 0.9, 0.5       # every fact and seed alike: no spread
+    c = window_contrast(eff, [1], [0], n_boot=100)
+    assert c["a"] == pytest.approx(0.9) and c["b"] == pytest.approx(0.2)
+    assert c["difference"] == pytest.approx(0.7) and c["ci"] == pytest.approx([0.7, 0.7])
+    assert window_contrast(eff, [1, 2], None)["difference"] == pytest.approx(0.7)     # a's mean alone
+    rng = np.random.default_rng(0)
+    fact = rng.normal(0, 1, (1, 30, 1))                          # large fact effects shared by both windows
+    paired = window_contrast(fact + np.array([0.0, 0.3]), [1], [0], n_boot=300)
+    assert paired["ci"] == pytest.approx([0.3, 0.3])             # they cancel in a paired difference
+    with pytest.raises(ConfigError, match="window indices"):
+        window_contrast(eff, [3], [0])
+
+
+def _row(layers, relearn=None, retain=1.0):
+    return {"layers": layers, "operating_retain": retain,
+            "relearn": None if relearn is None else {"surviving": relearn}}
+
+
+def test_depth_summary_names_the_planted_traced_sweep_and_deepest_windows():
+    from workbench.localize import depth_summary
+
+    wins = [[0, 1], [1, 2], [2, 3]]
+    out = np.zeros((2, 5, 3))
+    out[..., 2] = 1.0                                            # the sweep picks 2-3
+    uds = np.zeros((2, 5, 3))
+    uds[..., 1] = 0.8                                            # the deepest is 1-2
+    rows = [[_row(w, 0.1), _row(w, 0.3)] for w in wins]
+    rows[1] = [_row(wins[1], 0.9), _row(wins[1], 0.7)]
+    cfg = LocalizeConfig(n_boot=50)
+    d = depth_summary({"budget": out, "uds": uds}, rows, np.array([0.9, 0.1, 0.0]), wins, [1], cfg)
+    w = d["windows"]
+    assert w["traced"]["windows"] == [[0, 1]] and w["sweep"]["windows"] == [[2, 3]]
+    assert w["deepest"]["windows"] == [[1, 2]] and w["deepest_relearn"]["windows"] == [[1, 2]]
+    assert w["planted"]["windows"] == [[0, 1], [1, 2]]           # both share layer 1
+    assert w["planted"]["uds"] == pytest.approx(0.4) and w["traced"]["uds"] == 0.0
+    assert d["contrasts"]["traced - sweep"]["output"] == pytest.approx(-1.0)
+    assert d["contrasts"]["planted - traced"]["uds"] == pytest.approx(0.4)
+    assert d["deepest_is"] == ["planted"] and d["relearn_surviving"] == pytest.approx([0.2, 0.8, 0.2])
+    nowhere = depth_summary({"budget": out, "uds": uds}, rows, np.array([0.9, 0.1, 0.0]), wins, [3], cfg)
+    assert nowhere["deepest_is"] == []                           # deepest 1-2: neither planted, traced nor swept
+
+
+def test_depth_is_measured_on_the_weights_of_the_operating_point(micro, tmp_path):
+    """edit_trajectory keeps the weights of the budget's best point: a depth probe that reads back the forget recall
+    of the weights it is given finds that point's recall, not the last step's."""
+    from workbench.data.records import questions
+    from workbench.evaluation.attacks.recall import encode_qa, score
+    from workbench.localize import EditorSpec, edit_trajectory
+
+    model, tok, corpus = micro
+    facts = corpus.facts("forget", "Task2")[:6]
+    forget_ex, retain_ex = encode_qa(tok, facts), encode_qa(tok, questions(corpus.retain))
+    baseline = {"step": 0, "forget": score(model, tok, forget_ex).exact.int().tolist(),
+                "retain": score(model, tok, retain_ex).recall}
+    spec = EditorSpec(method="ga", config={"epochs": 6, "lr": 5e-3}, eval_every=1)
+    seen = []
+    traj = edit_trajectory(model, tok, dataclasses.replace(corpus, forget=facts), spec, [1, 2], 0, forget_ex,
+                           retain_ex, baseline, tmp_path / "m",
+                           depth_of=lambda m, layers: seen.append(layers) or
+                           {"forget": score(m, tok, forget_ex).exact.int().tolist()}, retain_budget=0.1)
+    e = efficacy_of(np.array([p["forget"] for p in traj["points"]]), np.array([p["retain"] for p in traj["points"]]),
+                    0.1, 0.5)
+    assert traj["depth"]["point"] == e["operating_point"] and seen == [[1, 2]]
+    assert traj["depth"]["forget"] == traj["points"][e["operating_point"]]["forget"]
+    # gradient ascent at this rate ends far over the retain budget: the point measured is not the last one
+    assert 0 < e["operating_point"] < len(traj["points"]) - 1
+    assert baseline["retain"] - traj["points"][-1]["retain"] > 0.1
+
+
+def test_bad_depth_settings_are_named_errors(micro):
+    model, tok, corpus = micro
+    with pytest.raises(ConfigError, match="depth \\['uds2'\\]"):
+        LocalizeConfig.from_dict({"depth": "uds2"})
+    with pytest.raises(ConfigError, match="relearn lrs"):
+        LocalizeConfig.from_dict({"depth": "relearn", "relearn": {"lrs": [-1]}})
+    with pytest.raises(ConfigError, match="efficacy 'uds'"):
+        LocalizeConfig.from_dict({"depth": "uds", "efficacy": "uds"})
+    with pytest.raises(ConfigError, match="retain-only twin"):
+        localize(model, tok, corpus, LocalizeConfig(depth=("uds",)), "/nonexistent/never-written")

@@ -505,6 +505,77 @@ def importance_efficacy_scatter(windows, stats: dict, caption: str, kind: str = 
     return fig
 
 
+def _planted_bands(fig, planted, rows: int) -> None:
+    """Shade each planted layer (x = layer +- 0.5) in every row of a layer-axis figure."""
+    for l in planted or ():
+        for r in range(1, rows + 1):
+            fig.add_vrect(x0=l - 0.5, x1=l + 0.5, fillcolor="rgba(255,170,0,0.3)", line_width=0, layer="below",
+                          row=r, col=1)
+
+
+def depth_figure(windows, importance, output: dict, uds: dict, relearn: dict, planted, caption: str,
+                 efficacy: str = "budget", width="column") -> go.Figure:
+    """Planted layers, traced importance, output efficacy and depth efficacy on one layer axis.
+
+    Rows: the traced importance per layer (band: 95% interval over facts); each editor's output efficacy per window
+    (`output`: {editor: Correlation JSON}, drawn at the window's centre); each editor's depth per window: UDS
+    (`uds`: {editor: Correlation JSON}, solid, with its interval) and the forgetting that survives relearning
+    (`relearn`: {editor: [n_windows] values or None}, dotted). Planted layers are shaded in every row."""
+    if not output:
+        raise ConfigError("depth_figure: no editor statistics to draw")
+    x = [_centre(w) for w in windows]
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    _band(fig, range(importance.n_layers), importance.mean, importance.lo, importance.hi, "#999999",
+          f"{kind_title(importance.kind)} per layer", row=1, col=1)
+    for i, (label, st) in enumerate(output.items()):
+        color = qualitative.Plotly[(i + 3) % 10]
+        lo, hi = np.asarray(st["efficacy_ci"], float).T
+        _band(fig, x, st["efficacy"], lo, hi, color, f"{label}: output", row=2, col=1)
+        if label in uds:
+            lo, hi = np.asarray(uds[label]["efficacy_ci"], float).T
+            _band(fig, x, uds[label]["efficacy"], lo, hi, color, f"{label}: UDS", row=3, col=1)
+        if relearn.get(label):
+            y = [np.nan if v is None else v for v in relearn[label]]
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", line=dict(color=color, dash="dot"),
+                                     marker=dict(symbol="square", size=5), name=f"{label}: survives relearning"),
+                          row=3, col=1)
+    _planted_bands(fig, planted, 3)
+    n_layers = importance.n_layers
+    fig.update_xaxes(title_text="layer (edited window: its centre; shaded: planted)",
+                     dtick=1 if n_layers <= 16 else None, row=3, col=1)
+    fig.update_yaxes(title_text="traced importance", row=1, col=1)
+    fig.update_yaxes(title_text=f"output ({efficacy})", row=2, col=1)
+    fig.update_yaxes(title_text="depth", range=[-0.05, 1.05], row=3, col=1)
+    fig.update_layout(title=dict(text="Where the facts were planted, traced, and forgotten", y=0.99, yanchor="top"),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=1.01, yanchor="bottom", font=dict(size=8)))
+    paper_layout(fig, width=width, height=int(_width_px(width) * 1.7))
+    fig.update_layout(margin=dict(t=60 + 12 * (1 + len(output))))
+    _caption(fig, caption, caption.count("<br>") + 1)
+    return fig
+
+
+def localisation_heatmap(scores: dict, planted, title: str, width="column") -> go.Figure:
+    """One row per localisation method, one column per layer: the method's fact-mean score divided by its largest
+    absolute value (so methods of different units share a colour scale); planted layers boxed.
+
+    scores: {method: [n_layers] fact-mean scores}."""
+    if not scores:
+        raise ConfigError("localisation_heatmap: no method scores to draw")
+    names = list(scores)
+    z = np.array([np.asarray(scores[m], float) / max(np.abs(scores[m]).max(), 1e-12) for m in names])
+    L = z.shape[1]
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(L)), y=names, zmid=0, zmin=-1, zmax=1, colorscale="RdBu_r",
+                               colorbar=dict(title="score / max |score|", thickness=10),
+                               hovertemplate="%{y}<br>layer %{x}: %{z:.2f}<extra></extra>"))
+    for l in planted or ():
+        fig.add_shape(type="rect", x0=l - 0.5, x1=l + 0.5, y0=-0.5, y1=len(names) - 0.5,
+                      line=dict(color="black", width=2))
+    fig.update_xaxes(title_text="layer (boxed: planted)", dtick=1 if L <= 16 else None)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title_text=title)
+    return paper_layout(fig, width=width, height=int(_width_px(width) * (0.35 + 0.07 * len(names))))
+
+
 # --- export ----------------------------------------------------------------------------------------
 def browser_path() -> str | None:
     """The Chrome/Chromium kaleido would use (BROWSER_PATH, PATH, or kaleido's own download), or None."""

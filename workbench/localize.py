@@ -20,6 +20,19 @@
      area    the area under the envelope of forget drop against retain damage, from 0 to `area_damage`, normalised
              to 1. It covers the whole trade-off instead of one budget, and so checks that the answer does not
              hinge on the budget chosen.
+   Depth (`depth`, optional): how deep the forgetting goes, measured on the weights of the budget's operating point
+   (so every window is compared at the same retain cost) against the original and its retain-only twin
+   (`EditDepth`):
+     uds      per fact, the Unlearning Depth Score (workbench.evaluation.attacks.depth): 1 = the edited model's
+              hidden states carry no more of the answer than the twin's, 0 = as much as the original's. It is a third
+              efficacy definition, correlated with importance like the other two.
+     relearn  per window and seed, the forgetting that survives a small worst-case relearning grid
+              (workbench.evaluation.attacks.relearn: fine-tune on half the facts, measure the other half; the
+              strongest setting under which the twin recovers at most `admissible`): the original's recall of the
+              measured half minus the recall after the attack (or before it, where every setting lowers it).
+              1 = nothing comes back.
+   `depth_summary` names the windows that matter (the planted ones, where an organism records them; the traced
+   one; the one a sweep picks; the deepest) and contrasts their depth with bootstrap intervals.
 5. Statistics (workbench.correlation) for each editor, kind of importance and efficacy definition.
 6. Outputs: localize.json (with provenance), table.md, figures/, a jsonl log, and runs/ (one file per finished edit:
    a killed run resumes from them and from the saved trace).
@@ -44,11 +57,15 @@ from tqdm.auto import tqdm
 
 from .configfile import MAX_BOOT, MAX_SAMPLES, MAX_SEED, build, coerce_fields, read_mapping
 from .errors import ConfigError
+from .evaluation.attacks.depth import DepthConfig
+from .evaluation.attacks.grid import ADMISSIBLE
+from .evaluation.attacks.relearn import RelearnConfig
 from .provenance import (JsonlLog, atomic_write_json, atomic_write_text, key_change, key_parts, provenance,
                          records_hash, state_hash)
 from .trace_settings import TraceSettings
 
 EFFICACIES = ("budget", "area")
+DEPTHS = ("uds", "relearn")
 # Loop housekeeping for every edit: localize measures the trajectory itself (on every step callback), so the loop
 # evaluates only once, cheaply, keeps the last weights and checkpoints only at its start and end.
 RUN_SETTINGS = {"eval_metric": "loss", "eval_size": 4, "eval_every": 0, "keep_best": False,
@@ -67,6 +84,13 @@ class EditorSpec:
 
 def _default_editors() -> dict:
     return {"joint": {"method": "joint", "preset": "localize"}, "rmu": {"method": "rmu", "preset": "localize"}}
+
+
+def _default_relearn() -> dict:
+    """The per-window relearning grid: 2 learning rates x 2 lengths, every parameter trainable (4 settings; the
+    attacks' default grid has 40, too many to run after every edit). With every parameter trainable the twin's
+    curves are the same for every window, so they are run once."""
+    return {"lrs": [1e-3, 3e-3], "steps": [10, 30], "scopes": ["all"]}
 
 
 @dataclass
@@ -97,6 +121,12 @@ class LocalizeConfig:
     # statistics
     n_boot: int = TraceSettings.n_boot
     n_perm: int = 10000
+    # depth of each edit at its budget operating point (module doc, 4): some of DEPTHS
+    depth: tuple[str, ...] = ()
+    twin: str | None = None          # the retain-only twin (a model spec); None: the organism's own twin
+    uds_tau: float = DepthConfig.tau
+    relearn: dict = field(default_factory=_default_relearn)   # RelearnConfig fields
+    admissible: float = ADMISSIBLE   # a relearning setting counts when the twin recovers at most this under it
     # trace-only studies
     tasks: tuple[str, ...] = ()            # trace each task's facts too and compare the peaks
     agreement_sizes: tuple[int, ...] = ()  # selection agreement vs number of traced facts
@@ -105,7 +135,7 @@ class LocalizeConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "LocalizeConfig":
         d = dict(d)
-        for key in ("kinds", "tasks"):  # "mlp" or "resid,mlp": a short list, not its characters
+        for key in ("kinds", "tasks", "depth"):  # "mlp" or "resid,mlp": a short list, not its characters
             if isinstance(d.get(key), str):
                 d[key] = [k.strip() for k in d[key].split(",") if k.strip()]
         return checked(cls(**coerce_fields(cls, d, "localize config")))
@@ -122,6 +152,13 @@ class LocalizeConfig:
 
     def editor_specs(self) -> dict[str, EditorSpec]:
         return {label: build(EditorSpec, spec, f"localize editor {label!r}") for label, spec in self.editors.items()}
+
+    def relearn_config(self) -> RelearnConfig:
+        return build(RelearnConfig, self.relearn, "localize relearn settings")
+
+    def efficacies(self) -> tuple[str, ...]:
+        """The efficacy definitions this run computes: EFFICACIES, and "uds" when the depth includes it."""
+        return EFFICACIES + (("uds",) if "uds" in self.depth else ())
 
 
 def checked(cfg: LocalizeConfig) -> LocalizeConfig:
@@ -142,7 +179,15 @@ def checked(cfg: LocalizeConfig) -> LocalizeConfig:
     need(cfg.kind in cfg.kinds, f"kind {cfg.kind!r} is not traced; kinds are {list(cfg.kinds)}")
     need(cfg.window >= 1 and cfg.stride >= 1, f"window and stride must be >= 1, got {cfg.window}, {cfg.stride}")
     need(cfg.seeds >= 1, f"seeds must be >= 1, got {cfg.seeds}")
-    need(cfg.efficacy in EFFICACIES, f"efficacy {cfg.efficacy!r}: expected one of {EFFICACIES}")
+    need(cfg.efficacy in EFFICACIES, f"efficacy {cfg.efficacy!r}: expected one of {EFFICACIES} (the output "
+                                     "efficacy the sweep window and the headline are chosen by)")
+    bad = [d for d in cfg.depth if d not in DEPTHS]
+    need(not bad, f"depth {bad}: expected some of {list(DEPTHS)}")
+    need(not cfg.depth or cfg.editors, "depth is measured on the edits: give at least one editor")
+    need(cfg.uds_tau >= 0, f"uds_tau must be >= 0 nats, got {cfg.uds_tau}")
+    need(0 <= cfg.admissible <= 1, f"admissible must be a recall between 0 and 1, got {cfg.admissible}")
+    need(isinstance(cfg.relearn, dict), "relearn must map RelearnConfig fields to values")
+    cfg.relearn_config()
     need(0 < cfg.retain_budget <= 1, f"retain_budget must be in (0, 1], got {cfg.retain_budget}")
     need(0 < cfg.area_damage <= 1, f"area_damage must be in (0, 1], got {cfg.area_damage}")
     need(cfg.n_perm >= 1, f"n_perm must be >= 1, got {cfg.n_perm}")
@@ -248,18 +293,29 @@ def bootstrap_peaks(per_fact: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- one edit
 def edit_trajectory(original, tok, corpus, spec: EditorSpec, layers: list[int], seed: int, forget_ex, retain_ex,
-                    baseline: dict, model_dir: Path) -> dict:
+                    baseline: dict, model_dir: Path, depth_of=None, retain_budget: float = 0.1) -> dict:
     """Unlearn `corpus.forget` at `layers` on a copy of `original`; the forget recall of each fact and the retain
-    recall every `spec.eval_every` steps and after the last step, after `baseline` (the unedited model's)."""
+    recall every `spec.eval_every` steps and after the last step, after `baseline` (the unedited model's).
+
+    depth_of(model, layers) -> dict: also measure the depth of the weights at the budget's operating point
+    (`efficacy_of` with `retain_budget`). The operating point is the best point so far whenever a measured point
+    becomes it, so its weights are kept then (on the CPU) and measured after the edit ("depth", with its "point")."""
     from .editors import unlearn
     from .evaluation.attacks.recall import score
 
     model = copy.deepcopy(original)
     points = [baseline]
+    kept = {"point": 0, "state": None}   # the operating point so far; state None: the original's weights
 
     def measure(step: int) -> None:
         points.append({"step": step, "forget": score(model, tok, forget_ex).exact.int().tolist(),
                        "retain": score(model, tok, retain_ex).recall})
+        if depth_of is not None:
+            now = efficacy_of(np.array([p["forget"] for p in points]), np.array([p["retain"] for p in points]),
+                              retain_budget, 1.0)["operating_point"]
+            if now == len(points) - 1:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                kept.update(point=now, state=state)
 
     t0 = time.perf_counter()
     for stale in (model_dir, model_dir.parent / f".{model_dir.name}.work"):  # a killed edit is redone from its start,
@@ -270,25 +326,104 @@ def edit_trajectory(original, tok, corpus, spec: EditorSpec, layers: list[int], 
     if points[-1]["step"] != steps:
         measure(steps)
     shutil.rmtree(model_dir, ignore_errors=True)
-    return {"points": points, "seconds": round(time.perf_counter() - t0, 2)}
+    out = {"points": points, "seconds": round(time.perf_counter() - t0, 2)}
+    if depth_of is not None:
+        t1 = time.perf_counter()
+        model.load_state_dict(original.state_dict() if kept["state"] is None else kept["state"])
+        out["depth"] = {"point": kept["point"], **depth_of(model.eval(), layers),
+                        "seconds": round(time.perf_counter() - t1, 2)}
+    return out
+
+
+class EditDepth:
+    """The depth of an edited model (module doc, 4), against `original` and its retain-only `twin`, on the forget
+    facts of `corpus` (the facts the edits unlearn).
+
+    uds: stage 1 (twin -> original) is patched once here (and cached across runs by workbench.evaluation.attacks.
+    depth); each call patches the edited model in (stage 2) and scores every fact. relearn: each call runs the grid
+    on the edited model; the twin's curves are run once per trainable set (once for scope "all", per window for
+    "edited") and judge which settings are admissible."""
+
+    def __init__(self, original, twin, tok, corpus, cfg: LocalizeConfig, progress: bool = False):
+        from .evaluation.attacks import depth as uds
+        from .evaluation.attacks.recall import MAX_LEN, encode_qa, score
+        from .evaluation.attacks.relearn import split_halves
+
+        self.original, self.twin, self.tok, self.corpus = original, twin, tok, corpus
+        self.measures = tuple(cfg.depth)
+        self.admissible = cfg.admissible
+        self.uds_config = DepthConfig(tau=cfg.uds_tau)
+        self.relearn_config = cfg.relearn_config()
+        self._twin_curves: dict = {}
+        if "uds" in self.measures:
+            self.facts = uds.facts_of(original, tok, corpus, None)
+            self.stage1 = uds.stage1(original, twin, tok, self.facts, self.uds_config, progress)
+        if "relearn" in self.measures:
+            measured = split_halves(corpus.forget, self.relearn_config.seed)[1]
+            self.original_recall = score(original, tok, encode_qa(tok, measured, MAX_LEN)).recall
+
+    def key(self) -> dict:
+        """What the depth of an edit depends on besides the edit: part of each edit's content key."""
+        return {"measures": list(self.measures), "uds_tau": self.uds_config.tau,
+                "relearn": asdict(self.relearn_config), "admissible": self.admissible}
+
+    def __call__(self, model, layers: list[int]) -> dict:
+        from .evaluation.attacks import depth as uds
+        from .evaluation.attacks import grid, relearn
+
+        out = {}
+        if "uds" in self.measures:
+            d2 = uds.drops(model, self.original, self.tok, self.facts, self.stage1["own"], self.uds_config.batch_size)
+            s = uds.score(self.stage1["d1"], d2, self.uds_config.tau)
+            out["uds"] = {"per_fact": s["per_fact"], "mean": s["uds"], "all_positions": s["uds_all_positions"],
+                          "n_facts_scored": s["n_facts_scored"]}
+        if "relearn" in self.measures:
+            cfg = self.relearn_config
+            edited = relearn.run_model(model, self.tok, self.corpus, cfg, layers)
+            which = tuple(layers) if "edited" in cfg.scopes else None
+            if which not in self._twin_curves:
+                twin = relearn.run_model(self.twin, self.tok, self.corpus, cfg, layers)
+                self._twin_curves[which] = {**twin, "by_setting": relearn.settings(twin, cfg.steps)}
+            judged = grid.judge({"per_model": {"edited": {**edited, "by_setting": relearn.settings(edited, cfg.steps)},
+                                               "twin": self._twin_curves[which]}}, self.admissible)
+            e = judged["per_model"]["edited"]
+            # the attacker may also not attack: a grid that only lowers recall leaves the edited model's own
+            after = None if e["recovery"] is None else edited["before"] + max(0.0, e["recovery"])
+            twin_at = self._twin_curves[which]["by_setting"]
+            out["relearn"] = {"setting": e["setting"], "before": edited["before"], "recovery": e["recovery"],
+                              "after": after, "original": self.original_recall,
+                              "surviving": None if after is None else self.original_recall - after,
+                              "twin": None if e["setting"] is None else twin_at[e["setting"]],
+                              "admissible": int(sum(judged["admissible"])), "settings": len(judged["admissible"]),
+                              "n_measured": edited["n_measured"]}
+        return out
 
 
 # ---------------------------------------------------------------- the run
 def localize(model, tok, corpus, cfg: LocalizeConfig | None = None, out_dir: str | Path | None = None, *,
-             progress: bool = True, model_key: str | None = None) -> dict:
+             progress: bool = True, model_key: str | None = None, twin=None, twin_key: str | None = None,
+             planted: list[int] | None = None) -> dict:
     """Trace, edit every window with every editor and seed, correlate; writes out_dir (see the module doc).
 
     model_key: the content key of `model` (models.weights_key of its directory); default: a hash of its parameters.
-    Saved traces and edits are reused only when their content keys match (the module doc, 6)."""
+    Saved traces and edits are reused only when their content keys match (the module doc, 6).
+    twin: the retain-only twin fine-tuned from the model's base, which `cfg.depth` needs (twin_key its content key,
+    as model_key). planted: the layers the facts were planted in, where known (a planted organism's), which the
+    depth summary, the table and the figure mark."""
     from .outputs import check_writable, locked
 
     cfg = checked(cfg or LocalizeConfig())
+    if cfg.depth and twin is None:
+        raise ConfigError(f"depth {list(cfg.depth)} is measured against the retain-only twin: give twin= (from the "
+                          "command line: an organism model, whose twin is built, or the twin field)")
     out = Path(out_dir if out_dir is not None else cfg.out)
     with locked(check_writable(out, "localize output"), "localize output"):
-        return _localize(model, tok, corpus, cfg, out, progress, model_key)
+        return _localize(model, tok, corpus, cfg, out, progress, model_key, twin, twin_key,
+                         None if planted is None else [int(l) for l in planted])
 
 
-def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool, model_key: str | None) -> dict:
+def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool, model_key: str | None, twin,
+              twin_key: str | None, planted: list[int] | None) -> dict:
     from .correlation import correlate
     from .data.records import questions
     from .editors import resolve_config
@@ -334,12 +469,19 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
     jobs = [(label, spec, w, s) for label, spec in specs.items() for w in wins for s in seeds]
     runs: dict[str, dict] = {label: {} for label in specs}
+    depth_of, depth_key = None, None
+    if cfg.depth and jobs:
+        twin = copy.deepcopy(twin).eval()
+        depth_of = EditDepth(original, twin, tok, edit_corpus, cfg, progress)
+        # the depth is measured at the budget's operating point, so the budget decides it too
+        depth_key = {**depth_of.key(), "twin": twin_key or state_hash(twin), "retain_budget": cfg.retain_budget}
     t0 = time.perf_counter()
     for label, spec, layers, s in tqdm(jobs, desc="localize edits", disable=not progress or not jobs):
         resolved = resolve_config(spec.method, preset=spec.preset,
                                   overrides={**spec.config, **RUN_SETTINGS, "seed": s})
-        key = key_parts(model=content, data=records_hash([*facts, *corpus.retain]), layers=layers, config={
-            "method": spec.method, "config": asdict(resolved), "eval_every": spec.eval_every})
+        edit_config = {"method": spec.method, "config": asdict(resolved), "eval_every": spec.eval_every}
+        key = key_parts(model=content, data=records_hash([*facts, *corpus.retain]), layers=layers,
+                        config=edit_config if depth_key is None else {**edit_config, "depth": depth_key})
         path = out / "runs" / label / f"layers-{layers[0]}-{layers[-1]}" / f"seed-{s}.json"
         saved = json.loads(path.read_text()) if path.is_file() else None
         reason = None if saved is None else key_change(saved.get("key"), key)
@@ -350,7 +492,8 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
             traj = saved
         else:
             traj = {"key": key, **edit_trajectory(original, tok, edit_corpus, spec, layers, s, forget_ex, retain_ex,
-                                                  baseline, path.parent / f"model-seed-{s}")}
+                                                  baseline, path.parent / f"model-seed-{s}", depth_of,
+                                                  cfg.retain_budget)}
             atomic_write_json(path, traj)
         forget = np.array([p["forget"] for p in traj["points"]])   # [P, F]
         retain = np.array([p["retain"] for p in traj["points"]])   # [P]
@@ -359,17 +502,36 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
         row = {"layers": layers, "seed": s, "seconds": traj["seconds"], "operating_step": point["step"],
                "operating_retain": point["retain"], "budget": eff["budget"].tolist(), "area": eff["area"].tolist(),
                "curve": [[p["step"], float(np.mean(p["forget"])), p["retain"]] for p in traj["points"]]}
+        if depth_key is not None:
+            d = traj["depth"]
+            if d["point"] != eff["operating_point"]:
+                raise ConfigError(f"{path}: its depth was measured at point {d['point']}, but the budget's operating "
+                                  f"point is {eff['operating_point']}; delete the file to redo the edit")
+            if "uds" in d:
+                row["uds"] = [np.nan if v is None else v for v in d["uds"]["per_fact"]]
+            if "relearn" in d:
+                row["relearn"] = d["relearn"]
+            row["depth_seconds"] = d["seconds"]
         runs[label].setdefault(str(layers), []).append(row)
         log("edit", editor=label, reused=reused, **{k: v for k, v in row.items() if k != "curve"},
             forget_drop=float(eff["budget"].mean()))
     edit_seconds = time.perf_counter() - t0
 
     # 5. statistics --------------------------------------------------------------------------------------
-    efficacy = {label: {e: np.array([[row[e] for row in runs[label][str(w)]] for w in wins]).transpose(1, 2, 0)
-                        for e in EFFICACIES} for label in specs}            # label -> def -> [S, F, W]
-    statistics = {label: {k: {e: correlate(imp_fw[k], efficacy[label][e], n_boot=cfg.n_boot, n_perm=cfg.n_perm,
-                                           seed=cfg.seed).to_json() for e in EFFICACIES} for k in cfg.kinds}
+    efficacies = cfg.efficacies() if jobs else EFFICACIES
+    efficacy = {label: {e: np.array([[row[e] for row in runs[label][str(w)]] for w in wins], float).transpose(1, 2, 0)
+                        for e in efficacies} for label in specs}            # label -> def -> [S, F, W]
+    # UDS is undefined (NaN) for a fact whose stage-1 drop passes tau at no layer: the same facts in every edit
+    scored = {label: np.isfinite(efficacy[label]["uds"]).all((0, 2)) if "uds" in efficacies else
+              np.ones(len(facts), bool) for label in specs}
+    statistics = {label: {k: {e: correlate(imp_fw[k][scored[label]] if e == "uds" else imp_fw[k],
+                                           efficacy[label][e][:, scored[label]] if e == "uds" else efficacy[label][e],
+                                           n_boot=cfg.n_boot, n_perm=cfg.n_perm, seed=cfg.seed).to_json()
+                              for e in efficacies if e != "uds" or scored[label].any()} for k in cfg.kinds}
                   for label in specs}
+    depth = {label: depth_summary({e: efficacy[label][e][:, scored[label]] if e == "uds" else efficacy[label][e]
+                                   for e in efficacies}, [runs[label][str(w)] for w in wins],
+                                  imp_fw[cfg.kind].mean(0), wins, planted, cfg) for label in specs} if depth_key else {}
 
     # trace-only studies ------------------------------------------------------------------------------------
     agreement = None
@@ -399,6 +561,8 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
                     for label, spec in specs.items()},
         "statistics": statistics,
         "headline": {label: _headline(statistics[label][cfg.kind][cfg.efficacy], wins) for label in specs},
+        "planted_layers": planted,
+        "depth": depth,
         "agreement": agreement,
         "tasks": {t: _peak_summary(imp, cfg) for t, imp in tasks.items()},
         "seconds": {"trace": round(trace_seconds, 1), "edits": round(edit_seconds, 1),
@@ -413,6 +577,83 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
     atomic_write_json(out / "localize.json", result)
     log("done", headline=result["headline"], seconds=result["seconds"])
     return result
+
+
+def planted_windows(wins: list[list[int]], planted) -> list[int]:
+    """Indices of the windows that share the most layers with the planted set (none when no window shares one)."""
+    overlap = [len(set(w) & set(planted or ())) for w in wins]
+    return [i for i, o in enumerate(overlap) if o == max(overlap) and o > 0]
+
+
+def depth_summary(efficacy: dict, rows: list[list[dict]], importance_w, wins: list[list[int]], planted,
+                  cfg: LocalizeConfig) -> dict:
+    """Is forgetting deepest at the planted layers, at the traced layers, or elsewhere? And at equal retain cost, is
+    the window tracing selects deeper than the one a sweep selects? For one editor.
+
+    efficacy: {definition: [n_seeds, n_facts, n_windows]} ("uds" over the facts it scores); rows: each window's
+    edit rows (one per seed; their "relearn" and "operating_retain"); importance_w [n_windows]: the fact-mean traced
+    importance of each window (cfg.kind).
+
+    The named windows: traced (the largest importance: what a window selection picks), sweep (the largest output
+    efficacy `cfg.efficacy`: what a sweep picks), deepest (the largest mean UDS), deepest_relearn (the most
+    forgetting surviving relearning), planted (the windows sharing the most layers with the planted set). For each:
+    its output efficacy and UDS with bootstrap intervals over facts and seeds (several windows: their mean), the
+    relearn survival (mean over seeds) and the retain recall at the operating points. Contrasts: the UDS and output
+    efficacy differences of planted - traced, planted - deepest, planted - sweep and traced - sweep, paired over
+    facts and seeds. `deepest_is`: which named windows the deepest one is (empty: elsewhere)."""
+    from .correlation import window_contrast
+
+    out_eff, uds = efficacy[cfg.efficacy], efficacy.get("uds")
+    if uds is not None and uds.shape[1] == 0:
+        uds = None                                     # no fact scored: UDS undefined everywhere
+    surviving = np.array([[np.nan if r.get("relearn") is None or r["relearn"]["surviving"] is None
+                           else r["relearn"]["surviving"] for r in w] for w in rows], float)   # [W, S]
+    retain = np.array([[r["operating_retain"] for r in w] for w in rows], float)               # [W, S]
+    named = {"traced": [int(np.argmax(importance_w))], "sweep": [int(np.argmax(out_eff.mean((0, 1))))]}
+    if uds is not None:
+        named["deepest"] = [int(np.argmax(uds.mean((0, 1))))]
+    if np.isfinite(surviving).any():
+        named["deepest_relearn"] = [int(np.nanargmax(np.nanmean(surviving, 1)))]
+    if planted_windows(wins, planted):
+        named["planted"] = planted_windows(wins, planted)
+
+    def boot(eff, a, b=None):
+        return window_contrast(eff, a, b, n_boot=cfg.n_boot, seed=cfg.seed)
+
+    def mean_over(x, idx):
+        v = x[idx]
+        return float(np.nanmean(v)) if np.isfinite(v).any() else None
+
+    windows = {}
+    for name, idx in named.items():
+        o = boot(out_eff, idx)
+        windows[name] = {"windows": [wins[i] for i in idx], "output": o["difference"], "output_ci": o["ci"],
+                         "relearn_surviving": mean_over(surviving, idx), "retain": mean_over(retain, idx)}
+        if uds is not None:
+            u = boot(uds, idx)
+            windows[name].update(uds=u["difference"], uds_ci=u["ci"])
+    contrasts = {}
+    for a, b in (("planted", "traced"), ("planted", "deepest"), ("planted", "sweep"), ("traced", "sweep")):
+        if a in named and b in named:
+            o = boot(out_eff, named[a], named[b])
+            c = {"output": o["difference"], "output_ci": o["ci"]}
+            if uds is not None:
+                u = boot(uds, named[a], named[b])
+                c.update(uds=u["difference"], uds_ci=u["ci"])
+            s_a, s_b = mean_over(surviving, named[a]), mean_over(surviving, named[b])
+            c["relearn_surviving"] = None if s_a is None or s_b is None else s_a - s_b
+            contrasts[f"{a} - {b}"] = c
+
+    def where(deepest: str) -> list[str]:
+        if deepest not in named:
+            return []
+        return [n for n in ("planted", "traced", "sweep") if n in named and named[deepest][0] in named[n]]
+
+    per_window = [mean_over(surviving, [i]) for i in range(len(wins))]
+    return {"windows": windows, "contrasts": contrasts, "deepest_is": where("deepest"),
+            "deepest_relearn_is": where("deepest_relearn"), "n_facts_uds": 0 if uds is None else int(uds.shape[1]),
+            "planted_layers": planted, "relearn_surviving": per_window if any(v is not None for v in per_window)
+            else None}
 
 
 def _headline(stat: dict, wins: list[list[int]]) -> dict:
@@ -468,6 +709,23 @@ def caption(result: dict) -> str:
     return "<br>".join(lines)
 
 
+def depth_caption(result: dict) -> str:
+    """One line per editor: where forgetting is deepest, and the traced window's depth against the sweep's."""
+    lines = []
+    for label, d in result["depth"].items():
+        w = d["windows"]
+        where = ", ".join(d["deepest_is"]) or "a window neither planted, traced nor swept"
+        lines.append(f"{label}: deepest (UDS) at {where}")
+        c = d["contrasts"].get("traced - sweep")
+        if c and c.get("uds") is not None:
+            lines.append(f"{label}: UDS of the traced window {w['traced']['windows'][0][0]}-"
+                         f"{w['traced']['windows'][0][-1]} minus the sweep's {w['sweep']['windows'][0][0]}-"
+                         f"{w['sweep']['windows'][0][-1]}: {_fmt(c['uds'], c['uds_ci'])}")
+    cfg = result["config"]
+    lines.append(f"at each edit's best point within a retain budget of {cfg['retain_budget']}; {cfg['seeds']} seeds")
+    return "<br>".join(lines)
+
+
 def table(result: dict) -> str:
     """The run as markdown: efficacy per window, the statistics, and the trace-only studies."""
     cfg = result["config"]
@@ -482,18 +740,27 @@ def table(result: dict) -> str:
     if stats:
         labels = list(stats)
         first = stats[labels[0]][kind][eff]
-        out += ["| window | " + f"traced {kind} importance | " + " | ".join(f"{l} efficacy" for l in labels) + " |",
-                "|---" * (2 + len(labels)) + "|"]
+        depth = result.get("depth") or {}
+        planted = result.get("planted_layers")
+        uds = [l for l in labels if "uds" in stats[l][kind]]
+        relearn = [l for l in labels if (depth.get(l) or {}).get("relearn_surviving")]
+        heads = ([f"{l} efficacy" for l in labels] + [f"{l} UDS" for l in uds]
+                 + [f"{l} surviving relearn" for l in relearn])
+        out += ["| window | " + ("planted layers | " if planted else "") + f"traced {kind} importance | "
+                + " | ".join(heads) + " |", "|---" * (2 + bool(planted) + len(heads)) + "|"]
         for i, w in enumerate(result["windows"]):
-            cells = [_fmt(first["importance"][i], first["importance_ci"][i], 3)]
+            cells = ([", ".join(map(str, sorted(set(w) & set(planted)))) or "-"] if planted else [])
+            cells += [_fmt(first["importance"][i], first["importance_ci"][i], 3)]
             cells += [_fmt(stats[l][kind][eff]["efficacy"][i], stats[l][kind][eff]["efficacy_ci"][i]) for l in labels]
+            cells += [_fmt(stats[l][kind]["uds"]["efficacy"][i], stats[l][kind]["uds"]["efficacy_ci"][i]) for l in uds]
+            cells += [_fmt(depth[l]["relearn_surviving"][i]) for l in relearn]
             out.append(f"| {w[0]}-{w[-1]} | " + " | ".join(cells) + " |")
         out += ["", "| editor | importance | efficacy | Spearman [95% CI] | p | Pearson [95% CI] | p | per-fact Spearman "
                 "[95% CI] | p (own vs other facts' traces) | peak hit (chance / population peak / other facts) |",
                 "|---" * 10 + "|"]
         for l in labels:
             for k in cfg["kinds"]:
-                for e in EFFICACIES:
+                for e in stats[l][k]:
                     s, pf = stats[l][k][e], stats[l][k][e]["per_fact"]
                     out.append(f"| {l} | {k} | {e} | {_fmt(s['spearman']['r'], s['spearman']['ci'])} | "
                                f"{_p_fmt(s['spearman']['p'])} | {_fmt(s['pearson']['r'], s['pearson']['ci'])} | "
@@ -501,6 +768,8 @@ def table(result: dict) -> str:
                                f"{_p_fmt(pf['p_own'])} | {pf['peak_hit']:.2f} ({pf['peak_hit_chance']:.2f} / "
                                f"{pf['peak_hit_population']:.2f} / {pf['peak_hit_shuffled']:.2f}) |")
         out.append("")
+        if depth:
+            out += depth_table(result)
     if result["agreement"]:
         out += [f"## Selection agreement vs number of traced facts ({kind}, window {cfg['window']})\n",
                 "| facts | two disjoint sets pick the same window | mean overlap (Jaccard) | same window as all "
@@ -521,8 +790,39 @@ def table(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def depth_table(result: dict) -> list[str]:
+    """Markdown lines: for each editor, the named windows' depth and the contrasts between them."""
+    cfg, planted = result["config"], result.get("planted_layers")
+    n = next(iter(result["depth"].values()))["n_facts_uds"]   # the facts UDS scores: the same for every editor
+    out = ["## Where is forgetting deepest? (at each edit's budget operating point: equal retain cost)\n",
+           f"UDS: mean over {n} facts and {cfg['seeds']} seeds, 95% bootstrap CI over facts and seeds; surviving "
+           f"relearn: the original's recall of the measured half minus the recall the worst admissible relearning "
+           f"setting brings back (mean over seeds); output efficacy `{cfg['efficacy']}`"
+           + (f"; planted layers {planted}" if planted else "") + "\n"]
+    rows = ["| editor | window | layers | output efficacy [95% CI] | UDS [95% CI] | surviving relearn | "
+            "retain recall |", "|---" * 7 + "|"]
+    for label, d in result["depth"].items():
+        for name, w in d["windows"].items():
+            layers = "; ".join(f"{x[0]}-{x[-1]}" for x in w["windows"])
+            rows.append(f"| {label} | {name} | {layers} | {_fmt(w['output'], w['output_ci'])} | "
+                        f"{_fmt(w.get('uds'), w.get('uds_ci'))} | {_fmt(w['relearn_surviving'])} | "
+                        f"{_fmt(w['retain'])} |")
+    rows += ["", "| editor | contrast | output efficacy [95% CI] | UDS [95% CI] | surviving relearn |",
+             "|---" * 5 + "|"]
+    for label, d in result["depth"].items():
+        for name, c in d["contrasts"].items():
+            rows.append(f"| {label} | {name} | {_fmt(c['output'], c['output_ci'])} | "
+                        f"{_fmt(c.get('uds'), c.get('uds_ci'))} | {_fmt(c['relearn_surviving'])} |")
+    rows.append("")
+    for label, d in result["depth"].items():
+        rows.append(f"- {label}: the deepest window by UDS is {', '.join(d['deepest_is']) or 'elsewhere'}"
+                    + (f"; by relearning {', '.join(d['deepest_relearn_is']) or 'elsewhere'}"
+                       if "deepest_relearn" in d["windows"] else ""))
+    return out + rows + [""]
+
+
 def _figures(result: dict, importance: dict, tasks: dict, cfg: LocalizeConfig, out: Path) -> None:
-    from .figures import (browser_path, export_session, importance_curve, importance_efficacy_scatter,
+    from .figures import (browser_path, depth_figure, export_session, importance_curve, importance_efficacy_scatter,
                           localization_figure, save_figure, sweep_plot)
 
     formats = ("html", "png") if browser_path() else ("html",)
@@ -533,6 +833,11 @@ def _figures(result: dict, importance: dict, tasks: dict, cfg: LocalizeConfig, o
                                                efficacy=cfg.efficacy)
         figs["localize_scatter"] = importance_efficacy_scatter(result["windows"], stats, caption(result),
                                                                kind=cfg.kind, efficacy=cfg.efficacy)
+    if result["depth"]:
+        uds = {label: s[cfg.kind]["uds"] for label, s in result["statistics"].items() if "uds" in s[cfg.kind]}
+        relearn = {label: d["relearn_surviving"] for label, d in result["depth"].items()}
+        figs["localize_depth"] = depth_figure(result["windows"], importance[cfg.kind], stats, uds, relearn,
+                                              result["planted_layers"], depth_caption(result), efficacy=cfg.efficacy)
     if result["agreement"]:
         figs["localize_agreement"] = sweep_plot(  # None (two disjoint sets do not fit) draws as a gap
             result["agreement"], x="n_facts", ys=["same_window", "jaccard", "same_as_all"],
@@ -569,6 +874,8 @@ def run(cfg: LocalizeConfig, progress: bool = True) -> dict:
         raise ConfigError(f"data 'organism' needs an organism model, but model is {cfg.model!r}; "
                           "give a LUME directory as data")
     sources = [organism.cache_root()] if name is not None else [Path(cfg.model)]
+    if cfg.twin is not None:
+        sources.append(organism.cache_root() if organism_name(cfg.twin) is not None else Path(cfg.twin))
     for what, path in (("out", cfg.out), ("figures", cfg.figures)):   # every output, before any work
         src = check_not_source(path, [s for s in sources if Path(s).exists()]) if path else None
         if src is not None:
@@ -576,8 +883,22 @@ def run(cfg: LocalizeConfig, progress: bool = True) -> dict:
                               "outside it")
     if cfg.figures:
         check_output_path(cfg.figures, "figures directory")
+    if cfg.depth and cfg.twin is None and name is None:
+        raise ConfigError(f"depth {list(cfg.depth)} needs the retain-only twin: give twin (a model fine-tuned from "
+                          f"the same base without the forget set), or an organism model")
     path = organism.build(name, progress=progress) if name is not None else None
     model, tok = load_model(path or cfg.model)
     corpus = bound_records(organism.load_corpus(path) if cfg.data == "organism" else load_lume(cfg.data), tok)
+    twin = twin_key = None
+    if cfg.depth:
+        spec = cfg.twin or f"organism:{organism.retain_twin(name)}"
+        twin_name = organism_name(spec)
+        twin_path = organism.build(twin_name, progress=progress) if twin_name is not None else spec
+        twin, twin_tok = load_model(twin_path)
+        if twin_tok.get_vocab() != tok.get_vocab():
+            raise ConfigError(f"twin {spec!r} has another tokenizer than {cfg.model!r}; UDS and relearning compare "
+                              "them token for token")
+        twin_key = weights_key(twin_path, twin)
+    planted = (organism.info(path).get("planted_layers") or None) if path is not None else None
     return localize(model, tok, corpus, cfg, cfg.out, progress=progress,
-                    model_key=weights_key(path or cfg.model, model))
+                    model_key=weights_key(path or cfg.model, model), twin=twin, twin_key=twin_key, planted=planted)

@@ -4,6 +4,7 @@ editor and seed, correlate importance with efficacy (workbench.localize).
     workbench localize                                        # organism:deep, joint and RMU, 3 seeds
     workbench localize --config configs/localize.yaml --out runs/localize
     workbench localize --model organism:micro --window 2 --seeds 1 --editors joint --out runs/loc-micro
+    workbench localize --config configs/localize-planted-early.yaml     # + depth (UDS, relearning) per window
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def run(args) -> int:
             raise ConfigError(f"--editors {unknown} not in the config's editors {sorted(cfg.editors)}")
         values["editors"] = {e: cfg.editors[e] for e in chosen}
     result = run_localize(LocalizeConfig.from_dict(values), progress=not args.quiet)
-    print(json.dumps({"headline": result["headline"], "seconds": result["seconds"],
-                      "out": str(result["config"]["out"])}, indent=1))
+    depth = {label: {"deepest_is": d["deepest_is"], "windows": {n: w["windows"] for n, w in d["windows"].items()}}
+             for label, d in result["depth"].items()}
+    print(json.dumps({"headline": result["headline"], **({"depth": depth} if depth else {}),
+                      "seconds": result["seconds"], "out": str(result["config"]["out"])}, indent=1))
     return 0
