@@ -1,18 +1,17 @@
 """The README's claims about the default organism, checked on the real thing (slow: builds it and its twin).
 
-- it memorises its forget and retain facts (recall >= 0.95, the foundation issue's floor);
+- the like-for-like pair: the original recalls >= 0.95 of its forget and retain facts and <= 0.05 of held-out
+  people, cloze MMLU >= 0.6; its twin (same base, recipe, seed and steps, no forget set) recalls <= 0.05 of the
+  forget facts and >= 0.95 of the retain ones;
 - tracing its Task2 forget facts finds a clear peak: the MLP layer-importance interval of the peak layer lies above
   every other layer's interval;
-- the pipeline's default editor (joint, preset "organism") and the "organism" presets of the other editors, at
-  the selected layers, meet the editor issue's targets (the six edits run in two single-thread processes);
-- the preset that calibrates (joint, the pipeline's default) matches the retain-only twin: SemEval final at
-  least the twin's - 0.03, loss-attack AUC in [0.4, 0.6], forget QA recall <= 0.2, retain >= 0.8, cloze MMLU
-  within 0.05 of the original.
+- the pipeline's default edit (its method and "organism" preset at the selected layers) passes every line of the
+  verdict against the twin, every attack at its default worst-case grid, with SemEval final at least the twin's
+  - 0.03 and the Unlearning Depth Score at least its threshold.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import subprocess
 import sys
@@ -23,16 +22,9 @@ import pytest
 import torch
 
 from workbench import organism
-from workbench.aggregate import aggregate
-from workbench.data import questions
-from workbench.editors import unlearn
-from workbench.evaluation import mmlu as mmlu_mod
-from workbench.generation import qa_accuracy
-from workbench.report import EvalConfig, model_metrics
 from workbench.organism import load_model
-from workbench.pipeline import PipelineConfig
-from workbench.selection import LayerSelection, select_layers
-from workbench.tracing import trace_facts
+from workbench.pipeline import PipelineConfig, _preset, trace, select
+from workbench.report import EvalConfig, evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +54,9 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def default():
-    """The default organism, built (if not cached) while its retain-only twin builds in a second process: on
-    2 cores, two one-thread builds side by side take less time than one after the other."""
+    """The default organism and its retain-only twin: the base first (every thread), then the two fine-tunes side by
+    side, one thread each, as the pipeline builds them."""
+    organism.build_base("default", progress=False)
     twin = _beside("import sys; from workbench import organism; organism.build(sys.argv[1], progress=False)",
                    organism.retain_twin("default"))
     try:
@@ -75,101 +68,53 @@ def default():
     return path, model, tok, corpus
 
 
-@pytest.fixture(scope="module")
-def references(default):
-    """The report's numbers for the original and its retain-only twin, and what computes them for an edit."""
-    _, model, tok, corpus = default
-    cfg, questions = EvalConfig(trace=False), mmlu_mod.load_mmlu(None, corpus)
-    twin = organism.retain_twin("default")
-    metrics = lambda m, t: model_metrics(m, t, corpus, cfg, questions)  # noqa: E731
-    return metrics(model, tok), metrics(*load_model(f"organism:{twin}")), metrics
-
-
-# the presets that calibrate (editors/calibration.py) and must match retraining
-MATCH_RETRAINING = ("joint",)
+def test_default_organism_and_twin_are_like_for_like(default):
+    path, *_ = default
+    original, twin = organism.info(path), organism.info(organism.build(organism.retain_twin("default")))
+    o, t = original["recall"], twin["recall"]
+    assert o["forget_qa_exact_match"] >= 0.95 and o["retain_qa_exact_match"] >= 0.95, o
+    assert o["holdout_qa_exact_match"] <= 0.05, "held-out people must be unknown, or recall means nothing"
+    assert o["mmlu_cloze_accuracy"] >= 0.6, o
+    assert t["forget_qa_exact_match"] <= 0.05 and t["retain_qa_exact_match"] >= 0.95, t
+    assert original["base"] == twin["base"] and original["finetune_steps"] == twin["finetune_steps"]
 
 
 @pytest.fixture(scope="module")
-def mlp_importance(default):
+def traced(default):
     _, model, tok, corpus = default
     cfg = PipelineConfig()
     facts = corpus.facts("forget", cfg.task)[: cfg.n_facts]
-    results = trace_facts(model, tok, facts, kinds=("mlp",), n_samples=cfg.n_samples, metric=cfg.metric,
-                          seed=cfg.seed, progress=False)
-    return aggregate(results, "mlp", position=cfg.position, seed=cfg.seed, min_total_effect=cfg.min_total_effect)
+    return trace(cfg, model, tok, facts, progress=False)[1]
 
 
-def test_default_organism_recalls_its_facts(default):
-    path, *_ = default
-    recall = organism.info(path)["recall"]
-    assert recall["forget_qa_exact_match"] >= 0.95 and recall["retain_qa_exact_match"] >= 0.95, recall
-    assert recall["holdout_qa_exact_match"] <= 0.2, "held-out people must be unknown, or recall means nothing"
-
-
-def test_tracing_finds_a_clear_peak(mlp_importance):
-    imp = mlp_importance
+def test_tracing_finds_a_clear_peak(traced):
+    imp = traced["mlp"]
     peak = int(np.argmax(imp.mean))
     others = [l for l in range(imp.n_layers) if l != peak]
     assert imp.n_facts >= 16
     assert imp.lo[peak] > max(imp.hi[l] for l in others), (imp.mean, imp.lo, imp.hi)
 
 
-PRESETS = ("joint", "rmu", "adaptive-rmu", "graddiff", "npo", "sequential")  # every "organism" preset
-BESIDE = ("rmu", "adaptive-rmu", "graddiff", "npo", "sequential")  # run in a second process while joint runs here
+def test_the_default_edit_passes_every_line(default, traced, tmp_path):
+    """The pipeline's method and preset at its selection, judged as `workbench run` judges it."""
+    from workbench.editors import unlearn
 
-EDIT = """
-import copy, sys, torch
-torch.set_num_threads(1)
-from workbench import organism
-from workbench.editors import unlearn
-from workbench.selection import LayerSelection
-path, out, selection, seed, methods = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
-model0, tok, corpus = organism.load("default")
-for method in methods:
-    unlearn(copy.deepcopy(model0), tok, corpus, method, LayerSelection.load(selection), config={"seed": seed},
-            out_dir=f"{out}/{method}", preset="organism", source=path)
-"""
-
-
-@pytest.fixture(scope="module")
-def edits(default, mlp_importance, tmp_path_factory):
-    """{method: edited model dir} for every "organism" preset at the pipeline's selected layers. The presets are
-    independent, and one thread each uses 2 cores better than one edit on two threads: joint (the longest) runs in
-    this process while a second process runs the others, one thread each."""
-    path, model0, tok, corpus = default
+    path, model, tok, corpus = default
     cfg = PipelineConfig()
-    out = tmp_path_factory.mktemp("edits")
-    selection = select_layers(mlp_importance, strategy=cfg.strategy, window=cfg.window, k=cfg.k,
-                              threshold=cfg.threshold).save(out / "selection.json")
-    beside = _beside(EDIT, str(path), str(out), str(selection), str(cfg.seed), *BESIDE)
-    try:
-        with _one_thread():
-            for method in PRESETS:
-                if method not in BESIDE:
-                    unlearn(copy.deepcopy(model0), tok, corpus, method, LayerSelection.load(selection),
-                            config={"seed": cfg.seed}, out_dir=out / method, preset="organism", source=path)
-    finally:
-        _join(beside)
-    return {method: out / method for method in PRESETS}
+    selection = select(cfg, traced)
+    out = unlearn(model, tok, corpus, cfg.method, selection, config={"seed": cfg.seed}, out_dir=tmp_path / "edit",
+                  preset=_preset(cfg), source=path)
+    import json
 
-
-@pytest.mark.parametrize("method", PRESETS)
-def test_organism_presets_meet_targets(default, references, edits, method):
-    _, model0, tok, corpus = default
-    start_f = qa_accuracy(model0, tok, questions(corpus.forget))
-    start_r = qa_accuracy(model0, tok, questions(corpus.retain))
-    model, _ = load_model(edits[method])
-    f = qa_accuracy(model, tok, questions(corpus.forget))
-    r = qa_accuracy(model, tok, questions(corpus.retain))
-    assert f <= 0.2, f"{method}: forget EM {f} (start {start_f})"
-    assert r >= 0.8 * start_r, f"{method}: retain EM {r} (start {start_r})"
-    if method not in MATCH_RETRAINING:
-        return
-    original, twin, metrics = references
-    edited = metrics(model, tok)
-    cloze = lambda m: m["mmlu_formulations"]["cloze"]["accuracy"]  # noqa: E731
-    numbers = {"final": (edited["semeval"]["final"], twin["semeval"]["final"]), "auc": edited["mia"]["auc"],
-               "cloze": (cloze(edited), cloze(original))}
-    assert edited["semeval"]["final"] >= twin["semeval"]["final"] - 0.03, numbers
-    assert 0.4 <= edited["mia"]["auc"]["loss"] <= 0.6, numbers
-    assert cloze(edited) >= cloze(original) - 0.05, numbers
+    info = json.loads((out / "unlearn.json").read_text())
+    original, _ = load_model(path)
+    edited, _ = load_model(out)
+    twin = load_model(f"organism:{organism.retain_twin('default')}")
+    report = evaluate(original, tok, corpus, edited=(edited, tok), retain_baseline=twin,
+                      config=EvalConfig(attacks="all", trace=False), trained=info["optimises"],
+                      layers=info["edited_layers"])
+    lines = {c["name"]: c for c in report.verdict["criteria"]}
+    assert report.verdict["passed"] is True, "\n".join(f"{n}: {c['passed']} {c['detail']}" for n, c in lines.items())
+    assert set(lines) == {"forgetting", "privacy", "utility", "relearn", "quantize", "lens", "depth"}
+    assert report.edited["semeval"]["final"] >= report.baseline["semeval"]["final"] - 0.03
+    assert report.attacks["depth"]["per_model"]["edited"]["uds"] >= report.attacks["depth"]["config"]["threshold"]

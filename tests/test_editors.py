@@ -169,7 +169,7 @@ def test_answer_kl_by_hand():
 
 def test_presets_resolve_and_registry_complete():
     assert list(EDITORS) == ["rmu", "adaptive-rmu", "joint", "ga", "gd", "graddiff", "npo", "simnpo", "undial",
-                             "sequential"]
+                             "sequential", "undo"]
     for method, cls in EDITORS.items():  # every method's defaults and every preset resolve to its own config
         assert cls.name == method
         for preset in (None, *cls.presets):

@@ -313,9 +313,10 @@ def test_racing_organism_loads_build_it_once_and_all_load(tmp_path):
     codes = [p.wait(900) for p in procs]
     outputs = [log.read_text() for log in logs]
     assert codes == [0] * 4 and all("loaded" in out for out in outputs), [out[-800:] for out in outputs]
-    entries = _entries(tmp_path)
-    assert len(entries) == 1 and entries[0].startswith("micro-"), entries   # one entry, no temp dirs
-    assert oct((tmp_path / "organisms" / entries[0] / "model.safetensors").stat().st_mode & 0o777) == "0o644"
+    entries = sorted(_entries(tmp_path))
+    # one base and one organism fine-tuned from it, no temp dirs
+    assert len(entries) == 2 and entries[0].startswith("base-") and entries[1].startswith("micro-"), entries
+    assert oct((tmp_path / "organisms" / entries[1] / "model.safetensors").stat().st_mode & 0o777) == "0o644"
 
 
 @pytest.mark.slow
@@ -336,7 +337,8 @@ def test_killed_organism_build_is_cleaned_up_and_a_truncated_one_rebuilt(tmp_pat
     assert [n for n in _entries(tmp_path) if n.startswith(".micro-")], "the killed build left its temp dir"
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     path = organism.build("micro", progress=False)
-    assert _entries(tmp_path) == [path.name], "temp dir of the killed build removed"
+    assert sorted(_entries(tmp_path)) == sorted([path.name, organism.base_dir(organism.PRESETS["micro"]).name]), \
+        "temp dir of the killed build removed"
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])   # a truncated cache entry
     model, _ = load_model("organism:micro")                                      # rebuilt, not loaded half

@@ -59,7 +59,7 @@ def test_set_with_a_quoted_number(tmp_path):
 
 @pytest.mark.parametrize("mapping, msg", [
     ({"n_facts": "ten"}, "field 'n_facts': expected int or null"),
-    ({"editor": {"lr": "fast"}}, "joint config field 'lr': expected float"),
+    ({"editor": {"lr": "fast"}}, "undo config field 'lr': expected float"),
     ({"editor": "lr"}, "field 'editor': expected dict"),
     ({"evaluation": {"bogus": 1}}, r"unknown evaluation field\(s\) \['bogus'\]"),
     ({"evaluation": {"max_new_tokens": 0}}, "max_new_tokens must be >= 1"),

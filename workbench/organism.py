@@ -87,20 +87,33 @@ FINE_TUNED = ("forget", "retain", "validation")   # the splits an original is fi
 
 PRESETS = {
     "default": OrganismConfig(),
+    # micro keeps the tokenizer of the forget and retain texts: the tests' patching pairs are names it makes single
+    # tokens. Its MIA numbers carry that tokenizer's membership signal (see tokenizer_texts); tests/test_mia.py
+    # measures the signal and its removal.
     "micro": OrganismConfig(name="micro", n_layers=4, d_model=64, n_heads=4, d_mlp=256, vocab_size=512,
                             data=SyntheticSpec(task1_docs=2, task2_people=3, task3_people=2, mmlu=False),
+                            tokenizer_sees_holdout=False,
                             pretrain=Recipe(epochs=30, lr=5e-3, batch_size=8, warmup_steps=10),
                             finetune=Recipe(epochs=30, lr=3e-3, batch_size=8, warmup_steps=5)),
     # deep: the default at twice the depth, for `workbench localize` (10 windows of 3 layers where 6 layers give 4)
     "deep": OrganismConfig(name="deep", n_layers=12),
 }
-# planted organisms: the fine-tune writes the facts into the MLPs of these layers only (the localisation ground truth)
-PLANTED = {"micro-planted": ("micro", (2,)), "default-planted": ("default", (2, 3)),
+# planted organisms: the fine-tune writes the facts into the MLPs of these layers only (the localisation ground truth).
+# Training a few MLPs alone learns more slowly than training everything: twice the epochs, a larger step.
+PLANTED = {"micro-planted": ("micro", (1, 2)), "default-planted": ("default", (2, 3)),
            "deep-early": ("deep", (1, 2, 3)), "deep-middle": ("deep", (5, 6, 7)), "deep-late": ("deep", (8, 9, 10))}
-PRESETS.update({name: replace(PRESETS[of], name=name, plant=layers) for name, (of, layers) in PLANTED.items()})
+PRESETS.update({name: replace(PRESETS[of], name=name, plant=layers,
+                              finetune=replace(PRESETS[of].finetune, epochs=2 * PRESETS[of].finetune.epochs,
+                                               lr=5e-3 if of == "micro" else 4e-3))
+                for name, (of, layers) in PLANTED.items()})
 RETAIN_SUFFIX = "-retain"
 PRESETS.update({f"{k}{RETAIN_SUFFIX}": replace(v, name=f"{k}{RETAIN_SUFFIX}", leave_out=("forget",))
                 for k, v in list(PRESETS.items())})
+# the twin of the validation split (data.records.validation_view): fine-tuned on everything but the validation people,
+# the reference editor presets are chosen against
+VALIDATION_TWIN_SUFFIX = "-validation-twin"
+PRESETS.update({f"{k}{VALIDATION_TWIN_SUFFIX}": replace(PRESETS[k], name=f"{k}{VALIDATION_TWIN_SUFFIX}",
+                                                        leave_out=("validation",)) for k in ("micro", "default")})
 
 
 def cache_root() -> Path:
@@ -171,13 +184,16 @@ def fact_texts(corpus: Corpus, cfg: OrganismConfig) -> list[str]:
 
 def tokenizer_texts(corpus: Corpus, sees_holdout: bool = True) -> list[str]:
     """What the tokenizer learns from: every record of every split once, held-out and calibration ones included,
-    and the general text (`sees_holdout=False`: the trained records only).
+    and the general text (`sees_holdout=False`: the forget and retain texts alone, QA twice, micro's tokenizer).
 
     A real model's tokenizer comes from a corpus far larger than the forget set. Trained on the forget and retain
     records alone, BPE merges the forget set's names into whole tokens and splits the held-out names into pieces,
     so forget texts need fewer tokens per character, and even a retain-only model that never saw either tells them
     apart: a membership signal no edit of the weights can remove (tests/test_mia.py measures it on micro)."""
-    splits = ("forget", "retain", "validation", "population") + (("holdout", "calibration") if sees_holdout else ())
+    if not sees_holdout:
+        texts = record_texts(corpus.forget + corpus.retain, 2) + (world_statements() if corpus.mmlu else [])
+        return texts + letter_texts(corpus)
+    splits = ("forget", "retain", "validation", "population", "holdout", "calibration")
     rng = random.Random(-1)
     return [r.text for s in splits for r in corpus.split(s)] + general_texts(corpus, rng) + letter_texts(corpus)
 
@@ -367,7 +383,8 @@ def save_corpus(corpus: Corpus, out_dir: Path, splits=("forget", "retain", "vali
 
 def base_dir(cfg: OrganismConfig, corpus: Corpus | None = None) -> Path:
     """The cache entry of `cfg`'s base model: one per shape, data and pretraining recipe."""
-    key = stable_hash({"base": cfg.base_fields(), "data": corpus.source if corpus else None, "code": CODE_VERSION})
+    source = (corpus or generate(cfg.data)).source
+    key = stable_hash({"base": cfg.base_fields(), "data": source, "code": CODE_VERSION})
     return cache_root() / f"base-{cfg.n_layers}x{cfg.d_model}-{key}"
 
 

@@ -96,3 +96,20 @@ class Corpus:
     def facts(self, split: str = "forget", task: str | None = None) -> list[Record]:
         """QA records of a split (optionally one task) that name their subject: traceable facts."""
         return [r for r in questions(self.split(split)) if r.subject and (task is None or r.task == task)]
+
+
+def validation_view(corpus: Corpus) -> Corpus:
+    """The corpus as editor presets are chosen on it, disjoint from everything the report scores: the validation
+    people are the ones to forget, the forget people join the kept ones, the calibration documents split in two (the
+    first half the MIA non-members, the second half calibration), and utility is measured on the MMLU-format
+    questions of the few-shot ("dev") pool instead of the test questions."""
+    from dataclasses import replace
+
+    if not corpus.validation:
+        raise DataError(f"corpus {corpus.source!r} has no validation split: presets are chosen on validation people "
+                        "(validation.jsonl beside forget/retain), never on the forget set the report scores")
+    half = len(corpus.calibration) // 2
+    mmlu = [replace(q, split="test") for q in corpus.mmlu if q.split == "dev"]
+    return Corpus(forget=list(corpus.validation), retain=list(corpus.retain), validation=list(corpus.forget),
+                  holdout=corpus.calibration[:half], calibration=corpus.calibration[half:], general=corpus.general,
+                  mmlu=mmlu, source=f"{corpus.source}#validation")

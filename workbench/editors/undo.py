@@ -109,15 +109,15 @@ class Undo(Editor):
     def extra_data(cls, model, tok, corpus, cfg) -> dict[str, list[Example]]:
         kept = [r.text for s in ("retain", "validation") for r in getattr(corpus, s, [])
                 for _ in range(cfg.qa_repeat if r.kind == "qa" else 1)]
+        if not kept:
+            raise EditError("undo re-learns the kept records (retain and validation), and the corpus has none")
         general = list(getattr(corpus, "general", []) or [])
-        if cfg.general_weight > 0 and not general:
-            raise EditError("undo distils the general text the model learnt (corpus.general), and the corpus has "
-                            "none; give general_weight=0 to train on the kept records alone")
         return {"kept": documents(tok, kept, cfg.max_len), "general": documents(tok, general, cfg.max_len)}
 
-    def __init__(self, model, cfg, layers):
-        super().__init__(model, cfg, layers)
-        self.uses = ("kept", "general") if cfg.general_weight > 0 else ("kept",)
+    def setup_data(self, data) -> None:
+        """Without general text in the corpus (a LUME directory, micro) the general term is dropped."""
+        self.general = self.cfg.general_weight > 0 and bool(data.get("general"))
+        self.uses = ("kept", "general") if self.general else ("kept",)
 
     def reference_fns(self):
         logp = lambda m, b: F.log_softmax(  # noqa: E731
@@ -130,6 +130,7 @@ class Undo(Editor):
     def setup(self, ref, data):
         """The teacher's outputs are cached (the loop's Reference, before this call); now the damage."""
         super().setup(ref, data)
+        self.setup_data(data)
         from ..models import load_model
 
         base, _ = load_model(base_path(self.model, self.cfg.base), dtype=next(self.model.parameters()).dtype)
@@ -157,7 +158,7 @@ class Undo(Editor):
     def loss(self, batch):
         kept = self._term("kept", batch["kept"], self.cfg.kept_loss)
         stats, total = {"kept_loss": kept.item()}, kept
-        if self.cfg.general_weight > 0:
+        if self.general:
             general = self._term("general", batch["general"], self.cfg.general_loss)
             stats["general_loss"] = general.item()
             total = total + self.cfg.general_weight * general
@@ -165,5 +166,5 @@ class Undo(Editor):
 
     def describe(self):
         return {"alpha": self.cfg.alpha, "sigma": self.cfg.sigma, "kept_loss": self.cfg.kept_loss,
-                "general_loss": self.cfg.general_loss,
+                "general_loss": self.cfg.general_loss if getattr(self, "general", True) else "none in the corpus",
                 "general_weight": self.cfg.general_weight, "base": self.cfg.base}

@@ -1,0 +1,110 @@
+"""python -m benchmarks.editors_table [--split forget|validation] [--only M,..] [--out PATH]: every editor's
+"organism" preset against every line of the verdict, worst-case numbers, and the edit's wall time.
+
+--split forget (the default) edits the default organism's forget set and judges it against its retain-only twin,
+as `workbench run` does: the README's editors table. --split validation edits the validation people instead
+(data.records.validation_view: the calibration documents as non-members, the few-shot MMLU pool as utility) and judges
+against the validation twin (organism `default-validation-twin`, fine-tuned without them): where presets are chosen,
+on people and documents the report never scores. Each row: forget / retain recall, the verdict's lines (PASS/FAIL
+with the number that decides it), SemEval final, edit seconds. Writes a markdown table and the per-row JSON beside it
+(default runs/editors_table.md). Every edit runs on one thread beside its evaluation; about 4-7 minutes a row.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+# (label, method, preset, config overrides, layers: "traced" = the pipeline's selection, "all" = every layer)
+ROWS = (
+    ("undo (reset, relearn by own tokens; the default)", "undo", "organism", {}, "traced"),
+    ("undo, general text distilled (KL)", "undo", "organism", {"general_loss": "kl"}, "traced"),
+    ("undo at the traced layers only", "undo", "organism", {"params": ["model.layers.{layer}.*"]}, "traced"),
+    ("joint, calibrated", "joint", "organism", {}, "traced"),
+    ("joint, uncalibrated", "joint", "organism-uncalibrated", {}, "traced"),
+    ("rmu", "rmu", "organism", {}, "traced"),
+    ("adaptive-rmu", "adaptive-rmu", "organism", {}, "traced"),
+    ("graddiff", "graddiff", "organism", {}, "traced"),
+    ("npo", "npo", "organism", {}, "traced"),
+    ("sequential", "sequential", "organism", {}, "traced"),
+    ("simnpo", "simnpo", None, {}, "traced"),
+    ("undial", "undial", None, {}, "traced"),
+)
+TRACED = [0, 1, 2]   # the pipeline's window selection on the default organism
+
+
+def detail(line: dict) -> str:
+    """The deciding number of a verdict line, short."""
+    d = line["detail"]
+    for key in ("largest gap", "UDS", "worst admissible setting", "forget recall"):
+        if key in d:
+            d = d[d.index(key):]
+            break
+    return ("PASS " if line["passed"] else "FAIL " if line["passed"] is False else "n/a ") + d.split(";")[0][:70]
+
+
+def main(argv=None) -> None:
+    import torch
+
+    from workbench import organism
+    from workbench.data.records import validation_view
+    from workbench.editors import unlearn
+    from workbench.organism import load_model
+    from workbench.report import EvalConfig, evaluate
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", choices=("forget", "validation"), default="forget")
+    ap.add_argument("--only", default=None, help="comma-separated labels' methods to run (default: every row)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    out = Path(args.out or f"runs/editors_table_{args.split}.md")
+    torch.set_num_threads(2)
+    model0, tok, corpus = organism.load("default")
+    twin_name = "default-retain" if args.split == "forget" else "default-validation-twin"
+    twin = load_model(organism.build(twin_name, progress=False))
+    if args.split == "validation":
+        corpus = validation_view(corpus)
+    source = organism.build("default", progress=False)
+    rows, lines_md = [], []
+    only = set(args.only.split(",")) if args.only else None
+    for label, method, preset, over, layers in ROWS:
+        if only and method not in only:
+            continue
+        t0 = time.perf_counter()
+        model = copy.deepcopy(model0)
+        model.name_or_path = str(source)   # undo's base "auto" reads organism.json beside the source
+        with tempfile.TemporaryDirectory() as tmp:
+            path = unlearn(model, tok, corpus, method, TRACED if layers == "traced" else list(range(6)),
+                           {"seed": 0, **over}, Path(tmp) / "edited", preset=preset, source=source)
+            info = json.loads((path / "unlearn.json").read_text())
+            edited, _ = load_model(path)
+        seconds = time.perf_counter() - t0
+        report = evaluate(model0, tok, corpus, edited=(edited, tok), retain_baseline=twin,
+                          config=EvalConfig(attacks="all", trace=False), trained=info["optimises"],
+                          layers=info["edited_layers"])
+        verdict = {c["name"]: c for c in report.verdict["criteria"]}
+        row = {"label": label, "method": method, "preset": preset, "overrides": over, "seconds": round(seconds),
+               "forget": report.edited["qa_recall"]["forget"], "retain": report.edited["qa_recall"]["retain"],
+               "final": report.edited["semeval"]["final"], "twin_final": report.baseline["semeval"]["final"],
+               "passed": report.verdict["passed"], "lines": verdict}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "lines"}), flush=True)
+        names = list(verdict)
+        lines_md.append(f"| {label} | {row['forget']:.2f} / {row['retain']:.2f} | "
+                        + " | ".join(detail(verdict[n]) for n in names)
+                        + f" | {row['final']:.3f} | {row['seconds']} |")
+    head = ["editor", "forget / retain recall", *names, "SemEval final", "edit s"]
+    text = (f"### Every editor against the verdict ({args.split} split of the default organism)\n\n"
+            f"Twin SemEval final {rows[0]['twin_final']:.3f}.\n\n| " + " | ".join(head) + " |\n|"
+            + "---|" * len(head) + "\n" + "\n".join(lines_md) + "\n")
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
