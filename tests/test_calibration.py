@@ -188,10 +188,12 @@ def test_calibrated_run_resumes_bit_identical_and_keys_on_the_calibration(micro,
 MICRO_JOINT = {"retain_loss": "kl", "m_init": 5.0, "m_max": 10.0, "epochs": 20, "lr": 2e-3, "eval_every": 10}
 
 
-def test_calibration_moves_membership_to_the_twin_on_micro(micro, micro_retain, tmp_path):
-    """The direction of the default organism's result, on micro: the joint edit alone removes the answers but leaves
-    the forget documents' losses memorised (loss AUC 1.0); calibrated, the AUC comes down to the twin's (micro's
-    twin scores 0.77, its tokenizer's signal), with the answers still gone and the retain facts kept."""
+def test_calibration_moves_membership_to_never_seen_documents_on_micro(micro, micro_retain, tmp_path):
+    """On micro: the joint edit alone removes the answers but leaves the forget documents' losses memorised (loss AUC
+    near 1.0); calibrated, forget documents score like never-seen ones: their AUC against the holdout comes down to
+    that of the calibration documents (never trained on), with the answers still gone and the retain facts kept.
+    micro's twin sits above both (0.76): its tokenizer, learnt on forget and retain only, gives the forget names
+    shorter codes than never-seen names, a signal no edit of the weights removes."""
     import copy
 
     from workbench.data.records import questions
@@ -205,10 +207,13 @@ def test_calibration_moves_membership_to_the_twin_on_micro(micro, micro_retain, 
         model = copy.deepcopy(model0)
         unlearn(model, tok, corpus, "joint", [0, 1, 2], {**MICRO_JOINT, **extra}, tmp_path / name)
         aucs[name] = mia_mod.mia(model, tok, members, nonmembers).auc["loss"]
+        if name == "calibrated":
+            never_seen = mia_mod.mia(model, tok, [r.text for r in corpus.calibration], nonmembers).auc["loss"]
         assert qa_accuracy(model, tok, questions(corpus.forget)) <= 0.2, name
         assert qa_accuracy(model, tok, questions(corpus.retain)) >= 0.9, name
     assert aucs["plain"] > 0.95 and twin_auc < 0.85
-    assert abs(aucs["calibrated"] - twin_auc) <= 0.1, (aucs, twin_auc)
+    assert abs(aucs["calibrated"] - never_seen) <= 0.1, (aucs, never_seen, twin_auc)
+    assert aucs["calibrated"] <= twin_auc, (aucs, twin_auc)
 
 
 def test_anchor_batches_are_half_never_seen_documents_half_general_text():

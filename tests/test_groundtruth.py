@@ -21,7 +21,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.fixture(scope="module")
 def planted():
-    """(model, tok, corpus, base) of micro-planted: micro's base fine-tuned with only layer 2's MLP trainable."""
+    """(model, tok, corpus, base) of micro-planted: micro's base fine-tuned with only the MLPs of layers 1 and 2 trainable."""
     path = organism.build("micro-planted", progress=False)
     model, tok = load_model(path)
     base, _ = load_model(organism.build_base("micro-planted", progress=False))
@@ -91,13 +91,15 @@ def test_weight_difference_ranks_the_planted_layer_first_on_micro_planted(plante
     layers = organism.info(organism.build("micro-planted", progress=False))["planted_layers"]
     diff = weight_difference(model, base)
     assert diff.shape == (4,) and list(np.flatnonzero(diff)) == layers       # only the planted MLP moved
-    assert ranks(diff, layers).tolist() == [1.0] and precision_recall(diff, layers, 1) == (1.0, 1.0)
+    k = len(layers)
+    assert sorted(ranks(diff, layers).tolist()) == [float(r) for r in range(1, k + 1)]   # the planted layers on top
+    assert precision_recall(diff, layers, k) == (1.0, 1.0)
     assert not weight_difference(base, base).any()
     # micro fine-tunes every parameter: every layer moves, so the baseline is no free answer there
     assert (weight_difference(micro[0], base) > 0).all()
-    # with the layer labels shuffled the planted layer is first only where a relabelling leaves it in place
-    hits = [precision_recall(diff[list(p)], layers, 1)[0] for p in itertools.permutations(range(4))]
-    assert np.mean(hits) == 0.25
+    # with the layer labels shuffled, top-k precision averages to chance over every relabelling: k / n_layers
+    hits = [precision_recall(diff[list(p)], layers, k)[0] for p in itertools.permutations(range(4))]
+    assert np.mean(hits) == pytest.approx(k / 4)
 
 
 def test_methods_parse_and_bad_configs_are_named_errors():
@@ -146,7 +148,8 @@ def test_every_method_scores_the_same_facts_on_micro_planted(planted, tmp_path):
     assert saved["facts"] == facts
     np.testing.assert_allclose(got["scores"]["trace:mlp"], saved["importance"]["mlp"]["per_fact"])
     # the MLP of the last layer writes after every read of the subject position: patching it there changes nothing
-    assert not got["scores"]["patch:mlp_out"][:, 3].any()
+    # (zero up to float32 round-off of the batched forward: |effect| well below one ten-thousandth of the clean prob)
+    assert np.abs(got["scores"]["patch:mlp_out"][:, 3]).max() < 1e-5
     assert all(cf in {r.id for r in corpus.retain + corpus.validation + corpus.forget + corpus.holdout
                       + corpus.calibration} and cf != f for f, cf in got["counterfactuals"].items())
 
@@ -156,7 +159,7 @@ def test_organism_accuracy_is_saved_and_reused(planted, tmp_path):
                                        "n_samples": 3, "n_boot": 50, "n_perm": 50})
     events = []
     first = organism_accuracy("micro-planted", cfg, tmp_path, log=lambda e, **kw: events.append(e))
-    assert first["accuracy"]["weights"]["ranks"] == [1.0] and first["planted_layers"] == [2]
+    assert sorted(first["accuracy"]["weights"]["ranks"]) == [1.0, 2.0] and first["planted_layers"] == [1, 2]
     again = organism_accuracy("micro-planted", cfg, tmp_path, log=lambda e, **kw: events.append(e))
     assert again == json.loads(json.dumps(first)) and events.count("accuracy_reused") == 1
     other = GroundTruthConfig.from_dict({**{k: getattr(cfg, k) for k in ("organisms", "methods", "n_samples",
@@ -177,16 +180,16 @@ def test_the_reduced_study_writes_table_figure_and_json(planted, tmp_path, capsy
     acc = res["organisms"]["micro-planted"]
     assert acc["accuracy"]["weights"]["top_k"]["1"]["precision_per_fact"] == 1.0
     run = res["localize"]["micro-planted"]
-    assert run["planted_layers"] == [2] and run["windows"] == [[0, 1], [1, 2], [2, 3]]
+    assert run["planted_layers"] == [1, 2] and run["windows"] == [[0, 1], [1, 2], [2, 3]]
     d = run["depth"]["joint"]
-    assert d["windows"]["planted"]["windows"] == [[1, 2], [2, 3]]
+    assert d["windows"]["planted"]["windows"] == [[1, 2]]                 # the one window that is the planted set
     assert d["windows"]["traced"]["windows"] == [run["headline"]["joint"]["traced_window"]]
     assert 0 <= d["windows"]["deepest"]["uds"] <= 1 and d["n_facts_uds"] >= 1
     uds = run["statistics"]["joint"]["mlp"]["uds"]["efficacy"]
     assert d["windows"]["deepest"]["uds"] == pytest.approx(max(uds))
     assert all(v is None or 0 <= v <= 1 for v in d["relearn_surviving"])
     table = (out / "table.md").read_text()
-    assert "### micro-planted: planted layers 2 of 4" in table and "Where is forgetting deepest?" in table
+    assert "### micro-planted: planted layers 1, 2 of 4" in table and "Where is forgetting deepest?" in table
     for fig in ("groundtruth_micro-planted.html", "groundtruth_depth_micro-planted.html"):
         assert (out / "figures" / fig).is_file()
     assert set(res["seconds"]) == {"accuracy micro-planted", "localize micro-planted", "total"}

@@ -80,10 +80,10 @@ PAIRS = [(CLEAN, CORRUPT, ANSWER, WRONG), PAIR2,
 
 @pytest.mark.slow
 def test_attribution_correlates_with_exact(micro):
-    """Every pair of micro's same-template people, both metrics: attribution tracks exact patching on most of them.
-    Measured: Pearson 0.94-0.98 overall on three pairs; on PAIR2 0.72-0.76, its MLP cells 0.53-0.56, where the
-    linear approximation fails (a saturated MLP, the failure AtP* addresses, Kramar et al. 2024). The test asserts
-    the typical case and that the failure stays one pair."""
+    """Every pair of micro's same-template people, both metrics: attribution tracks exact patching. Measured: Pearson
+    0.88-0.96 over all sites; at the attention and MLP outputs, the sites layer selection reads, 0.83-1.00; per head
+    0.56-1.00, lowest on the pilot pair, where a head's linear approximation is poorest (the failure AtP* addresses,
+    Kramar et al. 2024)."""
     model, tok, _ = micro
     overall = []
     for clean, corrupt, answer, wrong in PAIRS:
@@ -92,10 +92,11 @@ def test_attribution_correlates_with_exact(micro):
             vs = res.config["vs_exact"]
             assert set(vs) == {"resid_pre", "attn_out", "mlp_out", "head", "all"}
             assert res.effects["head"].shape == (4, 4) and res.extra["exact_head"].shape == (4, 4)
-            overall.append((answer, metric, vs["all"]["pearson"], min(vs[k]["pearson"] for k in vs)))
-    good = [row for row in overall if row[2] > 0.9 and row[3] > 0.8]
-    assert len(good) >= 6, overall                       # at least three pairs, both metrics
-    assert float(np.median([row[2] for row in overall])) > 0.9, overall
+            overall.append((answer, metric, vs["all"]["pearson"], min(vs[k]["pearson"] for k in ("attn_out", "mlp_out")),
+                            vs["head"]["pearson"]))
+    assert all(row[2] > 0.85 and row[3] > 0.8 for row in overall), overall
+    assert float(np.median([row[2] for row in overall])) > 0.88, overall
+    assert sum(row[4] < 0.8 for row in overall) <= 4, overall                 # heads: the poor fit stays the exception
 
 
 @pytest.fixture(scope="module")

@@ -102,9 +102,10 @@ def test_a_retain_regurgitation_drop_is_caught_by_the_utility_line(micro, micro_
 
 # --- privacy: a loss-matched edit still seen by a held-out attack ----------------------------------------------
 def test_an_edit_matching_the_loss_statistic_is_still_seen_by_a_held_out_attack(micro, micro_retain, tmp_path):
-    """Planted: calibrated forgetting on the LOSS statistic alone brings the loss attack to the twin's AUC, but
-    a held-out attack still separates the forget documents from the held-out ones. The verdict, told the edit
-    trained on loss, fails privacy on the held-out attack."""
+    """Planted: calibrated forgetting on the LOSS statistic alone brings the loss attack from the original's AUC
+    (near 1) to within 0.2 of the twin's (micro's twin keeps a tokenizer signal the edit cannot match), but a
+    held-out attack stays farther from the twin than the trained statistic does (measured: min-k++ 0.11 against
+    the twin's 0.69). The verdict, told the edit trained on loss, fails privacy on the held-out attack."""
     from workbench.editors import unlearn
     from workbench.organism import load_model
 
@@ -118,9 +119,11 @@ def test_an_edit_matching_the_loss_statistic_is_still_seen_by_a_held_out_attack(
     nonmembers = [r.text for r in corpus.holdout]
     twin = mia.mia(micro_retain[0], tok, members, nonmembers)
     res = mia.mia(edited, tok, members, nonmembers)
-    assert abs(res.auc["loss"] - twin.auc["loss"]) <= 0.1, (res.auc, twin.auc)
+    original = mia.mia(model, tok, members, nonmembers)
+    loss_gap = abs(res.auc["loss"] - twin.auc["loss"])
+    assert original.auc["loss"] > 0.95 and loss_gap <= 0.2, (original.auc, res.auc, twin.auc)
     held_out = {a: abs(res.auc[a] - twin.auc[a]) for a in res.auc if a not in ("loss", "reference")}
-    assert max(held_out.values()) > 0.1, held_out
+    assert max(held_out.values()) > loss_gap + 0.2, (held_out, loss_gap)
     line = privacy({"mia": {"auc": res.auc}}, {"mia": {"auc": twin.auc}}, Tolerances(), trained=["loss"])
     assert line.passed is False
 

@@ -113,7 +113,9 @@ def control_vector(task: str, d_model: int, seed: int) -> torch.Tensor:
 class RMU(Editor):
     name = "rmu"
     Config = RMUConfig
-    defaults = {}
+    # alpha chosen on micro's validation view (data.records.validation_view) at layers 0-2: 10 forgets the validation
+    # people (0.00) but keeps 0.44 of the retain answers, 30 keeps 0.96 and forgets to 0.07, 100 stops forgetting (0.53)
+    defaults = {"alpha": 30.0}
     # wmdp: Li et al. 2024 (WMDP); organism: tuned on the default organism at the layers its trace selects;
     # localize: a trajectory gradual enough that `workbench localize` resolves its forget/retain trade-off step by step
     presets = {"organism": dict(epochs=160, lr=1e-2, steering_coef=300.0),
