@@ -18,6 +18,7 @@ from .graddiff import GradDiff
 from .joint import Joint
 from .loop import Editor, Phase
 from .npo import NPO
+from .repnoise import RepNoise
 from .rmu import RMU
 from .sequential import Sequential
 from .simnpo import SimNPO
@@ -36,6 +37,7 @@ EDITORS: dict[str, type[Editor]] = {cls.name: cls for cls in (
     Undial,
     Sequential,
     Undo,
+    RepNoise,
 )}
 
 
