@@ -2,7 +2,7 @@
 less of what it removed than of what the calibrated joint loss removed (the direction of the default organism's
 editors table). Both edit micro's last two layers, where the joint loss's edit is shallow: measured, it forgets to
 0.08 and relearning at lr 1e-3 for 10 steps brings back 0.31 of the other half (4 of 13 facts), against the twin's
-0.00; undo's reset to the base leaves nothing to bring back (0.00).
+0.00. undo, reset to the base and retrained on the kept records, must come back at least 0.1 less.
 
 Relearning is the verdict's attack at a reduced grid (lr 1e-3 and 3e-3, 10 and 30 steps, every parameter): each edited
 model is fine-tuned on half its forget facts and the recall of the other half is measured, next to the twin, which
