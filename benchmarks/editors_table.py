@@ -1,4 +1,4 @@
-"""python -m benchmarks.editors_table [--split forget|validation] [--only M,..] [--out PATH]: every editor's
+"""python -m benchmarks.editors_table [--split forget|validation] [--only M,..] [--main] [--threads N] [--out PATH]: every editor's
 "organism" preset against every line of the verdict, worst-case numbers, and the edit's wall time.
 
 --split forget (the default) edits the default organism's forget set and judges it against its retain-only twin,
@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# (label, method, preset, config overrides, layers: "traced" = the pipeline's selection, "all" = every layer)
+# (label, method, preset, config overrides, layers: "traced" = the pipeline's selection, "all" = every layer);
+# --main runs the first row of each method
 ROWS = (
     ("undo (reset, relearn by own tokens; the default)", "undo", "organism", {}, "traced"),
     ("undo, general text distilled (KL)", "undo", "organism", {"general_loss": "kl"}, "traced"),
@@ -32,6 +33,7 @@ ROWS = (
     ("sequential", "sequential", "organism", {}, "traced"),
     ("simnpo", "simnpo", None, {}, "traced"),
     ("undial", "undial", None, {}, "traced"),
+    ("repnoise", "repnoise", "organism", {}, "traced"),
 )
 TRACED = [0, 1, 2]   # the pipeline's window selection on the default organism
 
@@ -58,10 +60,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", choices=("forget", "validation"), default="forget")
     ap.add_argument("--only", default=None, help="comma-separated labels' methods to run (default: every row)")
+    ap.add_argument("--main", action="store_true", help="only the first row of each method")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     out = Path(args.out or f"runs/editors_table_{args.split}.md")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model0, tok, corpus = organism.load("default")
     twin_name = "default-retain" if args.split == "forget" else "default-validation-twin"
     twin = load_model(organism.build(twin_name, progress=False))
@@ -70,9 +74,11 @@ def main(argv=None) -> None:
     source = organism.build("default", progress=False)
     rows, lines_md = [], []
     only = set(args.only.split(",")) if args.only else None
+    seen = set()
     for label, method, preset, over, layers in ROWS:
-        if only and method not in only:
+        if (only and method not in only) or (args.main and method in seen):
             continue
+        seen.add(method)
         t0 = time.perf_counter()
         model = copy.deepcopy(model0)
         model.name_or_path = str(source)   # undo's base "auto" reads organism.json beside the source

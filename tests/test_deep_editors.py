@@ -4,7 +4,7 @@ editors table). Both edit micro's last two layers, where the joint loss's edit i
 0.08 and relearning at lr 1e-3 for 10 steps brings back 0.31 of the other half (4 of 13 facts), against the twin's
 0.00. undo, reset to the base and retrained on the kept records, must come back at least 0.1 less.
 
-Relearning is the verdict's attack at a reduced grid (lr 1e-3 and 3e-3, 10 and 30 steps, every parameter): each edited
+Relearning is the verdict's attack at a reduced grid (lr 1e-3, 10 and 30 steps, every parameter): each edited
 model is fine-tuned on half its forget facts and the recall of the other half is measured, next to the twin, which
 keeps every setting admissible here (it recovers nothing)."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ from workbench.organism import load_model
 
 CALIBRATED_JOINT = {"retain_loss": "kl", "m_init": 5.0, "m_max": 10.0, "epochs": 20, "lr": 2e-3, "eval_every": 10,
                     "calibrate": True}
-GRID = relearn.RelearnConfig(lrs=(1e-3, 3e-3), steps=(10, 30), scopes=("all",))
+GRID = relearn.RelearnConfig(lrs=(1e-3,), steps=(10, 30), scopes=("all",))
 
 
 @pytest.fixture(scope="module")
