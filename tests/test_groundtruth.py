@@ -193,3 +193,17 @@ def test_the_reduced_study_writes_table_figure_and_json(planted, tmp_path, capsy
     for fig in ("groundtruth_micro-planted.html", "groundtruth_depth_micro-planted.html"):
         assert (out / "figures" / fig).is_file()
     assert set(res["seconds"]) == {"accuracy micro-planted", "localize micro-planted", "total"}
+
+
+def test_a_relative_config_path_resolves_its_localize_files_once(monkeypatch):
+    """`workbench groundtruth --config configs/groundtruth.yaml` from the repository root: the localize files named
+    relative to the config resolve to configs/..., whether read once or read and re-based as the command does."""
+    from dataclasses import asdict
+
+    monkeypatch.chdir(CONFIGS.parent)
+    cfg = GroundTruthConfig.from_file("configs/groundtruth.yaml")
+    again = GroundTruthConfig.from_dict(asdict(cfg), base=Path("configs"))
+    for c in (cfg, again):
+        assert [Path(p).resolve() for p in c.localize] == [CONFIGS / "localize-planted-early.yaml",
+                                                           CONFIGS / "localize-planted-late.yaml"]
+        assert all(Path(p).is_file() for p in c.localize)

@@ -218,7 +218,7 @@ class GroundTruthConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "GroundTruthConfig":
-        return cls.from_dict(read_mapping(path, "groundtruth config"), base=Path(path).parent)
+        return cls.from_dict(read_mapping(path, "groundtruth config"), base=Path(path).resolve().parent)
 
     def trace_config(self, kinds) -> LocalizeConfig:
         """The tracing settings as localize's (its `trace_set` traces and caches the facts): a trace saved by a
