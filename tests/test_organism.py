@@ -39,6 +39,25 @@ def test_splits_are_disjoint_people(micro):
             assert not subjects[a] & subjects[b], (a, b)
 
 
+def test_the_validation_view_scores_nothing_the_report_scores():
+    """Presets are chosen on data.records.validation_view: the people it forgets, its MIA non-members and its MMLU
+    questions are disjoint from the forget set, the holdout and the MMLU test questions the report scores; each
+    record carries the split it plays in the view, so the SemEval scorer takes the view's forget and retain terms."""
+    from workbench.data import generate
+    from workbench.data.records import validation_view
+    from workbench.evaluation.semeval import task_terms
+
+    corpus = generate(organism.PRESETS["micro"].data)
+    view = validation_view(corpus)
+    scored = {r.text for r in corpus.forget + corpus.holdout}
+    chosen_on = {r.text for r in view.forget + view.holdout + view.calibration}
+    assert chosen_on and not chosen_on & scored
+    assert not {q.question for q in view.mmlu} & {q.question for q in corpus.mmlu if q.split == "test"}
+    assert {r.split for r in view.forget} == {"forget"} and {r.split for r in view.holdout} == {"holdout"}
+    assert {r.split for r in view.validation} == {"validation"}
+    task_terms(view.forget + view.retain, [1.0] * len(view.forget + view.retain))   # no ConfigError
+
+
 def test_base_knows_the_templates_not_the_people(micro):
     """The base was pretrained on the population only: it recalls none of the forget, retain or validation facts,
     and the original and its twin record it as their base."""

@@ -110,6 +110,10 @@ def validation_view(corpus: Corpus) -> Corpus:
                         "(validation.jsonl beside forget/retain), never on the forget set the report scores")
     half = len(corpus.calibration) // 2
     mmlu = [replace(q, split="test") for q in corpus.mmlu if q.split == "dev"]
-    return Corpus(forget=list(corpus.validation), retain=list(corpus.retain), validation=list(corpus.forget),
-                  holdout=corpus.calibration[:half], calibration=corpus.calibration[half:], general=corpus.general,
-                  mmlu=mmlu, source=f"{corpus.source}#validation")
+    def as_split(records, split):   # each record labelled with the role it plays in the view (scorers read it)
+        return [replace(r, split=split) for r in records]
+
+    return Corpus(forget=as_split(corpus.validation, "forget"), retain=list(corpus.retain),
+                  validation=as_split(corpus.forget, "validation"), holdout=as_split(corpus.calibration[:half], "holdout"),
+                  calibration=list(corpus.calibration[half:]), general=corpus.general, mmlu=mmlu,
+                  source=f"{corpus.source}#validation")
