@@ -1,4 +1,4 @@
-"""python -m benchmarks.editors_table [--split forget|validation] [--only M,..] [--main] [--threads N] [--out PATH]: every editor's
+"""python -m benchmarks.editors_table [--split forget|validation] [--only M,..] [--main] [--rows I,..] [--threads N] [--out PATH]: every editor's
 "organism" preset against every line of the verdict, worst-case numbers, and the edit's wall time.
 
 --split forget (the default) edits the default organism's forget set and judges it against its retain-only twin,
@@ -61,6 +61,7 @@ def main(argv=None) -> None:
     ap.add_argument("--split", choices=("forget", "validation"), default="forget")
     ap.add_argument("--only", default=None, help="comma-separated labels' methods to run (default: every row)")
     ap.add_argument("--main", action="store_true", help="only the first row of each method")
+    ap.add_argument("--rows", default=None, help="comma-separated indices into ROWS (default: every row)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -75,8 +76,9 @@ def main(argv=None) -> None:
     rows, lines_md = [], []
     only = set(args.only.split(",")) if args.only else None
     seen = set()
-    for label, method, preset, over, layers in ROWS:
-        if (only and method not in only) or (args.main and method in seen):
+    picked = {int(i) for i in args.rows.split(",")} if args.rows else set(range(len(ROWS)))
+    for i, (label, method, preset, over, layers) in enumerate(ROWS):
+        if (only and method not in only) or (args.main and method in seen) or i not in picked:
             continue
         seen.add(method)
         t0 = time.perf_counter()
