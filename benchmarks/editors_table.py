@@ -1,5 +1,6 @@
 """python -m benchmarks.editors_table [--split forget|validation] [--only M,..] [--main] [--rows I,..] [--threads N]
-[--out PATH]: every editor's "organism" preset against every line of the verdict, worst-case numbers, and the edit's wall time.
+[--out PATH]: every editor's "organism" preset against every line of the verdict, worst-case numbers, and the
+edit's wall time.
 
 --split forget (the default) edits the default organism's forget set and judges it against its retain-only twin,
 as `workbench run` does: the README's editors table. --split validation edits the validation people instead
