@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..hooks import capture
+from ..models import decoder_layers
 from .gradient import GradientConfig, mean_ce, token_nll
 from .graddiff import GradDiff
 
@@ -59,24 +61,26 @@ class RepNoise(GradDiff):
 
     def __init__(self, model, cfg, layers):
         super().__init__(model, cfg, layers)
-        self.first = min(layers)
+        # decoder layer outputs from the first edited layer on (earlier ones cannot move)
+        self.sites = [f"resid_post.{l}" for l in range(min(layers), len(decoder_layers(model)))]
 
-    def noise_term(self, hidden, answer_mask: torch.Tensor, index: list[int]) -> torch.Tensor:
-        """Mean over layers first..last of MMD^2 between the answer-predicting states and Gaussian noise."""
+    def noise_term(self, hidden: dict, answer_mask: torch.Tensor, index: list[int]) -> torch.Tensor:
+        """Mean over the captured layers of MMD^2 between the answer-predicting states and Gaussian noise."""
         g = torch.Generator().manual_seed(hash(tuple(index)) % (2 ** 31) + self.cfg.seed)
         terms = []
-        for h in hidden[self.first + 1:-1]:                         # decoder layer outputs; the last is normed
-            states = h[:, :-1][answer_mask].float()                 # [n_tokens, d_model]
+        for site in self.sites:
+            states = hidden[site][:, :-1][answer_mask].float()      # [n_tokens, d_model]
             noise = torch.randn(states.shape, generator=g) * self.cfg.noise_var ** 0.5
             terms.append(mmd2(states, noise.to(states.device), self.cfg.bandwidths))
         return torch.stack(terms).mean() if terms else torch.zeros((), device=answer_mask.device)
 
     def loss(self, batch):
         forget = batch["forget"]
-        out = self.model(input_ids=forget.input_ids, attention_mask=forget.attention_mask, use_cache=False,
-                         output_hidden_states=True)
-        nll, mask = token_nll(out.logits, forget.labels)
-        noise = self.noise_term(out.hidden_states, mask, forget.index)
+        with capture(self.model, self.sites, detach=False) as hidden:   # [batch, pos, d_model] per site
+            logits = self.model(input_ids=forget.input_ids, attention_mask=forget.attention_mask,
+                                use_cache=False).logits
+        nll, mask = token_nll(logits, forget.labels)
+        noise = self.noise_term(hidden, mask, forget.index)
         stats = {"forget_loss": mean_ce(nll, mask).item(), "noise_mmd": noise.item()}
         total = -self.cfg.ascent_weight * mean_ce(nll, mask, self.cfg.forget_floor) + self.cfg.noise_weight * noise
         if "retain" in self.uses:
