@@ -169,7 +169,7 @@ def test_answer_kl_by_hand():
 
 def test_presets_resolve_and_registry_complete():
     assert list(EDITORS) == ["rmu", "adaptive-rmu", "joint", "ga", "gd", "graddiff", "npo", "simnpo", "undial",
-                             "sequential", "undo", "repnoise"]
+                             "sequential", "undo", "repnoise", "sam-npo"]
     for method, cls in EDITORS.items():  # every method's defaults and every preset resolve to its own config
         assert cls.name == method
         for preset in (None, *cls.presets):
@@ -252,6 +252,7 @@ def _all_hooks(model):
     pytest.param("rmu", None, marks=pytest.mark.slow), ("adaptive-rmu", None),
     pytest.param("joint", None, marks=pytest.mark.slow), ("gd", None), ("graddiff", None),
     ("npo", None), ("simnpo", None), ("undial", None), ("sequential", None), ("repnoise", None),
+    ("sam-npo", None),
 ])
 def test_editor_meets_targets_on_micro(micro, tmp_path, method, config):
     model0, tok, corpus = micro

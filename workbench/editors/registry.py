@@ -20,6 +20,7 @@ from .loop import Editor, Phase
 from .npo import NPO
 from .repnoise import RepNoise
 from .rmu import RMU
+from .sam_npo import SamNPO
 from .sequential import Sequential
 from .simnpo import SimNPO
 from .undial import Undial
@@ -38,6 +39,7 @@ EDITORS: dict[str, type[Editor]] = {cls.name: cls for cls in (
     Sequential,
     Undo,
     RepNoise,
+    SamNPO,
 )}
 
 
