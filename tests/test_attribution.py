@@ -2,14 +2,16 @@
 micro organism."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
-from workbench.attribution import _Attention, _Layer, attribute, compare, prefilter, recall
+from workbench.attribution import _Attention, _Layer, attribute, compare, prefilter, recall, vs_exact
 from workbench.errors import TraceError
 from workbench.hooks import capture
-from workbench.patching import activation_patching, attribution_patching
+from workbench.patching import activation_patching
 
 CLEAN, CORRUPT, ANSWER, WRONG = "What did Nahound dream of becoming?", "What did Zaind dream of becoming?", "chemist", "botanist"
 PAIR2 = ("What is the profession of Zeam Hiorain?", "What is the profession of Gobun Graifaix?", "journalist", "lawyer")
@@ -24,13 +26,62 @@ def exact(micro):
     return activation_patching(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG)
 
 
-def test_atp_equals_attribution_patching(micro):
+def test_atp_backends_agree(micro):
+    """AtP through the torch hooks and through TransformerLens's TransformerBridge: the same estimate."""
     model, tok, _ = micro
-    ref = attribution_patching(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, compare_exact=False)
-    ours = attribute(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, method="atp")
-    assert set(ours.effects) == set(ref.effects)
-    for kind in ref.effects:
-        np.testing.assert_allclose(ours.effects[kind], ref.effects[kind], atol=1e-6, rtol=0)
+    a = attribute(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, method="atp")
+    b = attribute(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, method="atp", backend="transformer_lens")
+    assert set(a.effects) == set(b.effects) and b.config["backend"] == "transformer_lens"
+    for kind in a.effects:
+        np.testing.assert_allclose(b.effects[kind], a.effects[kind], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_atp_correlates_with_exact(micro):
+    """Every pair of micro's same-template people, both metrics: AtP tracks exact patching. Measured: Pearson
+    0.88-0.96 over all sites; at the attention and MLP outputs, the sites layer selection reads, 0.83-1.00; per head
+    0.56-1.00, lowest on the pilot pair, where a head's linear approximation is poorest (the failure AtP* addresses,
+    Kramar et al. 2024)."""
+    model, tok, _ = micro
+    overall = []
+    for clean, corrupt, answer, wrong in PAIRS:
+        for metric in ("logit_diff", "logprob"):
+            res = attribute(model, tok, clean, corrupt, answer, wrong_answer=wrong, metric=metric, method="atp")
+            exact = activation_patching(model, tok, clean, corrupt, answer, wrong_answer=wrong, metric=metric)
+            vs = vs_exact(res, exact)
+            assert set(vs) == {"resid_pre", "attn_out", "mlp_out", "head", "all"}
+            assert res.effects["head"].shape == (4, 4) and exact.effects["head"].shape == (4, 4)
+            overall.append((answer, metric, vs["all"]["pearson"], min(vs[k]["pearson"] for k in ("attn_out", "mlp_out")),
+                            vs["head"]["pearson"]))
+    assert all(row[2] > 0.85 and row[3] > 0.8 for row in overall), overall
+    assert float(np.median([row[2] for row in overall])) > 0.88, overall
+    assert sum(row[4] < 0.8 for row in overall) <= 4, overall                 # heads: the poor fit stays the exception
+
+
+@pytest.fixture(scope="module")
+def linear_toy(tiny_olmo):
+    """A random OLMo whose final norm is removed: logits = lm_head(resid_post of the last block), so the logit
+    difference is linear in the last block's output and in its MLP output."""
+    model, tok = tiny_olmo
+    toy = copy.deepcopy(model)
+    toy.model.norm = torch.nn.Identity()
+    # a random init gives logit differences ~1e-3; scale the (untied) unembedding so effects are well above float noise
+    toy.lm_head.weight = torch.nn.Parameter(toy.lm_head.weight.detach() * 1000)
+    return toy, tok
+
+
+def test_atp_is_exact_when_the_metric_is_linear(linear_toy):
+    model, tok = linear_toy
+    L = model.config.num_hidden_layers
+    kw = dict(wrong_answer=WRONG, sites=("resid_post", "mlp_out", "attn_out"), heads=False)
+    res = attribute(model, tok, CLEAN, CORRUPT, ANSWER, method="atp", **kw)
+    exact = activation_patching(model, tok, CLEAN, CORRUPT, ANSWER, **kw)
+    for kind in ("resid_post", "mlp_out"):
+        est, ex = res.effects[kind][L - 1], exact.effects[kind][L - 1]
+        assert np.ptp(ex) > 1e-3, "the planted case must have non-zero effects"
+        np.testing.assert_allclose(est, ex, atol=1e-4, rtol=1e-4)
+    # upstream of a nonlinearity the first-order estimate is only approximate (so the check above is not vacuous)
+    assert np.abs(res.effects["attn_out"][0] - exact.effects["attn_out"][0]).max() > 1e-3
 
 
 @torch.no_grad()
@@ -110,6 +161,10 @@ def test_errors(micro):
             prefilter(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, k=k, method="atp")
     with pytest.raises(TraceError, match="unknown attribution method"):
         attribute(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, method="atp+")
+    with pytest.raises(TraceError, match="backend 'torch' or 'transformer_lens'"):
+        attribute(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, method="atp", backend="nnsight")
+    with pytest.raises(TraceError, match="backend 'torch'"):
+        attribute(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, method="atp*", backend="transformer_lens")
 
 
 def test_cli_prefilter(micro, exact, tmp_path, capsys):

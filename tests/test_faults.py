@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from workbench.editors import unlearn
-from workbench.errors import OutputError
-from workbench.outputs import cached_build, entry_complete, failure_reason, remove_stale_temps
+from workbench.errors import OutputError, failure_reason
+from workbench.outputs import cached_build, entry_complete, remove_stale_temps
 
 REPO = Path(__file__).resolve().parents[1]
 JOINT = {"epochs": 3, "batch_size": 16, "checkpoint_every": 2, "eval_every": 0, "keep_best": False}  # 6 steps

@@ -1,8 +1,6 @@
-"""Activation patching (batched == naive, planted exact cases, three backends) and attribution patching
-(exact on a linear toy, correlated with exact patching on the micro organism)."""
+"""Activation patching: batched == naive, planted exact cases, three backends. Attribution patching and its
+cross-checks against exact patching: tests/test_attribution.py."""
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
@@ -10,7 +8,7 @@ import torch
 
 from workbench.backends import get_backend
 from workbench.errors import TraceError
-from workbench.patching import activation_patching, attribution_patching
+from workbench.patching import activation_patching
 from workbench.prompts import metric_fn, prepare
 from workbench.restoration import clean_run, run_jobs
 
@@ -64,66 +62,6 @@ def test_backends_agree(micro, exact, backend):
         np.testing.assert_allclose(other.effects[kind], eff, atol=1e-4, rtol=0)
 
 
-def test_attribution_backends_agree(micro):
-    model, tok, _ = micro
-    a = attribution_patching(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, compare_exact=False)
-    b = attribution_patching(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, compare_exact=False,
-                             backend="transformer_lens")
-    for kind in a.effects:
-        np.testing.assert_allclose(b.effects[kind], a.effects[kind], atol=1e-4, rtol=0)
-
-
-PAIRS = [(CLEAN, CORRUPT, ANSWER, WRONG), PAIR2,
-         ("What is the profession of Hind Siosta?", "What is the profession of Gouwer Beazeath?", "pilot", "surgeon"),
-         ("What did Bel dream of becoming?", "What did Hel dream of becoming?", "farmer", "botanist")]
-
-
-@pytest.mark.slow
-def test_attribution_correlates_with_exact(micro):
-    """Every pair of micro's same-template people, both metrics: attribution tracks exact patching. Measured: Pearson
-    0.88-0.96 over all sites; at the attention and MLP outputs, the sites layer selection reads, 0.83-1.00; per head
-    0.56-1.00, lowest on the pilot pair, where a head's linear approximation is poorest (the failure AtP* addresses,
-    Kramar et al. 2024)."""
-    model, tok, _ = micro
-    overall = []
-    for clean, corrupt, answer, wrong in PAIRS:
-        for metric in ("logit_diff", "logprob"):
-            res = attribution_patching(model, tok, clean, corrupt, answer, wrong_answer=wrong, metric=metric)
-            vs = res.config["vs_exact"]
-            assert set(vs) == {"resid_pre", "attn_out", "mlp_out", "head", "all"}
-            assert res.effects["head"].shape == (4, 4) and res.extra["exact_head"].shape == (4, 4)
-            overall.append((answer, metric, vs["all"]["pearson"], min(vs[k]["pearson"] for k in ("attn_out", "mlp_out")),
-                            vs["head"]["pearson"]))
-    assert all(row[2] > 0.85 and row[3] > 0.8 for row in overall), overall
-    assert float(np.median([row[2] for row in overall])) > 0.88, overall
-    assert sum(row[4] < 0.8 for row in overall) <= 4, overall                 # heads: the poor fit stays the exception
-
-
-@pytest.fixture(scope="module")
-def linear_toy(tiny_olmo):
-    """A random OLMo whose final norm is removed: logits = lm_head(resid_post of the last block), so the logit
-    difference is linear in the last block's output and in its MLP output."""
-    model, tok = tiny_olmo
-    toy = copy.deepcopy(model)
-    toy.model.norm = torch.nn.Identity()
-    # a random init gives logit differences ~1e-3; scale the (untied) unembedding so effects are well above float noise
-    toy.lm_head.weight = torch.nn.Parameter(toy.lm_head.weight.detach() * 1000)
-    return toy, tok
-
-
-def test_attribution_is_exact_when_the_metric_is_linear(linear_toy):
-    model, tok = linear_toy
-    L = model.config.num_hidden_layers
-    res = attribution_patching(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG,
-                               sites=("resid_post", "mlp_out", "attn_out"), heads=False)
-    for kind in ("resid_post", "mlp_out"):
-        est, ex = res.effects[kind][L - 1], res.extra[f"exact_{kind}"][L - 1]
-        assert np.ptp(ex) > 1e-3, "the planted case must have non-zero effects"
-        np.testing.assert_allclose(est, ex, atol=1e-4, rtol=1e-4)
-    # upstream of a nonlinearity the first-order estimate is only approximate (so the check above is not vacuous)
-    assert np.abs(res.effects["attn_out"][0] - res.extra["exact_attn_out"][0]).max() > 1e-3
-
-
 @torch.no_grad()
 def test_embedding_patch_recovers_clean_on_all_backends(micro):
     """Patching resid_pre.0 at every differing position == the clean run, for each backend (same-length prompts)."""
@@ -152,5 +90,3 @@ def test_errors(micro):
         activation_patching(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, sites=("resid_mid",))
     with pytest.raises(TraceError, match="same tokens"):
         activation_patching(model, tok, CLEAN, CLEAN, ANSWER, wrong_answer=WRONG)
-    with pytest.raises(TraceError, match="backend 'torch' or 'transformer_lens'"):
-        attribution_patching(model, tok, CLEAN, CORRUPT, ANSWER, wrong_answer=WRONG, backend="nnsight")

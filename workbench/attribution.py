@@ -2,9 +2,12 @@
 
 Same grid and conventions as workbench.patching: clean -> counterfactual ("corrupt"), sites resid_pre / resid_post /
 attn_out / mlp_out at (layer, position) and heads (layer, head; all prompt positions). For a site n with
-dn = n(clean) - n(corrupt) and the metric M read on the corrupt run:
+dn = n(clean) - n(corrupt) and the metric M read on the corrupt run, the first-order estimate of patching n is
+    metric(patch n) ~ metric(corrupt) + c(n)
+(Nanda 2023): exact when the metric is linear in the site (tests/test_attribution.py builds such a case), poor where
+attention saturates (what the QK fix below addresses).
 
-  AtP       c(n) = dn . dM/dn |corrupt                   2 forwards + 1 backward (= patching.attribution_patching)
+  AtP       c(n) = dn . dM/dn |corrupt                   2 forwards + 1 backward (backend torch or transformer_lens)
 
   QK fix    (paper sec. 3.1.1) A site's patch reaches each attention layer m at or after it through the residual
             stream: resid_pre.l feeds layers m >= l, attn_out.l / mlp_out.l / resid_post.l / head.l feed m >= l + 1.
@@ -54,10 +57,10 @@ import torch
 
 from .backends import get_backend
 from .errors import TraceError
-from .hooks import hooks
 from .models import decoder_layers
 from .provenance import provenance
-from .patching import _pearson, _result, _setup, _spearman
+from .correlation import pearson, spearman
+from .patching import _result, _setup
 from .restoration import clean_run, rows_per_forward, run_jobs
 from .sites import is_post_norm, n_heads, n_layers
 from .sites import name as site_name
@@ -198,13 +201,21 @@ def _check_method(method: str) -> None:
 
 def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *, wrong_answer: str | None = None,
               sites=("resid_pre", "attn_out", "mlp_out"), heads: bool = True, metric: str = "logit_diff",
-              method: str = "atp*", _state: dict | None = None):
+              method: str = "atp*", backend: str = "torch", _state: dict | None = None):
     """Attribution estimate of activation patching for every cell (see the module docstring for the methods).
 
     Returns a TraceResult: effects[kind] = metric(corrupt) + signed estimate  # [n_layers, n_pos | n_heads]
     (AtP for 'atp', AtP with the QK fix for 'atp_qk' and 'atp*'); for 'atp*' also extra["graddrop_<kind>"] = the
-    GradDrop magnitude c*. config["rank_by"] names the score `scores()` ranks cells by."""
+    GradDrop magnitude c*. config["rank_by"] names the score `scores()` ranks cells by.
+    backend: 'torch', or for 'atp' also 'transformer_lens' (the forwards run through that backend's hooks; the QK
+    fix recomputes attention from the model's own modules, so 'atp_qk' and 'atp*' are torch only)."""
     _check_method(method)
+    if backend not in ("torch", "transformer_lens"):
+        raise TraceError(f"attribution patching needs gradients through hooks: backend 'torch' or 'transformer_lens', "
+                         f"not {backend!r}")
+    if method != "atp" and backend != "torch":
+        raise TraceError(f"method {method!r} recomputes attention from the model's modules: backend 'torch', "
+                         f"not {backend!r}")
     pair = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer, sites, metric)
     sites, pc, px, fn, keep, changed, device = (pair.sites, pair.clean, pair.corrupt, pair.metric, pair.keep,
                                                 pair.changed, pair.device)
@@ -215,7 +226,7 @@ def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
     if qk:
         _Attention.check(model)
     t0 = time.perf_counter()
-    run = get_backend(model, tok, "torch")
+    run = get_backend(model, tok, backend)
     clean_ids, corr_ids = pc.input_ids(metric, device), px.input_ids(metric, device)  # [1, pos]
     P = corr_ids.shape[1]
     want = pair.site_names(L, heads)
@@ -230,14 +241,17 @@ def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
     def keep_act(site):
         def f(x):  # returned unchanged so that (for heads) the recorded view is on the gradient path
             acts[site] = x
+            return x
         return f
-    edits = {s: [keep_act(s)] for s in need}
-    for l in range(L):  # GradDrop gates: layer l's residual contribution
-        for s in (site_name("attn_out", l), site_name("mlp_out", l)):
-            edits.setdefault(s, []).append(lambda x, l=l: _GradGate.apply(x, state, l))
+    edits: dict = {s: keep_act(s) for s in need}  # one function per site: what every backend takes
+    if drop:  # GradDrop gates on layer l's residual contribution (torch hooks take a list of functions per site)
+        for l in range(L):
+            for s in (site_name("attn_out", l), site_name("mlp_out", l)):
+                edits[s] = [*([edits[s]] if s in edits else []), lambda x, l=l: _GradGate.apply(x, state, l)]
+    # frozen weights would leave activations without a graph: start it at the embedding
     edits["embed"] = lambda x: x if x.requires_grad else x.detach().requires_grad_(True)
-    with torch.enable_grad(), hooks(model, edits):
-        m = fn(model(corr_ids, logits_to_keep=keep).logits)[0]                   # forward 2 (corrupt)
+    with torch.enable_grad():
+        m = fn(run(corr_ids, edits, keep))[0]                                    # forward 2 (corrupt)
     m_corr = float(m.detach())
     att = _Attention(model, P, torch.float32) if qk else None
 
@@ -284,7 +298,7 @@ def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
                 total[k] += np.abs(v)
         extra = {f"graddrop_{k}": v / (L - 1) for k, v in total.items()}
     state["drop"] = None
-    config = {"sites": list(sites), "heads": heads, "metric": metric, "backend": "torch", "method": method,
+    config = {"sites": list(sites), "heads": heads, "metric": metric, "backend": backend, "method": method,
               "rank_by": "graddrop" if drop else "abs_estimate", "backward_passes": 1 + (L if drop else 0),
               "answer_ids": pc.answer_ids, "wall_s": round(time.perf_counter() - t0, 4)}
     res = _result("attribution_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, changed, effects,
@@ -430,4 +444,14 @@ def compare(result, exact, kinds=None) -> dict:
     ex = np.concatenate([(exact.effects[k] - exact.corrupted).ravel() for k in kinds])
     ranked = scores(result)
     sc = np.concatenate([ranked[k].ravel() for k in kinds])
-    return {"pearson": _pearson(est, ex), "spearman": _spearman(est, ex), "abs_spearman": _spearman(sc, np.abs(ex))}
+    return {"pearson": pearson(est, ex), "spearman": spearman(est, ex), "abs_spearman": spearman(sc, np.abs(ex))}
+
+
+def vs_exact(result, exact) -> dict[str, dict[str, float]]:
+    """{kind and "all": {"pearson", "spearman"}}: correlation of the estimated change (result) with the exact change
+    (exact patching), per kind and over the cells of every kind together; NaN where a side is constant."""
+    out = {}
+    for k in [*result.effects, "all"]:
+        c = compare(result, exact, None if k == "all" else k)
+        out[k] = {"pearson": c["pearson"], "spearman": c["spearman"]}
+    return out

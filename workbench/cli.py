@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workbench {args.command}: interrupted; resume with the same command", file=sys.stderr)
         return 130
     except OSError as e:  # a file access the named-error paths do not cover: still one line naming the file
-        from .outputs import failure_reason
+        from .errors import failure_reason
 
         reason = failure_reason(e)
         if reason is None:

@@ -20,6 +20,9 @@ For one editor and one kind of traced importance:
     how often the window where a fact's trace peaks is one where its efficacy peaks, against chance, against the
     population's peak window and against other facts' peaks.
 
+`pearson_rows` / `spearman_rows` (row pairs along the last axis) and `pearson` / `spearman` (two arrays, flattened)
+are the package's one implementation of both correlations; the attribution-vs-exact comparisons use them too.
+
 `window_contrast` compares two sets of windows directly (e.g. the window tracing selects against the one a sweep
 selects): the difference of their mean efficacy, with the same bootstrap over facts and seeds.
 
@@ -54,6 +57,17 @@ def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman correlation (Pearson of average ranks, so ties are handled) of row pairs along the last axis."""
     return pearson_rows(rankdata(a, axis=-1), rankdata(b, axis=-1))
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two arrays over all their cells (flattened); NaN where a side is constant."""
+    return float(pearson_rows(np.ravel(a), np.ravel(b)))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation of two arrays over all their cells (flattened; ties get average ranks); NaN where a side
+    is constant."""
+    return float(spearman_rows(np.ravel(a), np.ravel(b)))
 
 
 CORRELATIONS = {"spearman": spearman_rows, "pearson": pearson_rows}

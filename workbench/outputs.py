@@ -13,26 +13,17 @@ of a process that no longer runs (`.<name>.tmp-<pid>`, `.<file>.<pid>.tmp`) is l
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import OutputError
+from .errors import OutputError, named_write_errors
+from .provenance import atomic_write_json
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-# errno of the write failures a user can fix (space, permissions, a read-only mount, quota, file size limit)
-_FIXABLE = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-            errno.EPERM: "operation not permitted", errno.EDQUOT: "disk quota exceeded",
-            errno.EFBIG: "file too large"}
-# the same conditions as Rust I/O error kinds, for messages that name the kind but not the errno
-_RUST_KINDS = {"StorageFull": "disk full", "ReadOnlyFilesystem": "read-only file system",
-               "PermissionDenied": "permission denied", "FileTooLarge": "file too large",
-               "QuotaExceeded": "disk quota exceeded"}
 
 
 def cache_dir(kind: str) -> Path:
@@ -55,46 +46,6 @@ def check_not_source(out: str | Path, sources: Iterable[str | Path | None]) -> P
         if src is not None and overlaps(out, src):
             return Path(src).expanduser().resolve()
     return None
-
-
-def failure_reason(exc: BaseException) -> str | None:
-    """'disk full', 'read-only file system', ... when `exc` is a write failure a user can fix; else None."""
-    if isinstance(exc, OSError) and exc.errno in _FIXABLE:
-        return _FIXABLE[exc.errno]
-    text = str(exc)
-    m = re.search(r"os error (\d+)", text)  # safetensors: "I/O error: No space left on device (os error 28)"
-    if m and int(m.group(1)) in _FIXABLE:
-        return _FIXABLE[int(m.group(1))]
-    for kind, reason in _RUST_KINDS.items():
-        if kind in text:
-            return reason
-    return None
-
-
-def write_error(what: str, path: str | Path, exc: BaseException, last_good: str | None = None) -> OutputError:
-    """The OutputError of a failed write: which write, where, why, and what is still safe."""
-    reason = failure_reason(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    msg = f"could not write the {what} {path} ({reason})"
-    if last_good:
-        msg += f"; {last_good}"
-    if reason in ("disk full", "disk quota exceeded", "file too large"):
-        msg += "; free space and rerun the same command to resume"
-    elif reason in ("read-only file system", "permission denied", "operation not permitted"):
-        msg += "; choose a writable --out"
-    return OutputError(msg)
-
-
-@contextlib.contextmanager
-def named_write_errors(what: str, path: str | Path, last_good: str | None = None) -> Iterator[None]:
-    """Turn a fixable write failure inside the block into an OutputError (see `write_error`)."""
-    try:
-        yield
-    except OutputError:
-        raise
-    except Exception as e:
-        if failure_reason(e) is None:
-            raise
-        raise write_error(what, path, e, last_good) from None
 
 
 def _lock_path(path: Path) -> Path:
@@ -272,8 +223,6 @@ def check_claimable(directory: str | Path, command: str, legacy: tuple[str, ...]
 def claim(directory: str | Path, command: str) -> Path:
     """Mark `directory` (checked by `check_claimable`) as `command`'s output, so a later run may reuse and replace
     what that command made there, and nothing else."""
-    from .provenance import atomic_write_json
-
     d = Path(directory)
     if claimed_by(d) != command:
         atomic_write_json(_claim_path(d), {"command": command, "pid": os.getpid()})

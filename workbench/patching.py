@@ -1,4 +1,4 @@
-"""Activation patching and attribution patching, clean -> counterfactual.
+"""Activation patching, clean -> counterfactual.
 
 Two prompts of the same template and token length (e.g. another subject). Run the counterfactual ("corrupt") prompt and
 patch in one clean activation at a time; the metric (logit difference answer vs wrong answer, or the answer's mean
@@ -8,10 +8,8 @@ log-prob, teacher-forced) says how much of the clean behaviour that one site car
     effects["head"] = metric after patching head (layer, h), all positions  # [n_layers, n_heads]
     TraceResult.normalised(kind) = (effect - corrupt) / (clean - corrupt): 0 = nothing restored, 1 = all of it.
 
-Attribution patching (Nanda 2023; Kramar et al. 2024 "AtP*"): the first-order estimate
-    metric(patch a) ~ metric(corrupt) + (a_clean - a_corrupt) . d metric / d a |corrupt
-for every site at once from one clean forward, one corrupt forward and one backward. It is exact when the metric is
-linear in the site (tests/test_patching.py builds such a case); it fails where attention saturates.
+Attribution patching, the gradient estimate of every patch at once, is workbench.attribution (it shares `_setup` and
+`_result`).
 """
 from __future__ import annotations
 
@@ -136,88 +134,6 @@ def activation_patching(model, tok, clean_prompt: str, corrupt_prompt: str, answ
               "naive": naive, "answer_ids": pc.answer_ids, "wall_s": round(time.perf_counter() - t0, 4)}
     return _result("activation_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, pair.changed,
                    effects, m_clean, m_corr, metric, config, model)
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float("nan")
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import rankdata
-
-    return _pearson(rankdata(a.ravel()), rankdata(b.ravel()))
-
-
-def attribution_patching(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *,
-                         wrong_answer: str | None = None, sites=("resid_pre", "attn_out", "mlp_out"), heads: bool = True,
-                         metric: str = "logit_diff", backend: str = "torch", compare_exact: bool = True,
-                         batch_size: int | None = None, memory_budget: float | None = None,
-                         progress: bool = False) -> TraceResult:
-    """First-order estimate of activation patching for all sites from 2 forwards + 1 backward.
-
-    effects[kind] = metric(corrupt) + estimated change  (same shapes as activation_patching).
-    compare_exact: also run exact patching and store Pearson/Spearman correlations of the estimated vs exact changes in
-    config["vs_exact"] (per kind and "all"), and the exact effects in extra["exact_<kind>"].
-    """
-    if backend not in ("torch", "transformer_lens"):
-        raise TraceError(f"attribution patching needs gradients through hooks: backend 'torch' or 'transformer_lens', "
-                         f"not {backend!r}")
-    pair = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer, sites, metric)
-    sites, pc, fn, keep = pair.sites, pair.clean, pair.metric, pair.keep
-    run = get_backend(model, tok, backend)
-    t0 = time.perf_counter()
-    L, T = n_layers(model), pc.n_prompt
-    clean_ids, corr_ids = pc.input_ids(metric, pair.device), pair.corrupt.input_ids(metric, pair.device)  # [1, pos]
-    want = pair.site_names(L, heads)
-    with torch.no_grad():
-        clean_logits, clean = clean_run(run, clean_ids, want, keep)            # forward 1
-    m_clean = float(fn(clean_logits)[0])
-
-    acts: dict[str, torch.Tensor] = {}
-
-    def keep_act(site):
-        def fn_(x):  # returned unchanged so that (for heads) the recorded view is on the gradient path
-            acts[site] = x
-            return x
-        return fn_
-    edits = {s: keep_act(s) for s in want}
-    # frozen weights would leave activations without a graph: start it at the embedding
-    edits["embed"] = lambda x: x if x.requires_grad else x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        m = fn(run(corr_ids, edits, keep))[0]                                 # forward 2
-        grads = torch.autograd.grad(m, [acts[s] for s in want])                # backward
-    m_corr = float(m.detach())
-
-    effects = {}
-    for s in list(sites) + (["head"] if heads else []):
-        rows = []
-        for l in range(L):
-            site = site_name(s, l)
-            g, a_corr = grads[want.index(site)][0], acts[site][0].detach()      # [pos, d_model] / [pos, n_heads, d_head]
-            delta = ((clean[site] - a_corr) * g).float()[:T]  # prompt positions only, as exact patching
-            rows.append(delta.sum(-1).sum(0) if s == "head" else delta.sum(-1))  # [n_heads] / [pos]
-        effects[s] = m_corr + torch.stack(rows).cpu().numpy().astype(np.float64)  # [n_layers, pos | n_heads]
-
-    config = {"sites": list(sites), "heads": heads, "metric": metric, "backend": backend,
-              "answer_ids": pc.answer_ids, "wall_s": round(time.perf_counter() - t0, 4)}
-    extra = {}
-    if compare_exact:
-        exact = activation_patching(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer=wrong_answer,
-                                    sites=sites, heads=heads, metric=metric, backend=backend, batch_size=batch_size,
-                                    memory_budget=memory_budget, progress=progress)
-        vs = {}
-        for k in effects:
-            est, ex = effects[k] - m_corr, exact.effects[k] - exact.corrupted
-            vs[k] = {"pearson": _pearson(est, ex), "spearman": _spearman(est, ex)}
-            extra[f"exact_{k}"] = exact.effects[k]
-        est_all = np.concatenate([(effects[k] - m_corr).ravel() for k in effects])
-        ex_all = np.concatenate([(exact.effects[k] - exact.corrupted).ravel() for k in effects])
-        vs["all"] = {"pearson": _pearson(est_all, ex_all), "spearman": _spearman(est_all, ex_all)}
-        config["vs_exact"] = vs
-    return _result("attribution_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, pair.changed,
-                   effects, m_clean, m_corr, metric, config, model, extra)
 
 
 def find_counterfactual(tok, fact, records):

@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import named_write_errors
+
 _PACKAGES = ("workbench", "torch", "transformers", "transformer_lens", "nnsight", "numpy", "plotly", "datasets")
 
 
@@ -244,8 +246,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to a temp file beside `path`, then rename it over `path`. A failed write (disk full, read-only)
     is an OutputError naming `path`, and leaves the old file and no temp behind. The temp's name carries the PID,
     so a killed writer's leftover is recognised (workbench.outputs.remove_stale_temps)."""
-    from .outputs import named_write_errors
-
     path = Path(path)
     with named_write_errors("file", path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,8 +273,6 @@ class JsonlLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, event: str, **fields) -> None:
-        from .outputs import named_write_errors
-
         row = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"), "event": event}
         row.update(to_jsonable(fields))
         with named_write_errors("log", self.path), self.path.open("a", encoding="utf-8") as fh:

@@ -55,22 +55,6 @@ def peak(result, kind: str) -> dict:
     return {"layer": int(l), **where, "normalised": float(norm[l, t]), "metric": float(result.effects[kind][l, t])}
 
 
-def correlations(estimate, exact) -> dict:
-    """Pearson and Spearman correlation of attribution vs exact changes, per kind and over all sites."""
-    from scipy.stats import pearsonr, spearmanr
-
-    def both(a, b):
-        if np.std(a) == 0 or np.std(b) == 0:
-            return {"pearson": float("nan"), "spearman": float("nan")}
-        return {"pearson": float(pearsonr(a, b)[0]), "spearman": float(spearmanr(a, b)[0])}
-
-    ch = {k: ((estimate.effects[k] - estimate.corrupted).ravel(), (exact.effects[k] - exact.corrupted).ravel())
-          for k in estimate.effects}
-    out = {k: both(a, b) for k, (a, b) in ch.items()}
-    out["all"] = both(np.concatenate([a for a, _ in ch.values()]), np.concatenate([b for _, b in ch.values()]))
-    return out
-
-
 def run(args) -> int:
     from ..patching import PATCH_SITES
     from ..figures import STATIC_FORMATS
@@ -133,15 +117,13 @@ def _patch(args, out: Path, sites: list[str], formats: list[str], metric: str) -
                "wrong": args.wrong, "metric": metric, "clean": exact.clean, "corrupted": exact.corrupted,
                "peaks": {k: peak(exact, k) for k in exact.effects}}
     if args.attribution or args.method != "exact":
-        if args.method in ("atp_qk", "atp*"):
-            from .. import attribution
+        from .. import attribution
 
-            attr = attribution.attribute(model, tok, args.clean, args.corrupt, args.answer, wrong_answer=args.wrong,
-                                         sites=kw["sites"], heads=kw["heads"], metric=metric, method=args.method)
-        else:
-            attr = patching.attribution_patching(model, tok, args.clean, args.corrupt, args.answer,
-                                                 compare_exact=False, **kw)
-        attr.config["vs_exact"] = correlations(attr, exact)
+        method = "atp" if args.attribution else args.method
+        attr = attribution.attribute(model, tok, args.clean, args.corrupt, args.answer, wrong_answer=args.wrong,
+                                     sites=kw["sites"], heads=kw["heads"], metric=metric, method=method,
+                                     backend=args.backend)
+        attr.config["vs_exact"] = attribution.vs_exact(attr, exact)
         files.append(str(attr.save(out / "attribution")))
         log("attribution_patching", vs_exact=attr.config["vs_exact"], wall_s=attr.config.get("wall_s"))
         figs["attribution"] = heatmaps(attr, normalised=True)

@@ -430,7 +430,7 @@ class _Run:
         self.saved_step = self.state["step"]
 
     def _write_checkpoint(self, payload: dict) -> None:
-        from ..outputs import named_write_errors
+        from ..errors import named_write_errors
         from .checkpoint import save_checkpoint
 
         last_good = (f"the last good checkpoint {self.ckpt_path} (step {self.saved_step}) is intact"

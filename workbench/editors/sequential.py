@@ -7,10 +7,17 @@ from dataclasses import dataclass
 
 from ..configfile import build
 from ..errors import ConfigError
+from .ga import GA
+from .gd import GD
+from .graddiff import GradDiff
 from .gradient import GradientConfig, GradientEditor
 from .loop import Phase
+from .npo import NPO
 
-STAGE_METHODS = ("ga", "gd", "graddiff", "npo")   # the gradient editors a stage may run
+# The gradient editors a stage may run, by method name. They are imported here, not looked up in the registry,
+# because the registry imports this module.
+STAGE_EDITORS = {cls.name: cls for cls in (GA, GD, GradDiff, NPO)}
+STAGE_METHODS = tuple(STAGE_EDITORS)
 
 
 @dataclass
@@ -69,6 +76,4 @@ class Sequential(GradientEditor):
 
     @classmethod
     def phases(cls, model, cfg, layers):
-        from .registry import EDITORS   # the registry imports this module
-
-        return [Phase(EDITORS[s.method](model, cfg, layers), s.epochs, s.lr) for s in cfg.stages]
+        return [Phase(STAGE_EDITORS[s.method](model, cfg, layers), s.epochs, s.lr) for s in cfg.stages]

@@ -25,8 +25,8 @@ from typing import Callable
 import torch
 
 from .. import distributed
-from ..errors import ConfigError, EditError
-from ..outputs import named_write_errors, remove_stale_temps, share_permissions
+from ..errors import ConfigError, EditError, named_write_errors
+from ..outputs import remove_stale_temps, share_permissions
 from ..provenance import (JsonlLog, atomic_write_json, model_files, model_fingerprint, provenance, stable_hash,
                           to_jsonable, weights_hash)
 from .calibration import Calibrated, Calibration

@@ -26,12 +26,11 @@ from tqdm.auto import tqdm
 from ...configfile import build
 from ...errors import ConfigError
 from . import depth, grid, lens, quantize, relearn
+from .labels import LABELS
 
 ATTACKS = ("relearn", "quantize", "lens", "depth")
 DEFAULT_ATTACKS = ATTACKS          # what the pipeline runs
 MODELS = ("original", "edited", "twin")
-LABELS = {"original": "original", "edited": "edited", "twin": "retain-only twin"}
-COLORS = {"original": "#1f77b4", "edited": "#d62728", "twin": "#2ca02c"}
 
 
 @dataclass

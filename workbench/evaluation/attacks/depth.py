@@ -41,6 +41,7 @@ from ...provenance import atomic_write_json, model_fingerprint, stable_hash
 from ...restoration import clean_run, rows_per_forward, run_jobs
 from ...sites import n_layers
 from ...sites import name as site_name
+from .labels import COLORS, LABELS
 
 SCOPES = ("answer", "all")   # which positions a patch replaces: the answer positions, or every position
 
@@ -194,8 +195,6 @@ def figure(result: dict, importance: dict | None = None):
     """Per layer, stage 1's drop (twin -> original) and each model's stage-2 drop, answer positions (solid) and every
     position (dotted); the original's traced MLP importance (scaled to the peak of stage 1) beside them."""
     import plotly.graph_objects as go
-
-    from . import COLORS, LABELS
 
     L = len(result["stage1"]["answer"])
     fig = go.Figure()

@@ -30,6 +30,7 @@ from ...errors import ConfigError
 from ...hooks import capture
 from ...sites import n_layers
 from ...sites import name as site_name
+from .labels import LABELS
 from .recall import answer_mask, batches, encode_qa
 
 READOUTS = ("lens", "lens_original", "probe", "tuned")
@@ -178,8 +179,6 @@ def figure(result: dict, importance=None):
     """Layer x readout-metric heatmap per model: how decodable the forget answers are in each layer."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-
-    from . import LABELS
 
     per = result["per_model"]
     fig = make_subplots(rows=1, cols=len(per), subplot_titles=[LABELS[n] for n in per], shared_yaxes=True)

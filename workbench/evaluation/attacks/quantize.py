@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import ConfigError
+from .labels import COLORS, LABELS
 from .recall import encode_qa, score
 
 
@@ -98,8 +99,6 @@ def figure(result: dict, importance=None):
     """Forget and retain recall at full precision and at each setting of the grid, per model."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-
-    from . import COLORS, LABELS
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("forget recall", "retain recall"))
     for n, r in result["per_model"].items():

@@ -22,6 +22,7 @@ import torch
 
 from ...data.records import questions
 from ...errors import ConfigError, EditError
+from .labels import COLORS, LABELS
 from .recall import MAX_LEN, batches, encode_qa, score
 
 SCOPES = ("all", "edited")
@@ -138,8 +139,6 @@ def run(models: dict, corpus, cfg: RelearnConfig, layers=None, progress: bool = 
 def figure(result: dict, importance=None):
     """Recall of the held-out forget half along fine-tuning, per model and grid run; admissible runs solid."""
     import plotly.graph_objects as go
-
-    from . import COLORS, LABELS
 
     fig = go.Figure()
     for n, r in result["per_model"].items():
