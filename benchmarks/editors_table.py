@@ -1,6 +1,10 @@
-"""python -m benchmarks.editors_table [--split forget|validation] [--only M,..] [--main] [--rows I,..] [--threads N]
-[--out PATH]: every editor's "organism" preset against every line of the verdict, worst-case numbers, and the
-edit's wall time.
+"""python -m benchmarks.editors_table [--organism NAME] [--layers traced|planted|L,L] [--split forget|validation]
+[--only M,..] [--main] [--rows I,..] [--threads N] [--out PATH]: every editor's "organism" preset against every line
+of the verdict, worst-case numbers, and the edit's wall time.
+
+--organism picks a built-in organism (default: default), judged against its retain-only twin NAME-retain. --layers:
+"traced" (the default) edits the layers `workbench run` selects on that organism (its trace and window selection,
+run here), "planted" the planted layers of a planted organism (organism.PLANTED), or an explicit list.
 
 --split forget (the default) edits the default organism's forget set and judges it against its retain-only twin,
 as `workbench run` does: the README's editors table. --split validation edits the validation people instead
@@ -19,24 +23,46 @@ import tempfile
 import time
 from pathlib import Path
 
-# (label, method, preset, config overrides, layers: "traced" = the pipeline's selection, "all" = every layer);
+# (label, method, preset, config overrides);
 # --main runs the first row of each method
 ROWS = (
-    ("undo (reset, relearn by own tokens; the default)", "undo", "organism", {}, "traced"),
-    ("undo, general text distilled (KL)", "undo", "organism", {"general_loss": "kl"}, "traced"),
-    ("undo at the traced layers only", "undo", "organism", {"params": ["model.layers.{layer}.*"]}, "traced"),
-    ("joint, calibrated", "joint", "organism", {}, "traced"),
-    ("joint, uncalibrated", "joint", "organism-uncalibrated", {}, "traced"),
-    ("rmu", "rmu", "organism", {}, "traced"),
-    ("adaptive-rmu", "adaptive-rmu", "organism", {}, "traced"),
-    ("graddiff", "graddiff", "organism", {}, "traced"),
-    ("npo", "npo", "organism", {}, "traced"),
-    ("sequential", "sequential", "organism", {}, "traced"),
-    ("simnpo", "simnpo", None, {}, "traced"),
-    ("undial", "undial", None, {}, "traced"),
-    ("repnoise", "repnoise", "organism", {}, "traced"),
+    ("undo (reset, relearn by own tokens; the default)", "undo", "organism", {}),
+    ("undo, general text distilled (KL)", "undo", "organism", {"general_loss": "kl"}),
+    ("undo at the edited layers only", "undo", "organism", {"params": ["model.layers.{layer}.*"]}),
+    ("joint, calibrated", "joint", "organism", {}),
+    ("joint, uncalibrated", "joint", "organism-uncalibrated", {}),
+    ("rmu", "rmu", "organism", {}),
+    ("adaptive-rmu", "adaptive-rmu", "organism", {}),
+    ("graddiff", "graddiff", "organism", {}),
+    ("npo", "npo", "organism", {}),
+    ("sequential", "sequential", "organism", {}),
+    ("simnpo", "simnpo", None, {}),
+    ("undial", "undial", None, {}),
+    ("repnoise", "repnoise", "organism", {}),
+    ("sam-npo", "sam-npo", "organism", {}),
 )
-TRACED = [0, 1, 2]   # the pipeline's window selection on the default organism
+
+
+def traced_layers(name: str) -> list[int]:
+    """The layers `workbench run` edits on organism `name`: its trace of the forget facts and window selection."""
+    from workbench import pipeline
+
+    cfg = pipeline.checked(pipeline.PipelineConfig(model=f"organism:{name}"))
+    model, tok, corpus = pipeline.load_inputs(cfg, progress=False)
+    _, importances = pipeline.trace(cfg, model, tok, pipeline.forget_facts(cfg, corpus), progress=False)
+    return list(pipeline.select(cfg, importances).layers)
+
+
+def edit_layers(name: str, choice: str) -> list[int]:
+    from workbench.organism import PLANTED
+
+    if choice == "traced":
+        return traced_layers(name)
+    if choice == "planted":
+        if name not in PLANTED:
+            raise SystemExit(f"--layers planted: {name!r} is not a planted organism; expected one of {list(PLANTED)}")
+        return list(PLANTED[name][1])
+    return [int(x) for x in choice.split(",")]
 
 
 def detail(line: dict) -> str:
@@ -59,6 +85,8 @@ def main(argv=None) -> None:
     from workbench.report import EvalConfig, evaluate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--organism", default="default", help="a built-in organism (default: default)")
+    ap.add_argument("--layers", default="traced", help="traced | planted | comma-separated layers (default traced)")
     ap.add_argument("--split", choices=("forget", "validation"), default="forget")
     ap.add_argument("--only", default=None, help="comma-separated labels' methods to run (default: every row)")
     ap.add_argument("--main", action="store_true", help="only the first row of each method")
@@ -66,19 +94,22 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.split == "validation" and args.organism != "default":
+        raise SystemExit("--split validation: only the default organism has a validation twin")
     out = Path(args.out or f"runs/editors_table_{args.split}.md")
     torch.set_num_threads(args.threads)
-    model0, tok, corpus = organism.load("default")
-    twin_name = "default-retain" if args.split == "forget" else "default-validation-twin"
+    layers_edited = edit_layers(args.organism, args.layers)
+    model0, tok, corpus = organism.load(args.organism)
+    twin_name = f"{args.organism}-retain" if args.split == "forget" else "default-validation-twin"
     twin = load_model(organism.build(twin_name, progress=False))
     if args.split == "validation":
         corpus = validation_view(corpus)
-    source = organism.build("default", progress=False)
+    source = organism.build(args.organism, progress=False)
     rows, lines_md = [], []
     only = set(args.only.split(",")) if args.only else None
     seen = set()
     picked = {int(i) for i in args.rows.split(",")} if args.rows else set(range(len(ROWS)))
-    for i, (label, method, preset, over, layers) in enumerate(ROWS):
+    for i, (label, method, preset, over) in enumerate(ROWS):
         if (only and method not in only) or (args.main and method in seen) or i not in picked:
             continue
         seen.add(method)
@@ -86,8 +117,8 @@ def main(argv=None) -> None:
         model = copy.deepcopy(model0)
         model.name_or_path = str(source)   # undo's base "auto" reads organism.json beside the source
         with tempfile.TemporaryDirectory() as tmp:
-            path = unlearn(model, tok, corpus, method, TRACED if layers == "traced" else list(range(6)),
-                           {"seed": 0, **over}, Path(tmp) / "edited", preset=preset, source=source)
+            path = unlearn(model, tok, corpus, method, layers_edited, {"seed": 0, **over}, Path(tmp) / "edited",
+                           preset=preset, source=source)
             info = json.loads((path / "unlearn.json").read_text())
             edited, _ = load_model(path)
         seconds = time.perf_counter() - t0
@@ -106,7 +137,8 @@ def main(argv=None) -> None:
                         + " | ".join(detail(verdict[n]) for n in names)
                         + f" | {row['final']:.3f} | {row['seconds']} |")
     head = ["editor", "forget / retain recall", *names, "SemEval final", "edit s"]
-    text = (f"### Every editor against the verdict ({args.split} split of the default organism)\n\n"
+    text = (f"### Every editor against the verdict ({args.split} split of the {args.organism} organism, "
+            f"layers {layers_edited} ({args.layers}))\n\n"
             f"Twin SemEval final {rows[0]['twin_final']:.3f}.\n\n| " + " | ".join(head) + " |\n|"
             + "---|" * len(head) + "\n" + "\n".join(lines_md) + "\n")
     print(text)
