@@ -1,6 +1,6 @@
 """python -m benchmarks.editors_table [--organism NAME] [--layers traced|planted|L,L] [--split forget|validation]
-[--only M,..] [--main] [--rows I,..] [--threads N] [--out PATH]: every editor's "organism" preset against every line
-of the verdict, worst-case numbers, and the edit's wall time.
+[--only M,..] [--main] [--rows I,..] [--set FIELD=VALUE] [--threads N] [--out PATH]: every editor's "organism"
+preset against every line of the verdict, worst-case numbers, and the edit's wall time.
 
 --organism picks a built-in organism (default: default), judged against its retain-only twin NAME-retain. --layers:
 "traced" (the default) edits the layers `workbench run` selects on that organism (its trace and window selection,
@@ -91,6 +91,8 @@ def main(argv=None) -> None:
     ap.add_argument("--only", default=None, help="comma-separated labels' methods to run (default: every row)")
     ap.add_argument("--main", action="store_true", help="only the first row of each method")
     ap.add_argument("--rows", default=None, help="comma-separated indices into ROWS (default: every row)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a config field in every row run (repeatable), e.g. --set epochs=24")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -99,6 +101,7 @@ def main(argv=None) -> None:
     out = Path(args.out or f"runs/editors_table_{args.split}.md")
     torch.set_num_threads(args.threads)
     layers_edited = edit_layers(args.organism, args.layers)
+    extra = dict(pair.split("=", 1) for pair in args.set)   # strings; the editor's config coerces them
     model0, tok, corpus = organism.load(args.organism)
     twin_name = f"{args.organism}-retain" if args.split == "forget" else "default-validation-twin"
     twin = load_model(organism.build(twin_name, progress=False))
@@ -117,8 +120,8 @@ def main(argv=None) -> None:
         model = copy.deepcopy(model0)
         model.name_or_path = str(source)   # undo's base "auto" reads organism.json beside the source
         with tempfile.TemporaryDirectory() as tmp:
-            path = unlearn(model, tok, corpus, method, layers_edited, {"seed": 0, **over}, Path(tmp) / "edited",
-                           preset=preset, source=source)
+            path = unlearn(model, tok, corpus, method, layers_edited, {"seed": 0, **over, **extra},
+                           Path(tmp) / "edited", preset=preset, source=source)
             info = json.loads((path / "unlearn.json").read_text())
             edited, _ = load_model(path)
         seconds = time.perf_counter() - t0
@@ -126,7 +129,8 @@ def main(argv=None) -> None:
                           config=EvalConfig(attacks="all", trace=False), trained=info["optimises"],
                           layers=info["edited_layers"])
         verdict = {c["name"]: c for c in report.verdict["criteria"]}
-        row = {"label": label, "method": method, "preset": preset, "overrides": over, "seconds": round(seconds),
+        row = {"label": label, "method": method, "preset": preset, "overrides": {**over, **extra},
+               "seconds": round(seconds),
                "forget": report.edited["qa_recall"]["forget"], "retain": report.edited["qa_recall"]["retain"],
                "final": report.edited["semeval"]["final"], "twin_final": report.baseline["semeval"]["final"],
                "passed": report.verdict["passed"], "lines": verdict}
