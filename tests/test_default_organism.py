@@ -24,7 +24,8 @@ import torch
 from workbench import organism
 from workbench.organism import load_model
 from workbench.pipeline import PipelineConfig, _preset, trace, select
-from workbench.report import EvalConfig, evaluate
+from workbench.evaluation.config import EvalConfig
+from workbench.report import evaluate
 
 pytestmark = pytest.mark.slow
 
