@@ -9,7 +9,8 @@ import torch
 from workbench.editors import EDITORS, editor_class, resolve_config
 from workbench.editors.registry import optimised_statistics
 from workbench.evaluation import mia
-from workbench.evaluation.verdict import Tolerances, privacy, split_attacks, utility, verdict
+from workbench.evaluation.run import verdict
+from workbench.evaluation.verdict import Tolerances, privacy, split_attacks, utility
 
 
 def _metrics(aucs=None, retain=1.0, terms=None, mmlu=0.8, forget=0.0):

@@ -679,18 +679,21 @@ ATTACK_COLORS = {"original": "#1f77b4", "edited": "#d62728", "twin": "#2ca02c"}
 
 def attack_figures(results: dict) -> dict:
     """One plotly figure per attack of evaluation/attacks.run_attacks' results, keyed 'attack_<name>'."""
-    makers = {"relearn": relearn_figure, "quantize": quantize_figure, "lens": lens_figure, "depth": depth_figure}
+    makers = {"relearn": attack_relearn_figure, "quantize": attack_quantize_figure, "lens": attack_lens_figure,
+              "depth": attack_depth_figure}
     return {f"attack_{a}": makers[a](results[a], results.get("importance")) for a in results["attacks"]}
 
 
-def relearn_figure(result: dict, importance=None):
+def attack_relearn_figure(result: dict, importance=None):
     """Recall of the held-out forget half along fine-tuning, per model and grid run; admissible runs solid."""
     fig = go.Figure()
     for n, r in result["per_model"].items():
         for i, (label, curve) in enumerate(r["curves"].items()):
             fig.add_scatter(x=result["steps"], y=curve, mode="lines+markers", legendgroup=n, showlegend=i == 0,
-                            name=ATTACK_LABELS[n], line=dict(color=ATTACK_COLORS[n], dash="solid" if "all" in label else "dot"),
-                            hovertemplate=f"{ATTACK_LABELS[n]}, {label}<br>step %{{x}}: recall %{{y:.2f}}<extra></extra>")
+                            name=ATTACK_LABELS[n],
+                            line=dict(color=ATTACK_COLORS[n], dash="solid" if "all" in label else "dot"),
+                            hovertemplate=f"{ATTACK_LABELS[n]}, {label}<br>step %{{x}}: recall %{{y:.2f}}"
+                                          "<extra></extra>")
     worst = result.get("worst")
     title = "Relearning on half the forget facts: recall of the other half (solid: every parameter, dotted: edited " \
             "layers)"
@@ -702,14 +705,15 @@ def relearn_figure(result: dict, importance=None):
     return fig
 
 
-def quantize_figure(result: dict, importance=None):
+def attack_quantize_figure(result: dict, importance=None):
     """Forget and retain recall at full precision and at each setting of the grid, per model."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("forget recall", "retain recall"))
     for n, r in result["per_model"].items():
         x = ["full"] + list(r["after"])
         for col, split in ((1, "forget"), (2, "retain")):
             fig.add_trace(go.Bar(x=x, y=[r["before"][split]] + [a[split] for a in r["after"].values()],
-                                 name=ATTACK_LABELS[n], legendgroup=n, showlegend=col == 1, marker_color=ATTACK_COLORS[n]),
+                                 name=ATTACK_LABELS[n], legendgroup=n, showlegend=col == 1,
+                                 marker_color=ATTACK_COLORS[n]),
                           row=1, col=col)
     fig.update_yaxes(range=[0, 1.02])
     fig.update_layout(title="Quantisation (round-to-nearest, group-wise): does rounding undo the edit?",
@@ -717,7 +721,7 @@ def quantize_figure(result: dict, importance=None):
     return fig
 
 
-def lens_figure(result: dict, importance=None):
+def attack_lens_figure(result: dict, importance=None):
     """Layer x readout-metric heatmap per model: how decodable the forget answers are in each layer."""
     per = result["per_model"]
     fig = make_subplots(rows=1, cols=len(per), subplot_titles=[ATTACK_LABELS[n] for n in per], shared_yaxes=True)
@@ -734,7 +738,7 @@ def lens_figure(result: dict, importance=None):
     return fig
 
 
-def depth_figure(result: dict, importance: dict | None = None):
+def attack_depth_figure(result: dict, importance: dict | None = None):
     """Per layer, stage 1's drop (twin -> original) and each model's stage-2 drop, answer positions (solid) and every
     position (dotted); the original's traced MLP importance (scaled to the peak of stage 1) beside them."""
     L = len(result["stage1"]["answer"])

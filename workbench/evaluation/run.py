@@ -67,12 +67,13 @@ def model_metrics(model, tok, ctx: Context) -> dict:
     return out
 
 
-def verdict(original: dict, edited: dict, baseline: dict | None, cfg: EvalConfig, joint: dict | None = None,
-            trained=()) -> Verdict:
+def verdict(original: dict, edited: dict, baseline: dict | None, cfg: EvalConfig | None = None,
+            joint: dict | None = None, trained=()) -> Verdict:
     """Every registry entry's lines for `edited` (metrics dicts as model_metrics makes them), in registry order,
     against the twin (`baseline`) or, without one, the ideal; and TOFU's forget quality when there is a twin.
-    `trained`: the MIA statistics the run's editor optimised (its privacy line is decided by the others)."""
-    joint = joint or {}
+    `trained`: the MIA statistics the run's editor optimised (its privacy line is decided by the others); `cfg`:
+    the tolerances (default EvalConfig's); `joint`: {joint entry name: its result} (the attacks')."""
+    cfg, joint = cfg or EvalConfig(), joint or {}
     v = Verdict("retain-only baseline" if baseline else "ideal (no baseline)")
     for entry in registry.METRICS.values():
         v.criteria += entry.criteria(original, edited, baseline, joint.get(entry.name), cfg, trained)
