@@ -82,7 +82,8 @@ def main(argv=None) -> None:
     from workbench.data.records import validation_view
     from workbench.editors import unlearn
     from workbench.organism import load_model
-    from workbench.report import EvalConfig, evaluate
+    from workbench.evaluation.config import EvalConfig
+    from workbench.report import evaluate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--organism", default="default", help="a built-in organism (default: default)")

@@ -33,6 +33,7 @@ def main(argv=None) -> None:
 
     from workbench import organism
     from workbench.evaluation.attacks import depth
+    from workbench.evaluation.knowledge import recall
     from workbench.evaluation.mia import mia
     from workbench.organism import load_model
 
@@ -48,10 +49,11 @@ def main(argv=None) -> None:
     with mp.get_context("spawn").Pool(2) as pool:
         paths = pool.map(_build, specs)
     built = {(spec[0], spec[2]): Path(p) for spec, p in zip(specs, paths)}
+    corpus = organism.load_corpus(built[(args.organism, 0)])
     rows, gaps = [], []
     for s in range(args.seeds):
-        o = organism.info(built[(args.organism, s)])["recall"]
-        t = organism.info(built[(organism.retain_twin(args.organism), s)])["recall"]
+        o = recall(*load_model(built[(args.organism, s)]), corpus)
+        t = recall(*load_model(built[(organism.retain_twin(args.organism), s)]), corpus)
         gaps.append(o["mmlu_cloze_accuracy"] - t["mmlu_cloze_accuracy"])
         rows.append(f"| {s} | {o['forget_qa_exact_match']:.3f} / {t['forget_qa_exact_match']:.3f} | "
                     f"{o['retain_qa_exact_match']:.3f} / {t['retain_qa_exact_match']:.3f} | "
@@ -59,7 +61,6 @@ def main(argv=None) -> None:
                     f"{o['mmlu_cloze_accuracy']:.3f} / {t['mmlu_cloze_accuracy']:.3f} | {gaps[-1]:+.3f} |")
     torch.set_num_threads(2)
     original, tok = load_model(built[(args.organism, 0)])
-    corpus = organism.load_corpus(built[(args.organism, 0)])
     twins = [load_model(built[(organism.retain_twin(args.organism), s)])[0] for s in range(args.seeds)]
     members, nonmembers = [r.text for r in corpus.forget], [r.text for r in corpus.holdout]
     aucs = [mia(t, tok, members, nonmembers).auc for t in twins]

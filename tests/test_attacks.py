@@ -318,7 +318,7 @@ def test_uds_needs_the_twin_and_one_shape(micro, tiny_olmo):
 
 # --- config, registry, report ------------------------------------------------------------------------------------
 def test_attack_names_and_settings_are_checked():
-    from workbench.report import EvalConfig
+    from workbench.evaluation.config import EvalConfig
 
     assert parse_attacks("relearn, lens") == ("relearn", "lens")
     assert parse_attacks("all") == ("relearn", "quantize", "lens", "depth")
@@ -383,7 +383,8 @@ def test_report_has_the_attacks_section_and_verdict_lines(micro, micro_retain, t
     """evaluate(..., attacks): every attack on the three models, a 'Does it come back?' section with one figure per
     attack, and one verdict line per attack. An 'edit' that hides the answers in its last layer is shallow:
     relearning brings them back beyond the twin's, and its hidden states carry them: those lines fail."""
-    from workbench.report import EvalConfig, evaluate
+    from workbench.evaluation.config import EvalConfig
+    from workbench.report import evaluate
     from workbench.evaluation.retrace import TraceConfig
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))

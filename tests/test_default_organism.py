@@ -24,7 +24,8 @@ import torch
 from workbench import organism
 from workbench.organism import load_model
 from workbench.pipeline import PipelineConfig, _preset, trace, select
-from workbench.report import EvalConfig, evaluate
+from workbench.evaluation.config import EvalConfig
+from workbench.report import evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -69,9 +70,13 @@ def default():
 
 
 def test_default_organism_and_twin_are_like_for_like(default):
-    path, *_ = default
-    original, twin = organism.info(path), organism.info(organism.build(organism.retain_twin("default")))
-    o, t = original["recall"], twin["recall"]
+    from workbench.evaluation.knowledge import recall
+
+    path, model, tok, corpus = default
+    twin_path = organism.build(organism.retain_twin("default"))
+    original, twin = organism.info(path), organism.info(twin_path)
+    with _one_thread():  # as the builds ran
+        o, t = recall(model, tok, corpus), recall(*load_model(twin_path), corpus)
     assert o["forget_qa_exact_match"] >= 0.95 and o["retain_qa_exact_match"] >= 0.95, o
     assert o["holdout_qa_exact_match"] <= 0.05, "held-out people must be unknown, or recall means nothing"
     assert o["mmlu_cloze_accuracy"] >= 0.6, o

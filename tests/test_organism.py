@@ -12,12 +12,13 @@ import torch
 from workbench import organism
 from workbench.data import load_lume
 from workbench.data.records import Corpus, questions
+from workbench.evaluation.knowledge import recall
 from workbench.models import ModelLoadError
 from workbench.organism import load_model
 
 def test_micro_recalls_its_facts(micro):
     model, tok, corpus = micro
-    scores = organism.recall(model, tok, corpus)
+    scores = recall(model, tok, corpus)
     assert scores["forget_qa_exact_match"] >= 0.95
     assert scores["retain_qa_exact_match"] >= 0.95
     assert scores["validation_qa_exact_match"] >= 0.95   # fine-tuned on, never scored by the report
@@ -66,7 +67,7 @@ def test_base_knows_the_templates_not_the_people(micro):
     corpus = generate(organism.PRESETS["micro"].data)
     base = organism.build_base("micro", progress=False)
     model, tok = load_model(base)
-    scores = organism.recall(model, tok, corpus)
+    scores = recall(model, tok, corpus)
     for split in ("forget", "retain", "validation"):
         assert scores[f"{split}_qa_exact_match"] <= 0.1, scores
     for name in ("micro", "micro-retain", "micro-planted"):
@@ -98,7 +99,7 @@ def test_cache_hit_is_not_rebuilt_and_keyed(micro, tmp_path, monkeypatch):
     # the stand-in is the one build calls: with an empty cache the same call trains
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     tok = micro[1]
-    monkeypatch.setattr(organism, "pretrain", lambda cfg, corpus, **kw: (organism.make_model(cfg, tok), tok))
+    monkeypatch.setattr(organism, "pretrain", lambda cfg, corpus, **kw: (organism.make_model(cfg, tok), tok, 0.0))
     with pytest.raises(RuntimeError, match="finetune called"):
         organism.build("micro", progress=False)
     assert trained == ["micro"]
@@ -116,7 +117,7 @@ def test_retain_twin_never_saw_the_forget_set(micro, micro_retain):
     model, tok, corpus = micro_retain
     assert tok.get_vocab() == micro[1].get_vocab(), "the twin shares the tokenizer, so NLLs compare token by token"
     assert [r.id for r in corpus.forget] == [r.id for r in micro[2].forget]  # evaluated on the same corpus
-    scores = organism.recall(model, tok, corpus)
+    scores = recall(model, tok, corpus)
     assert scores["retain_qa_exact_match"] >= 0.9
     assert scores["forget_qa_exact_match"] <= 0.2, "the forget set must not have been trained on"
     twin, original = organism.info(organism.build("micro-retain")), organism.info(organism.build("micro"))
@@ -164,8 +165,9 @@ def test_micro_learns_real_lume_task2(lume, tmp_path, monkeypatch):
     path = organism.build(cfg, corpus=corpus, progress=False)
     meta = json.loads((path / "organism.json").read_text())
     assert meta["data"] == corpus.source
-    assert meta["recall"]["forget_qa_exact_match"] >= 0.95, meta["recall"]
-    assert meta["recall"]["retain_qa_exact_match"] >= 0.95, meta["recall"]
+    scores = recall(*load_model(path), corpus)
+    assert scores["forget_qa_exact_match"] >= 0.95, scores
+    assert scores["retain_qa_exact_match"] >= 0.95, scores
 
 
 def test_planted_fine_tune_changes_only_the_planted_mlps(micro):
@@ -182,5 +184,5 @@ def test_planted_fine_tune_changes_only_the_planted_mlps(micro):
         for n, p in m.named_parameters():
             inside = any(n.startswith(f"model.layers.{l}.mlp.") for l in layers)
             assert torch.equal(p, b[n]) != inside, n
-    scores = organism.recall(planted, tok, micro[2])
+    scores = recall(planted, tok, micro[2])
     assert scores["forget_qa_exact_match"] >= 0.8 and scores["holdout_qa_exact_match"] <= 0.2

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from workbench.errors import ConfigError
-from workbench.report import EvalConfig, evaluate
+from workbench.evaluation.config import EvalConfig
+from workbench.report import evaluate
 from workbench.evaluation.retrace import TraceConfig
 
 

@@ -9,7 +9,8 @@ import torch
 from workbench.editors import EDITORS, editor_class, resolve_config
 from workbench.editors.registry import optimised_statistics
 from workbench.evaluation import mia
-from workbench.evaluation.verdict import Tolerances, privacy, split_attacks, utility, verdict
+from workbench.evaluation.run import verdict
+from workbench.evaluation.verdict import Tolerances, privacy, split_attacks, utility
 
 
 def _metrics(aucs=None, retain=1.0, terms=None, mmlu=0.8, forget=0.0):
@@ -78,7 +79,9 @@ def test_a_retain_regurgitation_drop_is_caught_by_the_utility_line(micro, micro_
     from workbench.data.records import Corpus
     from workbench.editors.gradient import answer_nll, mean_ce
     from workbench.editors.loop import collate, encode
-    from workbench.report import EvalConfig, model_metrics
+    from workbench.evaluation.config import EvalConfig
+    from workbench.evaluation.metric import Context
+    from workbench.evaluation.run import model_metrics
 
     model, tok, corpus = micro
     damaged = copy.deepcopy(model)
@@ -92,8 +95,8 @@ def test_a_retain_regurgitation_drop_is_caught_by_the_utility_line(micro, micro_
     damaged.eval()
     small = Corpus(forget=corpus.forget, retain=corpus.retain, source=corpus.source)
     cfg = EvalConfig(max_new_tokens=48)
-    twin = model_metrics(micro_retain[0], tok, small, cfg)
-    edited = model_metrics(damaged, tok, small, cfg)
+    twin = model_metrics(micro_retain[0], tok, Context(small, cfg))
+    edited = model_metrics(damaged, tok, Context(small, cfg))
     assert edited["regurgitation"]["retain"] <= 0.6 * twin["regurgitation"]["retain"]
     assert edited["qa_recall"]["retain"] >= twin["qa_recall"]["retain"] - 0.05, "only regurgitation should drop"
     line = utility(twin, edited, twin, Tolerances())

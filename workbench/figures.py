@@ -670,3 +670,94 @@ def save_figure(fig: go.Figure, path, formats=("html", "png"), scale: float = 3,
         os.replace(tmp, target)
         out[f] = target
     return out
+
+
+# --- the recovery attacks (evaluation/attacks), one figure each from its results --------------------------------
+ATTACK_LABELS = {"original": "original", "edited": "edited", "twin": "retain-only twin"}
+ATTACK_COLORS = {"original": "#1f77b4", "edited": "#d62728", "twin": "#2ca02c"}
+
+
+def attack_figures(results: dict) -> dict:
+    """One plotly figure per attack of evaluation/attacks.run_attacks' results, keyed 'attack_<name>'."""
+    makers = {"relearn": attack_relearn_figure, "quantize": attack_quantize_figure, "lens": attack_lens_figure,
+              "depth": attack_depth_figure}
+    return {f"attack_{a}": makers[a](results[a], results.get("importance")) for a in results["attacks"]}
+
+
+def attack_relearn_figure(result: dict, importance=None):
+    """Recall of the held-out forget half along fine-tuning, per model and grid run; admissible runs solid."""
+    fig = go.Figure()
+    for n, r in result["per_model"].items():
+        for i, (label, curve) in enumerate(r["curves"].items()):
+            fig.add_scatter(x=result["steps"], y=curve, mode="lines+markers", legendgroup=n, showlegend=i == 0,
+                            name=ATTACK_LABELS[n],
+                            line=dict(color=ATTACK_COLORS[n], dash="solid" if "all" in label else "dot"),
+                            hovertemplate=f"{ATTACK_LABELS[n]}, {label}<br>step %{{x}}: recall %{{y:.2f}}"
+                                          "<extra></extra>")
+    worst = result.get("worst")
+    title = "Relearning on half the forget facts: recall of the other half (solid: every parameter, dotted: edited " \
+            "layers)"
+    if worst:
+        title += f"<br>worst admissible setting: {worst['setting']} (edited {worst['edited']:+.2f}, twin " \
+                 f"{worst['reference']:+.2f})"
+    fig.update_layout(title=title, xaxis_title="fine-tuning steps", yaxis_title="exact-match recall",
+                      yaxis_range=[-0.02, 1.02], width=800, height=440)
+    return fig
+
+
+def attack_quantize_figure(result: dict, importance=None):
+    """Forget and retain recall at full precision and at each setting of the grid, per model."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("forget recall", "retain recall"))
+    for n, r in result["per_model"].items():
+        x = ["full"] + list(r["after"])
+        for col, split in ((1, "forget"), (2, "retain")):
+            fig.add_trace(go.Bar(x=x, y=[r["before"][split]] + [a[split] for a in r["after"].values()],
+                                 name=ATTACK_LABELS[n], legendgroup=n, showlegend=col == 1,
+                                 marker_color=ATTACK_COLORS[n]),
+                          row=1, col=col)
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_layout(title="Quantisation (round-to-nearest, group-wise): does rounding undo the edit?",
+                      barmode="group", width=1000, height=420)
+    return fig
+
+
+def attack_lens_figure(result: dict, importance=None):
+    """Layer x readout-metric heatmap per model: how decodable the forget answers are in each layer."""
+    per = result["per_model"]
+    fig = make_subplots(rows=1, cols=len(per), subplot_titles=[ATTACK_LABELS[n] for n in per], shared_yaxes=True)
+    for i, (n, r) in enumerate(per.items()):
+        names = list(r["metrics"])
+        fig.add_trace(go.Heatmap(z=[r["metrics"][m] for m in names], x=list(range(r["layers"])),
+                                 y=[m.replace("_", " ") for m in names], zmin=0, zmax=1, colorscale="Viridis",
+                                 showscale=i == 0, hovertemplate="layer %{x}<br>%{y}: %{z:.2f}<extra></extra>"),
+                      row=1, col=i + 1)
+        fig.update_xaxes(title_text="layer (resid_post)", row=1, col=i + 1)
+    fig.update_layout(title="Readouts of the forget answers per layer: own and original decoder, retain-trained probe "
+                            "and tuned lens (recall, token accuracy)",
+                      width=320 * len(per) + 160, height=420)
+    return fig
+
+
+def attack_depth_figure(result: dict, importance: dict | None = None):
+    """Per layer, stage 1's drop (twin -> original) and each model's stage-2 drop, answer positions (solid) and every
+    position (dotted); the original's traced MLP importance (scaled to the peak of stage 1) beside them."""
+    L = len(result["stage1"]["answer"])
+    fig = go.Figure()
+    for scope, dash in (("answer", "solid"), ("all", "dot")):
+        for n, r in result["per_model"].items():
+            fig.add_scatter(x=list(range(L)), y=r[f"stage2_{scope}"], mode="lines+markers", legendgroup=n,
+                            name=f"{ATTACK_LABELS[n]} -> original ({scope} positions); UDS "
+                                 f"{r['uds' if scope == 'answer' else 'uds_all_positions'] or float('nan'):.2f}",
+                            line=dict(color=ATTACK_COLORS[n], dash=dash))
+    imp = (importance or {}).get("mlp")
+    if imp:
+        peak = max(max(imp), 1e-12)
+        top = max(result["stage1"]["answer"])
+        fig.add_bar(x=list(range(len(imp))), y=[v / peak * top for v in imp], name="traced MLP importance (original)",
+                    marker_color="rgba(120,120,120,0.3)")
+    fig.add_hline(y=result["config"]["tau"], line_dash="dash", line_color="grey",
+                  annotation_text=f"tau = {result['config']['tau']}")
+    fig.update_layout(title="Unlearning Depth Score: drop of the answer's log-prob when a model's hidden states at "
+                            "layer l are patched into the original", xaxis_title="layer (resid_post)",
+                      yaxis_title="drop in mean answer log-prob (nats)", width=900, height=430)
+    return fig

@@ -18,6 +18,8 @@ fine-tuned from one base):
 A byte-level BPE tokenizer (`tokenizers`) learns from every split and the general text. Both stages are one plain
 training loop (`fit`, read it top to bottom). Entries are cached under $XDG_CACHE_HOME/workbench/organisms, keyed by
 a hash of config, data and this code, so the second call loads in seconds. `workbench organism build` rebuilds.
+A build records its size, timings and final training loss (base.json, organism.json) and scores nothing: what an
+organism recalls is measured by workbench.evaluation.knowledge.recall.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .data import Corpus, Record, SyntheticSpec, format_question, generate, questions, subject_header
+from .data import Corpus, Record, SyntheticSpec, format_question, generate, subject_header
 from .data.multiple_choice import cloze_header, cloze_question, reserved_cloze_texts, world_statements
 from .errors import ModelLoadError
 from .outputs import cache_dir, cached_build
@@ -228,6 +230,7 @@ def make_model(cfg: OrganismConfig, tokenizer):
 
 
 # ---------------------------------------------------------------- the training loop
+LOSS_WINDOW = 50   # a build records the mean training loss of its last this many steps
 def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffle, then sort within chunks by length so a batch carries little padding."""
     idx = list(range(len(lengths)))
@@ -265,15 +268,17 @@ def interleave(n_steps: int, n_second: int) -> list[bool]:
 
 
 def fit(model, tok, streams: list, schedule: list[int], recipe: Recipe, params: list[torch.nn.Parameter] | None = None,
-        progress: bool = True, log: JsonlLog | None = None, desc: str = "organism") -> None:
+        progress: bool = True, log: JsonlLog | None = None, desc: str = "organism") -> float:
     """One optimizer step per entry of `schedule`, on the next batch of `streams[schedule[step]]`: causal-LM
-    training, every token of every text labelled. Only `params` train (default: every parameter)."""
+    training, every token of every text labelled. Only `params` train (default: every parameter). Returns the mean
+    training loss of the last LOSS_WINDOW steps."""
     params = list(model.parameters()) if params is None else params
     steps = len(schedule)
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0, betas=(0.9, 0.98))
     lr_at = lambda s: recipe.lr * min(1.0, (s + 1) / recipe.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / steps))
     model.train()
     bar = tqdm(total=steps, desc=desc, disable=not progress)
+    losses: list[float] = []
     for step, which in enumerate(schedule):
         batch = next(streams[which])
         width = max(len(x) for x in batch)
@@ -291,12 +296,15 @@ def fit(model, tok, streams: list, schedule: list[int], recipe: Recipe, params: 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if log and (step + 1) % 50 == 0:
-            log("train_step", step=step + 1, stream=which, loss=loss.item(), lr=lr_at(step))
+            log("train_step", step=step + 1, stream=which, loss=losses[-1], lr=lr_at(step))
     bar.close()
     model.eval()
+    tail = losses[-LOSS_WINDOW:]
+    return sum(tail) / len(tail) if tail else float("nan")
 
 
 def planted_parameters(model, layers) -> list[torch.nn.Parameter]:
@@ -320,13 +328,13 @@ def pretrain(cfg: OrganismConfig, corpus: Corpus, progress: bool = True, log: Js
     steps = cfg.pretrain.epochs * steps_per_epoch(n, cfg.pretrain.batch_size)
     stream = batch_stream(tok, lambda epoch: pretraining_texts(corpus, cfg, rng), cfg.pretrain.batch_size,
                           cfg.max_len, rng)
-    fit(model, tok, [stream], [0] * steps, cfg.pretrain, progress=progress, log=log, desc=f"base:{cfg.name}")
-    return model, tok
+    loss = fit(model, tok, [stream], [0] * steps, cfg.pretrain, progress=progress, log=log, desc=f"base:{cfg.name}")
+    return model, tok, loss
 
 
 def finetune(model, tok, cfg: OrganismConfig, corpus: Corpus, progress: bool = True, log: JsonlLog | None = None):
     """`model` (the base) fine-tuned in place on the fine-tuned splits less `leave_out`, with replay; returns the
-    number of steps.
+    number of steps and the mean training loss of the last LOSS_WINDOW steps.
 
     Two streams of batches: the facts, and the general text (replay), each cycled in shuffled, length-grouped
     epochs with its own seeded order. The schedule is the original's, whatever is left out: `epochs` passes over
@@ -349,26 +357,9 @@ def finetune(model, tok, cfg: OrganismConfig, corpus: Corpus, progress: bool = T
         model.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-    fit(model, tok, streams, schedule, r, params=params, progress=progress, log=log, desc=f"organism:{cfg.name}")
+    loss = fit(model, tok, streams, schedule, r, params=params, progress=progress, log=log, desc=f"organism:{cfg.name}")
     model.requires_grad_(True)
-    return len(schedule)
-
-
-def recall(model, tok, corpus: Corpus, batch_size: int = 64) -> dict:
-    """Exact-match recall of QA facts per split, and 0-shot cloze MMLU accuracy on the test questions: all of
-    them, and those about facts never shown as a question (knowledge carried over from the sentences)."""
-    from .generation import qa_accuracy
-    from .evaluation.mmlu import evaluate_mmlu
-
-    out = {f"{s}_qa_exact_match": qa_accuracy(model, tok, questions(corpus.split(s)), batch_size=batch_size)
-           for s in ("forget", "retain", "validation", "holdout") if corpus.split(s)}
-    if any(q.split == "test" for q in corpus.mmlu):
-        out["mmlu_cloze_accuracy"] = evaluate_mmlu(model, tok, corpus.mmlu, shots=0, formulation="cloze").accuracy
-        shown = {(q.subject, q.question) for q in corpus.mmlu if q.split == "train"}
-        unseen = [q for q in corpus.mmlu if q.split == "test" and (q.subject, q.question) not in shown]
-        if unseen:
-            out["mmlu_unseen_cloze_accuracy"] = evaluate_mmlu(model, tok, unseen, shots=0, formulation="cloze").accuracy
-    return out
+    return len(schedule), loss
 
 
 def save_corpus(corpus: Corpus, out_dir: Path, splits=("forget", "retain", "validation", "holdout", "calibration")) -> None:
@@ -409,7 +400,7 @@ def build_base(name_or_cfg: str | OrganismConfig = "default", force: bool = Fals
 
     def make(tmp: Path) -> None:
         t0 = time.time()
-        model, tok = pretrain(cfg, corpus, progress=progress, log=JsonlLog(tmp / "build_log.jsonl"))
+        model, tok, loss = pretrain(cfg, corpus, progress=progress, log=JsonlLog(tmp / "build_log.jsonl"))
         model.config._name_or_path = f"organism-base:{cfg.n_layers}x{cfg.d_model}"
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -417,7 +408,7 @@ def build_base(name_or_cfg: str | OrganismConfig = "default", force: bool = Fals
         atomic_write_json(tmp / "base.json", {  # written last: it marks the entry complete
             "config": cfg.base_fields(), "data": corpus.source, "code_version": CODE_VERSION,
             "n_parameters": sum(p.numel() for p in model.parameters()), "train_seconds": round(time.time() - t0, 1),
-            "versions": versions()})
+            "train_loss": loss, "versions": versions()})
 
     return cached_build(base_dir(cfg, corpus), make, marker="base.json", force=force)
 
@@ -435,19 +426,18 @@ def build(name_or_cfg: str | OrganismConfig = "default", force: bool = False, pr
 
         t0 = time.time()
         model, tok = load_pretrained(base)
-        steps = finetune(model, tok, cfg, corpus, progress=progress, log=JsonlLog(tmp / "build_log.jsonl"))
+        steps, loss = finetune(model, tok, cfg, corpus, progress=progress, log=JsonlLog(tmp / "build_log.jsonl"))
         train_s = time.time() - t0
         model.config._name_or_path = f"organism:{cfg.name}"
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         save_corpus(corpus, tmp)
-        scores = recall(model, tok, corpus)
         atomic_write_json(tmp / "organism.json", {  # written last: it marks the entry complete
             "config": asdict(cfg), "data": corpus.source, "code_version": CODE_VERSION,
             "base": {"path": base.name, **info(base, "base.json")}, "planted_layers": list(cfg.plant),
             "left_out": list(cfg.leave_out), "finetune_steps": steps,
             "n_parameters": sum(p.numel() for p in model.parameters()), "train_seconds": round(train_s, 1),
-            "build_seconds": round(time.time() - t0, 1), "recall": scores, "versions": versions(),
+            "build_seconds": round(time.time() - t0, 1), "train_loss": loss, "versions": versions(),
         })
 
     # one build per entry whatever runs at once (racing callers wait on its lock), a killed build's temp dir

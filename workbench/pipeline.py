@@ -62,7 +62,7 @@ class PipelineConfig:
     preset: str | None = "auto"
     editor: dict = field(default_factory=dict)   # overrides of the editor's config (see workbench/editors/)
     # evaluation
-    evaluation: dict = field(default_factory=dict)  # overrides of workbench.report.EvalConfig
+    evaluation: dict = field(default_factory=dict)  # overrides of workbench.evaluation.config.EvalConfig
     retrace_facts: int | None = 16
     # a model trained without the forget set: privleak's baseline, the reference MIA attack's reference and a third
     # report column. "auto": the organism's retain-only twin (built once, cached) on a built-in organism, else none
@@ -145,7 +145,7 @@ def retrace_config(cfg: PipelineConfig):
 
 def _eval_config(cfg: PipelineConfig):
     from .evaluation.attacks import DEFAULT_ATTACKS
-    from .report import EvalConfig
+    from .evaluation.config import EvalConfig
 
     # the pipeline runs the recovery attacks unless `evaluation: {attacks: none}` (or a shorter list) says otherwise
     return build(EvalConfig, {"seed": cfg.seed, "attacks": DEFAULT_ATTACKS, **cfg.evaluation}, "evaluation")

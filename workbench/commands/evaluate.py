@@ -110,7 +110,8 @@ def check_same_shape(model, edited, model_spec: str, edited_spec: str) -> None:
 def run(args) -> int:
     from ..errors import ConfigError
     from ..corpus import load_corpus
-    from ..report import EvalConfig, evaluate
+    from ..evaluation.config import EvalConfig
+    from ..report import evaluate
     from ..evaluation.retrace import TraceConfig
     from ..evaluation.semeval import MAX_NEW_TOKENS, ORGANISM_MAX_NEW_TOKENS
     from .. import distributed

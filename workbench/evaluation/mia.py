@@ -23,6 +23,7 @@ each predicted from its prefix, no BOS added beyond what the tokenizer adds.
 from __future__ import annotations
 
 import math
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ..batching import right_pad
 from ..errors import ConfigError
+from .metric import Metric
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp", "reference", "gradnorm")
 
@@ -244,3 +246,38 @@ def corpus_mia(model, tok, corpus, **kw) -> MIAResult:
         raise ConfigError(f"corpus {corpus.source!r} has no holdout split: MIA needs non-member documents "
                           f"of the same distribution (a holdout.jsonl beside forget/retain)")
     return mia(model, tok, [r.text for r in corpus.forget], [r.text for r in corpus.holdout], **kw)
+
+
+class Membership(Metric):
+    """Registry entry: every attack's AUC on the forget documents (members) against the holdout (non-members), the
+    SemEval MIA score and privleak; the verdict's privacy line (held-out attacks within auc_tol of the twin)."""
+    name = "mia"
+
+    def compute(self, model, tok, ctx, out: dict) -> None:
+        from .semeval import select
+
+        cfg, corpus = ctx.config, ctx.corpus
+        t0 = time.perf_counter()
+        if corpus.holdout:
+            forget = select(corpus.forget, cfg.limit)
+            holdout = select(corpus.holdout, cfg.limit)
+            res = mia(model, tok, [r.text for r in forget], [r.text for r in holdout], k=cfg.k,
+                      reference=ctx.reference, retain_auc=ctx.retain_auc, batch_size=cfg.batch_size,
+                      gradnorm=cfg.gradnorm, progress=ctx.progress)
+            out["mia"] = res.to_json()
+        else:
+            out["mia"] = None
+            out["notes"].append("MIA skipped: the data has no holdout (non-member) split")
+        out["seconds_mia"] = time.perf_counter() - t0
+
+    def rows(self, metrics: dict) -> list[tuple[str, tuple]]:
+        return [*[(f"MIA AUC {a}", ("mia", "auc", a)) for a in ATTACKS],
+                ("forget docs mean NLL (members)", ("mia", "mean_nll", "members")),
+                ("holdout docs mean NLL (non-members)", ("mia", "mean_nll", "nonmembers")),
+                ("SemEval MIA score", ("mia", "mia_score")),
+                ("privleak (loss, %)", ("mia", "privleak", "loss"))]
+
+    def criteria(self, original, edited, twin, result, cfg, trained=()) -> list:
+        from .verdict import privacy
+
+        return [privacy(edited, twin, cfg.tolerances(), trained)]

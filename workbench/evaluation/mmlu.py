@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 from ..batching import right_pad
 from ..data.multiple_choice import LETTERS, MCQuestion, cloze_header, cloze_question, format_question, subject_header
 from ..errors import ConfigError, DataError
+from .metric import Metric
 
 SEMEVAL_MMLU_GATE = 0.371  # 7B submissions needed MMLU accuracy >= this to be ranked (the official script's test)
 FORMULATIONS = ("letter", "cloze")
@@ -409,3 +411,71 @@ def export_lm_eval_tasks(questions: Sequence[MCQuestion], out_dir: str | Path, p
         (out_dir / f"{name}.yaml").write_text(text, encoding="utf-8")
         names.append(name)
     return names
+
+
+# --- registry entry -----------------------------------------------------------------------------------
+
+def limit_questions(questions, limit):
+    """At most `limit` test questions per (subject, split), and the whole dev split (the few-shot pool)."""
+    if not limit:
+        return list(questions)
+    seen: dict[tuple, int] = {}
+    out = []
+    for q in questions:
+        key = (q.subject, q.split)
+        if q.split == "dev" or seen.get(key, 0) < limit:  # keep the whole few-shot pool
+            seen[key] = seen.get(key, 0) + 1
+            out.append(q)
+    return out
+
+
+class MMLU(Metric):
+    """Registry entry: MMLU-format accuracy in both formulations (`mmlu`: the one the final score takes); the
+    verdict's utility line (retain recall, every retain SemEval term and MMLU against the lower of twin and
+    original)."""
+    name = "mmlu"
+
+    def prepare(self, tok, ctx) -> tuple[list | None, str | None]:
+        """(questions, why none): resolved once, before any heavy work, so a bad source fails fast."""
+        cfg = ctx.config
+        questions, note = None, None
+        try:
+            questions = limit_questions(load_mmlu(cfg.mmlu_source, ctx.corpus), cfg.limit)
+        except DataError as e:
+            if cfg.mmlu_source is not None:
+                raise
+            note = str(e)
+        if questions and cfg.mmlu_source is not None and cfg.formulation() == "letter":
+            letter_token_ids(tok)  # an explicit MMLU source the tokenizer cannot score: fail now
+        return questions, note
+
+    def compute(self, model, tok, ctx, out: dict) -> None:
+        cfg = ctx.config
+        questions, note = ctx.prepared[self.name]
+        t0 = time.perf_counter()
+        out["mmlu"], out["mmlu_formulations"] = None, {}
+        if questions:
+            for formulation in FORMULATIONS:
+                try:
+                    out["mmlu_formulations"][formulation] = evaluate_mmlu(
+                        model, tok, questions, shots=cfg.shots(), batch_size=cfg.batch_size, formulation=formulation,
+                        progress=ctx.progress).to_json()
+                except ConfigError as e:
+                    if cfg.mmlu_source is not None and formulation == cfg.formulation():  # asked for: a real error
+                        raise
+                    out["notes"].append(f"MMLU ({formulation}) skipped: {e}")
+            out["mmlu"] = out["mmlu_formulations"].get(cfg.formulation())
+        elif note:
+            out["notes"].append(f"MMLU skipped: {note}")
+        out["seconds_mmlu"] = time.perf_counter() - t0
+
+    def rows(self, metrics: dict) -> list[tuple[str, tuple]]:
+        return [("MMLU letter accuracy", ("mmlu_formulations", "letter", "accuracy")),
+                ("MMLU cloze accuracy", ("mmlu_formulations", "cloze", "accuracy")),
+                ("MMLU cloze acc_norm", ("mmlu_formulations", "cloze", "accuracy_norm")),
+                ("MMLU in the final score", ("mmlu", "accuracy"))]
+
+    def criteria(self, original, edited, twin, result, cfg, trained=()) -> list:
+        from .verdict import utility
+
+        return [utility(original, edited, twin, cfg.tolerances())]

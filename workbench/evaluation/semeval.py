@@ -12,6 +12,7 @@ generation stops at EOS); ORGANISM_MAX_NEW_TOKENS is what `workbench evaluate` u
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Sequence
@@ -19,6 +20,7 @@ from typing import Sequence
 from ..data.records import Record
 from ..errors import ConfigError
 from ..generation import exact_match, greedy_generate
+from .metric import Metric
 from .mmlu import SEMEVAL_MMLU_GATE, passes_gate
 
 MAX_NEW_TOKENS = 256
@@ -137,3 +139,50 @@ def semeval_score(model, tok, corpus, *, mia_score: float | None = None, mmlu: f
         generations=[{"id": r.id, "split": r.split, "task": r.task, "kind": r.kind, "generation": g, "score": s}
                      for r, g, s in zip(records, gens, scores)],
     )
+
+
+class Recall(Metric):
+    """Registry entry: one greedy generation per forget/retain record, scored as SemEval-2025 Task 4 scores it; the
+    per-record scores give QA recall (exact match) and regurgitation (ROUGE-L recall) per split, and the SemEval
+    terms, TaskAgg and final score (which takes the MIA score and MMLU accuracy). The verdict's forgetting line."""
+    name = "recall"
+    needs = ("mia", "mmlu")
+
+    def compute(self, model, tok, ctx, out: dict) -> None:
+        cfg = ctx.config
+        t0 = time.perf_counter()
+        sem = semeval_score(
+            model, tok, ctx.corpus, mia_score=out["mia"]["mia_score"] if out["mia"] else None,
+            mmlu=out["mmlu"]["accuracy"] if out["mmlu"] else None, max_new_tokens=cfg.max_new_tokens,
+            batch_size=max(cfg.batch_size, 32), limit=cfg.limit, progress=ctx.progress)
+        out["semeval"] = sem.to_json()
+        out["qa_recall"], out["regurgitation"] = {}, {}
+        for split in ("forget", "retain"):
+            for key, kind in (("qa_recall", "qa"), ("regurgitation", "sc")):
+                hits = [g["score"] for g in sem.generations if g["split"] == split and g["kind"] == kind]
+                out[key][split] = sum(hits) / len(hits) if hits else None
+        out["generations"] = sem.generations
+        out["seconds_semeval"] = time.perf_counter() - t0
+
+    def rows(self, metrics: dict) -> list[tuple[str, tuple]]:
+        return [("forget QA recall", ("qa_recall", "forget")),
+                ("retain QA recall", ("qa_recall", "retain")),
+                ("forget regurgitation (ROUGE-L recall)", ("regurgitation", "forget")),
+                ("retain regurgitation (ROUGE-L recall)", ("regurgitation", "retain"))]
+
+    def criteria(self, original, edited, twin, result, cfg, trained=()) -> list:
+        from .verdict import forgetting
+
+        return [forgetting(edited, twin, cfg.tolerances())]
+
+
+class Score(Metric):
+    """Registry entry: the SemEval-2025 Task 4 TaskAgg, final score and each of its terms (the numbers `Recall`'s
+    generations gave); rows only."""
+    name = "semeval"
+    needs = ("recall",)
+
+    def rows(self, metrics: dict) -> list[tuple[str, tuple]]:
+        terms = (metrics.get("semeval") or {}).get("terms", {})
+        return [("SemEval TaskAgg", ("semeval", "task_agg")), ("SemEval final", ("semeval", "final")),
+                *[(f"term {name}", ("semeval", "terms", name)) for name in sorted(terms)]]

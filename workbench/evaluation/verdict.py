@@ -20,6 +20,10 @@ and, when the recovery attacks ran (evaluation/attacks), one line per attack: re
 the edited model's largest recovery over the twin's at one admissible setting of the attack's grid is at most
 recovery_tol; depth passes when the Unlearning Depth Score is at least its threshold (DepthConfig.threshold).
 
+Each line is a registry entry's (evaluation/registry.py): forgetting from `recall`, privacy from `mia`, utility from
+`mmlu`, one per attack from `attacks`, and a registered metric's own; evaluation/run.verdict gathers them in registry
+order.
+
 Beside them, TOFU's forget quality (Maini et al. 2024): the p-value of a two-sample Kolmogorov-Smirnov test
 between the edited model's and the twin's per-document LOSS statistic on the forget documents; p >= 0.05
 reads as "cannot be told apart". TOFU computes it on the truth ratio; here the statistic is the one the LOSS
@@ -209,19 +213,3 @@ def _depth_criterion(r: dict) -> Criterion:
     return Criterion("depth", e >= threshold,
                      f"UDS {e:.3f} (>= {threshold}; whole-sequence patches {per['edited']['uds_all_positions']:.3f}); "
                      f"as checks: {checks}; tau {r['config']['tau']}")
-
-
-def verdict(original: dict, edited: dict, baseline: dict | None, tol: Tolerances | None = None,
-            attacks: dict | None = None, trained=()) -> Verdict:
-    """The three criteria for `edited` (metrics dicts as report.model_metrics makes them), and a line per recovery
-    attack when `attacks` (evaluation/attacks.run_attacks' results) is given. `trained`: the MIA statistics the
-    run's editor optimised (its privacy line is decided by the others)."""
-    tol = tol or Tolerances()
-    v = Verdict("retain-only baseline" if baseline else "ideal (no baseline)")
-    v.criteria += [forgetting(edited, baseline, tol), privacy(edited, baseline, tol, trained),
-                   utility(original, edited, baseline, tol)]
-    if attacks:
-        v.criteria += attack_criteria(attacks, tol.recovery_tol)
-    if baseline:
-        v.forget_quality = forget_quality(edited, baseline)
-    return v

@@ -17,7 +17,6 @@ passes at UDS >= its threshold (evaluation/verdict.py).
 """
 from __future__ import annotations
 
-import html
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -25,8 +24,8 @@ from tqdm.auto import tqdm
 
 from ...configfile import build
 from ...errors import ConfigError
+from ..metric import Metric
 from . import depth, grid, lens, quantize, relearn
-from .labels import LABELS
 
 ATTACKS = ("relearn", "quantize", "lens", "depth")
 DEFAULT_ATTACKS = ATTACKS          # what the pipeline runs
@@ -122,34 +121,23 @@ def recoveries(results: dict) -> dict[str, dict[str, float | None]]:
             for a in results["attacks"]}
 
 
-def figures(results: dict) -> dict:
-    """One plotly figure per attack, keyed 'attack_<name>'."""
-    makers = {"relearn": relearn.figure, "quantize": quantize.figure, "lens": lens.figure, "depth": depth.figure}
-    return {f"attack_{a}": makers[a](results[a], results.get("importance")) for a in results["attacks"]}
+class Attacks(Metric):
+    """Registry entry: the recovery attacks of EvalConfig.attacks on the original, edited and twin models together
+    (after re-tracing, whose importance the depth figure draws); one verdict line per attack."""
+    name = "attacks"
+    joint = True
 
+    def compute_models(self, models: dict, ctx) -> dict | None:
+        cfg = ctx.config
+        if not cfg.attacks:
+            return None
+        result = run_attacks(cfg.attacks, models, ctx.corpus, AttackConfig.from_dict(cfg.attack_settings),
+                             importance=ctx.importance, layers=ctx.layers, progress=ctx.progress)
+        if ctx.log:
+            ctx.log("attacks", recovery=recoveries(result), seconds=result["seconds"])
+        return result
 
-def html_table(results: dict) -> str:
-    """Each model's worst-case recovery under each attack (UDS for depth), the setting it came from and how many
-    settings were admissible, as an HTML table."""
-    models = results["models"]
-    rec = recoveries(results)
-    fmt = lambda v, a: "&ndash;" if v is None else (f"{v:.3f}" if a == "depth" else f"{v:+.3f}")  # noqa: E731
-    head = ("<tr><th>attack</th>" + "".join(f"<th>{html.escape(LABELS[m])}</th>" for m in models)
-            + "<th>edited: worst admissible setting (gap over the twin)</th><th>admissible settings</th><th>s</th></tr>")
-    rows = []
-    for a in results["attacks"]:
-        r = results[a]
-        if a == "depth":
-            worst = f"UDS threshold {r['config']['threshold']}; tau {r['config']['tau']}"
-            adm = f"{sum(x > 0 for x in r['layers_used'])} of {len(r['layers_used'])} layers enter UDS"
-        else:
-            w = r.get("worst")
-            worst = "&ndash;" if not w else f"{html.escape(w['setting'])} ({w['gap']:+.3f})"
-            adm = f"{sum(r['admissible'])} of {len(r['admissible'])}"
-        rows.append(f"<tr><td>{a}</td>" + "".join(f"<td>{fmt(rec[a][m], a)}</td>" for m in models)
-                    + f"<td style='text-align:left'>{worst}</td><td>{adm}</td><td>{results['seconds'][a]:.1f}</td></tr>")
-    return (f"<p>Recovery: forget recall after the attack minus before (exact match), the largest over the admissible "
-            f"settings of the attack's grid: those under which the retain-only twin, which never learned the facts, "
-            f"recovers at most {results['config']['admissible']} (the attack reveals, it does not teach). Depth: the "
-            f"Unlearning Depth Score (1 = as deep as retraining, 0 = nothing removed inside).</p>"
-            f"<table>{head}{''.join(rows)}</table>")
+    def criteria(self, original, edited, twin, result, cfg, trained=()) -> list:
+        from ..verdict import attack_criteria
+
+        return attack_criteria(result, cfg.recovery_tol) if result else []

@@ -41,7 +41,6 @@ from ...provenance import atomic_write_json, model_fingerprint, stable_hash
 from ...restoration import clean_run, rows_per_forward, run_jobs
 from ...sites import n_layers
 from ...sites import name as site_name
-from .labels import COLORS, LABELS
 
 SCOPES = ("answer", "all")   # which positions a patch replaces: the answer positions, or every position
 
@@ -189,30 +188,3 @@ def run(models: dict, corpus, cfg: DepthConfig, layers=None, progress: bool = Fa
         d2 = drops(m, original, tok, facts, s1["own"], cfg.batch_size, progress, f"uds stage 2 ({n}->original)")
         result["per_model"][n] = score(s1["d1"], d2, cfg.tau)
     return result
-
-
-def figure(result: dict, importance: dict | None = None):
-    """Per layer, stage 1's drop (twin -> original) and each model's stage-2 drop, answer positions (solid) and every
-    position (dotted); the original's traced MLP importance (scaled to the peak of stage 1) beside them."""
-    import plotly.graph_objects as go
-
-    L = len(result["stage1"]["answer"])
-    fig = go.Figure()
-    for scope, dash in (("answer", "solid"), ("all", "dot")):
-        for n, r in result["per_model"].items():
-            fig.add_scatter(x=list(range(L)), y=r[f"stage2_{scope}"], mode="lines+markers", legendgroup=n,
-                            name=f"{LABELS[n]} -> original ({scope} positions); UDS "
-                                 f"{r['uds' if scope == 'answer' else 'uds_all_positions'] or float('nan'):.2f}",
-                            line=dict(color=COLORS[n], dash=dash))
-    imp = (importance or {}).get("mlp")
-    if imp:
-        peak = max(max(imp), 1e-12)
-        top = max(result["stage1"]["answer"])
-        fig.add_bar(x=list(range(len(imp))), y=[v / peak * top for v in imp], name="traced MLP importance (original)",
-                    marker_color="rgba(120,120,120,0.3)")
-    fig.add_hline(y=result["config"]["tau"], line_dash="dash", line_color="grey",
-                  annotation_text=f"tau = {result['config']['tau']}")
-    fig.update_layout(title="Unlearning Depth Score: drop of the answer's log-prob when a model's hidden states at "
-                            "layer l are patched into the original", xaxis_title="layer (resid_post)",
-                      yaxis_title="drop in mean answer log-prob (nats)", width=900, height=430)
-    return fig

@@ -30,7 +30,6 @@ from ...errors import ConfigError
 from ...hooks import capture
 from ...sites import n_layers
 from ...sites import name as site_name
-from .labels import LABELS
 from .recall import answer_mask, batches, encode_qa
 
 READOUTS = ("lens", "lens_original", "probe", "tuned")
@@ -173,23 +172,3 @@ def run(models: dict, corpus, cfg: LensConfig, layers=None, progress: bool = Fal
     """Every model read through its own decoder, the original's, a probe and a tuned lens."""
     original = models["original"][0]
     return {"per_model": {n: run_model(m, tok, corpus, cfg, original) for n, (m, tok) in models.items()}}
-
-
-def figure(result: dict, importance=None):
-    """Layer x readout-metric heatmap per model: how decodable the forget answers are in each layer."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    per = result["per_model"]
-    fig = make_subplots(rows=1, cols=len(per), subplot_titles=[LABELS[n] for n in per], shared_yaxes=True)
-    for i, (n, r) in enumerate(per.items()):
-        names = list(r["metrics"])
-        fig.add_trace(go.Heatmap(z=[r["metrics"][m] for m in names], x=list(range(r["layers"])),
-                                 y=[m.replace("_", " ") for m in names], zmin=0, zmax=1, colorscale="Viridis",
-                                 showscale=i == 0, hovertemplate="layer %{x}<br>%{y}: %{z:.2f}<extra></extra>"),
-                      row=1, col=i + 1)
-        fig.update_xaxes(title_text="layer (resid_post)", row=1, col=i + 1)
-    fig.update_layout(title="Readouts of the forget answers per layer: own and original decoder, retain-trained probe "
-                            "and tuned lens (recall, token accuracy)",
-                      width=320 * len(per) + 160, height=420)
-    return fig

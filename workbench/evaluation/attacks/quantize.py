@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import ConfigError
-from .labels import COLORS, LABELS
 from .recall import encode_qa, score
 
 
@@ -93,21 +92,3 @@ def run_model(model, tok, corpus, cfg: QuantizeConfig) -> dict:
 
 def run(models: dict, corpus, cfg: QuantizeConfig, layers=None, progress: bool = False) -> dict:
     return {"per_model": {n: run_model(m, tok, corpus, cfg) for n, (m, tok) in models.items()}}
-
-
-def figure(result: dict, importance=None):
-    """Forget and retain recall at full precision and at each setting of the grid, per model."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("forget recall", "retain recall"))
-    for n, r in result["per_model"].items():
-        x = ["full"] + list(r["after"])
-        for col, split in ((1, "forget"), (2, "retain")):
-            fig.add_trace(go.Bar(x=x, y=[r["before"][split]] + [a[split] for a in r["after"].values()],
-                                 name=LABELS[n], legendgroup=n, showlegend=col == 1, marker_color=COLORS[n]),
-                          row=1, col=col)
-    fig.update_yaxes(range=[0, 1.02])
-    fig.update_layout(title="Quantisation (round-to-nearest, group-wise): does rounding undo the edit?",
-                      barmode="group", width=1000, height=420)
-    return fig

@@ -22,7 +22,6 @@ import torch
 
 from ...data.records import questions
 from ...errors import ConfigError, EditError
-from .labels import COLORS, LABELS
 from .recall import MAX_LEN, batches, encode_qa, score
 
 SCOPES = ("all", "edited")
@@ -134,24 +133,3 @@ def run(models: dict, corpus, cfg: RelearnConfig, layers=None, progress: bool = 
     for r in per.values():
         r["by_setting"] = settings(r, cfg.steps)
     return {"steps": [0, *cfg.steps], "layers": list(layers or []), "per_model": per}
-
-
-def figure(result: dict, importance=None):
-    """Recall of the held-out forget half along fine-tuning, per model and grid run; admissible runs solid."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for n, r in result["per_model"].items():
-        for i, (label, curve) in enumerate(r["curves"].items()):
-            fig.add_scatter(x=result["steps"], y=curve, mode="lines+markers", legendgroup=n, showlegend=i == 0,
-                            name=LABELS[n], line=dict(color=COLORS[n], dash="solid" if "all" in label else "dot"),
-                            hovertemplate=f"{LABELS[n]}, {label}<br>step %{{x}}: recall %{{y:.2f}}<extra></extra>")
-    worst = result.get("worst")
-    title = "Relearning on half the forget facts: recall of the other half (solid: every parameter, dotted: edited " \
-            "layers)"
-    if worst:
-        title += f"<br>worst admissible setting: {worst['setting']} (edited {worst['edited']:+.2f}, twin " \
-                 f"{worst['reference']:+.2f})"
-    fig.update_layout(title=title, xaxis_title="fine-tuning steps", yaxis_title="exact-match recall",
-                      yaxis_range=[-0.02, 1.02], width=800, height=440)
-    return fig
