@@ -210,15 +210,9 @@ def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
     backend: 'torch', or for 'atp' also 'transformer_lens' (the forwards run through that backend's hooks; the QK
     fix recomputes attention from the model's own modules, so 'atp_qk' and 'atp*' are torch only)."""
     _check_method(method)
-    if backend not in ("torch", "transformer_lens"):
-        raise TraceError(f"attribution patching needs gradients through hooks: backend 'torch' or 'transformer_lens', "
-                         f"not {backend!r}")
-    if method != "atp" and backend != "torch":
-        raise TraceError(f"method {method!r} recomputes attention from the model's modules: backend 'torch', "
-                         f"not {backend!r}")
+    _check_backend(method, backend)
     pair = _setup(model, tok, clean_prompt, corrupt_prompt, answer, wrong_answer, sites, metric)
-    sites, pc, px, fn, keep, changed, device = (pair.sites, pair.clean, pair.corrupt, pair.metric, pair.keep,
-                                                pair.changed, pair.device)
+    sites, pc, fn, keep, device = pair.sites, pair.clean, pair.metric, pair.keep, pair.device
     L, T = n_layers(model), pc.n_prompt
     qk, drop = method in ("atp_qk", "atp*"), method == "atp*"
     if drop and L < 2:
@@ -227,58 +221,94 @@ def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
         _Attention.check(model)
     t0 = time.perf_counter()
     run = get_backend(model, tok, backend)
-    clean_ids, corr_ids = pc.input_ids(metric, device), px.input_ids(metric, device)  # [1, pos]
-    P = corr_ids.shape[1]
+    clean_ids, corr_ids = pc.input_ids(metric, device), pair.corrupt.input_ids(metric, device)  # [1, pos]
     want = pair.site_names(L, heads)
-    need = list(dict.fromkeys(want + ([site_name(k, l) for k in ("resid_pre", "head") for l in range(L)] if qk else [])))
+    qk_sites = [site_name(k, l) for k in ("resid_pre", "head") for l in range(L)] if qk else []
+    need = list(dict.fromkeys(want + qk_sites))
     with torch.no_grad():
         clean_logits, clean = clean_run(run, clean_ids, want, keep)                # forward 1 (clean)
     m_clean = float(fn(clean_logits)[0])
-
     acts: dict[str, torch.Tensor] = {}
     state = {"drop": None}
+    with torch.enable_grad():
+        m = fn(run(corr_ids, _recording_edits(need, acts, state, L, drop), keep))[0]   # forward 2 (corrupt)
+    m_corr = float(m.detach())
+    cells = _Cells(model, m, acts, clean, want, need, list(sites) + (["head"] if heads else []), qk, heads, L, T,
+                   corr_ids.shape[1])
+    signed = cells.estimate(state, None)
+    effects = {k: m_corr + v for k, v in signed.items()}
+    extra = _graddrop(cells, state, L) if drop else {}
+    config = {"sites": list(sites), "heads": heads, "metric": metric, "backend": backend, "method": method,
+              "rank_by": "graddrop" if drop else "abs_estimate", "backward_passes": 1 + (L if drop else 0),
+              "answer_ids": pc.answer_ids, "wall_s": round(time.perf_counter() - t0, 4)}
+    res = _result("attribution_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, pair.changed,
+                  effects, m_clean, m_corr, metric, config, model, extra)
+    if _state is not None:  # the prefilter reuses the clean activations and inputs
+        _state.update(clean=clean, corr_ids=corr_ids, fn=fn, keep=keep, run=run, T=T)
+    return res
 
+
+def _check_backend(method: str, backend: str) -> None:
+    if backend not in ("torch", "transformer_lens"):
+        raise TraceError(f"attribution patching needs gradients through hooks: backend 'torch' or 'transformer_lens', "
+                         f"not {backend!r}")
+    if method != "atp" and backend != "torch":
+        raise TraceError(f"method {method!r} recomputes attention from the model's modules: backend 'torch', "
+                         f"not {backend!r}")
+
+
+def _recording_edits(need: list[str], acts: dict, state: dict, L: int, drop: bool) -> dict:
+    """The corrupt forward's edits: every needed site's activation recorded into `acts` on the gradient path; with
+    GradDrop, a gate on each layer's residual contribution (torch hooks take a list of functions per site)."""
     def keep_act(site):
         def f(x):  # returned unchanged so that (for heads) the recorded view is on the gradient path
             acts[site] = x
             return x
         return f
     edits: dict = {s: keep_act(s) for s in need}  # one function per site: what every backend takes
-    if drop:  # GradDrop gates on layer l's residual contribution (torch hooks take a list of functions per site)
+    if drop:
         for l in range(L):
             for s in (site_name("attn_out", l), site_name("mlp_out", l)):
                 edits[s] = [*([edits[s]] if s in edits else []), lambda x, l=l: _GradGate.apply(x, state, l)]
     # frozen weights would leave activations without a graph: start it at the embedding
     edits["embed"] = lambda x: x if x.requires_grad else x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        m = fn(run(corr_ids, edits, keep))[0]                                    # forward 2 (corrupt)
-    m_corr = float(m.detach())
-    att = _Attention(model, P, torch.float32) if qk else None
+    return edits
 
-    kinds = list(sites) + (["head"] if heads else [])
-    deltas = {s: (clean[s] - acts[s][0].detach()).float() for s in want}       # [P, d_model] / [P, n_heads, d_head]
-    dres = {}
-    if qk and heads:  # what patching head (l, h) at prompt positions adds to attn_out.l (exact)
-        for l in range(L):
-            dres[l] = _head_residual_change(model, l, acts[site_name("head", l)][0].detach(), clean[site_name("head", l)], T)
 
-    def estimate(drop_layer):
+class _Cells:
+    """The corrupt run's recorded activations and metric, and the estimate of patching each cell from them."""
+
+    def __init__(self, model, m, acts, clean, want, need, kinds, qk, heads, L, T, P):
+        self.m, self.acts, self.need, self.kinds, self.qk, self.L, self.T = m, acts, need, kinds, qk, L, T
+        self.att = _Attention(model, P, torch.float32) if qk else None
+        # [P, d_model] / [P, n_heads, d_head]
+        self.deltas = {s: (clean[s] - acts[s][0].detach()).float() for s in want}
+        self.dres = {}
+        if qk and heads:  # what patching head (l, h) at prompt positions adds to attn_out.l (exact)
+            for l in range(L):
+                self.dres[l] = _head_residual_change(model, l, acts[site_name("head", l)][0].detach(),
+                                                     clean[site_name("head", l)], T)
+
+    def estimate(self, state: dict, drop_layer: int | None) -> dict[str, np.ndarray]:
+        """{kind: [n_layers, T | n_heads]} signed estimates, with layer `drop_layer`'s residual gated off."""
+        acts, need, L, T = self.acts, self.need, self.L, self.T
         state["drop"] = drop_layer
-        inputs = [acts[s] for s in need]
-        grads = dict(zip(need, torch.autograd.grad(m, inputs, retain_graph=True, allow_unused=True)))
+        grads = dict(zip(need, torch.autograd.grad(self.m, [acts[s] for s in need], retain_graph=True,
+                                                   allow_unused=True)))
         g = {s: (torch.zeros_like(acts[s]) if grads[s] is None else grads[s])[0].float() for s in need}
-        layers = [_Layer(att, mm, acts[site_name("resid_pre", mm)][0].detach(), g[site_name("head", mm)]) for mm in range(L)] if qk else []
+        layers = [_Layer(self.att, mm, acts[site_name("resid_pre", mm)][0].detach(), g[site_name("head", mm)])
+                  for mm in range(L)] if self.qk else []
         out = {}
-        for s in kinds:
+        for s in self.kinds:
             rows = []
             for l in range(L):
                 site = site_name(s, l)
-                d = deltas[site][:T]
+                d = self.deltas[site][:T]
                 lin = (d * g[site][:T]).sum(-1)                                  # [T] / [T, n_heads]
                 if s == "head":
                     est = lin.sum(0)                                             # [n_heads]
                     for lay in layers[l + 1:]:
-                        dx = dres[l]                                              # [n_heads, P, d_model]
+                        dx = self.dres[l]                                        # [n_heads, P, d_model]
                         est = est - (dx * lay.r).sum((1, 2)) + lay.full(dx)
                 else:
                     est = lin
@@ -286,26 +316,19 @@ def attribute(model, tok, clean_prompt: str, corrupt_prompt: str, answer: str, *
                         est = est - (d * lay.r[:T]).sum(-1) + lay.positions(d)
                 rows.append(est)
             out[s] = torch.stack(rows).detach().cpu().numpy().astype(np.float64)  # [n_layers, T | n_heads]
+        state["drop"] = None
         return out
 
-    signed = estimate(None)
-    effects = {k: m_corr + v for k, v in signed.items()}
-    extra = {}
-    if drop:
-        total = {k: np.zeros_like(v) for k, v in signed.items()}
-        for l in range(L):
-            for k, v in estimate(l).items():
-                total[k] += np.abs(v)
-        extra = {f"graddrop_{k}": v / (L - 1) for k, v in total.items()}
-    state["drop"] = None
-    config = {"sites": list(sites), "heads": heads, "metric": metric, "backend": backend, "method": method,
-              "rank_by": "graddrop" if drop else "abs_estimate", "backward_passes": 1 + (L if drop else 0),
-              "answer_ids": pc.answer_ids, "wall_s": round(time.perf_counter() - t0, 4)}
-    res = _result("attribution_patching", clean_prompt, corrupt_prompt, answer, wrong_answer, pc, changed, effects,
-                  m_clean, m_corr, metric, config, model, extra)
-    if _state is not None:  # the prefilter reuses the clean activations and inputs
-        _state.update(clean=clean, corr_ids=corr_ids, fn=fn, keep=keep, run=run, T=T)
-    return res
+
+def _graddrop(cells: _Cells, state: dict, L: int) -> dict[str, np.ndarray]:
+    """GradDrop's c*: the mean over dropped layers of each cell's absolute estimate."""
+    total = None
+    for l in range(L):
+        est = cells.estimate(state, l)
+        total = {k: np.zeros_like(v) for k, v in est.items()} if total is None else total
+        for k, v in est.items():
+            total[k] += np.abs(v)
+    return {f"graddrop_{k}": v / (L - 1) for k, v in total.items()}
 
 
 @torch.no_grad()
