@@ -621,7 +621,8 @@ def _analyse(main: dict, wins: list[list[int]], specs: dict, runs: dict, cfg: Lo
                   for label in specs}
     depth = {label: depth_summary({e: efficacy[label][e][:, scored[label]] if e == "uds" else efficacy[label][e]
                                    for e in efficacies}, [runs[label][str(w)] for w in wins],
-                                  imp_fw[cfg.kind].mean(0), wins, planted, cfg) for label in specs} if with_depth else {}
+                                  imp_fw[cfg.kind].mean(0), wins, planted, cfg)
+             for label in specs} if with_depth else {}
     return {"importance": {k: {"per_layer": imp.summary(), "per_window": imp_fw[k].mean(0).tolist()}
                            for k, imp in main["importance"].items()},
             "editors": {label: {"method": spec.method, "preset": spec.preset, "config": spec.config,
