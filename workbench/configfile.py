@@ -125,47 +125,13 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return coerce_value(value, a, where)
-            except ConfigError:
-                continue
-        raise ConfigError(expected)
+        return _as_union(value, args, where, expected)
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(expected)
+        return _as_bool(value, expected)
     if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(expected)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and _INT.match(value.strip()):
-            return int(value.strip())
-        raise ConfigError(expected)
+        return _as_int(value, expected)
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(expected)
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise ConfigError(expected) from None
-        if isinstance(value, (int, float)):
-            if not math.isfinite(value):
-                raise ConfigError(f"{where}: expected a finite number, got {quote(value)}")
-            return float(value)
-        raise ConfigError(expected)
+        return _as_float(value, where, expected)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -181,6 +147,57 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(expected)
     return value
+
+
+def _as_union(value: Any, args: tuple, where: str, expected: str) -> Any:
+    """`value` as the first of the union's types `args` that takes it (None when the union allows it)."""
+    if value is None and type(None) in args:
+        return None
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return coerce_value(value, a, where)
+        except ConfigError:
+            continue
+    raise ConfigError(expected)
+
+
+def _as_bool(value: Any, expected: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(expected)
+
+
+def _as_int(value: Any, expected: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(expected)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INT.match(value.strip()):
+        return int(value.strip())
+    raise ConfigError(expected)
+
+
+def _as_float(value: Any, where: str, expected: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(expected)
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(expected) from None
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {quote(value)}")
+        return float(value)
+    raise ConfigError(expected)
 
 
 def field_types(cls) -> dict[str, Any]:

@@ -305,11 +305,6 @@ def method_scores(model, tok, corpus, base, cfg: GroundTruthConfig, trace_path: 
     is asked). The trace is localize's `trace_set`, saved at `trace_path` with its content key (model_key: the
     model's, as models.weights_key; default a hash of its parameters).
     Returns {"scores": {method: [F, L]}, "facts": ids, "excluded": {id: why}, "seconds": {family: s}}."""
-    from .localize import trace_set
-    from .patching import activation_patching, find_counterfactual
-    from .attribution import attribute
-    from .prompts import prepare
-
     log = log or (lambda *a, **k: None)
     methods = {m: parse_method(m) for m in cfg.methods}
     records = corpus.facts("forget", cfg.task)
@@ -317,51 +312,11 @@ def method_scores(model, tok, corpus, base, cfg: GroundTruthConfig, trace_path: 
     if len(records) < 3:
         raise ConfigError(f"task {cfg.task!r} has {len(records)} traceable forget facts; the accuracy needs at least 3")
     seconds: dict[str, float] = {}
-    traces = {}
-    kinds = [k for f, k in methods.values() if f == "trace"]
-    if kinds:   # recall and the total-effect floor decide the facts, as in localize
-        t0 = time.perf_counter()
-        traced = trace_set(model, tok, records, cfg.trace_config(kinds), tuple(kinds), Path(trace_path), progress,
-                           log, model_key)
-        excluded = dict(traced["excluded"])
-        traces = {k: dict(zip(traced["facts"], imp.per_fact)) for k, imp in traced["importance"].items()}
-        seconds["trace"] = round(time.perf_counter() - t0, 2)
-    else:
-        excluded = {r.id: "not recalled by the model" for r, ok in zip(records, _recalled(model, tok, records))
-                    if not ok}
+    excluded, traces = _traced(model, tok, records, cfg, methods, trace_path, progress, log, model_key, seconds)
     todo = [r for r in records if r.id not in excluded]
 
-    patched: dict[str, dict] = {}
     families = {f: sorted({k for ff, k in methods.values() if ff == f}) for f in PATCH_FAMILIES}
-    if any(families.values()):
-        pool = _counterfactual_pool(corpus)
-        for r in todo:
-            try:
-                cf = find_counterfactual(tok, r, pool)
-            except TraceError:
-                excluded[r.id] = "no counterfactual prompt of the same template and token length"
-                continue
-            subject = prepare(model, tok, r.input, r.output, r.subject).subject_range
-            patched[r.id] = {"counterfactual": cf.id}
-            for family, sites in families.items():
-                if not sites:
-                    continue
-                t0 = time.perf_counter()
-                if family == "patch":
-                    res = activation_patching(model, tok, r.input, cf.input, r.output, sites=tuple(sites), heads=False,
-                                              metric=cfg.metric)
-                else:
-                    res = attribute(model, tok, r.input, cf.input, r.output, sites=tuple(sites), heads=False,
-                                    metric=cfg.metric, method=family)
-                    if family == "atp*":   # ranked by the GradDrop magnitude: as effects, it normalises like them
-                        res = dataclasses.replace(res, effects={s: res.corrupted + res.extra[f"graddrop_{s}"]
-                                                                for s in sites})
-                patched[r.id][family] = dataclasses.replace(res, subject_range=subject)
-                seconds[family] = round(seconds.get(family, 0.0) + time.perf_counter() - t0, 2)
-            effect = next(v for k, v in patched[r.id].items() if k != "counterfactual").total_effect
-            if effect < cfg.min_total_effect:
-                excluded[r.id] = (f"patched total effect {effect:.3f} (counterfactual {cf.id}) < min_total_effect "
-                                  f"{cfg.min_total_effect}")
+    patched = _patched(model, tok, corpus, todo, cfg, families, excluded, seconds) if any(families.values()) else {}
     kept = [r for r in todo if r.id not in excluded]
     if len(kept) < 3:
         raise ConfigError(f"only {len(kept)} of {len(records)} facts can be scored by every method (excluded: "
@@ -377,6 +332,72 @@ def method_scores(model, tok, corpus, base, cfg: GroundTruthConfig, trace_path: 
     log("scored", facts=len(kept), excluded=excluded, seconds=seconds)
     return {"scores": scores, "facts": [r.id for r in kept], "excluded": excluded, "seconds": seconds,
             "counterfactuals": {i: p["counterfactual"] for i, p in patched.items() if i in {r.id for r in kept}}}
+
+
+def _traced(model, tok, records, cfg: GroundTruthConfig, methods: dict, trace_path: Path, progress: bool, log,
+            model_key: str | None, seconds: dict) -> tuple[dict, dict]:
+    """The facts left out ({id: why}) and, when a trace method is asked, each traced kind's per-fact importance
+    ({kind: {id: [L]}}, the trace's time in `seconds`): recall and the total-effect floor decide the facts, as in
+    localize; without a trace method, recall alone."""
+    from .localize import trace_set
+
+    kinds = [k for f, k in methods.values() if f == "trace"]
+    if not kinds:
+        return {r.id: "not recalled by the model" for r, ok in zip(records, _recalled(model, tok, records))
+                if not ok}, {}
+    t0 = time.perf_counter()
+    traced = trace_set(model, tok, records, cfg.trace_config(kinds), tuple(kinds), Path(trace_path), progress,
+                       log, model_key)
+    seconds["trace"] = round(time.perf_counter() - t0, 2)
+    return (dict(traced["excluded"]),
+            {k: dict(zip(traced["facts"], imp.per_fact)) for k, imp in traced["importance"].items()})
+
+
+def _patched(model, tok, corpus, records, cfg: GroundTruthConfig, families: dict, excluded: dict,
+             seconds: dict) -> dict:
+    """Each record patched against its counterfactual at every family's sites: {id: {"counterfactual": its id,
+    family: result}}. A record without a counterfactual, or whose patched total effect is below
+    cfg.min_total_effect, is entered in `excluded`; each family's time is added to `seconds`."""
+    from .patching import find_counterfactual
+    from .prompts import prepare
+
+    pool = _counterfactual_pool(corpus)
+    patched: dict[str, dict] = {}
+    for r in records:
+        try:
+            cf = find_counterfactual(tok, r, pool)
+        except TraceError:
+            excluded[r.id] = "no counterfactual prompt of the same template and token length"
+            continue
+        subject = prepare(model, tok, r.input, r.output, r.subject).subject_range
+        patched[r.id] = {"counterfactual": cf.id}
+        for family, sites in families.items():
+            if not sites:
+                continue
+            t0 = time.perf_counter()
+            res = _patch(model, tok, r, cf, family, sites, cfg.metric)
+            patched[r.id][family] = dataclasses.replace(res, subject_range=subject)
+            seconds[family] = round(seconds.get(family, 0.0) + time.perf_counter() - t0, 2)
+        effect = next(v for k, v in patched[r.id].items() if k != "counterfactual").total_effect
+        if effect < cfg.min_total_effect:
+            excluded[r.id] = (f"patched total effect {effect:.3f} (counterfactual {cf.id}) < min_total_effect "
+                              f"{cfg.min_total_effect}")
+    return patched
+
+
+def _patch(model, tok, r, cf, family: str, sites: list[str], metric: str):
+    """One family's result of patching counterfactual `cf` into fact `r` at `sites` (whole sites, no heads)."""
+    from .attribution import attribute
+    from .patching import activation_patching
+
+    if family == "patch":
+        return activation_patching(model, tok, r.input, cf.input, r.output, sites=tuple(sites), heads=False,
+                                   metric=metric)
+    res = attribute(model, tok, r.input, cf.input, r.output, sites=tuple(sites), heads=False, metric=metric,
+                    method=family)
+    if family == "atp*":   # ranked by the GradDrop magnitude: as effects, it normalises like them
+        res = dataclasses.replace(res, effects={s: res.corrupted + res.extra[f"graddrop_{s}"] for s in sites})
+    return res
 
 
 def organism_accuracy(name: str, cfg: GroundTruthConfig, out: Path, progress: bool = False, log=None,

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -424,145 +425,45 @@ def localize(model, tok, corpus, cfg: LocalizeConfig | None = None, out_dir: str
 
 def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool, model_key: str | None, twin,
               twin_key: str | None, planted: list[int] | None) -> dict:
-    from .correlation import correlate
-    from .data.records import questions
-    from .editors import resolve_config
-    from .evaluation.attacks.recall import encode_qa, score
-    from .models import decoder_layers
-    from .selection import selection_agreement
-    from .sweep import windows
-
     t_start = time.perf_counter()
     log = JsonlLog(out / "localize.jsonl")
     log("start", config=asdict(cfg))
-    n_layers = len(decoder_layers(model))
-    wins = windows(n_layers, cfg.window, cfg.stride)
     specs = cfg.editor_specs()
-    if specs and len(wins) < 3:
-        raise ConfigError(f"{len(wins)} window(s) of {cfg.window} layers in a {n_layers}-layer model; a correlation "
-                          "over windows needs at least 3: use a smaller window or stride, or a deeper model")
+    n_layers, wins = _windows(model, cfg, specs)
     original = copy.deepcopy(model).eval()  # every edit starts from these weights; the caller's model is untouched
     content = model_key or state_hash(original)
 
     # 1-2. facts and trace ----------------------------------------------------------------------------
-    def facts_of(task):
-        facts = corpus.facts("forget", task)
-        facts = facts[: cfg.n_facts] if cfg.n_facts else facts
-        if len(facts) < 3:
-            raise ConfigError(f"task {task!r} has {len(facts)} traceable forget facts in {corpus.source}; "
-                              "localize needs at least 3 (QA records that name their subject)")
-        return facts
-
     t0 = time.perf_counter()
-    main = trace_set(original, tok, facts_of(cfg.task), cfg, cfg.kinds, out / "trace" / "main.json", progress, log,
-                     content)
+    main = trace_set(original, tok, _facts_of(corpus, cfg.task, cfg), cfg, cfg.kinds, out / "trace" / "main.json",
+                     progress, log, content)
     trace_seconds = time.perf_counter() - t0
     by_id = {r.id: r for r in corpus.forget}
     facts = [by_id[i] for i in main["facts"]]
-    imp_fw = {k: window_importance(v.per_fact, wins) for k, v in main["importance"].items()}  # kind -> [F, W]
 
     # 3-4. every window x editor x seed --------------------------------------------------------------
-    forget_ex, retain_ex = encode_qa(tok, facts), encode_qa(tok, questions(corpus.retain))
-    edit_corpus = dataclasses.replace(corpus, forget=facts)
-    baseline = {"step": 0, "forget": score(original, tok, forget_ex).exact.int().tolist(),
-                "retain": score(original, tok, retain_ex).recall}
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
     jobs = [(label, spec, w, s) for label, spec in specs.items() for w in wins for s in seeds]
-    runs: dict[str, dict] = {label: {} for label in specs}
-    depth_of, depth_key = None, None
-    if cfg.depth and jobs:
-        twin = copy.deepcopy(twin).eval()
-        depth_of = EditDepth(original, twin, tok, edit_corpus, cfg, progress)
-        # the depth is measured at the budget's operating point, so the budget decides it too
-        depth_key = {**depth_of.key(), "twin": twin_key or state_hash(twin), "retain_budget": cfg.retain_budget}
+    edits = _prepare_edits(original, tok, corpus, facts, cfg, twin if cfg.depth and jobs else None, twin_key,
+                           progress)
     t0 = time.perf_counter()
-    for label, spec, layers, s in tqdm(jobs, desc="localize edits", disable=not progress or not jobs):
-        resolved = resolve_config(spec.method, preset=spec.preset,
-                                  overrides={**spec.config, **RUN_SETTINGS, "seed": s})
-        edit_config = {"method": spec.method, "config": asdict(resolved), "eval_every": spec.eval_every}
-        key = key_parts(model=content, data=records_hash([*facts, *corpus.retain]), layers=layers,
-                        config=edit_config if depth_key is None else {**edit_config, "depth": depth_key})
-        path = out / "runs" / label / f"layers-{layers[0]}-{layers[-1]}" / f"seed-{s}.json"
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        reason = None if saved is None else key_change(saved.get("key"), key)
-        reused = saved is not None and reason is None
-        if saved is not None and not reused:
-            log("edit_rerun", editor=label, layers=layers, seed=s, reason=reason)
-        if reused:
-            traj = saved
-        else:
-            traj = {"key": key, **edit_trajectory(original, tok, edit_corpus, spec, layers, s, forget_ex, retain_ex,
-                                                  baseline, path.parent / f"model-seed-{s}", depth_of,
-                                                  cfg.retain_budget)}
-            atomic_write_json(path, traj)
-        forget = np.array([p["forget"] for p in traj["points"]])   # [P, F]
-        retain = np.array([p["retain"] for p in traj["points"]])   # [P]
-        eff = efficacy_of(forget, retain, cfg.retain_budget, cfg.area_damage)
-        point = traj["points"][eff["operating_point"]]
-        row = {"layers": layers, "seed": s, "seconds": traj["seconds"], "operating_step": point["step"],
-               "operating_retain": point["retain"], "budget": eff["budget"].tolist(), "area": eff["area"].tolist(),
-               "curve": [[p["step"], float(np.mean(p["forget"])), p["retain"]] for p in traj["points"]]}
-        if depth_key is not None:
-            d = traj["depth"]
-            if d["point"] != eff["operating_point"]:
-                raise ConfigError(f"{path}: its depth was measured at point {d['point']}, but the budget's operating "
-                                  f"point is {eff['operating_point']}; delete the file to redo the edit")
-            if "uds" in d:
-                row["uds"] = [np.nan if v is None else v for v in d["uds"]["per_fact"]]
-            if "relearn" in d:
-                row["relearn"] = d["relearn"]
-            row["depth_seconds"] = d["seconds"]
-        runs[label].setdefault(str(layers), []).append(row)
-        log("edit", editor=label, reused=reused, **{k: v for k, v in row.items() if k != "curve"},
-            forget_drop=float(eff["budget"].mean()))
+    runs = _run_edits(edits, specs, jobs, cfg, content, out, log, progress)
     edit_seconds = time.perf_counter() - t0
 
-    # 5. statistics --------------------------------------------------------------------------------------
-    efficacies = cfg.efficacies() if jobs else EFFICACIES
-    efficacy = {label: {e: np.array([[row[e] for row in runs[label][str(w)]] for w in wins], float).transpose(1, 2, 0)
-                        for e in efficacies} for label in specs}            # label -> def -> [S, F, W]
-    # UDS is undefined (NaN) for a fact whose stage-1 drop passes tau at no layer: the same facts in every edit
-    scored = {label: np.isfinite(efficacy[label]["uds"]).all((0, 2)) if "uds" in efficacies else
-              np.ones(len(facts), bool) for label in specs}
-    statistics = {label: {k: {e: correlate(imp_fw[k][scored[label]] if e == "uds" else imp_fw[k],
-                                           efficacy[label][e][:, scored[label]] if e == "uds" else efficacy[label][e],
-                                           n_boot=cfg.n_boot, n_perm=cfg.n_perm, seed=cfg.seed).to_json()
-                              for e in efficacies if e != "uds" or scored[label].any()} for k in cfg.kinds}
-                  for label in specs}
-    depth = {label: depth_summary({e: efficacy[label][e][:, scored[label]] if e == "uds" else efficacy[label][e]
-                                   for e in efficacies}, [runs[label][str(w)] for w in wins],
-                                  imp_fw[cfg.kind].mean(0), wins, planted, cfg) for label in specs} if depth_key else {}
-
-    # trace-only studies ------------------------------------------------------------------------------------
-    agreement = None
-    if cfg.agreement_sizes:
-        per_fact = main["importance"][cfg.kind].per_fact
-        too_many = [n for n in cfg.agreement_sizes if n > len(per_fact)]
-        if too_many:
-            log("agreement_sizes_dropped", sizes=too_many, reason=f"only {len(per_fact)} facts were kept")
-        agreement = selection_agreement(per_fact, [n for n in cfg.agreement_sizes if n <= len(per_fact)],
-                                        window=cfg.window, reps=cfg.agreement_reps, seed=cfg.seed)
-    tasks = {}
-    for task in cfg.tasks:
-        traced = main if task == cfg.task else trace_set(
-            original, tok, facts_of(task), cfg, (cfg.kind,), out / "trace" / f"task-{task}.json", progress, log,
-            content)
-        tasks[task] = traced["importance"][cfg.kind]
+    # 5. statistics, and the trace-only studies -------------------------------------------------------
+    analysis = _analyse(main, wins, specs, runs, cfg, planted, bool(jobs), edits.depth_key is not None)
+    agreement = _agreement(main["importance"][cfg.kind].per_fact, cfg, log) if cfg.agreement_sizes else None
+    tasks = {task: (main if task == cfg.task else trace_set(
+        original, tok, _facts_of(corpus, task, cfg), cfg, (cfg.kind,), out / "trace" / f"task-{task}.json", progress,
+        log, content))["importance"][cfg.kind] for task in cfg.tasks}
 
     result = {
         "question": "Does tracing predict where unlearning works?",
         "config": asdict(cfg), "n_layers": n_layers, "windows": wins,
         "facts": {"kept": main["facts"], "excluded": main["excluded"]},
-        "baseline": {"forget_recall": float(np.mean(baseline["forget"])), "retain_recall": baseline["retain"]},
-        "importance": {k: {"per_layer": imp.summary(), "per_window": imp_fw[k].mean(0).tolist()}
-                       for k, imp in main["importance"].items()},
-        "editors": {label: {"method": spec.method, "preset": spec.preset, "config": spec.config,
-                            "eval_every": spec.eval_every, "windows": [runs[label][str(w)] for w in wins]}
-                    for label, spec in specs.items()},
-        "statistics": statistics,
-        "headline": {label: _headline(statistics[label][cfg.kind][cfg.efficacy], wins) for label in specs},
-        "planted_layers": planted,
-        "depth": depth,
+        "baseline": {"forget_recall": float(np.mean(edits.baseline["forget"])),
+                     "retain_recall": edits.baseline["retain"]},
+        **analysis,
         "agreement": agreement,
         "tasks": {t: _peak_summary(imp, cfg) for t, imp in tasks.items()},
         "seconds": {"trace": round(trace_seconds, 1), "edits": round(edit_seconds, 1),
@@ -577,6 +478,171 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
     atomic_write_json(out / "localize.json", result)
     log("done", headline=result["headline"], seconds=result["seconds"])
     return result
+
+
+def _windows(model, cfg: LocalizeConfig, specs: dict) -> tuple[int, list[list[int]]]:
+    """The model's number of layers and the windows edited: enough of them to correlate over when any are."""
+    from .models import decoder_layers
+    from .sweep import windows
+
+    n_layers = len(decoder_layers(model))
+    wins = windows(n_layers, cfg.window, cfg.stride)
+    if specs and len(wins) < 3:
+        raise ConfigError(f"{len(wins)} window(s) of {cfg.window} layers in a {n_layers}-layer model; a correlation "
+                          "over windows needs at least 3: use a smaller window or stride, or a deeper model")
+    return n_layers, wins
+
+
+def _facts_of(corpus, task: str, cfg: LocalizeConfig) -> list:
+    """The first `cfg.n_facts` (all when 0) traceable forget facts of `task`; at least 3."""
+    facts = corpus.facts("forget", task)
+    facts = facts[: cfg.n_facts] if cfg.n_facts else facts
+    if len(facts) < 3:
+        raise ConfigError(f"task {task!r} has {len(facts)} traceable forget facts in {corpus.source}; "
+                          "localize needs at least 3 (QA records that name their subject)")
+    return facts
+
+
+@dataclass
+class _Edits:
+    """What every edit of a run shares (module doc, 3-4): the original weights, the edit corpus (its forget set the
+    kept facts), their encodings, the original's recall of them (each trajectory's point 0), and the depth measure
+    with its part of each edit's content key (both None when no depth is measured)."""
+    original: object
+    tok: object
+    corpus: object
+    forget_ex: object
+    retain_ex: object
+    baseline: dict
+    depth_of: EditDepth | None = None
+    depth_key: dict | None = None
+
+
+def _prepare_edits(original, tok, corpus, facts: list, cfg: LocalizeConfig, twin, twin_key: str | None,
+                   progress: bool) -> _Edits:
+    """The shared inputs of the edits of `facts`; the depth measure against `twin` unless it is None."""
+    from .data.records import questions
+    from .evaluation.attacks.recall import encode_qa, score
+
+    forget_ex, retain_ex = encode_qa(tok, facts), encode_qa(tok, questions(corpus.retain))
+    edit_corpus = dataclasses.replace(corpus, forget=facts)
+    baseline = {"step": 0, "forget": score(original, tok, forget_ex).exact.int().tolist(),
+                "retain": score(original, tok, retain_ex).recall}
+    edits = _Edits(original, tok, edit_corpus, forget_ex, retain_ex, baseline)
+    if twin is not None:
+        twin = copy.deepcopy(twin).eval()
+        edits.depth_of = EditDepth(original, twin, tok, edit_corpus, cfg, progress)
+        # the depth is measured at the budget's operating point, so the budget decides it too
+        edits.depth_key = {**edits.depth_of.key(), "twin": twin_key or state_hash(twin),
+                           "retain_budget": cfg.retain_budget}
+    return edits
+
+
+def _run_edits(edits: _Edits, specs: dict, jobs: list, cfg: LocalizeConfig, content: str, out: Path, log,
+               progress: bool) -> dict:
+    """Run (or reuse) the edit of every (label, spec, layers, seed) job; {label: {str(layers): [row per seed]}}."""
+    from .editors import resolve_config
+
+    data = records_hash([*edits.corpus.forget, *edits.corpus.retain])
+    runs: dict[str, dict] = {label: {} for label in specs}
+    for label, spec, layers, s in tqdm(jobs, desc="localize edits", disable=not progress or not jobs):
+        resolved = resolve_config(spec.method, preset=spec.preset,
+                                  overrides={**spec.config, **RUN_SETTINGS, "seed": s})
+        edit_config = {"method": spec.method, "config": asdict(resolved), "eval_every": spec.eval_every}
+        key = key_parts(model=content, data=data, layers=layers,
+                        config=edit_config if edits.depth_key is None else {**edit_config, "depth": edits.depth_key})
+        path = out / "runs" / label / f"layers-{layers[0]}-{layers[-1]}" / f"seed-{s}.json"
+        traj, reused = _trajectory(edits, label, spec, layers, s, key, path, cfg.retain_budget, log)
+        row, eff = _edit_row(traj, cfg, edits.depth_key is not None, layers, s, path)
+        runs[label].setdefault(str(layers), []).append(row)
+        log("edit", editor=label, reused=reused, **{k: v for k, v in row.items() if k != "curve"},
+            forget_drop=float(eff["budget"].mean()))
+    return runs
+
+
+def _trajectory(edits: _Edits, label: str, spec: EditorSpec, layers: list[int], seed: int, key: dict, path: Path,
+                retain_budget: float, log) -> tuple[dict, bool]:
+    """One edit's trajectory and whether it was reused: the one saved at `path` when its content key is `key`;
+    otherwise the edit is run and saved there."""
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    reason = None if saved is None else key_change(saved.get("key"), key)
+    if saved is not None and reason is None:
+        return saved, True
+    if saved is not None:
+        log("edit_rerun", editor=label, layers=layers, seed=seed, reason=reason)
+    traj = {"key": key, **edit_trajectory(edits.original, edits.tok, edits.corpus, spec, layers, seed, edits.forget_ex,
+                                          edits.retain_ex, edits.baseline, path.parent / f"model-seed-{seed}",
+                                          edits.depth_of, retain_budget)}
+    atomic_write_json(path, traj)
+    return traj, False
+
+
+def _edit_row(traj: dict, cfg: LocalizeConfig, with_depth: bool, layers: list[int], seed: int,
+              path: Path) -> tuple[dict, dict]:
+    """One edit's row of the result (its efficacy, operating point and curve; its depth when measured) and its
+    `efficacy_of`."""
+    forget = np.array([p["forget"] for p in traj["points"]])   # [P, F]
+    retain = np.array([p["retain"] for p in traj["points"]])   # [P]
+    eff = efficacy_of(forget, retain, cfg.retain_budget, cfg.area_damage)
+    point = traj["points"][eff["operating_point"]]
+    row = {"layers": layers, "seed": seed, "seconds": traj["seconds"], "operating_step": point["step"],
+           "operating_retain": point["retain"], "budget": eff["budget"].tolist(), "area": eff["area"].tolist(),
+           "curve": [[p["step"], float(np.mean(p["forget"])), p["retain"]] for p in traj["points"]]}
+    if with_depth:
+        d = traj["depth"]
+        if d["point"] != eff["operating_point"]:
+            raise ConfigError(f"{path}: its depth was measured at point {d['point']}, but the budget's operating "
+                              f"point is {eff['operating_point']}; delete the file to redo the edit")
+        if "uds" in d:
+            row["uds"] = [np.nan if v is None else v for v in d["uds"]["per_fact"]]
+        if "relearn" in d:
+            row["relearn"] = d["relearn"]
+        row["depth_seconds"] = d["seconds"]
+    return row, eff
+
+
+def _analyse(main: dict, wins: list[list[int]], specs: dict, runs: dict, cfg: LocalizeConfig, planted,
+             edited: bool, with_depth: bool) -> dict:
+    """Step 5: the result's importance, editors, statistics, headline, planted_layers and depth entries, in that
+    order. edited: whether any edit ran (else every efficacy definition gets its, empty, statistics)."""
+    from .correlation import correlate
+
+    imp_fw = {k: window_importance(v.per_fact, wins) for k, v in main["importance"].items()}  # kind -> [F, W]
+    efficacies = cfg.efficacies() if edited else EFFICACIES
+    efficacy = {label: {e: np.array([[row[e] for row in runs[label][str(w)]] for w in wins], float).transpose(1, 2, 0)
+                        for e in efficacies} for label in specs}            # label -> def -> [S, F, W]
+    # UDS is undefined (NaN) for a fact whose stage-1 drop passes tau at no layer: the same facts in every edit
+    scored = {label: np.isfinite(efficacy[label]["uds"]).all((0, 2)) if "uds" in efficacies else
+              np.ones(len(main["facts"]), bool) for label in specs}
+    statistics = {label: {k: {e: correlate(imp_fw[k][scored[label]] if e == "uds" else imp_fw[k],
+                                           efficacy[label][e][:, scored[label]] if e == "uds" else efficacy[label][e],
+                                           n_boot=cfg.n_boot, n_perm=cfg.n_perm, seed=cfg.seed).to_json()
+                              for e in efficacies if e != "uds" or scored[label].any()} for k in cfg.kinds}
+                  for label in specs}
+    depth = {label: depth_summary({e: efficacy[label][e][:, scored[label]] if e == "uds" else efficacy[label][e]
+                                   for e in efficacies}, [runs[label][str(w)] for w in wins],
+                                  imp_fw[cfg.kind].mean(0), wins, planted, cfg)
+             for label in specs} if with_depth else {}
+    return {"importance": {k: {"per_layer": imp.summary(), "per_window": imp_fw[k].mean(0).tolist()}
+                           for k, imp in main["importance"].items()},
+            "editors": {label: {"method": spec.method, "preset": spec.preset, "config": spec.config,
+                                "eval_every": spec.eval_every, "windows": [runs[label][str(w)] for w in wins]}
+                        for label, spec in specs.items()},
+            "statistics": statistics,
+            "headline": {label: _headline(statistics[label][cfg.kind][cfg.efficacy], wins) for label in specs},
+            "planted_layers": planted,
+            "depth": depth}
+
+
+def _agreement(per_fact: np.ndarray, cfg: LocalizeConfig, log) -> list[dict]:
+    """The selection agreement study over the sizes of `cfg.agreement_sizes` that the kept facts allow."""
+    from .selection import selection_agreement
+
+    too_many = [n for n in cfg.agreement_sizes if n > len(per_fact)]
+    if too_many:
+        log("agreement_sizes_dropped", sizes=too_many, reason=f"only {len(per_fact)} facts were kept")
+    return selection_agreement(per_fact, [n for n in cfg.agreement_sizes if n <= len(per_fact)],
+                               window=cfg.window, reps=cfg.agreement_reps, seed=cfg.seed)
 
 
 def planted_windows(wins: list[list[int]], planted) -> list[int]:
@@ -609,26 +675,14 @@ def depth_summary(efficacy: dict, rows: list[list[dict]], importance_w, wins: li
     surviving = np.array([[np.nan if r.get("relearn") is None or r["relearn"]["surviving"] is None
                            else r["relearn"]["surviving"] for r in w] for w in rows], float)   # [W, S]
     retain = np.array([[r["operating_retain"] for r in w] for w in rows], float)               # [W, S]
-    named = {"traced": [int(np.argmax(importance_w))], "sweep": [int(np.argmax(out_eff.mean((0, 1))))]}
-    if uds is not None:
-        named["deepest"] = [int(np.argmax(uds.mean((0, 1))))]
-    if np.isfinite(surviving).any():
-        named["deepest_relearn"] = [int(np.nanargmax(np.nanmean(surviving, 1)))]
-    if planted_windows(wins, planted):
-        named["planted"] = planted_windows(wins, planted)
-
-    def boot(eff, a, b=None):
-        return window_contrast(eff, a, b, n_boot=cfg.n_boot, seed=cfg.seed)
-
-    def mean_over(x, idx):
-        v = x[idx]
-        return float(np.nanmean(v)) if np.isfinite(v).any() else None
+    named = _named_windows(out_eff, uds, surviving, importance_w, wins, planted)
+    boot = functools.partial(window_contrast, n_boot=cfg.n_boot, seed=cfg.seed)
 
     windows = {}
     for name, idx in named.items():
         o = boot(out_eff, idx)
         windows[name] = {"windows": [wins[i] for i in idx], "output": o["difference"], "output_ci": o["ci"],
-                         "relearn_surviving": mean_over(surviving, idx), "retain": mean_over(retain, idx)}
+                         "relearn_surviving": _mean_over(surviving, idx), "retain": _mean_over(retain, idx)}
         if uds is not None:
             u = boot(uds, idx)
             windows[name].update(uds=u["difference"], uds_ci=u["ci"])
@@ -640,20 +694,40 @@ def depth_summary(efficacy: dict, rows: list[list[dict]], importance_w, wins: li
             if uds is not None:
                 u = boot(uds, named[a], named[b])
                 c.update(uds=u["difference"], uds_ci=u["ci"])
-            s_a, s_b = mean_over(surviving, named[a]), mean_over(surviving, named[b])
+            s_a, s_b = _mean_over(surviving, named[a]), _mean_over(surviving, named[b])
             c["relearn_surviving"] = None if s_a is None or s_b is None else s_a - s_b
             contrasts[f"{a} - {b}"] = c
 
-    def where(deepest: str) -> list[str]:
-        if deepest not in named:
-            return []
-        return [n for n in ("planted", "traced", "sweep") if n in named and named[deepest][0] in named[n]]
+    per_window = [_mean_over(surviving, [i]) for i in range(len(wins))]
+    return {"windows": windows, "contrasts": contrasts, "deepest_is": _named_as(named, "deepest"),
+            "deepest_relearn_is": _named_as(named, "deepest_relearn"),
+            "n_facts_uds": 0 if uds is None else int(uds.shape[1]), "planted_layers": planted,
+            "relearn_surviving": per_window if any(v is not None for v in per_window) else None}
 
-    per_window = [mean_over(surviving, [i]) for i in range(len(wins))]
-    return {"windows": windows, "contrasts": contrasts, "deepest_is": where("deepest"),
-            "deepest_relearn_is": where("deepest_relearn"), "n_facts_uds": 0 if uds is None else int(uds.shape[1]),
-            "planted_layers": planted, "relearn_surviving": per_window if any(v is not None for v in per_window)
-            else None}
+
+def _named_windows(out_eff, uds, surviving, importance_w, wins: list[list[int]], planted) -> dict[str, list[int]]:
+    """The windows `depth_summary` names, as lists of window indices (a name absent: no such window)."""
+    named = {"traced": [int(np.argmax(importance_w))], "sweep": [int(np.argmax(out_eff.mean((0, 1))))]}
+    if uds is not None:
+        named["deepest"] = [int(np.argmax(uds.mean((0, 1))))]
+    if np.isfinite(surviving).any():
+        named["deepest_relearn"] = [int(np.nanargmax(np.nanmean(surviving, 1)))]
+    if planted_windows(wins, planted):
+        named["planted"] = planted_windows(wins, planted)
+    return named
+
+
+def _mean_over(x: np.ndarray, idx: list[int]):
+    """The mean of the finite values of x[idx]; None when there are none."""
+    v = x[idx]
+    return float(np.nanmean(v)) if np.isfinite(v).any() else None
+
+
+def _named_as(named: dict[str, list[int]], deepest: str) -> list[str]:
+    """Which of planted, traced and sweep the window named `deepest` is (empty: none, or no such window)."""
+    if deepest not in named:
+        return []
+    return [n for n in ("planted", "traced", "sweep") if n in named and named[deepest][0] in named[n]]
 
 
 def _headline(stat: dict, wins: list[list[int]]) -> dict:
@@ -729,65 +803,91 @@ def depth_caption(result: dict) -> str:
 def table(result: dict) -> str:
     """The run as markdown: efficacy per window, the statistics, and the trace-only studies."""
     cfg = result["config"]
-    kind, eff = cfg["kind"], cfg["efficacy"]
     stats = result["statistics"]
-    edits = (f", windows of {cfg['window']} layers, editors {', '.join(stats)} x {cfg['seeds']} seeds; efficacy `{eff}` "
-             f"(retain budget {cfg['retain_budget']}, area up to damage {cfg['area_damage']})") if stats else ""
+    edits = (f", windows of {cfg['window']} layers, editors {', '.join(stats)} x {cfg['seeds']} seeds; efficacy "
+             f"`{cfg['efficacy']}` (retain budget {cfg['retain_budget']}, area up to damage {cfg['area_damage']})"
+             if stats else "")
     out = ["# Does tracing predict where unlearning works?\n",
            f"model `{cfg['model']}` ({result['n_layers']} layers), {len(result['facts']['kept'])} {cfg['task']} facts "
            f"traced (excluded {len(result['facts']['excluded'])}){edits}; original forget recall "
            f"{result['baseline']['forget_recall']:.2f}, retain {result['baseline']['retain_recall']:.2f}\n"]
     if stats:
-        labels = list(stats)
-        first = stats[labels[0]][kind][eff]
-        depth = result.get("depth") or {}
-        planted = result.get("planted_layers")
-        uds = [l for l in labels if "uds" in stats[l][kind]]
-        relearn = [l for l in labels if (depth.get(l) or {}).get("relearn_surviving")]
-        heads = ([f"{l} efficacy" for l in labels] + [f"{l} UDS" for l in uds]
-                 + [f"{l} surviving relearn" for l in relearn])
-        out += ["| window | " + ("planted layers | " if planted else "") + f"traced {kind} importance | "
-                + " | ".join(heads) + " |", "|---" * (2 + bool(planted) + len(heads)) + "|"]
-        for i, w in enumerate(result["windows"]):
-            cells = ([", ".join(map(str, sorted(set(w) & set(planted)))) or "-"] if planted else [])
-            cells += [_fmt(first["importance"][i], first["importance_ci"][i], 3)]
-            cells += [_fmt(stats[l][kind][eff]["efficacy"][i], stats[l][kind][eff]["efficacy_ci"][i]) for l in labels]
-            cells += [_fmt(stats[l][kind]["uds"]["efficacy"][i], stats[l][kind]["uds"]["efficacy_ci"][i]) for l in uds]
-            cells += [_fmt(depth[l]["relearn_surviving"][i]) for l in relearn]
-            out.append(f"| {w[0]}-{w[-1]} | " + " | ".join(cells) + " |")
-        out += ["", "| editor | importance | efficacy | Spearman [95% CI] | p | Pearson [95% CI] | p | per-fact Spearman "
-                "[95% CI] | p (own vs other facts' traces) | peak hit (chance / population peak / other facts) |",
-                "|---" * 10 + "|"]
-        for l in labels:
-            for k in cfg["kinds"]:
-                for e in stats[l][k]:
-                    s, pf = stats[l][k][e], stats[l][k][e]["per_fact"]
-                    out.append(f"| {l} | {k} | {e} | {_fmt(s['spearman']['r'], s['spearman']['ci'])} | "
-                               f"{_p_fmt(s['spearman']['p'])} | {_fmt(s['pearson']['r'], s['pearson']['ci'])} | "
-                               f"{_p_fmt(s['pearson']['p'])} | {_fmt(pf['spearman_mean'], pf['spearman_ci'])} | "
-                               f"{_p_fmt(pf['p_own'])} | {pf['peak_hit']:.2f} ({pf['peak_hit_chance']:.2f} / "
-                               f"{pf['peak_hit_population']:.2f} / {pf['peak_hit_shuffled']:.2f}) |")
-        out.append("")
-        if depth:
+        out += _window_table(result) + _statistics_table(result) + [""]
+        if result.get("depth"):
             out += depth_table(result)
     if result["agreement"]:
-        out += [f"## Selection agreement vs number of traced facts ({kind}, window {cfg['window']})\n",
-                "| facts | two disjoint sets pick the same window | mean overlap (Jaccard) | same window as all "
-                f"{len(result['facts']['kept'])} facts |", "|---|---|---|---|"]
-        for r in result["agreement"]:
-            out.append(f"| {r['n_facts']} | {_fmt(r['same_window'])} | {_fmt(r['jaccard'])} | {_fmt(r['same_as_all'])} |")
-        out.append("")
+        out += _agreement_table(result)
     if result["tasks"]:
-        out += [f"## Does the LUME task change the peak? ({kind}, position {cfg['position']})\n",
-                "| task | facts | peak layer | share of bootstrap peaks there | 95% interval of the peak layer | "
-                "peak effect [95% CI] | selected window |", "|---|---|---|---|---|---|---|"]
-        for t, s in result["tasks"].items():
-            p = s["peak"]
-            out.append(f"| {t} | {s['n_facts']} | {p['layer']} | {s['peak_share']:.2f} | {s['peak_interval'][0]}-"
-                       f"{s['peak_interval'][1]} | {_fmt(p['mean'], (p['lo'], p['hi']), 3)} | "
-                       f"{s['window'][0]}-{s['window'][-1]} |")
-        out.append("")
+        out += _tasks_table(result)
     return "\n".join(out) + "\n"
+
+
+def _window_table(result: dict) -> list[str]:
+    """Markdown lines: per window, its planted layers, traced importance, and each editor's efficacy, UDS and
+    surviving relearn."""
+    cfg, stats = result["config"], result["statistics"]
+    kind, eff = cfg["kind"], cfg["efficacy"]
+    labels = list(stats)
+    first = stats[labels[0]][kind][eff]
+    depth = result.get("depth") or {}
+    planted = result.get("planted_layers")
+    uds = [l for l in labels if "uds" in stats[l][kind]]
+    relearn = [l for l in labels if (depth.get(l) or {}).get("relearn_surviving")]
+    heads = ([f"{l} efficacy" for l in labels] + [f"{l} UDS" for l in uds]
+             + [f"{l} surviving relearn" for l in relearn])
+    out = ["| window | " + ("planted layers | " if planted else "") + f"traced {kind} importance | "
+           + " | ".join(heads) + " |", "|---" * (2 + bool(planted) + len(heads)) + "|"]
+    for i, w in enumerate(result["windows"]):
+        cells = ([", ".join(map(str, sorted(set(w) & set(planted)))) or "-"] if planted else [])
+        cells += [_fmt(first["importance"][i], first["importance_ci"][i], 3)]
+        cells += [_fmt(stats[l][kind][eff]["efficacy"][i], stats[l][kind][eff]["efficacy_ci"][i]) for l in labels]
+        cells += [_fmt(stats[l][kind]["uds"]["efficacy"][i], stats[l][kind]["uds"]["efficacy_ci"][i]) for l in uds]
+        cells += [_fmt(depth[l]["relearn_surviving"][i]) for l in relearn]
+        out.append(f"| {w[0]}-{w[-1]} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _statistics_table(result: dict) -> list[str]:
+    """Markdown lines: the statistics of every editor, kind of importance and efficacy definition."""
+    stats = result["statistics"]
+    out = ["", "| editor | importance | efficacy | Spearman [95% CI] | p | Pearson [95% CI] | p | per-fact Spearman "
+           "[95% CI] | p (own vs other facts' traces) | peak hit (chance / population peak / other facts) |",
+           "|---" * 10 + "|"]
+    for l in stats:
+        for k in result["config"]["kinds"]:
+            for e in stats[l][k]:
+                s, pf = stats[l][k][e], stats[l][k][e]["per_fact"]
+                out.append(f"| {l} | {k} | {e} | {_fmt(s['spearman']['r'], s['spearman']['ci'])} | "
+                           f"{_p_fmt(s['spearman']['p'])} | {_fmt(s['pearson']['r'], s['pearson']['ci'])} | "
+                           f"{_p_fmt(s['pearson']['p'])} | {_fmt(pf['spearman_mean'], pf['spearman_ci'])} | "
+                           f"{_p_fmt(pf['p_own'])} | {pf['peak_hit']:.2f} ({pf['peak_hit_chance']:.2f} / "
+                           f"{pf['peak_hit_population']:.2f} / {pf['peak_hit_shuffled']:.2f}) |")
+    return out
+
+
+def _agreement_table(result: dict) -> list[str]:
+    """Markdown lines: the selection agreement study."""
+    cfg = result["config"]
+    out = [f"## Selection agreement vs number of traced facts ({cfg['kind']}, window {cfg['window']})\n",
+           "| facts | two disjoint sets pick the same window | mean overlap (Jaccard) | same window as all "
+           f"{len(result['facts']['kept'])} facts |", "|---|---|---|---|"]
+    for r in result["agreement"]:
+        out.append(f"| {r['n_facts']} | {_fmt(r['same_window'])} | {_fmt(r['jaccard'])} | {_fmt(r['same_as_all'])} |")
+    return out + [""]
+
+
+def _tasks_table(result: dict) -> list[str]:
+    """Markdown lines: where each LUME task's importance peaks."""
+    cfg = result["config"]
+    out = [f"## Does the LUME task change the peak? ({cfg['kind']}, position {cfg['position']})\n",
+           "| task | facts | peak layer | share of bootstrap peaks there | 95% interval of the peak layer | "
+           "peak effect [95% CI] | selected window |", "|---|---|---|---|---|---|---|"]
+    for t, s in result["tasks"].items():
+        p = s["peak"]
+        out.append(f"| {t} | {s['n_facts']} | {p['layer']} | {s['peak_share']:.2f} | {s['peak_interval'][0]}-"
+                   f"{s['peak_interval'][1]} | {_fmt(p['mean'], (p['lo'], p['hi']), 3)} | "
+                   f"{s['window'][0]}-{s['window'][-1]} |")
+    return out + [""]
 
 
 def depth_table(result: dict) -> list[str]:

@@ -274,11 +274,36 @@ def layer_devices(model) -> list[str]:
 def _from_pretrained(source: str, dtype, device, device_map, local_only: bool, trust_remote_code: bool = False,
                      allow_pickle_weights: bool = False, max_memory: dict | None = None,
                      offload_folder: str | None = None):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     check_device(device)
     # trust_remote_code is always passed: left None, transformers asks on stdin whether to run a directory's code
     remote = {"trust_remote_code": bool(trust_remote_code)}
+    config = _checked_config(source, local_only, remote, allow_pickle_weights)
+    kwargs = {"local_files_only": local_only, "use_safetensors": not allow_pickle_weights, **remote}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if max_memory is not None:  # an explicit plan, checked before any weight is read
+        device_map = _planned_device_map(source, config, max_memory, dtype, offload_folder)
+    if device_map is not None:
+        kwargs["device_map"] = device_map  # accelerate spreads layers over several devices
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
+    # the tokenizer first: one with more tokens than the config's vocabulary is refused before any weight
+    tok = _tokenizer(source, config, local_only, remote)
+    model, report = _weights(source, config, kwargs, allow_pickle_weights)
+    _check_load_report(report, source)
+    check_vocabulary(model, tok, source)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if device is not None and device_map is None:
+        model = model.to(device)
+    return model, tok
+
+
+def _checked_config(source: str, local_only: bool, remote: dict, allow_pickle_weights: bool):
+    """The model's config, read and checked (a decoder-only model the workbench supports); for a local directory,
+    its weight files, checkpoint shapes and tokenizer files are checked too, before any weight is read."""
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local_only, **remote)
     except Exception as e:
@@ -298,21 +323,25 @@ def _from_pretrained(source: str, dtype, device, device_map, local_only: bool, t
         check_weight_files(source, allow_pickle_weights)
         check_checkpoint(source, config)
         check_tokenizer_files(source)
-    kwargs = {"local_files_only": local_only, "use_safetensors": not allow_pickle_weights, **remote}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if max_memory is not None:  # an explicit plan, checked before any weight is read
-        device_map = plan_device_map(config, dict(max_memory), dtype)
-        on_disk = [k for k, v in device_map.items() if v == "disk"]
-        if on_disk and offload_folder is None:
-            raise ModelLoadError(f"{source}: {len(on_disk)} module(s) ({', '.join(on_disk[:3])}"
-                                 f"{', ...' if len(on_disk) > 3 else ''}) do not fit max_memory {max_memory}; give "
-                                 "more memory or an offload folder (--offload-folder DIR) for them")
-    if device_map is not None:
-        kwargs["device_map"] = device_map  # accelerate spreads layers over several devices
-        if offload_folder is not None:
-            kwargs["offload_folder"] = str(offload_folder)
-    try:  # the tokenizer first: one with more tokens than the config's vocabulary is refused before any weight
+    return config
+
+
+def _planned_device_map(source: str, config, max_memory: dict, dtype, offload_folder: str | None) -> dict:
+    """The device map that fits `max_memory`; modules it puts on disk need an offload folder."""
+    device_map = plan_device_map(config, dict(max_memory), dtype)
+    on_disk = [k for k, v in device_map.items() if v == "disk"]
+    if on_disk and offload_folder is None:
+        raise ModelLoadError(f"{source}: {len(on_disk)} module(s) ({', '.join(on_disk[:3])}"
+                             f"{', ...' if len(on_disk) > 3 else ''}) do not fit max_memory {max_memory}; give "
+                             "more memory or an offload folder (--offload-folder DIR) for them")
+    return device_map
+
+
+def _tokenizer(source: str, config, local_only: bool, remote: dict):
+    """The tokenizer, refused when it has more tokens than the config's vocabulary."""
+    from transformers import AutoTokenizer
+
+    try:
         tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **remote)
     except Exception as e:
         raise ModelLoadError(f"{source}: no usable tokenizer ({type(e).__name__}: {clip(e)})") from None
@@ -320,8 +349,15 @@ def _from_pretrained(source: str, dtype, device, device_map, local_only: bool, t
     if isinstance(vocab, int) and len(tok) > vocab:
         raise ModelLoadError(f"{source}: the tokenizer has {len(tok)} tokens but the model's embedding has {vocab} "
                              "rows (config vocab_size); the tokenizer and the weights do not belong together")
+    return tok
+
+
+def _weights(source: str, config, kwargs: dict, allow_pickle_weights: bool):
+    """(model, loading info) from `source`; transformers' errors become ModelLoadErrors that say what to do."""
+    from transformers import AutoModelForCausalLM
+
     try:
-        model, report = AutoModelForCausalLM.from_pretrained(source, config=config, output_loading_info=True, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(source, config=config, output_loading_info=True, **kwargs)
     except ValueError as e:
         raise ModelLoadError(f"{source}: model type {config.model_type!r} is not a causal LM ({clip(e)})") from None
     except RuntimeError as e:  # a shape mismatch check_checkpoint could not see (a hub model's remote files)
@@ -333,13 +369,6 @@ def _from_pretrained(source: str, dtype, device, device_map, local_only: bool, t
                 "allow_pickle_weights=True / --allow-bin" if not allow_pickle_weights and "safetensors" in str(e) else "")
         raise ModelLoadError(f"{source}: config found but weights could not be loaded "
                              f"({str(e).splitlines()[0][:300]}){hint}") from None
-    _check_load_report(report, source)
-    check_vocabulary(model, tok, source)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if device is not None and device_map is None:
-        model = model.to(device)
-    return model, tok
 
 
 def _check_load_report(report: dict, source) -> None:

@@ -299,12 +299,8 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
 def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: contextlib.ExitStack) -> Path:
     import torch
 
-    from . import organism
-    from .aggregate import LayerImportance
-    from .figures import heatmaps, importance_curve
     from .models import organism_name, weights_key
     from .organism import load_model
-    from .selection import LayerSelection
 
     log = JsonlLog(run_dir / "pipeline.log.jsonl")
     atomic_write_json(run_dir / "pipeline_config.json", {"config": asdict(cfg), "provenance": provenance(
@@ -314,17 +310,8 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: cont
     t_start = time.perf_counter()
 
     # 1. model and data ------------------------------------------------------------------------------
-    model_path = None
-    name = organism_name(cfg.model)
-    if name is not None:  # the organism and its twin are fine-tuned from one base: pretrained first, on every thread
-        say(_elapsed(t_start) + f"[1/5] organism {name!r}: its base, then the fine-tune (built once, then cached)")
-        organism.build_base(name, progress=progress)
-    twin_build = _start_twin_build(cfg, name, run_dir)
-    if twin_build is not None:
-        children.callback(_stop, twin_build)
+    model_path, twin_build = _build_organism(cfg, organism_name(cfg.model), run_dir, children, progress, say, t_start)
     figure = _Figures(run_dir, log)
-    if name is not None:
-        model_path = organism.build(name, progress=progress)
     model, tok, corpus = load_inputs(cfg, model_path)
     facts = forget_facts(cfg, corpus)
     log("data", source=corpus.source, n_forget=len(corpus.forget), n_retain=len(corpus.retain), n_traced=len(facts))
@@ -333,6 +320,65 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: cont
 
     # 2. trace the forget facts, aggregate per kind ---------------------------------------------------
     say(_elapsed(t_start) + f"[2/5] causal tracing of {len(facts)} forget facts ({', '.join(cfg.kinds)})")
+    trace_key, importances = _trace_stage(cfg, model, tok, facts, run_dir, log, say, figure, weights, runtime,
+                                          progress)
+
+    # 3. select layers -------------------------------------------------------------------------------
+    selection = select(cfg, importances)
+    selection_path = selection.save(run_dir / "selection.json")
+    say(_elapsed(t_start) + f"[3/5] selected layers {selection.layers} ({cfg.strategy} on {cfg.select_kind}) "
+        f"-> {selection_path}")
+    log("selection", layers=selection.layers, scores=selection.selected_scores)
+
+    if cfg.sweep_window:
+        _sweep(cfg, model, tok, corpus, importances[cfg.select_kind], run_dir, progress, say, log, weights, figure)
+        model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
+
+    # 4. unlearn -------------------------------------------------------------------------------------
+    edit_stage = _Stage(run_dir, "unlearn", log, say, model=weights, data=_edit_data(corpus),
+                        trace=trace_key, config={"layers": selection.layers, "method": cfg.method,
+                                                 "preset": _preset(cfg), "editor": cfg.editor,
+                                                 "seed": cfg.seed, **runtime})
+    edited_dir = run_dir / "edited_model"
+    if twin_build is not None and twin_build.poll() is not None:  # the twin is built: both threads for the edit
+        torch.set_num_threads(twin_build.threads)
+    preset = _preset(cfg)
+    say(_elapsed(t_start) + f"[4/5] unlearning with {cfg.method}{f' (preset {preset})' if preset else ''} "
+        f"at layers {selection.layers}")
+    _unlearn_stage(cfg, edit_stage, model, tok, corpus, selection_path, edited_dir, model_path, progress)
+    # the editor trained `model` in place: reload both from disk so "original" really is the original
+    model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
+    edited, edited_tok = load_model(edited_dir, dtype=cfg.dtype, device=cfg.device)
+
+    # 5. evaluate both, re-trace both ------------------------------------------------------------------
+    report = _evaluate_stage(cfg, (model, tok), (edited, edited_tok), edited_dir, corpus, run_dir, twin_build, figure,
+                             log, progress, say, t_start)
+    return _finish(cfg, run_dir, t_start, selection, report, figure, log, say)
+
+
+def _build_organism(cfg: PipelineConfig, name: str | None, run_dir: Path, children: contextlib.ExitStack,
+                    progress: bool, say, t_start: float):
+    """Build the organism `name` (None: cfg.model is a directory or a hub name) while its twin builds in a child
+    process the run ends with it (`_start_twin_build`); (the organism's path or None, the twin build or None)."""
+    from . import organism
+
+    if name is not None:  # the organism and its twin are fine-tuned from one base: pretrained first, on every thread
+        say(_elapsed(t_start) + f"[1/5] organism {name!r}: its base, then the fine-tune (built once, then cached)")
+        organism.build_base(name, progress=progress)
+    twin_build = _start_twin_build(cfg, name, run_dir)
+    if twin_build is not None:
+        children.callback(_stop, twin_build)
+    model_path = organism.build(name, progress=progress) if name is not None else None
+    return model_path, twin_build
+
+
+def _trace_stage(cfg: PipelineConfig, model, tok, facts: list, run_dir: Path, log: JsonlLog, say,
+                 figure: "_Figures", weights: str, runtime: dict, progress: bool) -> tuple[str, dict]:
+    """Stage 2: the importance of every kind, traced or reused (with the example heatmap and the importance
+    curve); returns the stage's content key and {kind: LayerImportance}."""
+    from .aggregate import LayerImportance
+    from .figures import heatmaps, importance_curve
+
     stage = _Stage(run_dir, "trace", log, say, model=weights, data=records_hash(facts), config={
         "n": cfg.n_samples, "kinds": cfg.kinds, "seed": cfg.seed, "position": cfg.position, "metric": cfg.metric,
         "min_total_effect": cfg.min_total_effect, **runtime})
@@ -350,51 +396,46 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: cont
     for line in _trace_notes(importances, len(facts)):
         say(line)
         log("trace_note", message=line.strip())
+    return stage.key["key"], importances
 
-    # 3. select layers -------------------------------------------------------------------------------
-    selection = select(cfg, importances)
-    selection_path = selection.save(run_dir / "selection.json")
-    say(_elapsed(t_start) + f"[3/5] selected layers {selection.layers} ({cfg.strategy} on {cfg.select_kind}) "
-        f"-> {selection_path}")
-    log("selection", layers=selection.layers, scores=selection.selected_scores)
 
-    if cfg.sweep_window:
-        _sweep(cfg, model, tok, corpus, importances[cfg.select_kind], run_dir, progress, say, log, weights, figure)
-        model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
+def _unlearn_stage(cfg: PipelineConfig, stage: "_Stage", model, tok, corpus, selection_path: Path, edited_dir: Path,
+                   model_path: Path | None, progress: bool) -> None:
+    """Stage 4: the edited model at `edited_dir`, reused when the stage's key matches and it is intact, else edited
+    again (removing what an earlier run here made under other inputs). model_path: the built organism's, if any."""
+    from .selection import LayerSelection
 
-    # 4. unlearn -------------------------------------------------------------------------------------
-    edit_stage = _Stage(run_dir, "unlearn", log, say, model=weights, data=_edit_data(corpus),
-                        trace=stage.key["key"], config={"layers": selection.layers, "method": cfg.method,
-                                                        "preset": _preset(cfg), "editor": cfg.editor,
-                                                        "seed": cfg.seed, **runtime})
-    edited_dir = run_dir / "edited_model"
-    if twin_build is not None and twin_build.poll() is not None:  # the twin is built: both threads for the edit
-        torch.set_num_threads(twin_build.threads)
-    preset = _preset(cfg)
-    say(_elapsed(t_start) + f"[4/5] unlearning with {cfg.method}{f' (preset {preset})' if preset else ''} "
-        f"at layers {selection.layers}")
-    if not edit_stage.done(edited_dir) or not _edit_intact(edited_dir, edit_stage):
+    if not stage.done(edited_dir) or not _edit_intact(edited_dir, stage):
         if edited_dir.exists() or edited_dir.is_symlink():  # made by an earlier run here under other inputs
-            _remove_old_edit(edited_dir, edit_stage, cfg)
-        edit_stage.start(edited_model={"pending": True})
+            _remove_old_edit(edited_dir, stage, cfg)
+        stage.start(edited_model={"pending": True})
         edit(cfg, model, tok, corpus, LayerSelection.load(selection_path), edited_dir,
              source=model_path or _local_dir(cfg.model), progress=progress)
-        edit_stage.finish({"edited_model": {"files": sorted(p.name for p in edited_dir.iterdir()),
-                                            "weights": weights_hash(edited_dir)}}, out=str(edited_dir))
-    # the editor trained `model` in place: reload both from disk so "original" really is the original
-    model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
-    edited, edited_tok = load_model(edited_dir, dtype=cfg.dtype, device=cfg.device)
+        stage.finish({"edited_model": {"files": sorted(p.name for p in edited_dir.iterdir()),
+                                       "weights": weights_hash(edited_dir)}}, out=str(edited_dir))
 
-    # 5. evaluate both, re-trace both ------------------------------------------------------------------
+
+def _evaluate_stage(cfg: PipelineConfig, original: tuple, edited: tuple, edited_dir: Path, corpus, run_dir: Path,
+                    twin_build, figure: "_Figures", log: JsonlLog, progress: bool, say, t_start: float):
+    """Stage 5: evaluate and re-trace the `original` and the `edited` (model, tokenizer) (the twin build awaited
+    first), write the report's figures and publish them where cfg.figures says; the report."""
+    import torch
+
     say(_elapsed(t_start) + "[5/5] evaluation (recall, MIA, MMLU, SemEval score) and re-tracing before/after")
     if twin_build is not None:
         log("twin_build", returncode=twin_build.wait())  # a failed one is redone below, under the entry's lock
         torch.set_num_threads(twin_build.threads)
-    report = verify(cfg, (model, tok), (edited, edited_tok), edited_dir, corpus, run_dir, progress, say)
+    report = verify(cfg, original, edited, edited_dir, corpus, run_dir, progress, say)
     for name, fig in report.figures.items():
         figure(name, lambda fig=fig: fig)
     if cfg.figures:
         figure.publish(Path(cfg.figures))
+    return report
+
+
+def _finish(cfg: PipelineConfig, run_dir: Path, t_start: float, selection, report, figure: "_Figures",
+            log: JsonlLog, say) -> Path:
+    """Write summary.json, log the end, say the verdict and warn of unwritten figures; the report's path."""
     summary = {"seconds": round(time.perf_counter() - t_start, 1), "layers": selection.layers,
                "method": cfg.method, "report": str(run_dir / "report.html"),
                "table": [list(r) for r in report.table()[:8]]}

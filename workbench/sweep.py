@@ -111,7 +111,7 @@ def sweep(model, tok, corpus, method: str, window: int = 3, out_dir: str | Path 
 
     model_key: the content key of `model` (models.weights_key of the directory it was loaded from); default: a
     hash of its parameters (provenance.state_hash)."""
-    from .editors import resolve_config, unlearn
+    from .editors import resolve_config
 
     resolve_config(method, preset=preset, overrides=dict(config or {}))  # a bad config fails before any run
     out = check_sweep_out(out_dir, [_model_dir(model)])
@@ -136,19 +136,8 @@ def sweep(model, tok, corpus, method: str, window: int = 3, out_dir: str | Path 
                 log("window_reused", layers=layers)
                 continue
             t0 = time.perf_counter()
-            if saved is not None and key_change(saved.get("edit"), edit) is None and _is_edit(model_dir):
-                from .organism import load_model
-
-                m, _ = load_model(model_dir)  # edited before the sweep stopped, from the same inputs
-            else:
-                if saved is not None or model_dir.exists() or model_dir.is_symlink():
-                    reason = (key_change(saved.get("edit"), edit) if saved is not None else None) or \
-                        "its edited model is missing or incomplete"
-                    log("window_rerun", layers=layers, reason=reason)
-                    _remove_window(model_dir)
-                atomic_write_json(record, {"edit": edit, "state": "running"})
-                m = copy.deepcopy(original)
-                unlearn(m, tok, corpus, method, layers, config, model_dir, preset=preset)
+            m = _edited_window(original, tok, corpus, method, layers, config, preset, model_dir, record, saved, edit,
+                               log)
             row = {"layers": layers, "seconds": round(time.perf_counter() - t0, 2),
                    **score(m, tok, corpus, mia, mmlu, extra_metrics)}
             atomic_write_json(record, {"edit": edit, "scored": scored, "state": "done", "row": row})
@@ -165,6 +154,29 @@ def sweep(model, tok, corpus, method: str, window: int = 3, out_dir: str | Path 
                                                    "window": window, "stride": stride})}
         atomic_write_json(out / "sweep.json", result)
         return result
+
+
+def _edited_window(original, tok, corpus, method: str, layers: list[int], config, preset: str | None,
+                   model_dir: Path, record: Path, saved: dict | None, edit: dict, log):
+    """The model edited at `layers`: the one at `model_dir` when its saved record's edit key is `edit` (edited
+    before the sweep stopped, from the same inputs); otherwise a copy of `original` edited again into `model_dir`
+    (what an earlier run left there removed first), its record marked running meanwhile."""
+    from .editors import unlearn
+
+    if saved is not None and key_change(saved.get("edit"), edit) is None and _is_edit(model_dir):
+        from .organism import load_model
+
+        m, _ = load_model(model_dir)
+        return m
+    if saved is not None or model_dir.exists() or model_dir.is_symlink():
+        reason = (key_change(saved.get("edit"), edit) if saved is not None else None) or \
+            "its edited model is missing or incomplete"
+        log("window_rerun", layers=layers, reason=reason)
+        _remove_window(model_dir)
+    atomic_write_json(record, {"edit": edit, "state": "running"})
+    m = copy.deepcopy(original)
+    unlearn(m, tok, corpus, method, layers, config, model_dir, preset=preset)
+    return m
 
 
 def _read_record(path: Path) -> dict | None:

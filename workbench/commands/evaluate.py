@@ -108,7 +108,6 @@ def check_same_shape(model, edited, model_spec: str, edited_spec: str) -> None:
 
 
 def run(args) -> int:
-    from ..errors import ConfigError
     from ..corpus import load_corpus
     from ..evaluation.config import EvalConfig
     from ..report import evaluate
@@ -116,22 +115,12 @@ def run(args) -> int:
     from ..evaluation.semeval import MAX_NEW_TOKENS, ORGANISM_MAX_NEW_TOKENS
     from .. import distributed
     from ..organism import load_model
-    from ..outputs import check_not_source, check_writable
+    from ..outputs import check_writable
     from ..data.limits import bound_records
-    from ..configfile import MAX_SAMPLES
-    from . import check_length_args, model_options, process_device, source_dirs
+    from . import check_length_args, model_options, process_device
 
     out = Path(args.out)
-    # every output checked before any work: never into or around a model read, or the organism cache
-    src = check_not_source(out, source_dirs(args.model, args.edited, args.reference, args.retain_baseline))
-    if src is not None:
-        raise ConfigError(f"--out {out.resolve()} overlaps the model directory {src}; choose a separate run directory")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    if args.n_samples > MAX_SAMPLES:
-        raise ConfigError(f"--n-samples must be <= {MAX_SAMPLES} (it sizes memory), got {args.n_samples}")
+    _check_out_and_counts(args, out)
     # every flag is checked before any data or model is loaded
     tc = TraceConfig(n_facts=args.n_facts, n_samples=args.n_samples)
     default_tokens = ORGANISM_MAX_NEW_TOKENS if args.data == "organism" else MAX_NEW_TOKENS
@@ -161,8 +150,34 @@ def run(args) -> int:
                           progress=args.progress and distributed.is_main(),
                           edit_log=(edit_info.get("summary") or {}).get("evals"),
                           trained=edit_info.get("optimises", []), layers=edit_info.get("edited_layers", edit_info.get("layers")))
-    if not distributed.is_main():
-        return 0
+    if distributed.is_main():
+        _print_report(report, out, foreign)
+    return 0
+
+
+def _check_out_and_counts(args, out: Path) -> None:
+    """--out is a directory (or new) that no model read lives in or around, and --limit and --n-samples are in
+    range: checked before any work."""
+    from ..configfile import MAX_SAMPLES
+    from ..errors import ConfigError
+    from ..outputs import check_not_source
+    from . import source_dirs
+
+    # never into or around a model read, or the organism cache
+    src = check_not_source(out, source_dirs(args.model, args.edited, args.reference, args.retain_baseline))
+    if src is not None:
+        raise ConfigError(f"--out {out.resolve()} overlaps the model directory {src}; choose a separate run directory")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    if args.n_samples > MAX_SAMPLES:
+        raise ConfigError(f"--n-samples must be <= {MAX_SAMPLES} (it sizes memory), got {args.n_samples}")
+
+
+def _print_report(report, out: Path, foreign: str | None) -> None:
+    """Note a foreign edit in the saved report and warn of it; print the headline metrics as JSON and the verdict
+    lines to stderr."""
     if foreign:  # said in the report itself, beside the numbers it qualifies
         report.edited.setdefault("notes", []).append(foreign)
         report.provenance["foreign_edit"] = foreign
@@ -173,4 +188,3 @@ def run(args) -> int:
                       "metrics": rows}, indent=2))
     for line in report.verdict_lines():
         print(line, file=sys.stderr)
-    return 0

@@ -210,37 +210,67 @@ def run(args) -> int:
 
 
 def _trace(args, mode: str, out: Path, records, source: str) -> int:
-    from ..errors import TraceError
-    from ..data.limits import bound_records
-    from ..data.records import Corpus
-    from ..figures import heatmaps, importance_curve, token_role_heatmap
-    from ..organism import load_model
-    from ..provenance import JsonlLog, atomic_write_json
     from .. import distributed
-    from ..models import layer_devices
-    from . import model_options, placement_options
+    from ..provenance import JsonlLog, atomic_write_json
 
     log = JsonlLog(out / "trace.jsonl") if distributed.is_main() else (lambda event, **fields: None)
     t0 = time.perf_counter()
+    model, tok, records = _load(args, records, source)
+    load_s, t1 = time.perf_counter() - t0, time.perf_counter()
+    results = _trace_all(args, mode, model, tok, records, source, log)
+    trace_s = time.perf_counter() - t1
+    if not distributed.is_main():
+        return 0
+
+    files = _save_results(results, out, source, log)
+    imps, excluded, figs = _aggregate(args.settings, results, out, source, files, log)
+    fig_files, fig_warning = write_figures(figs, out / "figures", args.formats_list, log)
+    summary = _summary(args, source, results, imps, excluded)
+    summary.update({"load_s": round(load_s, 2), "trace_s": round(trace_s, 2),
+                    "wall_s": round(time.perf_counter() - t0, 2), "out": str(out), "files": files + fig_files})
+    if fig_warning:
+        summary["figure_warning"] = fig_warning
+    atomic_write_json(out / "summary.json", summary)
+    log("done", peaks=summary["peaks"], wall_s=summary["wall_s"])
+    # stdout: the headline (peaks with intervals); per-layer curves and file list are in summary.json
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("files", "layers")}, indent=2))
+    return 0
+
+
+def _load(args, records, source: str) -> tuple:
+    """The model and tokenizer, placed as the options say, and `records` (None: one prompt) bounded to the record
+    length the options allow."""
+    from ..data.limits import bound_records
+    from ..data.records import Corpus
+    from ..organism import load_model
+    from . import model_options, placement_options
+
     model, tok = load_model(args.model, dtype=args.dtype, **placement_options(args), **model_options(args))
     if records is not None:
         records = bound_records(Corpus(forget=records, retain=[], source=source), tok, args.max_record_tokens,
                                 args.long_records).forget
-    load_s, t1 = time.perf_counter() - t0, time.perf_counter()
+    return model, tok, records
+
+
+def _trace_all(args, mode: str, model, tok, records, source: str, log) -> list:
+    """A TraceResult per fact (mode "facts"; under `accelerate launch` each process traces its share) or for the
+    one prompt."""
+    from .. import distributed
+    from ..models import layer_devices
+
     st = args.settings
     engine = dict(backend=args.backend, batch_size=args.batch_size)
     placed = {"layer_devices": layer_devices(model)} if args.max_memory else {}  # where --max-memory put each layer
     log("start", model=args.model, mode=mode, source=source, n_facts=len(records) if records else 1, **placed,
         settings=st.to_json(), **engine)
     if mode == "facts":
-        results = st.trace(model, tok, records, facts_per_batch=args.facts_per_batch,
-                           progress=args.progress and distributed.is_main(), **engine)
-    else:
-        results = [st.trace_one(model, tok, args.prompt, args.answer, args.subject, progress=args.progress, **engine)]
-    trace_s = time.perf_counter() - t1
-    if not distributed.is_main():
-        return 0
+        return st.trace(model, tok, records, facts_per_batch=args.facts_per_batch,
+                        progress=args.progress and distributed.is_main(), **engine)
+    return [st.trace_one(model, tok, args.prompt, args.answer, args.subject, progress=args.progress, **engine)]
 
+
+def _save_results(results: list, out: Path, source: str, log) -> list[str]:
+    """Save each result under out/results; the paths written."""
     files = []
     for i, r in enumerate(results):
         r.provenance.setdefault("data", {"source": source})
@@ -248,8 +278,17 @@ def _trace(args, mode: str, out: Path, records, source: str) -> int:
         files.append(str(r.save(out / "results" / name)))
         log("traced", index=i, prompt=r.prompt, answer=r.answer, p_clean=r.clean, p_corrupted=r.corrupted,
             wall_s=r.config.get("wall_s"))
+    return files
 
-    imps, roles, figs = {}, {}, {}
+
+def _aggregate(st: TraceSettings, results: list, out: Path, source: str, files: list[str], log) -> tuple:
+    """The layer importance and token roles of every kind, saved (their paths appended to `files`), and the figures
+    to draw; (importances, why there are none or None, figures)."""
+    from ..errors import TraceError
+    from ..figures import heatmaps, importance_curve, token_role_heatmap
+    from ..provenance import atomic_write_json
+
+    imps, roles, figs, excluded = {}, {}, {}, None
     try:
         imps = st.importances(results)
     except TraceError as e:  # every fact below the total-effect floor: the per-fact results and heatmaps still stand
@@ -266,11 +305,14 @@ def _trace(args, mode: str, out: Path, records, source: str) -> int:
         figs["importance"] = importance_curve(list(imps.values()))
     for i, r in enumerate(results[:FIGURE_FACTS]):
         figs[f"trace_{i:04d}"] = heatmaps(r)
-    fig_files, fig_warning = write_figures(figs, out / "figures", args.formats_list, log)
+    return imps, excluded, figs
 
-    n = len(results)
+
+def _summary(args, source: str, results: list, imps: dict, excluded: str | None) -> dict:
+    """summary.json's settings, means, peaks, warnings and per-layer curves (the timings and files follow)."""
+    st, n = args.settings, len(results)
     first = next(iter(imps.values()), None)
-    summary = {
+    return {
         "model": args.model, "source": source, "n_facts": n, "metric": st.metric, "position": st.position,
         "min_total_effect": st.min_total_effect,
         "n_facts_excluded": first.n_facts_excluded if first else n,  # below the total-effect floor
@@ -281,13 +323,4 @@ def _trace(args, mode: str, out: Path, records, source: str) -> int:
         + ([] if imps else [f"no importance: {excluded}"]),
         "layers": {k: {"mean": imp.mean.round(4).tolist(), "lo": imp.lo.round(4).tolist(),
                        "hi": imp.hi.round(4).tolist()} for k, imp in imps.items()},
-        "load_s": round(load_s, 2), "trace_s": round(trace_s, 2), "wall_s": round(time.perf_counter() - t0, 2), "out": str(out),
-        "files": files + fig_files,
     }
-    if fig_warning:
-        summary["figure_warning"] = fig_warning
-    atomic_write_json(out / "summary.json", summary)
-    log("done", peaks=summary["peaks"], wall_s=summary["wall_s"])
-    # stdout: the headline (peaks with intervals); per-layer curves and file list are in summary.json
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("files", "layers")}, indent=2))
-    return 0

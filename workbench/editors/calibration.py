@@ -187,25 +187,12 @@ class Calibration:
         anchored = lambda first: [Example(ids, 0, "general", first + i)  # noqa: E731
                                   for i, ids in enumerate(general_ids) if len(ids) >= 2]
         if targets is not None:
-            missing = [r.id for r in forget_records if r.id not in targets]
-            if missing:
-                raise EditError(f"calibration targets lack {len(missing)} forget document(s), e.g. {missing[:3]}; "
-                                "expected one target loss per forget record id")
-            fixed = np.array([float(targets[r.id]) for r in forget_records])
-            if not np.all(np.isfinite(fixed)) or np.any(fixed < 0):
-                raise EditError("calibration targets must be finite, non-negative losses (mean token NLL)")
+            fixed = _target_losses(targets, forget_records)
             return cls(docs, groups, weight, anchor, ("loss",), fixed_targets=fixed, anchor_docs=anchored(0),
                        source_hash=stable_hash({"targets": fixed.tolist(), "general": list(general)}),
                        targets={"loss": torch.tensor(fixed, dtype=torch.float32)},
                        scales={"loss": float(max(fixed.std(), 1e-3))}, pad_id=pad_id)
-        calibration_records = list(calibration_records)
-        if len(calibration_records) < MIN_CALIBRATION_DOCS:
-            raise EditError(f"calibrated forgetting needs at least {MIN_CALIBRATION_DOCS} calibration documents "
-                            f"(never-trained-on documents like the forget set), got {len(calibration_records)}")
-        overlap = {r.text for r in calibration_records} & {r.text for r in forget_records}
-        if overlap:
-            raise EditError(f"{len(overlap)} calibration document(s) are also forget documents; calibration "
-                            "documents must be ones the model never trained on")
+        calibration_records = _calibration_documents(calibration_records, forget_records)
         calib = encode_documents(tok, calibration_records, max_len)
         return cls(docs, groups, weight, anchor, tuple(statistics), calib=calib, anchor_docs=calib + anchored(len(calib)),
                    source_hash=stable_hash({"calibration": [(r.id, r.text) for r in calibration_records],
@@ -279,6 +266,31 @@ class Calibration:
             term = term + self.anchor * kl
             stats["calibration_kl"] = kl.item()
         return term, stats
+
+
+def _target_losses(targets: dict, forget_records: list) -> np.ndarray:
+    """The given target loss of each forget record, in order: one per record id, each finite and non-negative."""
+    missing = [r.id for r in forget_records if r.id not in targets]
+    if missing:
+        raise EditError(f"calibration targets lack {len(missing)} forget document(s), e.g. {missing[:3]}; "
+                        "expected one target loss per forget record id")
+    fixed = np.array([float(targets[r.id]) for r in forget_records])
+    if not np.all(np.isfinite(fixed)) or np.any(fixed < 0):
+        raise EditError("calibration targets must be finite, non-negative losses (mean token NLL)")
+    return fixed
+
+
+def _calibration_documents(calibration_records, forget_records: list) -> list:
+    """The calibration records as a list: enough of them, and none of them a forget document."""
+    calibration_records = list(calibration_records)
+    if len(calibration_records) < MIN_CALIBRATION_DOCS:
+        raise EditError(f"calibrated forgetting needs at least {MIN_CALIBRATION_DOCS} calibration documents "
+                        f"(never-trained-on documents like the forget set), got {len(calibration_records)}")
+    overlap = {r.text for r in calibration_records} & {r.text for r in forget_records}
+    if overlap:
+        raise EditError(f"{len(overlap)} calibration document(s) are also forget documents; calibration "
+                        "documents must be ones the model never trained on")
+    return calibration_records
 
 
 class Calibrated(Editor):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,48 @@ def load_checkpoint(path: str | Path) -> dict:
                 f"{str(e).splitlines()[0][:200] if str(e) else ''})")
         raise EditError(f"checkpoint {path} {what}; it is not loaded. Delete it (or its work directory "
                         f"{path.parent}) to start the run afresh, or pick another --out") from None
+
+
+# ---------------------------------------------------------------- a training run's checkpoint (editors/loop.py)
+def rng_state() -> dict:
+    """The torch and Python RNG states, which a resumed run restores to draw what the killed one would have."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def read_run_checkpoint(work_dir: Path, ckpt_path: Path) -> dict | None:
+    """The run's checkpoint at `ckpt_path` in `work_dir` (None: none yet), after removing a killed write's temp
+    files. A pickle checkpoint there is refused, never read."""
+    from ..outputs import remove_stale_temps
+
+    pickled = work_dir / "checkpoint.pt"
+    if pickled.exists():  # torch.save's pickle format: loading it could run code, so it is never read
+        raise EditError(f"{pickled} is a pickle checkpoint, which can run code when loaded; it is not loaded. "
+                        f"Delete {work_dir} to start the run afresh, or pick another --out")
+    remove_stale_temps(work_dir)
+    return load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+
+
+def check_resumable(ck: dict, run_key: dict[str, str], ckpt_path: Path, work_dir: Path) -> None:
+    """Refuse a checkpoint of another run: another model, other data or another config (named in the error)."""
+    theirs = ck.get("run_key") if isinstance(ck.get("run_key"), dict) else {}
+    what = {"model": "the model (fingerprint)", "data": "the data", "config": "the config"}
+    differ = [f"{what.get(k, k)} {theirs.get(k)} != {v}" for k, v in run_key.items() if theirs.get(k) != v]
+    if differ:
+        raise EditError(f"{ckpt_path} was written by a different run: {'; '.join(differ)} (checkpoint != this run). "
+                        f"Resuming would continue another run's weights; delete {work_dir} or pick another --out")
+
+
+def write_run_checkpoint(ckpt_path: Path, payload: dict, saved_step: int | None) -> None:
+    """Save `payload` at `ckpt_path`; a failed write names the last good checkpoint (of step `saved_step`), which it
+    leaves intact."""
+    from ..errors import named_write_errors
+
+    last_good = (f"the last good checkpoint {ckpt_path} (step {saved_step}) is intact"
+                 if saved_step is not None else "no checkpoint was written yet")
+    with named_write_errors("checkpoint", ckpt_path, last_good):
+        save_checkpoint(ckpt_path, payload)

@@ -19,7 +19,6 @@ import contextlib
 import copy
 import functools
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,27 +215,8 @@ class Phase:
     lr: float
 
 
-# ---------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------- checkpoints (editors/checkpoint.py: read, write)
 CHECKPOINT = "checkpoint.safetensors"
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-
-
-def _check_resumable(ck: dict, run_key: dict[str, str], ckpt_path: Path, work_dir: Path) -> None:
-    """Refuse a checkpoint of another run: another model, other data or another config (named in the error)."""
-    theirs = ck.get("run_key") if isinstance(ck.get("run_key"), dict) else {}
-    what = {"model": "the model (fingerprint)", "data": "the data", "config": "the config"}
-    differ = [f"{what.get(k, k)} {theirs.get(k)} != {v}" for k, v in run_key.items() if theirs.get(k) != v]
-    if differ:
-        raise EditError(f"{ckpt_path} was written by a different run: {'; '.join(differ)} (checkpoint != this run). "
-                        f"Resuming would continue another run's weights; delete {work_dir} or pick another --out")
 
 
 # ---------------------------------------------------------------- the loop
@@ -319,28 +299,19 @@ class _Run:
         return torch.optim.AdamW([trainable[n] for n in self.names], lr=lr, weight_decay=self.cfg.weight_decay)
 
     # ---- resume
-    def _read_checkpoint(self) -> dict | None:
-        """By the main process, which sends it to the others (they may be on other machines)."""
-        from ..outputs import remove_stale_temps
-        from .checkpoint import load_checkpoint
-
-        pickled = self.work_dir / "checkpoint.pt"
-        if pickled.exists():  # torch.save's pickle format: loading it could run code, so it is never read
-            raise EditError(f"{pickled} is a pickle checkpoint, which can run code when loaded; it is not loaded. "
-                            f"Delete {self.work_dir} to start the run afresh, or pick another --out")
-        remove_stale_temps(self.work_dir)
-        return load_checkpoint(self.ckpt_path) if self.ckpt_path.is_file() else None
-
     def resume(self) -> int:
         """Restore this run's last checkpoint, if any: trainable weights, optimizer, step, best-so-far, editor states
         and RNG states. Returns the phase to start in. Several processes: the model is wrapped here, with the
         optimizer of that phase (FSDP2 replaces the parameters)."""
         from .. import distributed
+        from .checkpoint import check_resumable, read_run_checkpoint, set_rng_state
 
-        ck = distributed.on_main(self._read_checkpoint, f"checkpoint {self.ckpt_path}", share=True)
+        # read by the main process, which sends it to the others (they may be on other machines)
+        ck = distributed.on_main(functools.partial(read_run_checkpoint, self.work_dir, self.ckpt_path),
+                                 f"checkpoint {self.ckpt_path}", share=True)
         start_phase = 0
         if ck is not None:
-            _check_resumable(ck, self.run_key, self.ckpt_path, self.work_dir)
+            check_resumable(ck, self.run_key, self.ckpt_path, self.work_dir)
             start_phase = ck["phase"]
         if self.par is not None:
             lr = self.phases[start_phase].lr
@@ -361,7 +332,7 @@ class _Run:
             self.opt = self.optimizer(self.phases[start_phase].lr)
         self.opt.load_state_dict(ck["optimizer"] if self.par is None else
                                  self.par.optimizer_state_like(ck["optimizer"], [self.live[n] for n in self.names]))
-        _set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         self.log("resume", step=self.state["step"], phase=start_phase, checkpoint=str(self.ckpt_path))
         self.saved_step = self.state["step"]
         return start_phase
@@ -419,24 +390,17 @@ class _Run:
     def checkpoint(self, phase: int) -> None:
         """Write what a resumed run needs to continue exactly (main process; FSDP2 shards made whole first)."""
         from .. import distributed
+        from .checkpoint import rng_state, write_run_checkpoint
 
         payload = {"run_key": self.run_key, "phase": phase, "optimizer": self.opt.state_dict(),
                    "params": {n: self.live[n].detach() for n in self.names},
-                   "editor_states": [ph.editor.state_dict() for ph in self.phases], "rng": _rng_state(),
+                   "editor_states": [ph.editor.state_dict() for ph in self.phases], "rng": rng_state(),
                    **{k: self.state[k] for k in ("step", "best_score", "best_step", "best", "evals")}}
         if self.par is not None:
             payload = self.par.whole(payload)  # by every process
-        distributed.on_main(functools.partial(self._write_checkpoint, payload), f"checkpoint {self.ckpt_path}")
+        distributed.on_main(functools.partial(write_run_checkpoint, self.ckpt_path, payload, self.saved_step),
+                            f"checkpoint {self.ckpt_path}")
         self.saved_step = self.state["step"]
-
-    def _write_checkpoint(self, payload: dict) -> None:
-        from ..errors import named_write_errors
-        from .checkpoint import save_checkpoint
-
-        last_good = (f"the last good checkpoint {self.ckpt_path} (step {self.saved_step}) is intact"
-                     if self.saved_step is not None else "no checkpoint was written yet")
-        with named_write_errors("checkpoint", self.ckpt_path, last_good):
-            save_checkpoint(self.ckpt_path, payload)
 
     # ---- end
     def finish(self, step_times: list[float]) -> dict:

@@ -152,32 +152,17 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
     With `calibrate=True` in the config, `calibration` gives the never-trained-on documents (Records; default
     `corpus.calibration`) or a mapping forget-record id -> target loss (editors/calibration.py)."""
     # ---- everything that can be wrong is checked before any forward pass
-    Config = editor_class(method).Config
-    if isinstance(config, LoopConfig):
-        if not isinstance(config, Config):
-            raise ConfigError(f"{method} needs a {Config.__name__}, got {type(config).__name__}")
-        cfg = resolve_config(method, base=config)
-    else:
-        cfg = resolve_config(method, preset=preset, overrides=dict(config or {}))
+    cfg = _resolve(method, config, preset)
     from ..models import decoder_layers
 
     n_layers = len(decoder_layers(model))
     layer_list = resolve_layers(layers, n_layers)
     fingerprint = model_fingerprint(model)  # of the source weights, before any change: the resume key's model
-    source_dir = _model_source(model) or (Path(source).expanduser().resolve() if source else None)
-    # the content key of the files the source was loaded from: `evaluate` compares it with the original it is given
-    source_weights = weights_hash(source_dir) if source_dir is not None and model_files(source_dir) else None
+    source_weights = _source_weights(model, source)
     check_selection(layers, n_layers, fingerprint)
     out = Path(out_dir).expanduser().resolve()
     _check_out_dir(out, model, source)
-    phases = build_phases(model, method, cfg, layer_list)
-    patterns = sorted({p for ph in phases for p in ph.editor.param_patterns()})
-    params = select_parameters(model, patterns, layer_list)
-    records = {"forget": list(corpus.forget), "retain": list(corpus.retain)}
-    extra = editor_class(method).extra_data(model, tok, corpus, cfg)
-    for split in sorted({u for ph in phases for u in ph.editor.uses} - set(extra)):  # an editor checks its own
-        if not records.get(split):
-            raise EditError(f"{method} needs a non-empty {split} set, but the corpus has no {split} records")
+    phases, params, records, extra = _edit_plan(model, tok, corpus, method, cfg, layer_list)
     calib = _calibration(cfg, tok, corpus, calibration) if cfg.calibrate else None
     if calib is not None:
         for ph in phases:
@@ -185,6 +170,70 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
                                    cfg.calibration_anchor_batch)
 
     # ---- set up: dtype, trainable parameters, data, frozen reference
+    data = _set_up(model, tok, cfg, params, records, extra, calib)
+    work = out.parent / f".{out.name}.work"
+    if distributed.is_main():
+        work.mkdir(parents=True, exist_ok=True)
+    log = JsonlLog(work / "log.jsonl") if distributed.is_main() else (lambda event, **fields: None)
+    resolved = {"method": method, "layers": layer_list, "preset": preset, "config": to_jsonable(cfg),
+                "trainable": list(params), "edited_layers": edited_layers(params),
+                "optimises": sorted(calib.statistics) if calib is not None else optimised_statistics(method, cfg)}
+    run_key = {"model": fingerprint, "data": _data_key(records, extra, calib), "config": stable_hash(resolved)}
+    if distributed.is_main():
+        atomic_write_json(work / "unlearn_config.json", resolved)
+    log("start", **resolved, n_forget=len(records["forget"]), n_retain=len(records["retain"]))
+
+    if calib is not None:
+        calib.set_targets(model)  # before any update (a resumed run takes them from its checkpoint)
+    ref, ref_seconds = _reference(model, tok, phases, data, cfg, progress)
+    evaluate, metric = _evaluator(model, tok, phases, data, records, cfg, calib)
+
+    t1 = time.perf_counter()
+    summary = train(model, phases, data, cfg, work, pad_id=tok.pad_token_id, params=params, evaluate=evaluate,
+                    log=log, run_key=run_key, progress=progress, on_step=on_step)
+    summary.update(train_seconds=round(time.perf_counter() - t1, 3), reference_seconds=round(ref_seconds, 3),
+                   reference_cache_bytes=ref.nbytes(), eval_metric=metric,
+                   editor=[ph.editor.describe() for ph in phases])
+    log("done", **{k: v for k, v in summary.items() if k != "evals"})
+    _save(model, tok, corpus, out, work, resolved, summary, cfg, source, fingerprint, source_weights)
+    return out
+
+
+def _resolve(method: str, config: LoopConfig | dict | None, preset: str | None) -> LoopConfig:
+    """The method's resolved config: a LoopConfig of the method's own class, or a preset with overrides."""
+    Config = editor_class(method).Config
+    if isinstance(config, LoopConfig):
+        if not isinstance(config, Config):
+            raise ConfigError(f"{method} needs a {Config.__name__}, got {type(config).__name__}")
+        return resolve_config(method, base=config)
+    return resolve_config(method, preset=preset, overrides=dict(config or {}))
+
+
+def _source_weights(model, source: str | Path | None) -> str | None:
+    """The content key of the files the source was loaded from (None without them): `evaluate` compares it with the
+    original it is given."""
+    source_dir = _model_source(model) or (Path(source).expanduser().resolve() if source else None)
+    return weights_hash(source_dir) if source_dir is not None and model_files(source_dir) else None
+
+
+def _edit_plan(model, tok, corpus, method: str, cfg: LoopConfig,
+               layer_list: list[int]) -> tuple[list, dict, dict, dict]:
+    """The method's phases, the parameters they train, the records ({"forget", "retain"}) and the editor's extra
+    data; every split a phase uses must be non-empty (an editor checks its extra data itself)."""
+    phases = build_phases(model, method, cfg, layer_list)
+    patterns = sorted({p for ph in phases for p in ph.editor.param_patterns()})
+    params = select_parameters(model, patterns, layer_list)
+    records = {"forget": list(corpus.forget), "retain": list(corpus.retain)}
+    extra = editor_class(method).extra_data(model, tok, corpus, cfg)
+    for split in sorted({u for ph in phases for u in ph.editor.uses} - set(extra)):
+        if not records.get(split):
+            raise EditError(f"{method} needs a non-empty {split} set, but the corpus has no {split} records")
+    return phases, params, records, extra
+
+
+def _set_up(model, tok, cfg: LoopConfig, params: dict, records: dict, extra: dict, calib: Calibration | None) -> dict:
+    """Cast the model to the config's dtype, seed torch and random, freeze all but `params`; the encoded training
+    data by split (the calibration's documents among them)."""
     dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[cfg.dtype]
     if next(model.parameters()).dtype != dtype:
         model.to(dtype)
@@ -197,23 +246,19 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
         data["forget_doc"] = calib.forget
         if calib.anchor_docs:
             data["anchor_doc"] = calib.anchor_docs
-    work = out.parent / f".{out.name}.work"
-    if distributed.is_main():
-        work.mkdir(parents=True, exist_ok=True)
-    log = JsonlLog(work / "log.jsonl") if distributed.is_main() else (lambda event, **fields: None)
-    resolved = {"method": method, "layers": layer_list, "preset": preset, "config": to_jsonable(cfg),
-                "trainable": list(params), "edited_layers": edited_layers(params),
-                "optimises": sorted(calib.statistics) if calib is not None else optimised_statistics(method, cfg)}
+    return data
+
+
+def _data_key(records: dict, extra: dict, calib: Calibration | None) -> str:
+    """The resume key's data: the records, the calibration's source and the editor's extra data."""
     data_key = data_hash(records) if calib is None else stable_hash([data_hash(records), calib.source_hash])
     if extra:
         data_key = stable_hash([data_key, {s: [e.ids for e in ex] for s, ex in extra.items()}])
-    run_key = {"model": fingerprint, "data": data_key, "config": stable_hash(resolved)}
-    if distributed.is_main():
-        atomic_write_json(work / "unlearn_config.json", resolved)
-    log("start", **resolved, n_forget=len(records["forget"]), n_retain=len(records["retain"]))
+    return data_key
 
-    if calib is not None:
-        calib.set_targets(model)  # before any update (a resumed run takes them from its checkpoint)
+
+def _reference(model, tok, phases: list, data: dict, cfg: LoopConfig, progress: bool) -> tuple[Reference, float]:
+    """The frozen model's outputs every phase's editor needs, given to each editor; and the seconds they took."""
     fns: dict[str, Callable] = {}
     for ph in phases:
         fns.update(ph.editor.reference_fns())
@@ -222,7 +267,14 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
     ref_seconds = time.perf_counter() - t0
     for ph in phases:
         ph.editor.setup(ref, data)
+    return ref, ref_seconds
 
+
+def _evaluator(model, tok, phases: list, data: dict, records: dict, cfg: LoopConfig,
+               calib: Calibration | None) -> tuple[Callable, str]:
+    """The loop's evaluation () -> (score, stats) and its metric: QA exact match on samples of the forget and retain
+    questions ("qa", when both have some), else the last phase's loss on the first examples; minus the calibration
+    penalty when calibrated."""
     from ..data.records import questions
     from ..generation import qa_accuracy
 
@@ -252,15 +304,13 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
         ed.load_state_dict(saved)
         return -loss.item(), {f"eval_{k}": v for k, v in stats.items()}
 
-    t1 = time.perf_counter()
-    summary = train(model, phases, data, cfg, work, pad_id=tok.pad_token_id, params=params, evaluate=evaluate,
-                    log=log, run_key=run_key, progress=progress, on_step=on_step)
-    summary.update(train_seconds=round(time.perf_counter() - t1, 3), reference_seconds=round(ref_seconds, 3),
-                   reference_cache_bytes=ref.nbytes(), eval_metric=metric,
-                   editor=[ph.editor.describe() for ph in phases])
-    log("done", **{k: v for k, v in summary.items() if k != "evals"})
+    return evaluate, metric
 
-    # ---- write the edited model to a temp dir beside the target, then rename: never a half model
+
+def _save(model, tok, corpus, out: Path, work: Path, resolved: dict, summary: dict, cfg: LoopConfig,
+          source: str | Path | None, fingerprint: str, source_weights: str | None) -> None:
+    """Write the edited model to a temp dir beside `out`, then rename it to `out` (never a half model), with
+    unlearn.json (the resolved config, the summary, provenance) and the log; then remove the work dir."""
     for p in model.parameters():
         p.requires_grad_(True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -285,4 +335,3 @@ def _unlearn(model, tok, corpus, method: str, layers, config: LoopConfig | dict 
             raise
         shutil.rmtree(work, ignore_errors=True)
     distributed.on_main(save, f"edited model {out}")
-    return out
