@@ -53,9 +53,9 @@ def small_config(model: Path, data: Path, out: Path, **over) -> PipelineConfig:
 @pytest.fixture
 def html_figures(monkeypatch):
     """The run's figures as HTML only: a PNG export starts Chromium, 19 of a small run's 20 s."""
-    import workbench.pipeline
+    import workbench.figures
 
-    monkeypatch.setattr(workbench.pipeline, "_formats", lambda: ("html",))
+    monkeypatch.setattr(workbench.figures, "browser_path", lambda: None)
 
 
 def events(run_dir: Path, since: int = 0) -> list[dict]:

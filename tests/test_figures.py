@@ -7,6 +7,8 @@ import struct
 import numpy as np
 import pytest
 
+import plotly.graph_objects as go
+
 from workbench import figures as F
 from workbench.aggregate import aggregate, importance_difference, token_roles
 from workbench.errors import ConfigError, TraceError
@@ -193,3 +195,23 @@ def test_sweep_plot():
         F.sweep_plot(rows, "window", ["forget_drop"], right=("traced_importance",))
     with pytest.raises(ConfigError, match=r"rows lack keys \['mmlu'\]"):
         F.sweep_plot(rows, "window", "mmlu")
+
+
+def test_figure_export_turns_a_failed_export_into_one_warning_and_publishes_atomically(tmp_path, monkeypatch):
+    """Every study writes its figures through FigureExport: without a browser the first static export fails as a
+    warning (logged), the rest are written as HTML only, and nothing raises; publish copies the matching PNGs."""
+    monkeypatch.setattr(F, "browser_path", lambda: None)
+    events = []
+    export = F.FigureExport(tmp_path / "figs", formats=["html", "png"],
+                            log=lambda event, **fields: events.append((event, fields)))
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+    written = export.write({"a": fig, "b": lambda: fig})
+    assert sorted(p.name for p in written) == ["a.html", "b.html"]
+    assert export.formats == ["html"] and export.failed == ["a"] and len(export.warnings) == 1
+    assert events == [("figure_warning", {"figure": "a", "message": export.warnings[0]})]
+    assert "FigureExportError" in export.warnings[0]
+    for name in ("study_x.png", "other.png"):
+        (tmp_path / "figs" / name).write_bytes(b"png")
+    export.publish(tmp_path / "dest", "study_*")
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["study_x.png"]
+    assert F.FigureExport(tmp_path / "g").formats == ["html"]   # no browser: HTML only, no warning

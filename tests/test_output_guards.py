@@ -73,7 +73,6 @@ def test_run_refuses_a_linked_edited_model_in_a_new_out(micro, tmp_path, capsys)
     ("/proc/figs", "cannot write the figures directory /proc/figs"),   # D12c: a directory that cannot be made
 ])
 def test_run_checks_figures_before_any_work(figures, msg, micro, tmp_path, capsys, monkeypatch):
-    import workbench.pipeline
 
     model, data = micro_copy(tmp_path)
     if figures == "file":
@@ -214,7 +213,6 @@ def test_a_png_the_exporter_did_not_write_is_retried_then_named(tmp_path, monkey
 
 def test_a_figure_failure_leaves_the_results_a_warning_and_exit_3(micro, tmp_path, capsys, monkeypatch):
     import workbench.figures as figures
-    import workbench.pipeline
     from workbench.errors import FigureExportError
 
     real = figures.save_figure
@@ -225,7 +223,7 @@ def test_a_figure_failure_leaves_the_results_a_warning_and_exit_3(micro, tmp_pat
         return real(fig, path, formats=formats, **kw)
 
     monkeypatch.setattr(figures, "save_figure", failing)
-    monkeypatch.setattr(workbench.pipeline, "_formats", lambda: ("html",))
+    monkeypatch.setattr(figures, "browser_path", lambda: None)   # HTML only: no static export to wait for
     model, data = micro_copy(tmp_path)
     out = tmp_path / "run"
     assert main(["run", "--config", str(_yaml(tmp_path / "c.yaml", small_config(model, data, out))), "--quiet"]) == 3

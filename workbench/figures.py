@@ -761,3 +761,71 @@ def attack_depth_figure(result: dict, importance: dict | None = None):
                             "layer l are patched into the original", xaxis_title="layer (resid_post)",
                       yaxis_title="drop in mean answer log-prob (nats)", width=900, height=430)
     return fig
+
+
+class FigureExport:
+    """A study's figures, written into one directory the same way by every study and command: HTML always, PNG
+    beside it when a browser for kaleido exists (or the `formats` asked for); a figure that cannot be written (no
+    browser, an export that fails, a full disk) becomes a warning, logged as "figure_warning", instead of ending a
+    run whose results are computed, and after a failed static export the rest are written as HTML only.
+    `publish(dest)` copies the PNGs and SVGs elsewhere (the README's figures/), each atomically."""
+
+    def __init__(self, fig_dir, formats=None, log=None):
+        self.dir = Path(fig_dir)
+        self.formats = list(formats) if formats is not None else (["html", "png"] if browser_path() else ["html"])
+        self.log = log or (lambda event, **fields: None)
+        self.written: list[Path] = []
+        self.failed: list[str] = []
+        self.warnings: list[str] = []
+
+    def _fail(self, name: str, e: BaseException) -> None:
+        from .errors import clip
+
+        self.failed.append(name)
+        self.warnings.append(f"figure {name} was not written ({type(e).__name__}: {clip(e)})")
+        self.log("figure_warning", figure=name, message=self.warnings[-1])
+
+    def __call__(self, name: str, fig) -> list[Path]:
+        """Write one figure (or a function that draws it) as `name`."""
+        return self.write({name: fig})
+
+    def write(self, figs: dict) -> list[Path]:
+        """Write each {name: figure, or a function that draws it}; returns the files written."""
+        from .errors import OutputError
+
+        before = len(self.written)
+        if not self.formats:
+            return []
+        with export_session():
+            for name, fig in figs.items():
+                try:
+                    self.written += save_figure(fig() if callable(fig) else fig, self.dir / name,
+                                                formats=self.formats).values()
+                except FigureExportError as e:
+                    if "html" in self.formats:
+                        self.written.append(self.dir / f"{name}.html")
+                    self.formats = [f for f in self.formats if f == "html"]   # no static retry for every figure
+                    self._fail(name, e)
+                except (OutputError, OSError) as e:
+                    self._fail(name, e)
+        return self.written[before:]
+
+    def publish(self, dest, pattern: str = "*") -> None:
+        """Copy this directory's PNGs and SVGs whose stem matches `pattern` into `dest`, each atomically."""
+        import shutil
+
+        from .errors import OutputError
+
+        dest = Path(dest)
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return self._fail(f"{dest} (published copies)", e)
+        for f in sorted(self.dir.glob(f"{pattern}.png")) + sorted(self.dir.glob(f"{pattern}.svg")):
+            tmp = dest / f".{f.name}.tmp"
+            try:
+                shutil.copyfile(f, tmp)
+                tmp.replace(dest / f.name)
+            except (OutputError, OSError) as e:
+                tmp.unlink(missing_ok=True)
+                self._fail(f"{dest / f.name}", e)

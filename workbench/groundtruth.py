@@ -502,35 +502,20 @@ def table(result: dict) -> str:
 def _figures(result: dict, cfg: GroundTruthConfig, out: Path, log) -> list[str]:
     """An accuracy heatmap per organism and each localize run's depth figure; returns the warnings of figures
     that could not be written."""
-    from .errors import FigureExportError
-    from .figures import browser_path, export_session, localisation_heatmap, save_figure
+    from .figures import FigureExport, localisation_heatmap
 
-    formats = ("html", "png") if browser_path() else ("html",)
-    warnings = []
-    with export_session():
-        for name, res in result["organisms"].items():
-            fig = localisation_heatmap({m: a["mean_score"] for m, a in res["accuracy"].items()},
-                                       res["planted_layers"], f"{name}: where each method localises "
-                                                              f"{len(res['facts'])} facts")
-            try:
-                save_figure(fig, out / "figures" / f"groundtruth_{name}", formats=formats)
-            except FigureExportError as e:
-                warnings.append(str(e))
+    export = FigureExport(out / "figures", log=log)
+    export.write({f"groundtruth_{name}": (lambda res=res, name=name: localisation_heatmap(
+        {m: a["mean_score"] for m, a in res["accuracy"].items()}, res["planted_layers"],
+        f"{name}: where each method localises {len(res['facts'])} facts")) for name, res in result["organisms"].items()})
     for name in result["localize"]:   # drawn by the localize run: copied under a name of this study
         for ext in ("html", "png"):
             src = out / f"localize-{name}" / "figures" / f"localize_depth.{ext}"
             if src.is_file():
                 shutil.copyfile(src, out / "figures" / f"groundtruth_depth_{name}.{ext}")
     if cfg.figures:
-        dest = Path(cfg.figures)
-        dest.mkdir(parents=True, exist_ok=True)
-        for src in sorted((out / "figures").glob("groundtruth_*.png")):
-            tmp = dest / f".{src.name}.tmp"
-            shutil.copyfile(src, tmp)
-            tmp.replace(dest / src.name)
-    for w in warnings:
-        log("figure_warning", warning=w)
-    return warnings
+        export.publish(cfg.figures, "groundtruth_*")
+    return export.warnings
 
 
 def run(cfg: GroundTruthConfig, progress: bool = True) -> dict:

@@ -473,7 +473,9 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
     }
     # 6. outputs -----------------------------------------------------------------------------------------
     atomic_write_text(out / "table.md", table(result))
-    _figures(result, main["importance"], tasks, cfg, out)
+    warnings = _figures(result, main["importance"], tasks, cfg, out, log)
+    if warnings:
+        result["figure_warnings"] = warnings
     result["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
     atomic_write_json(out / "localize.json", result)
     log("done", headline=result["headline"], seconds=result["seconds"])
@@ -921,11 +923,10 @@ def depth_table(result: dict) -> list[str]:
     return out + rows + [""]
 
 
-def _figures(result: dict, importance: dict, tasks: dict, cfg: LocalizeConfig, out: Path) -> None:
-    from .figures import (browser_path, depth_figure, export_session, importance_curve, importance_efficacy_scatter,
-                          localization_figure, save_figure, sweep_plot)
+def _figures(result: dict, importance: dict, tasks: dict, cfg: LocalizeConfig, out: Path, log) -> list[str]:
+    from .figures import (FigureExport, depth_figure, importance_curve, importance_efficacy_scatter,
+                          localization_figure, sweep_plot)
 
-    formats = ("html", "png") if browser_path() else ("html",)
     figs = {"localize_importance": importance_curve(list(importance.values()))}
     stats = {label: s[cfg.kind][cfg.efficacy] for label, s in result["statistics"].items()}
     if stats:
@@ -944,18 +945,11 @@ def _figures(result: dict, importance: dict, tasks: dict, cfg: LocalizeConfig, o
             title=f"Window selection ({cfg.kind}, {cfg.window} layers) vs number of traced facts")
     if tasks:
         figs["localize_tasks"] = importance_curve(tasks, title=f"{cfg.kind} importance per LUME task")
-    with export_session():
-        for name, fig in figs.items():
-            save_figure(fig, out / "figures" / name, formats=formats)
+    export = FigureExport(out / "figures", log=log)
+    export.write(figs)
     if cfg.figures:
-        dest = Path(cfg.figures)
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in figs:
-            src = out / "figures" / f"{name}.png"
-            if src.is_file():
-                tmp = dest / f".{name}.png.tmp"
-                shutil.copyfile(src, tmp)
-                tmp.replace(dest / f"{name}.png")
+        export.publish(cfg.figures, "localize*")
+    return export.warnings
 
 
 # ---------------------------------------------------------------- from a config

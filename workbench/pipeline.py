@@ -20,12 +20,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .configfile import MAX_SAMPLES, MAX_SEED, build, coerce_fields, read_mapping
 from .data.limits import MAX_RECORD_TOKENS
 from .errors import ConfigError, quote
 from .provenance import JsonlLog, atomic_write_json, key_change, key_parts, provenance, records_hash, weights_hash
 from .trace_settings import TraceSettings
+
+if TYPE_CHECKING:
+    from .figures import FigureExport
 
 
 @dataclass
@@ -299,6 +303,7 @@ def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
 def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: contextlib.ExitStack) -> Path:
     import torch
 
+    from .figures import FigureExport
     from .models import organism_name, weights_key
     from .organism import load_model
 
@@ -311,7 +316,7 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: cont
 
     # 1. model and data ------------------------------------------------------------------------------
     model_path, twin_build = _build_organism(cfg, organism_name(cfg.model), run_dir, children, progress, say, t_start)
-    figure = _Figures(run_dir, log)
+    figure = FigureExport(run_dir / "figures", log=log)
     model, tok, corpus = load_inputs(cfg, model_path)
     facts = forget_facts(cfg, corpus)
     log("data", source=corpus.source, n_forget=len(corpus.forget), n_retain=len(corpus.retain), n_traced=len(facts))
@@ -373,7 +378,7 @@ def _build_organism(cfg: PipelineConfig, name: str | None, run_dir: Path, childr
 
 
 def _trace_stage(cfg: PipelineConfig, model, tok, facts: list, run_dir: Path, log: JsonlLog, say,
-                 figure: "_Figures", weights: str, runtime: dict, progress: bool) -> tuple[str, dict]:
+                 figure: "FigureExport", weights: str, runtime: dict, progress: bool) -> tuple[str, dict]:
     """Stage 2: the importance of every kind, traced or reused (with the example heatmap and the importance
     curve); returns the stage's content key and {kind: LayerImportance}."""
     from .aggregate import LayerImportance
@@ -416,7 +421,7 @@ def _unlearn_stage(cfg: PipelineConfig, stage: "_Stage", model, tok, corpus, sel
 
 
 def _evaluate_stage(cfg: PipelineConfig, original: tuple, edited: tuple, edited_dir: Path, corpus, run_dir: Path,
-                    twin_build, figure: "_Figures", log: JsonlLog, progress: bool, say, t_start: float):
+                    twin_build, figure: "FigureExport", log: JsonlLog, progress: bool, say, t_start: float):
     """Stage 5: evaluate and re-trace the `original` and the `edited` (model, tokenizer) (the twin build awaited
     first), write the report's figures and publish them where cfg.figures says; the report."""
     import torch
@@ -433,7 +438,7 @@ def _evaluate_stage(cfg: PipelineConfig, original: tuple, edited: tuple, edited_
     return report
 
 
-def _finish(cfg: PipelineConfig, run_dir: Path, t_start: float, selection, report, figure: "_Figures",
+def _finish(cfg: PipelineConfig, run_dir: Path, t_start: float, selection, report, figure: "FigureExport",
             log: JsonlLog, say) -> Path:
     """Write summary.json, log the end, say the verdict and warn of unwritten figures; the report's path."""
     summary = {"seconds": round(time.perf_counter() - t_start, 1), "layers": selection.layers,
@@ -465,49 +470,6 @@ def _edit_intact(edited_dir: Path, stage: _Stage) -> bool:
         stage.say(f"      {stage.name} runs again: edited_model is not what the stage wrote")
         return False
     return True
-
-
-class _Figures:
-    """Writes the run's figures; a figure that cannot be written (no browser, an export that fails, a full disk)
-    becomes a warning and an entry of `failed` instead of ending a run whose results are computed."""
-
-    def __init__(self, run_dir: Path, log: JsonlLog):
-        self.dir, self.log = run_dir / "figures", log
-        self.failed: list[str] = []
-        self.warnings: list[str] = []
-
-    def _fail(self, name: str, e: BaseException) -> None:
-        from .errors import clip
-
-        self.failed.append(name)
-        self.warnings.append(f"figure {name} was not written ({type(e).__name__}: {clip(e)})")
-        self.log("figure_warning", figure=name, message=self.warnings[-1])
-
-    def __call__(self, name: str, make) -> None:
-        from .errors import FigureExportError, OutputError
-        from .figures import save_figure
-
-        try:
-            save_figure(make(), self.dir / name, formats=_formats())
-        except (FigureExportError, OutputError, OSError) as e:
-            self._fail(name, e)
-
-    def publish(self, dest: Path) -> None:
-        """Copy the PNGs (and SVGs) into `dest` (the README's figures/), each atomically."""
-        from .errors import OutputError
-
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            return self._fail(f"{dest} (published copies)", e)
-        for f in sorted(self.dir.glob("*.png")) + sorted(self.dir.glob("*.svg")):
-            tmp = dest / f".{f.name}.tmp"
-            try:
-                shutil.copyfile(f, tmp)
-                tmp.replace(dest / f.name)
-            except (OutputError, OSError) as e:
-                tmp.unlink(missing_ok=True)
-                self._fail(f"{dest / f.name}", e)
 
 
 # --- the stages, each one call: the pipeline above and notebooks/03_select_and_unlearn run these -------------------
@@ -693,7 +655,7 @@ def _preset(cfg: PipelineConfig) -> str | None:
 
 
 def _sweep(cfg, model, tok, corpus, importance, run_dir: Path, progress: bool, say, log, weights: str,
-           figure: "_Figures") -> None:
+           figure: "FigureExport") -> None:
     """Unlearning efficacy per window beside the traced importance of the same window. A finished sweep is reused
     when its content key (model, data, method and settings) is this run's; else it runs again, reusing the windows
     whose own keys still match."""
@@ -723,8 +685,3 @@ def _sweep(cfg, model, tok, corpus, importance, run_dir: Path, progress: bool, s
     log("sweep", rows=rows)
 
 
-def _formats() -> tuple[str, ...]:
-    """PNG beside the HTML when a browser for kaleido exists; HTML alone otherwise (said once in the log)."""
-    from .figures import browser_path
-
-    return ("html", "png") if browser_path() else ("html",)

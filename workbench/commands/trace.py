@@ -166,28 +166,15 @@ def _slug(text: str) -> str:
 
 
 def write_figures(figs: dict, fig_dir: Path, formats: list[str], log, command: str = "trace"):
-    """Save figures; a missing browser for PNG/SVG/PDF is a warning (HTML is still written), not a failed run."""
-    from ..errors import FigureExportError
-    from ..figures import export_session, save_figure
+    """Save figures (figures.FigureExport); a figure that cannot be written is a warning on stderr and in the log
+    (HTML is still written), not a failed run. Returns (the files written, the last warning or None)."""
+    from ..figures import FigureExport
 
-    written, warning = [], None
-    if not formats:
-        return written, warning
-    with export_session():
-        for name, fig in figs.items():
-            try:
-                written += [str(p) for p in save_figure(fig, fig_dir / name, formats=formats).values()]
-            except FigureExportError as e:
-                if "html" in formats:
-                    written.append(str(fig_dir / f"{name}.html"))
-                warning = str(e)
-                formats = [f for f in formats if f == "html"]   # do not retry static export for every figure
-                if not formats:
-                    break
-    if warning:
+    export = FigureExport(fig_dir, formats=formats, log=log)
+    written = [str(p) for p in export.write(figs)]
+    for warning in export.warnings:
         print(f"workbench {command}: warning: {warning}", file=sys.stderr)
-        log("figure_warning", message=warning)
-    return written, warning
+    return written, (export.warnings[-1] if export.warnings else None)
 
 
 def run(args) -> int:
