@@ -42,6 +42,19 @@ def micro_retain():
 
 
 @pytest.fixture(scope="session")
+def zeroed_micro(micro):
+    """The micro organism with every MLP write (down-projection) zeroed: a crude 'edit' that destroys recall, about
+    a fifth of its weights 0."""
+    import copy
+
+    model = copy.deepcopy(micro[0])
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight.zero_()
+    return model
+
+
+@pytest.fixture(scope="session")
 def tiny_olmo():
     """A random-weight OLMo with the micro organism's tokenizer: for hook plumbing, not for facts."""
     from transformers import OlmoConfig, OlmoForCausalLM

@@ -2,11 +2,9 @@
 report's table (json and html) and, with a threshold, in the verdict, where it can fail."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
-import torch
 
 from workbench.errors import ConfigError
 from workbench.evaluation import registry
@@ -39,23 +37,13 @@ class ZeroWeights(Metric):
         return [Criterion("toy", e <= self.threshold, f"zero-weight fraction {e:.3f} (<= {self.threshold})")]
 
 
-@pytest.fixture(scope="module")
-def zeroed(micro):
-    """The micro organism with its MLP down-projections zeroed: about a fifth of its weights are 0."""
-    model = copy.deepcopy(micro[0])
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.mlp.down_proj.weight.zero_()
-    return model
-
-
 CHEAP = EvalConfig(max_new_tokens=2, limit=1, trace=False, gradnorm=False)
 
 
-def test_a_registered_metric_is_in_the_report_table_and_verdict(micro, zeroed, tmp_path, monkeypatch):
+def test_a_registered_metric_is_in_the_report_table_and_verdict(micro, zeroed_micro, tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "METRICS", dict(registry.METRICS))
     toy = registry.register(ZeroWeights(threshold=0.5))
-    rep = evaluate(micro[0], micro[1], micro[2], edited=(zeroed, micro[1]), config=CHEAP, out_dir=tmp_path)
+    rep = evaluate(micro[0], micro[1], micro[2], edited=(zeroed_micro, micro[1]), config=CHEAP, out_dir=tmp_path)
     js = json.loads((tmp_path / "report.json").read_text())
     original, edited = js["original"]["toy"]["zero_fraction"], js["edited"]["toy"]["zero_fraction"]
     assert original < 0.01 and 0.1 < edited < 0.5
@@ -70,9 +58,9 @@ def test_a_registered_metric_is_in_the_report_table_and_verdict(micro, zeroed, t
     assert any(line.split()[:2] == ["toy", "PASS"] for line in rep.verdict_lines())
     assert ">toy</td><td style='color:#1a7f37;font-weight:bold'>PASS" in page
 
-    # the same metric with a threshold the zeroed model does not meet: its line fails, and so does the verdict
+    # the same metric with a threshold the zeroed_micro model does not meet: its line fails, and so does the verdict
     toy.threshold = 0.05
-    rep = evaluate(micro[0], micro[1], micro[2], edited=(zeroed, micro[1]), config=CHEAP, out_dir=tmp_path / "fail")
+    rep = evaluate(micro[0], micro[1], micro[2], edited=(zeroed_micro, micro[1]), config=CHEAP, out_dir=tmp_path / "fail")
     js = json.loads((tmp_path / "fail" / "report.json").read_text())
     lines = {c["name"]: c for c in js["verdict"]["criteria"]}
     assert lines["toy"]["passed"] is False and js["verdict"]["passed"] is False
@@ -80,10 +68,10 @@ def test_a_registered_metric_is_in_the_report_table_and_verdict(micro, zeroed, t
     assert ">toy</td><td style='color:#cf222e;font-weight:bold'>FAIL" in (tmp_path / "fail" / "report.html").read_text()
 
 
-def test_a_metric_without_a_threshold_reports_without_judging(micro, zeroed, tmp_path, monkeypatch):
+def test_a_metric_without_a_threshold_reports_without_judging(micro, zeroed_micro, tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "METRICS", dict(registry.METRICS))
     registry.register(ZeroWeights())
-    rep = evaluate(micro[0], micro[1], micro[2], edited=(zeroed, micro[1]), config=CHEAP)
+    rep = evaluate(micro[0], micro[1], micro[2], edited=(zeroed_micro, micro[1]), config=CHEAP)
     assert rep.table()[-1][0] == "toy zero-weight fraction"
     assert "toy" not in {c["name"] for c in rep.verdict["criteria"]}
 

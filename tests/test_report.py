@@ -1,12 +1,10 @@
 """The verification report: side-by-side numbers, re-tracing cross-checked against direct traces, files, CLI."""
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
 import pytest
-import torch
 
 from workbench.errors import ConfigError
 from workbench.evaluation.config import EvalConfig
@@ -14,29 +12,19 @@ from workbench.report import evaluate
 from workbench.evaluation.retrace import TraceConfig
 
 
-@pytest.fixture(scope="module")
-def damaged(micro):
-    """The micro organism with every MLP write zeroed: a crude 'edit' that destroys recall."""
-    model = copy.deepcopy(micro[0])
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.mlp.down_proj.weight.zero_()
-    return model
-
-
 @pytest.mark.slow
-def test_report_side_by_side_and_retrace(micro, damaged, tmp_path):
+def test_report_side_by_side_and_retrace(micro, zeroed_micro, tmp_path):
     from workbench.tracing import noise_scale, trace_facts
 
     model, tok, corpus = micro
     tc = TraceConfig(kinds=("resid",), n_facts=2, n_samples=3, n_boot=50)
-    rep = evaluate(model, tok, corpus, edited=(damaged, tok), trace_config=tc,
+    rep = evaluate(model, tok, corpus, edited=(zeroed_micro, tok), trace_config=tc,
                    config=EvalConfig(max_new_tokens=24, limit=3), out_dir=tmp_path)
     o, e = rep.original, rep.edited
     # before unlearning the organism knows its facts and its forget docs are exposed
     assert o["qa_recall"]["forget"] > 0.8 and o["mia"]["auc"]["loss"] > 0.85
     assert o["semeval"]["task_agg"] < 0.3
-    # the damaged model forgot (and everything else): recall falls, TaskAgg's forget terms rise
+    # the zeroed_micro model forgot (and everything else): recall falls, TaskAgg's forget terms rise
     assert e["qa_recall"]["forget"] < o["qa_recall"]["forget"] - 0.5
     assert e["semeval"]["terms"]["forget/Task2/knowledge"] > o["semeval"]["terms"]["forget/Task2/knowledge"]
     # re-tracing equals tracing both models directly with the original's noise sigma
@@ -45,7 +33,7 @@ def test_report_side_by_side_and_retrace(micro, damaged, tmp_path):
     assert rep.trace["noise"] == pytest.approx(sigma)
     kw = dict(kinds=("resid",), n_samples=3, noise=sigma, seed=0, metric=tc.metric, progress=False)
     direct_b = trace_facts(model, tok, facts, **kw)
-    direct_a = trace_facts(damaged, tok, facts, **kw)
+    direct_a = trace_facts(zeroed_micro, tok, facts, **kw)
     ie_b = np.mean([r.indirect_effect("resid").max(axis=1) for r in direct_b], axis=0)
     ie_a = np.mean([r.indirect_effect("resid").max(axis=1) for r in direct_a], axis=0)
     got = rep.trace["kinds"]["resid"]
@@ -103,14 +91,14 @@ def test_cli_on_real_lume(micro, lume, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_retain_baseline_column_privleak_and_reference(micro, micro_retain, damaged, tmp_path):
+def test_retain_baseline_column_privleak_and_reference(micro, micro_retain, zeroed_micro, tmp_path):
     from workbench.evaluation import mia as mia_mod
     from workbench.evaluation.semeval import select
 
     model, tok, corpus = micro
     base = micro_retain[:2]
     cfg = EvalConfig(max_new_tokens=24, limit=3, trace=False)
-    rep = evaluate(model, tok, corpus, edited=(damaged, tok), config=cfg, retain_baseline=base, out_dir=tmp_path)
+    rep = evaluate(model, tok, corpus, edited=(zeroed_micro, tok), config=cfg, retain_baseline=base, out_dir=tmp_path)
     o, b = rep.original, rep.baseline
     # the twin never saw the forget set: it cannot answer it, and its forget docs look less like members
     assert b["qa_recall"]["forget"] <= 0.2 and b["qa_recall"]["retain"] >= 0.9

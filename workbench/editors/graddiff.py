@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .gradient import GradientEditor, answer_nll, mean_ce
+from .gradient import GradientEditor, answer_nll, mean_ce, plus_retain
 from .loop import Batch
 
 
@@ -23,8 +23,4 @@ class GradDiff(GradientEditor):
         nll, mask = answer_nll(self.model, batch["forget"])
         stats = {"forget_loss": mean_ce(nll, mask).item()}
         total = self.forget_term(batch["forget"], nll, mask, stats)
-        if "retain" in self.uses:
-            retain = mean_ce(*answer_nll(self.model, batch["retain"]))
-            stats["retain_loss"] = retain.item()
-            total = total + self.cfg.retain_weight * retain
-        return total, stats
+        return plus_retain(self, total, batch, stats), stats

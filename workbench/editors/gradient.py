@@ -66,3 +66,12 @@ def mean_ce(nll: torch.Tensor, mask: torch.Tensor, floor: float | None = None) -
 def sequence_logprob(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """log p(answer | prompt) per example: minus the summed answer-token NLL. [batch]"""
     return -(nll * mask).sum(-1)
+
+
+def plus_retain(editor: Editor, total: torch.Tensor, batch: dict[str, Batch], stats: dict) -> torch.Tensor:
+    """total + retain_weight * CE(retain answers) when `editor` trains on retain batches (stats gain retain_loss)."""
+    if "retain" not in editor.uses:
+        return total
+    retain = mean_ce(*answer_nll(editor.model, batch["retain"]))
+    stats["retain_loss"] = retain.item()
+    return total + editor.cfg.retain_weight * retain

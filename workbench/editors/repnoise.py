@@ -20,7 +20,7 @@ import torch
 
 from ..hooks import capture
 from ..models import decoder_layers
-from .gradient import GradientConfig, mean_ce, token_nll
+from .gradient import GradientConfig, mean_ce, plus_retain, token_nll
 from .graddiff import GradDiff
 
 
@@ -83,10 +83,4 @@ class RepNoise(GradDiff):
         noise = self.noise_term(hidden, mask, forget.index)
         stats = {"forget_loss": mean_ce(nll, mask).item(), "noise_mmd": noise.item()}
         total = -self.cfg.ascent_weight * mean_ce(nll, mask, self.cfg.forget_floor) + self.cfg.noise_weight * noise
-        if "retain" in self.uses:
-            retain_out = self.model(input_ids=batch["retain"].input_ids, attention_mask=batch["retain"].attention_mask,
-                                    use_cache=False)
-            retain = mean_ce(*token_nll(retain_out.logits, batch["retain"].labels))
-            stats["retain_loss"] = retain.item()
-            total = total + self.cfg.retain_weight * retain
-        return total, stats
+        return plus_retain(self, total, batch, stats), stats

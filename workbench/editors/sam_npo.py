@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import EditError
-from .gradient import GradientConfig, answer_nll, mean_ce
+from .gradient import GradientConfig, answer_nll, mean_ce, plus_retain
 from .npo import NPO
 
 
@@ -80,11 +80,7 @@ class SamNPO(NPO):
     def loss(self, batch):
         stats: dict = {}
         total = self.sam_forget_term(batch["forget"], stats)
-        if "retain" in self.uses:
-            retain = mean_ce(*answer_nll(self.model, batch["retain"]))
-            stats["retain_loss"] = retain.item()
-            total = total + self.cfg.retain_weight * retain
-        return total, stats
+        return plus_retain(self, total, batch, stats), stats
 
     def describe(self):
         return {**super().describe(), "sam_rho": self.cfg.sam_rho}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LoopConfig
-from .gradient import answer_nll, mean_ce
+from .gradient import plus_retain
 from .loop import Batch, Editor
 
 
@@ -105,11 +105,7 @@ class Undial(Editor):
         stats = {"undial_loss": term.item(),
                  "answer_prob": ((answer_p * mask).sum() / mask.sum().clamp(min=1)).item()}
         total = self.cfg.forget_weight * term
-        if "retain" in self.uses:
-            retain = mean_ce(*answer_nll(self.model, batch["retain"]))
-            stats["retain_loss"] = retain.item()
-            total = total + self.cfg.retain_weight * retain
-        return total, stats
+        return plus_retain(self, total, batch, stats), stats
 
     def describe(self):
         return {"method": self.name, "uses": list(self.uses), "gamma": self.cfg.gamma}
