@@ -45,7 +45,8 @@ class SamNPO(NPO):
     Config = SamNPOConfig
     # defaults and the organism preset: NPO's, with rho chosen on micro's validation view (data.records.validation_view)
     # at layers 0-2: rho 0.01, 0.1 and 1.0 each forget every validation person (recall 0.00) and keep 0.96, 0.80 and
-    # 0.88 of the retain answers; relearning (lr 1e-3, 10 and 30 steps) brings none of them back at layers 2-3
+    # 0.88 of the retain answers; relearning (lr 1e-3, 10 and 30 steps) brings back none of what rho 0.01 or plain NPO
+    # forgot at layers 2-3 there, so on micro it does not tell the radii apart
     defaults = {"lr": 3e-3, "epochs": 10, "sam_rho": 0.01}
     presets = {"organism": dict(lr=1e-3, epochs=20, retain_weight=8.0, sam_rho=0.01)}
 
