@@ -95,3 +95,31 @@ def test_fresh_clone_results_are_recorded_and_kept(tmp_path):
     assert text.count(fresh_clone.TITLE) == 1
     with pytest.raises(SystemExit, match="unknown key"):
         fresh_clone.record(results, "notebooks", run1)
+
+
+def test_same_outputs_sees_a_changed_number_figure_or_organism(tmp_path):
+    """The refactor check (benchmarks/same_outputs.py): equal runs pass, timings and plotly's div ids do not count,
+    and a number moved by more than 1e-5, a changed figure or different organism weights are each reported."""
+    import json
+
+    from benchmarks.same_outputs import differences
+
+    def run(name, recall, div_id, weights):
+        d = tmp_path / name
+        (d / "figures").mkdir(parents=True)
+        (d / "report.json").write_text(json.dumps({"edited": {"recall": recall, "seconds_mia": len(name)}}))
+        (d / "figures" / "f.html").write_text(f'<div id="{div_id}">plot</div>')
+        (d / "figures" / "f.png").write_bytes(b"png")
+        org = tmp_path / f"cache-{name}" / "organisms" / f"micro-{len(name)}abc"
+        org.mkdir(parents=True)
+        (org / "model.safetensors").write_bytes(weights)
+        return d, tmp_path / f"cache-{name}"
+
+    a, ca = run("a", 0.5, "11111111-2222-3333-4444-555555555555", b"w")
+    b, cb = run("bb", 0.5 + 1e-7, "66666666-7777-8888-9999-000000000000", b"w")
+    assert differences(a, b, (ca, cb)) == []
+    c, cc = run("ccc", 0.51, "11111111-2222-3333-4444-555555555555", b"other")
+    (c / "figures" / "f.png").write_bytes(b"changed")
+    found = differences(a, c, (ca, cc))
+    assert found == ["report.json.edited.recall: '0.5' != '0.51'", "figures/f.png: differs",
+                     "organism micro: weights differ"]
