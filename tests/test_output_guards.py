@@ -73,6 +73,7 @@ def test_run_refuses_a_linked_edited_model_in_a_new_out(micro, tmp_path, capsys)
     ("/proc/figs", "cannot write the figures directory /proc/figs"),   # D12c: a directory that cannot be made
 ])
 def test_run_checks_figures_before_any_work(figures, msg, micro, tmp_path, capsys, monkeypatch):
+    import workbench.pipeline
 
     model, data = micro_copy(tmp_path)
     if figures == "file":
