@@ -75,6 +75,11 @@ def detail(line: dict) -> str:
     return ("PASS " if line["passed"] else "FAIL " if line["passed"] is False else "n/a ") + d.split(";")[0][:70]
 
 
+def _score(value) -> str:
+    """A SemEval final score, or n/a where it is not computed (no MMLU questions or MIA score, as on micro)."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -140,11 +145,11 @@ def main(argv=None) -> None:
         names = list(verdict)
         lines_md.append(f"| {label} | {row['forget']:.2f} / {row['retain']:.2f} | "
                         + " | ".join(detail(verdict[n]) for n in names)
-                        + f" | {row['final']:.3f} | {row['seconds']} |")
+                        + f" | {_score(row['final'])} | {row['seconds']} |")
     head = ["editor", "forget / retain recall", *names, "SemEval final", "edit s"]
     text = (f"### Every editor against the verdict ({args.split} split of the {args.organism} organism, "
             f"layers {layers_edited} ({args.layers}))\n\n"
-            f"Twin SemEval final {rows[0]['twin_final']:.3f}.\n\n| " + " | ".join(head) + " |\n|"
+            f"Twin SemEval final {_score(rows[0]['twin_final'])}.\n\n| " + " | ".join(head) + " |\n|"
             + "---|" * len(head) + "\n" + "\n".join(lines_md) + "\n")
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
