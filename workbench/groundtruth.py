@@ -504,10 +504,13 @@ def _figures(result: dict, cfg: GroundTruthConfig, out: Path, log) -> list[str]:
     that could not be written."""
     from .figures import FigureExport, localisation_heatmap
 
+    figs = {}
+    for name, res in result["organisms"].items():
+        scores = {m: a["mean_score"] for m, a in res["accuracy"].items()}
+        title = f"{name}: where each method localises {len(res['facts'])} facts"
+        figs[f"groundtruth_{name}"] = localisation_heatmap(scores, res["planted_layers"], title)
     export = FigureExport(out / "figures", log=log)
-    export.write({f"groundtruth_{name}": (lambda res=res, name=name: localisation_heatmap(
-        {m: a["mean_score"] for m, a in res["accuracy"].items()}, res["planted_layers"],
-        f"{name}: where each method localises {len(res['facts'])} facts")) for name, res in result["organisms"].items()})
+    export.write(figs)   # one browser session for every heatmap
     for name in result["localize"]:   # drawn by the localize run: copied under a name of this study
         for ext in ("html", "png"):
             src = out / f"localize-{name}" / "figures" / f"localize_depth.{ext}"
