@@ -123,3 +123,15 @@ def test_same_outputs_sees_a_changed_number_figure_or_organism(tmp_path):
     found = differences(a, c, (ca, cc))
     assert found == ["report.json.edited.recall: '0.5' != '0.51'", "figures/f.png: differs",
                      "organism micro: weights differ"]
+
+
+def test_editors_table_layers_are_planted_listed_or_refused():
+    """--layers planted reads the planted organism's layers; an explicit list is taken as given; planted on an
+    organism without planted layers is refused with a message that names the choices."""
+    from benchmarks.editors_table import edit_layers
+
+    assert edit_layers("micro-planted", "planted") == [1, 2]
+    assert edit_layers("default-planted", "planted") == [2, 3]
+    assert edit_layers("default", "0,2") == [0, 2]
+    with pytest.raises(SystemExit, match="'default' is not a planted organism; expected one of"):
+        edit_layers("default", "planted")
