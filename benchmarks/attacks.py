@@ -30,7 +30,7 @@ def stand_in_edit(model, sd: float = 0.25, seed: int = 0):
 
 
 def run(quick: bool = False, log=print) -> Section:
-    from workbench import organism
+    from workbench import harness
     from workbench.data.records import questions
     from workbench.evaluation.attacks import ATTACKS, AttackConfig, recoveries, run_attacks
     from workbench.evaluation.attacks.recall import encode_qa, score
@@ -38,8 +38,8 @@ def run(quick: bool = False, log=print) -> Section:
 
     name = "micro" if quick else "default"
     log(f"attacks: organism {name} and its twin")
-    model, tok, corpus = organism.load(name)
-    twin = organism.load(f"{name}-retain")[0]
+    model, tok, corpus = harness.load_organism(name)
+    twin = harness.load_organism(f"{name}-retain")[0]
     models = {"original": (model, tok), "edited": (stand_in_edit(model), tok), "twin": (twin, tok)}
 
     qa = questions(corpus.forget)

@@ -82,10 +82,10 @@ def _pf_table(rows: list[dict]) -> str:
 
 
 def run(quick: bool = False, log=print) -> Section:
-    from workbench import organism
+    from workbench import harness
 
     torch.manual_seed(0)
-    micro, tok, _ = organism.load("micro")
+    micro, tok, _ = harness.load_organism("micro")
     k = 10
     log("attribution: micro")
     corr, pf_rows, _ = compare_all(micro, tok, PATCH, k, "micro")

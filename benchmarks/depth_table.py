@@ -38,15 +38,15 @@ def row(name: str, model, tok, corpus) -> dict:
 def main() -> None:
     import torch
 
-    from workbench import organism
+    from workbench import harness, organism
     from workbench.editors import unlearn
-    from workbench.organism import load_model
+    from workbench.harness import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/depth_table.md")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model0, tok, corpus = organism.load("default")
+    model0, tok, corpus = harness.load_organism("default")
     twin = organism.retain_twin("default")
     organism.build(twin, progress=False)
     rows = [row("original", model0, tok, corpus), row("retain-only twin", *load_model(f"organism:{twin}"), corpus)]

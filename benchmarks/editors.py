@@ -51,9 +51,9 @@ def run_case(model, tok, corpus, method: str, extra: dict, cache: bool, steps: i
 
 
 def run(quick: bool = False, log=print) -> Section:
-    from workbench import organism
+    from workbench import harness
 
-    model, tok, corpus = organism.load("micro")
+    model, tok, corpus = harness.load_organism("micro")
     steps = 3 if quick else 10
     rows, goals = [], []
     with tempfile.TemporaryDirectory() as tmp:

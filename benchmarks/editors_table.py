@@ -83,10 +83,10 @@ def _score(value) -> str:
 def main(argv=None) -> None:
     import torch
 
-    from workbench import organism
+    from workbench import harness, organism
     from workbench.data.records import validation_view
     from workbench.editors import unlearn
-    from workbench.organism import load_model
+    from workbench.harness import load_model
     from workbench.evaluation.config import EvalConfig
     from workbench.report import evaluate
 
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     layers_edited = edit_layers(args.organism, args.layers)
     extra = dict(pair.split("=", 1) for pair in args.set)   # strings; the editor's config coerces them
-    model0, tok, corpus = organism.load(args.organism)
+    model0, tok, corpus = harness.load_organism(args.organism)
     twin_name = f"{args.organism}-retain" if args.split == "forget" else "default-validation-twin"
     twin = load_model(organism.build(twin_name, progress=False))
     if args.split == "validation":

@@ -58,7 +58,7 @@ def lm_eval_predictions(model, tok, gk, shots, tmp) -> list[int]:
 def run(quick: bool = False, log=print) -> Section:
     import logging
 
-    from workbench import organism
+    from workbench import harness
     from workbench.evaluation import mia, mmlu
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -83,7 +83,7 @@ def run(quick: bool = False, log=print) -> Section:
                        "lm-eval peak MiB", "identical predictions", "speedup"], rows))
 
     log("evaluation: MIA")
-    micro, mtok, corpus = organism.load("micro")
+    micro, mtok, corpus = harness.load_organism("micro")
     texts = [r.text for r in list(corpus.forget) + list(corpus.holdout)]
     if quick:
         texts = texts[:8]

@@ -35,7 +35,7 @@ def random_model(out: Path, shape: str = "olmo-1b", seed: int = 0) -> Path:
     from transformers import OlmoConfig, OlmoForCausalLM
 
     from workbench import organism
-    from workbench.organism import load_model
+    from workbench.harness import load_model
 
     _, tok = load_model("organism:micro")
     dims = dict(SHAPES[shape])

@@ -358,10 +358,10 @@ def scaling(tok, layers, prompts, n_samples) -> list[list]:
 
 # --- section ------------------------------------------------------------------------------------------------
 def run(quick: bool = False, log=print) -> Section:
-    from workbench import organism
+    from workbench import harness
 
     torch.manual_seed(0)
-    micro, tok, corpus = organism.load("micro")
+    micro, tok, corpus = harness.load_organism("micro")
     facts = [(r.input, r.output, r.subject) for r in corpus.facts("forget") + corpus.facts("retain")]
     n_set = 3 if quick else 50
     facts = facts[:n_set]

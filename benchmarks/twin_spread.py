@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     from workbench.evaluation.attacks import depth
     from workbench.evaluation.knowledge import recall
     from workbench.evaluation.mia import mia
-    from workbench.organism import load_model
+    from workbench.harness import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--organism", default="default")

@@ -28,17 +28,17 @@ def lume() -> Path:
 @pytest.fixture(scope="session")
 def micro():
     """(model, tokenizer, corpus) of the micro organism: 4 layers, d_model 64, memorised facts."""
-    from workbench import organism
+    from workbench import harness
 
-    return organism.load("micro")
+    return harness.load_organism("micro")
 
 
 @pytest.fixture(scope="session")
 def micro_retain():
     """(model, tokenizer, corpus) of micro's retain-only twin: micro's tokenizer, never trained on the forget set."""
-    from workbench import organism
+    from workbench import harness
 
-    return organism.load("micro-retain")
+    return harness.load_organism("micro-retain")
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +59,9 @@ def tiny_olmo():
     """A random-weight OLMo with the micro organism's tokenizer: for hook plumbing, not for facts."""
     from transformers import OlmoConfig, OlmoForCausalLM
 
-    from workbench import organism
+    from workbench import harness
 
-    _, tok, _ = organism.load("micro")
+    _, tok, _ = harness.load_organism("micro")
     torch.manual_seed(0)
     cfg = OlmoConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                      num_attention_heads=4, max_position_embeddings=256, pad_token_id=tok.pad_token_id,

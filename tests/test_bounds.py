@@ -31,11 +31,12 @@ def _one_error_line(capsys, command: str, longest: int = 1200) -> str:
 @pytest.fixture
 def no_models(monkeypatch):
     """Loading or building any model fails the test: the refusal must come first."""
+    import workbench.harness
     import workbench.models
     import workbench.organism
 
-    for module in (workbench.models, workbench.organism):
-        monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(workbench.models, "load_pretrained", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(workbench.harness, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     monkeypatch.setattr(workbench.organism, "build", lambda *a, **k: pytest.fail("built a model"))
 
 

@@ -32,13 +32,13 @@ def fakes(monkeypatch):
     """Fake model loader and tracer: record the calls, return planted results (peak at layer 2). The fake tokenizer
     cannot count tokens, so the record length bound passes records through."""
     import workbench.data.limits
-    import workbench.organism
+    import workbench.harness
     import workbench.tracing
 
     monkeypatch.setattr(workbench.data.limits, "bound_records", lambda corpus, tok, *a, **kw: corpus)
 
     calls = {}
-    monkeypatch.setattr(workbench.organism, "load_model", lambda spec, **kw: calls.setdefault("model", (spec, kw)) and
+    monkeypatch.setattr(workbench.harness, "load_model", lambda spec, **kw: calls.setdefault("model", (spec, kw)) and
                         ("MODEL", "TOK"))
 
     def trace_facts(model, tok, records, **kw):

@@ -230,17 +230,18 @@ def test_the_hashing_benchmark_names_the_cost():
 def test_an_edited_model_from_before_stamps_recorded_it_is_recognised(tmp_path):
     """A run directory an older workbench made: its bare-key stamp and an edited model holding only what `unlearn`
     writes are that run's (replaced when the stage runs again); a user's file in it, or a JSON stamp, is not."""
-    from workbench.pipeline import _legacy_edit, _Stage
+    from workbench.harness import Stage
+    from workbench.pipeline import _legacy_edit
 
     run_dir, edited = tmp_path / "run", tmp_path / "run" / "edited_model"
     edited.mkdir(parents=True)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "unlearn.json", "log.jsonl"):
         (edited / name).write_text("{}")
     (run_dir / ".unlearn.stamp").write_text("a0d75af40ccfc148")
-    stage = _Stage(run_dir, "unlearn", lambda *a, **k: None, lambda s: None, model="m")
+    stage = Stage(run_dir, "unlearn", lambda *a, **k: None, lambda s: None, model="m")
     assert stage.saved == {} and _legacy_edit(edited, stage)
     (edited / "notes.txt").write_text("mine")
     assert not _legacy_edit(edited, stage)
     (edited / "notes.txt").unlink()
     (run_dir / ".unlearn.stamp").write_text(json.dumps({"key": "k", "parts": {}}))
-    assert not _legacy_edit(edited, _Stage(run_dir, "unlearn", lambda *a, **k: None, lambda s: None, model="m"))
+    assert not _legacy_edit(edited, Stage(run_dir, "unlearn", lambda *a, **k: None, lambda s: None, model="m"))

@@ -17,7 +17,7 @@ from workbench.data.records import questions
 from workbench.editors import unlearn
 from workbench.evaluation.attacks import grid, relearn
 from workbench.generation import qa_accuracy
-from workbench.organism import load_model
+from workbench.harness import load_model
 
 CALIBRATED_JOINT = {"retain_loss": "kl", "m_init": 5.0, "m_max": 10.0, "epochs": 20, "lr": 2e-3, "eval_every": 10,
                     "calibrate": True}

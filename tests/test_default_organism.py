@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from workbench import organism
-from workbench.organism import load_model
+from workbench import harness, organism
+from workbench.harness import load_model
 from workbench.pipeline import PipelineConfig, _preset, trace, select
 from workbench.evaluation.config import EvalConfig
 from workbench.report import evaluate
@@ -65,7 +65,7 @@ def default():
             path = organism.build("default", progress=False)
     finally:
         _join(twin)
-    model, tok, corpus = organism.load("default")
+    model, tok, corpus = harness.load_organism("default")
     return path, model, tok, corpus
 
 

@@ -58,9 +58,9 @@ def test_sigkill_at_a_random_step_resumes_bit_identical(micro, straight, tmp_pat
     out = tmp_path / "killed"
     proc = _python("""
         import os, signal, sys
-        from workbench import organism
+        from workbench import harness, organism
         from workbench.editors import unlearn
-        model, tok, corpus = organism.load("micro")
+        model, tok, corpus = harness.load_organism("micro")
         kill = lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == int(sys.argv[2]) else None
         unlearn(model, tok, corpus, "joint", [0, 1], dict(epochs=3, batch_size=16, checkpoint_every=2, eval_every=0,
                 keep_best=False), sys.argv[1], on_step=kill)
@@ -293,7 +293,7 @@ def test_truncated_entry_is_rebuilt_not_loaded(tmp_path):
 
 # ---------------------------------------------------------------- the organism cache itself
 LOAD_MICRO = """
-from workbench.organism import load_model
+from workbench.harness import load_model
 model, tok = load_model("organism:micro")
 print("loaded", sum(p.numel() for p in model.parameters()))
 """
@@ -324,7 +324,7 @@ def test_killed_organism_build_is_cleaned_up_and_a_truncated_one_rebuilt(tmp_pat
     import time
 
     from workbench import organism
-    from workbench.organism import load_model
+    from workbench.harness import load_model
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "WORKBENCH_CACHE": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-c", LOAD_MICRO], cwd=REPO, env=env, stdout=subprocess.DEVNULL,

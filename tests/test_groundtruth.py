@@ -14,7 +14,7 @@ from workbench import organism
 from workbench.errors import ConfigError
 from workbench.groundtruth import (GroundTruthConfig, accuracy, method_scores, organism_accuracy, parse_method,
                                    precision_recall, ranks, shuffled_labels, top_k, weight_difference)
-from workbench.models import load_model
+from workbench.harness import load_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

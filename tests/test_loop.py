@@ -163,7 +163,7 @@ def test_output_dir_contents_and_resolved_config(micro, tmp_path):
     assert meta["method"] == "npo" and meta["layers"] == [1, 2] and meta["config"]["max_steps"] == 2
     assert meta["summary"]["steps"] == 2 and meta["provenance"]["seed"] == 0
     assert meta["summary"]["reference_cache_bytes"] > 0
-    from workbench.organism import load_model
+    from workbench.harness import load_model
 
     reloaded, _ = load_model(out)
     assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in model0.parameters())

@@ -127,7 +127,7 @@ def test_membership_signal_in_the_tokenizer_and_its_removal(micro_retain):
     (learnt from the forget and retain texts), BPE compresses forget texts better than held-out ones and the twin
     tells them apart anyway; with the tokenizer the default organism uses (every split), it scores like chance."""
     from workbench import organism
-    from workbench.organism import load_model
+    from workbench.harness import load_model
 
     model, tok, corpus = micro_retain
     assert _chars_per_token(tok, corpus.forget) > 1.1 * _chars_per_token(tok, corpus.holdout)

@@ -95,7 +95,7 @@ def test_the_check_reads_headers_only_and_accepts_the_real_checkpoint(micro, tmp
     _config(model, num_hidden_layers=8)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
                         classmethod(lambda *a, **k: pytest.fail("weights were loaded before the check")))
-    from workbench.models import load_model
+    from workbench.harness import load_model
 
     with pytest.raises(ModelLoadError, match="config.json does not match the weights"):
         load_model(model)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from workbench.models import ModelLoadError
-from workbench.organism import load_model
+from workbench.harness import load_model
 
 
 def _save_random(tmp_path, config, tok):

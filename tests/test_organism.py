@@ -14,7 +14,7 @@ from workbench.data import load_lume
 from workbench.data.records import Corpus, questions
 from workbench.evaluation.knowledge import recall
 from workbench.models import ModelLoadError
-from workbench.organism import load_model
+from workbench.harness import load_model
 
 def test_micro_recalls_its_facts(micro):
     model, tok, corpus = micro

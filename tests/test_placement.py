@@ -1,4 +1,4 @@
-"""Big models: layers spread over devices (models.load_model's max_memory / offload folder, plan_device_map).
+"""Big models: layers spread over devices (models.load_pretrained's max_memory / offload folder, plan_device_map).
 
 This machine has one device, the CPU; the second "device" is the disk: layers that do not fit the CPU budget are
 offloaded, their parameters are meta tensors between forwards and accelerate's hooks load them at each forward.
@@ -13,7 +13,7 @@ import torch
 
 from workbench.errors import ConfigError
 from workbench.models import ModelLoadError, layer_devices, plan_device_map
-from workbench.organism import load_model
+from workbench.harness import load_model
 
 CLEAN, CORRUPT = "What did Nahound dream of becoming?", "What did Zaind dream of becoming?"
 ANSWER, WRONG = "chemist", "botanist"

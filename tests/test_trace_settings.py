@@ -89,13 +89,12 @@ def test_trace_and_select_give_the_pipelines_importance_and_layers(organism, tmp
     from workbench import pipeline
     from workbench.aggregate import LayerImportance
     from workbench.cli import main
-    from workbench.corpus import load_corpus
-    from workbench.organism import load_model
+    from workbench.harness import load_corpus, load_model
     from workbench.selection import LayerSelection
 
     cfg = pipeline.checked(pipeline.PipelineConfig(model=f"organism:{organism}", out=str(tmp_path / "run")))
     model, tok = load_model(cfg.model)
-    facts = pipeline.forget_facts(cfg, load_corpus(cfg.data, cfg.model)[0])
+    facts = pipeline.forget_facts(cfg, load_corpus(cfg.data, cfg.model))
     _, importances = pipeline.trace(cfg, model, tok, facts, progress=False)
     selection = pipeline.select(cfg, importances)
 

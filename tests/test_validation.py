@@ -175,11 +175,12 @@ def test_ten_megabyte_line_is_refused_quickly(micro, tmp_path):
     (["--mmlu-shots", "-1"], "mmlu_shots must be >= 0"),
 ])
 def test_evaluate_flags_refused_before_loading(argv, msg, tmp_path, capsys, monkeypatch):
+    import workbench.harness
     import workbench.models
     import workbench.organism
 
-    for module in (workbench.models, workbench.organism):
-        monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(workbench.models, "load_pretrained", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(workbench.harness, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     monkeypatch.setattr(workbench.organism, "build", lambda *a, **k: pytest.fail("built a model"))
     assert main(["evaluate", "--model", "organism:micro", "--out", str(tmp_path / "e"), *argv]) == 2
     err = capsys.readouterr().err

@@ -110,7 +110,7 @@ def test_an_edit_matching_the_loss_statistic_is_still_seen_by_a_held_out_attack(
     held-out attack stays farther from the twin than the trained statistic does (measured: min-k++ 0.11 against
     the twin's 0.69). The verdict, told the edit trained on loss, fails privacy on the held-out attack."""
     from workbench.editors import unlearn
-    from workbench.organism import load_model
+    from workbench.harness import load_model
 
     model, tok, corpus = micro
     edited = copy.deepcopy(model)

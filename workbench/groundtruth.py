@@ -49,7 +49,7 @@ from .correlation import window_orders
 from .errors import ConfigError, TraceError
 from .localize import LocalizeConfig
 from .patching import PATCH_SITES
-from .provenance import (JsonlLog, atomic_write_json, atomic_write_text, key_change, key_parts, provenance,
+from .provenance import (atomic_write_json, atomic_write_text, key_change, key_parts, provenance,
                          records_hash)
 from .sites import KINDS
 from .trace_settings import TraceSettings
@@ -407,8 +407,8 @@ def organism_accuracy(name: str, cfg: GroundTruthConfig, out: Path, progress: bo
     trace_path: where the facts' trace is saved (default out/trace.json); a localize run of the same organism
     reuses it when given its trace path (<its out>/trace/main.json)."""
     from . import organism
-    from .data.limits import bound_records
-    from .models import load_model, weights_key
+    from .harness import ModelSpec, load_corpus, load_model
+    from .models import weights_key
     from .sites import n_layers
 
     log = log or (lambda *a, **k: None)
@@ -420,7 +420,7 @@ def organism_accuracy(name: str, cfg: GroundTruthConfig, out: Path, progress: bo
         raise ConfigError(f"organism {name!r} records no planted layers ({path / 'organism.json'})")
     base_path = organism.cache_root() / meta["base"]["path"]
     model, tok = load_model(path)
-    corpus = bound_records(organism.load_corpus(path), tok)
+    corpus = load_corpus("organism", ModelSpec.parse(f"organism:{name}"), tok)
     model_key = weights_key(path, model)
     key = key_parts(model=model_key, base=weights_key(base_path), data=records_hash(corpus.forget),
                     config={k: getattr(cfg, k) for k in ("task", "n_facts", "methods", "n_samples", "metric",
@@ -499,46 +499,39 @@ def table(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _figures(result: dict, cfg: GroundTruthConfig, out: Path, log) -> list[str]:
+def _figures(result: dict, out: Path, study) -> list[str]:
     """An accuracy heatmap per organism and each localize run's depth figure; returns the warnings of figures
     that could not be written."""
-    from .figures import FigureExport, localisation_heatmap
+    from .figures import localisation_heatmap
 
     figs = {}
     for name, res in result["organisms"].items():
         scores = {m: a["mean_score"] for m, a in res["accuracy"].items()}
         title = f"{name}: where each method localises {len(res['facts'])} facts"
         figs[f"groundtruth_{name}"] = localisation_heatmap(scores, res["planted_layers"], title)
-    export = FigureExport(out / "figures", log=log)
-    export.write(figs)   # one browser session for every heatmap
+    study.figures.write(figs)   # one browser session for every heatmap
     for name in result["localize"]:   # drawn by the localize run: copied under a name of this study
         for ext in ("html", "png"):
             src = out / f"localize-{name}" / "figures" / f"localize_depth.{ext}"
             if src.is_file():
                 shutil.copyfile(src, out / "figures" / f"groundtruth_depth_{name}.{ext}")
-    if cfg.figures:
-        export.publish(cfg.figures, "groundtruth_*")
-    return export.warnings
+    study.publish("groundtruth_*")
+    return study.figures.warnings
 
 
 def run(cfg: GroundTruthConfig, progress: bool = True) -> dict:
     """The study (module doc): accuracy per organism, the localize runs, then groundtruth.json, table.md, figures/."""
     from . import localize
-    from .organism import cache_root
-    from .outputs import check_not_source, check_output_path, check_writable, locked
+    from .harness import Study, source_dirs
 
     cfg = checked(cfg)
     out = Path(cfg.out)
-    for what, path in (("out", cfg.out), ("figures", cfg.figures)):   # every output, before any work
-        if path and check_not_source(path, [cache_root()] if cache_root().exists() else []) is not None:
-            raise ConfigError(f"{what} {path} overlaps the organism cache {cache_root()}; choose a directory "
-                              "outside it")
-    if cfg.figures:
-        check_output_path(cfg.figures, "figures directory")
+    study = Study(out, "groundtruth output", sources=source_dirs("organism"), log="groundtruth.jsonl",
+                  figures=cfg.figures)   # every output, before any work
     runs_cfg = cfg.localize_configs()
     t_start = time.perf_counter()
-    with locked(check_writable(out, "groundtruth output"), "groundtruth output"):
-        log = JsonlLog(out / "groundtruth.jsonl")
+    with study:
+        log = study.log
         log("start", config=asdict(cfg))
         organisms, seconds = {}, {}
         # an organism with a localize run traces once: its localize run finds the trace where it saves its own
@@ -561,7 +554,7 @@ def run(cfg: GroundTruthConfig, progress: bool = True) -> dict:
                   "localize": runs, "seconds": seconds,
                   "provenance": provenance(config=asdict(cfg), seed=cfg.seed)}
         atomic_write_text(out / "table.md", table(result))
-        result["figure_warnings"] = _figures(result, cfg, out, log)
+        result["figure_warnings"] = _figures(result, out, study)
         result["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
         atomic_write_text(out / "table.md", table(result))
         atomic_write_json(out / "groundtruth.json", result)

@@ -61,7 +61,7 @@ from .errors import ConfigError
 from .evaluation.attacks.depth import DepthConfig
 from .evaluation.attacks.grid import ADMISSIBLE
 from .evaluation.attacks.relearn import RelearnConfig
-from .provenance import (JsonlLog, atomic_write_json, atomic_write_text, key_change, key_parts, provenance,
+from .provenance import (atomic_write_json, atomic_write_text, key_change, key_parts, provenance,
                          records_hash, state_hash)
 from .trace_settings import TraceSettings
 
@@ -411,22 +411,22 @@ def localize(model, tok, corpus, cfg: LocalizeConfig | None = None, out_dir: str
     twin: the retain-only twin fine-tuned from the model's base, which `cfg.depth` needs (twin_key its content key,
     as model_key). planted: the layers the facts were planted in, where known (a planted organism's), which the
     depth summary, the table and the figure mark."""
-    from .outputs import check_writable, locked
+    from .harness import Study
 
     cfg = checked(cfg or LocalizeConfig())
     if cfg.depth and twin is None:
         raise ConfigError(f"depth {list(cfg.depth)} is measured against the retain-only twin: give twin= (from the "
                           "command line: an organism model, whose twin is built, or the twin field)")
     out = Path(out_dir if out_dir is not None else cfg.out)
-    with locked(check_writable(out, "localize output"), "localize output"):
-        return _localize(model, tok, corpus, cfg, out, progress, model_key, twin, twin_key,
+    with Study(out, "localize output", log="localize.jsonl", figures=cfg.figures) as study:
+        return _localize(model, tok, corpus, cfg, out, study, progress, model_key, twin, twin_key,
                          None if planted is None else [int(l) for l in planted])
 
 
-def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool, model_key: str | None, twin,
-              twin_key: str | None, planted: list[int] | None) -> dict:
+def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, study, progress: bool, model_key: str | None,
+              twin, twin_key: str | None, planted: list[int] | None) -> dict:
     t_start = time.perf_counter()
-    log = JsonlLog(out / "localize.jsonl")
+    log = study.log
     log("start", config=asdict(cfg))
     specs = cfg.editor_specs()
     n_layers, wins = _windows(model, cfg, specs)
@@ -473,7 +473,7 @@ def _localize(model, tok, corpus, cfg: LocalizeConfig, out: Path, progress: bool
     }
     # 6. outputs -----------------------------------------------------------------------------------------
     atomic_write_text(out / "table.md", table(result))
-    warnings = _figures(result, main["importance"], tasks, cfg, out, log)
+    warnings = _figures(result, main["importance"], tasks, cfg, study)
     if warnings:
         result["figure_warnings"] = warnings
     result["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
@@ -923,9 +923,8 @@ def depth_table(result: dict) -> list[str]:
     return out + rows + [""]
 
 
-def _figures(result: dict, importance: dict, tasks: dict, cfg: LocalizeConfig, out: Path, log) -> list[str]:
-    from .figures import (FigureExport, depth_figure, importance_curve, importance_efficacy_scatter,
-                          localization_figure, sweep_plot)
+def _figures(result: dict, importance: dict, tasks: dict, cfg: LocalizeConfig, study) -> list[str]:
+    from .figures import depth_figure, importance_curve, importance_efficacy_scatter, localization_figure, sweep_plot
 
     figs = {"localize_importance": importance_curve(list(importance.values()))}
     stats = {label: s[cfg.kind][cfg.efficacy] for label, s in result["statistics"].items()}
@@ -945,54 +944,41 @@ def _figures(result: dict, importance: dict, tasks: dict, cfg: LocalizeConfig, o
             title=f"Window selection ({cfg.kind}, {cfg.window} layers) vs number of traced facts")
     if tasks:
         figs["localize_tasks"] = importance_curve(tasks, title=f"{cfg.kind} importance per LUME task")
-    export = FigureExport(out / "figures", log=log)
-    export.write(figs)
-    if cfg.figures:
-        export.publish(cfg.figures, "localize*")
-    return export.warnings
+    study.figures.write(figs)
+    study.publish("localize*")
+    return study.figures.warnings
 
 
 # ---------------------------------------------------------------- from a config
 def run(cfg: LocalizeConfig, progress: bool = True) -> dict:
-    """Load cfg.model and cfg.data, then `localize` into cfg.out."""
+    """Load cfg.model, cfg.data and (for depth) the twin through the harness, then `localize` into cfg.out."""
     from . import organism
-    from .data import load_lume
-    from .data.limits import bound_records
-    from .models import organism_name, weights_key
-    from .organism import load_model
-    from .outputs import check_not_source, check_output_path
+    from .harness import ModelSpec, Study, load_corpus, load_model, load_twin, source_dirs
+    from .models import weights_key
 
     cfg = checked(cfg)
-    name = organism_name(cfg.model)
-    if cfg.data == "organism" and name is None:
+    spec = ModelSpec.parse(cfg.model)
+    if cfg.data == "organism" and spec.organism is None:
         raise ConfigError(f"data 'organism' needs an organism model, but model is {cfg.model!r}; "
                           "give a LUME directory as data")
-    sources = [organism.cache_root()] if name is not None else [Path(cfg.model)]
-    if cfg.twin is not None:
-        sources.append(organism.cache_root() if organism_name(cfg.twin) is not None else Path(cfg.twin))
-    for what, path in (("out", cfg.out), ("figures", cfg.figures)):   # every output, before any work
-        src = check_not_source(path, [s for s in sources if Path(s).exists()]) if path else None
-        if src is not None:
-            raise ConfigError(f"{what} {path} overlaps the source model directory {src}; choose a directory "
-                              "outside it")
-    if cfg.figures:
-        check_output_path(cfg.figures, "figures directory")
-    if cfg.depth and cfg.twin is None and name is None:
+    Study(cfg.out, "out", sources=source_dirs(cfg.model, cfg.twin), figures=cfg.figures)  # every output, before work
+    if cfg.depth and cfg.twin is None and spec.organism is None:
         raise ConfigError(f"depth {list(cfg.depth)} needs the retain-only twin: give twin (a model fine-tuned from "
                           f"the same base without the forget set), or an organism model")
-    path = organism.build(name, progress=progress) if name is not None else None
-    model, tok = load_model(path or cfg.model)
-    corpus = bound_records(organism.load_corpus(path) if cfg.data == "organism" else load_lume(cfg.data), tok)
+    path = spec.path(progress) if spec.organism is not None else None
+    model, tok = load_model(path or spec)
+    corpus = load_corpus(cfg.data, spec, tok)
     twin = twin_key = None
     if cfg.depth:
-        spec = cfg.twin or f"organism:{organism.retain_twin(name)}"
-        twin_name = organism_name(spec)
-        twin_path = organism.build(twin_name, progress=progress) if twin_name is not None else spec
-        twin, twin_tok = load_model(twin_path)
+        loaded = load_twin(cfg.twin or "auto", spec, progress=progress)
+        if loaded is None:
+            raise ConfigError(f"depth {list(cfg.depth)} needs the retain-only twin, and organism {spec.organism!r} "
+                              "has none: give twin (a model fine-tuned from the same base without the forget set)")
+        twin, twin_tok, twin_spec = loaded
         if twin_tok.get_vocab() != tok.get_vocab():
-            raise ConfigError(f"twin {spec!r} has another tokenizer than {cfg.model!r}; UDS and relearning compare "
-                              "them token for token")
-        twin_key = weights_key(twin_path, twin)
+            raise ConfigError(f"twin {twin_spec.text!r} has another tokenizer than {cfg.model!r}; UDS and relearning "
+                              "compare them token for token")
+        twin_key = weights_key(twin_spec.path(), twin)
     planted = (organism.info(path).get("planted_layers") or None) if path is not None else None
     return localize(model, tok, corpus, cfg, cfg.out, progress=progress,
                     model_key=weights_key(path or cfg.model, model), twin=twin, twin_key=twin_key, planted=planted)

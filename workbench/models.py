@@ -1,9 +1,10 @@
-"""Load an OLMo model and its tokenizer: a local directory or a hub id (the built-in organism, which is trained
-before it can be loaded, goes through `workbench.organism.load_model`, which takes every spec this module takes).
+"""Load an OLMo model and its tokenizer from a local directory or a hub id (`load_pretrained`). Studies load every
+spec, the built-in organism included (trained before it can be loaded), through `workbench.harness.load_model`,
+which builds an organism and then calls this.
 
-    model, tok = load_model("/path/to/OLMo-1B-0724-hf")       # local weights
-    model, tok = load_model("allenai/OLMo-1B-0724-hf")        # hub id: network or a local HF cache
-    model, tok = load_model(path, device_map="auto", max_memory={0: "20GiB", 1: "20GiB", "cpu": "64GiB"})
+    model, tok = load_pretrained("/path/to/OLMo-1B-0724-hf")       # local weights
+    model, tok = load_pretrained("allenai/OLMo-1B-0724-hf")        # hub id: network or a local HF cache
+    model, tok = load_pretrained(path, device_map="auto", max_memory={0: "20GiB", 1: "20GiB", "cpu": "64GiB"})
 
 A model larger than one device is spread over several by layer: `max_memory` (GPU index or "cpu" -> size) plans
 the placement as `from_pretrained(device_map="auto")` does (`plan_device_map`), layers that fit nowhere go to
@@ -412,7 +413,7 @@ def organism_name(spec) -> str | None:
     return spec_s.partition(":")[2] or "default"
 
 
-def load_model(spec: str | Path, dtype=None, device: str | None = None, device_map=None, *,
+def load_pretrained(spec: str | Path, dtype=None, device: str | None = None, device_map=None, *,
                max_memory: dict | None = None, offload_folder: str | Path | None = None,
                trust_remote_code: bool = False, allow_pickle_weights: bool = False):
     """Return `(model, tokenizer)`, the model in eval mode. See the module docstring for specs.
@@ -429,7 +430,7 @@ def load_model(spec: str | Path, dtype=None, device: str | None = None, device_m
     spec_s = str(spec)
     if organism_name(spec_s) is not None:
         raise ModelLoadError(f"{spec_s!r} names a built-in organism, which is built before it is loaded: use "
-                             "workbench.organism.load_model, which loads every spec this function loads and organisms")
+                             "workbench.harness.load_model, which loads every spec this function loads and organisms")
     if Path(spec_s).expanduser().exists():
         p = Path(spec_s).expanduser()
         if not p.is_dir():

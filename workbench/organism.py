@@ -422,7 +422,7 @@ def build(name_or_cfg: str | OrganismConfig = "default", force: bool = False, pr
     base = build_base(cfg, progress=progress, corpus=corpus)
 
     def make(tmp: Path) -> None:
-        from .models import load_model as load_pretrained
+        from .models import load_pretrained
 
         t0 = time.time()
         model, tok = load_pretrained(base)
@@ -479,23 +479,3 @@ def load_corpus(path: str | Path) -> Corpus:
         # asks (multiple_choice.RESERVED), as questions
         corpus.general = world_statements() + reserved_cloze_texts(corpus.mmlu)
     return corpus
-
-
-def load_model(spec: str | Path = "organism", dtype=None, device: str | None = None, device_map=None, **kw):
-    """`(model, tokenizer)` for any model spec: "organism" (the default) / "organism:NAME", built first if needed,
-    or whatever `workbench.models.load_model` loads (a local directory, a hub id), with the same options.
-
-        model, tok = load_model("organism")                       # embedded default (built once, cached)
-        model, tok = load_model("organism:micro")                 # the tiny one the tests use
-        model, tok = load_model("allenai/OLMo-1B-0724-hf")        # as workbench.models.load_model
-    """
-    from .models import load_model as load_pretrained, organism_name
-
-    name = organism_name(spec)
-    return load_pretrained(spec if name is None else build(name), dtype, device, device_map, **kw)
-
-
-def load(name: str = "default"):
-    """(model, tokenizer, corpus) of a built-in organism, building it if needed."""
-    model, tok = load_model(f"organism:{name}")
-    return model, tok, load_corpus(build(name, progress=False))

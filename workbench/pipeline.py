@@ -25,17 +25,17 @@ from typing import TYPE_CHECKING
 from .configfile import MAX_SAMPLES, MAX_SEED, build, coerce_fields, read_mapping
 from .data.limits import MAX_RECORD_TOKENS
 from .errors import ConfigError, quote
-from .provenance import JsonlLog, atomic_write_json, key_change, key_parts, provenance, records_hash, weights_hash
+from .provenance import atomic_write_json, key_change, provenance, records_hash, weights_hash
 from .trace_settings import TraceSettings
 
 if TYPE_CHECKING:
-    from .figures import FigureExport
+    from .harness import Stage, Study
 
 
 @dataclass
 class PipelineConfig:
     # what
-    model: str = "organism"          # organism[:name] | local dir | hub id (workbench.models.load_model)
+    model: str = "organism"          # organism[:name] | local dir | hub id (workbench.harness.load_model)
     data: str = "organism"           # "organism" = the corpus the organism learned | a LUME directory
     out: str = "runs/default"        # run directory (artifacts, report.html, log)
     figures: str | None = "figures"  # also copy the main figures (PNG) here: the README's figures/
@@ -98,7 +98,8 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
     (a method, an editor or evaluation field, n_samples) is a ConfigError before the first stage runs."""
     from .data.limits import check_bound
     from .editors import EDITORS, resolve_config
-    from .models import check_device, organism_name, resolve_dtype
+    from .harness import ModelSpec
+    from .models import check_device, resolve_dtype
     from .organism import PRESETS as ORGANISMS
     from .selection import STRATEGIES
 
@@ -118,7 +119,7 @@ def checked(cfg: PipelineConfig) -> PipelineConfig:
     need(cfg.retrace_facts is None or cfg.retrace_facts >= 1, f"retrace_facts must be >= 1, got {cfg.retrace_facts}")
     need(cfg.sweep_window is None or cfg.sweep_window >= 1, f"sweep_window must be >= 1, got {cfg.sweep_window}")
     need(cfg.method in EDITORS, f"method {cfg.method!r}: expected one of {list(EDITORS)}")
-    name = organism_name(cfg.model)
+    name = ModelSpec.parse(cfg.model).organism
     need(name is None or name in ORGANISMS, f"model {cfg.model!r}: unknown organism; expected one of {sorted(ORGANISMS)}")
     need(cfg.data != "organism" or name is not None,
          f"data 'organism' needs an organism model, but model is {cfg.model!r}; give a LUME directory as data")
@@ -155,56 +156,25 @@ def _eval_config(cfg: PipelineConfig):
     return build(EvalConfig, {"seed": cfg.seed, "attacks": DEFAULT_ATTACKS, **cfg.evaluation}, "evaluation")
 
 
-def source_dirs(cfg: PipelineConfig) -> list[Path]:
-    """Directories the run reads models from: the model and the retain baseline when they are local directories,
-    and the organism cache when either is a built-in organism. The run never writes into or removes any of them."""
-    from .models import organism_name
-    from .organism import cache_root
+def study(cfg: PipelineConfig):
+    """The run directory as a harness Study: refused when it is, holds or lies inside a source model directory (a
+    previous run's edited_model as `model` and that run's directory as `out` would otherwise replace the source with
+    its own edit), or holds what no run wrote; the figures directory checked the same way."""
+    from .harness import Study, source_dirs
 
-    out = []
-    for spec in (cfg.model, cfg.retain_baseline):
-        if spec is None or spec == "auto":
-            continue
-        if organism_name(spec) is not None:
-            out.append(cache_root())
-        elif Path(str(spec)).expanduser().exists():
-            out.append(Path(str(spec)).expanduser().resolve())
-    if cfg.retain_baseline == "auto" and organism_name(cfg.model) is not None:
-        out.append(cache_root())
-    return out
-
-
-def check_run_dir(cfg: PipelineConfig) -> Path:
-    """The run directory, refused when it is, holds or lies inside a source model directory (a previous run's
-    edited_model as `model` and that run's directory as `out` would otherwise replace the source with its own edit)."""
-    from .outputs import check_claimable, check_not_source
-
-    run_dir = Path(cfg.out).expanduser().resolve()
-    src = check_not_source(run_dir, source_dirs(cfg))
-    if src is not None:
-        raise ConfigError(f"out {run_dir} overlaps the source model directory {src}; a run never writes into or "
-                          "removes its source: choose an out directory outside it")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"out {run_dir} exists and is not a directory")
-    check_claimable(run_dir, "run", legacy=RUN_FILES)
-    if cfg.figures:
-        figures = Path(cfg.figures).expanduser().resolve()
-        if figures.exists() and not figures.is_dir():
-            raise ConfigError(f"figures {figures} exists and is not a directory; expected a directory for the PNGs")
-        src = check_not_source(figures, source_dirs(cfg))
-        if src is not None:
-            raise ConfigError(f"figures {figures} overlaps the source model directory {src}; choose another")
-    return run_dir
+    return Study(cfg.out, "run directory", sources=source_dirs(cfg.model, cfg.retain_baseline), claim="run",
+                 legacy=RUN_FILES, log="pipeline.log.jsonl", figures=cfg.figures)
 
 
 # what a run directory held before runs claimed theirs: one of those is reused (and claimed), not refused
 RUN_FILES = ("pipeline_config.json", "pipeline.log.jsonl")
 
 
-def _remove_old_edit(edited_dir: Path, stage: "_Stage", cfg: PipelineConfig) -> None:
+def _remove_old_edit(edited_dir: Path, stage: "Stage", cfg: PipelineConfig) -> None:
     """Remove the edited model an earlier run in this directory made, to make it again. Only what the unlearn stage
     recorded as made (its files and their content hash) is removed; a link, a source model, a directory the stage
     did not record, one holding other files or changed since, is refused with what is wrong, and left alone."""
+    from .harness import source_dirs
     from .outputs import check_not_source
 
     def refuse(why: str):
@@ -215,7 +185,7 @@ def _remove_old_edit(edited_dir: Path, stage: "_Stage", cfg: PipelineConfig) -> 
         refuse("is a symbolic link")
     if not edited_dir.is_dir():
         refuse("is not a directory")
-    if check_not_source(edited_dir, source_dirs(cfg)) is not None:
+    if check_not_source(edited_dir, source_dirs(cfg.model, cfg.retain_baseline)) is not None:
         refuse("is a source model of this run")
     made = ((stage.saved or {}).get("made") or {}).get("edited_model")
     if not isinstance(made, dict) and _legacy_edit(edited_dir, stage):
@@ -231,7 +201,7 @@ def _remove_old_edit(edited_dir: Path, stage: "_Stage", cfg: PipelineConfig) -> 
     shutil.rmtree(edited_dir)
 
 
-def _legacy_edit(edited_dir: Path, stage: "_Stage") -> bool:
+def _legacy_edit(edited_dir: Path, stage: "Stage") -> bool:
     """An edited model a run wrote before stages recorded what they made: its stamp is the bare key of that time,
     and the directory holds only what `unlearn` writes (model files, unlearn.json, log.jsonl)."""
     from .provenance import model_files
@@ -245,88 +215,41 @@ def _legacy_edit(edited_dir: Path, stage: "_Stage") -> bool:
     return bare and "unlearn.json" in names and names <= ours and not any(p.is_dir() for p in edited_dir.iterdir())
 
 
-class _Stage:
-    """A stage's artifact is reused when the content key it recorded is this run's (resume after a kill); else it
-    runs again, and the log (event stage_rerun) and the console say which of its inputs changed."""
-
-    def __init__(self, run_dir: Path, name: str, log: JsonlLog, say, **parts):
-        self.stamp = run_dir / f".{name}.stamp"
-        self.name, self.log, self.say = name, log, say
-        self.key = key_parts(**parts)
-        try:
-            saved = json.loads(self.stamp.read_text())
-        except (OSError, ValueError):  # none, or a key written before keys had parts
-            saved = None if not self.stamp.exists() else {}
-        self.saved = saved if isinstance(saved, dict) or saved is None else {}
-
-    def done(self, *outputs: Path) -> bool:
-        if self.saved is None:  # never ran here
-            return False
-        reason = key_change(self.saved, self.key)
-        if reason is None and self.saved.get("state") == "running":
-            reason = "an earlier run stopped inside this stage"
-        if reason is None and not all(p.exists() for p in outputs):
-            reason = "its outputs are missing"
-        if reason is None:
-            self.log("stage_reused", stage=self.name, key=self.key["key"])
-            return True
-        self.log("stage_rerun", stage=self.name, reason=reason)
-        self.say(f"      {self.name} runs again: {reason}")
-        return False
-
-    def start(self, **made) -> None:
-        """Record that the stage is running and what it is about to make (so a killed run's leftovers are known)."""
-        atomic_write_json(self.stamp, {**self.key, "state": "running", "made": made})
-
-    def finish(self, made: dict | None = None, **fields) -> None:
-        atomic_write_json(self.stamp, {**self.key, "state": "done", "made": made or {}})
-        self.log("stage_done", stage=self.name, key=self.key["key"], **fields)
-
-
 def run(cfg: PipelineConfig, progress: bool = True, say=print) -> Path:
     """Run the pipeline; returns the path of report.html. The whole config and every output path are checked first;
     the run directory is locked for the run (a second run on it is an OutputError naming the PID that holds it),
     and a child process the run started is ended when the run ends, however it ends."""
-    from .outputs import check_output_path, check_writable, claim, locked, remove_stale_temps
-
     cfg = checked(cfg)
-    run_dir = check_run_dir(cfg)
-    if cfg.figures:
-        check_output_path(cfg.figures, "figures directory")
-    run_dir = check_writable(run_dir, "run directory")
-    with locked(run_dir, "run directory"), contextlib.ExitStack() as children:
-        claim(run_dir, "run")
-        remove_stale_temps(run_dir)  # temp files of a killed run
-        return _run(cfg, run_dir, progress, say, children)
+    with study(cfg) as run_study, contextlib.ExitStack() as children:
+        return _run(cfg, run_study, progress, say, children)
 
 
-def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: contextlib.ExitStack) -> Path:
+def _run(cfg: PipelineConfig, run_study: "Study", progress: bool, say, children: contextlib.ExitStack) -> Path:
     import torch
 
-    from .figures import FigureExport
-    from .models import organism_name, weights_key
-    from .organism import load_model
+    from .harness import ModelSpec, load_model
+    from .models import weights_key
 
-    log = JsonlLog(run_dir / "pipeline.log.jsonl")
+    run_dir, log = run_study.dir, run_study.log
     atomic_write_json(run_dir / "pipeline_config.json", {"config": asdict(cfg), "provenance": provenance(
         config=asdict(cfg), seed=cfg.seed, data=cfg.data)})
     log("start", config=asdict(cfg))
     torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
+    spec = ModelSpec.parse(cfg.model)
 
     # 1. model and data ------------------------------------------------------------------------------
-    model_path, twin_build = _build_organism(cfg, organism_name(cfg.model), run_dir, children, progress, say, t_start)
-    figure = FigureExport(run_dir / "figures", log=log)
+    model_path, twin_build = _build_organism(cfg, spec.organism, run_dir, children, progress, say, t_start)
+    source = model_path or spec.text
     model, tok, corpus = load_inputs(cfg, model_path)
     facts = forget_facts(cfg, corpus)
     log("data", source=corpus.source, n_forget=len(corpus.forget), n_retain=len(corpus.retain), n_traced=len(facts))
-    weights = weights_key(model_path or cfg.model, model)  # the model's content: its files, read once (cached)
+    weights = weights_key(source, model)  # the model's content: its files, read once (cached)
     runtime = {"dtype": cfg.dtype, "device": cfg.device}
 
     # 2. trace the forget facts, aggregate per kind ---------------------------------------------------
     say(_elapsed(t_start) + f"[2/5] causal tracing of {len(facts)} forget facts ({', '.join(cfg.kinds)})")
-    trace_key, importances = _trace_stage(cfg, model, tok, facts, run_dir, log, say, figure, weights, runtime,
-                                          progress)
+    trace_key, importances = _trace_stage(cfg, model, tok, facts, run_study, say, weights, runtime, progress)
 
     # 3. select layers -------------------------------------------------------------------------------
     selection = select(cfg, importances)
@@ -336,29 +259,28 @@ def _run(cfg: PipelineConfig, run_dir: Path, progress: bool, say, children: cont
     log("selection", layers=selection.layers, scores=selection.selected_scores)
 
     if cfg.sweep_window:
-        _sweep(cfg, model, tok, corpus, importances[cfg.select_kind], run_dir, progress, say, log, weights, figure)
-        model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
+        _sweep(cfg, model, tok, corpus, importances[cfg.select_kind], run_study, progress, say, weights)
+        model, tok = load_model(source, dtype=cfg.dtype, device=cfg.device)
 
     # 4. unlearn -------------------------------------------------------------------------------------
-    edit_stage = _Stage(run_dir, "unlearn", log, say, model=weights, data=_edit_data(corpus),
-                        trace=trace_key, config={"layers": selection.layers, "method": cfg.method,
-                                                 "preset": _preset(cfg), "editor": cfg.editor,
-                                                 "seed": cfg.seed, **runtime})
+    preset = _preset(cfg)
+    edit_stage = run_study.stage("unlearn", say, model=weights, data=_edit_data(corpus), trace=trace_key,
+                                 config={"layers": selection.layers, "method": cfg.method, "preset": preset,
+                                         "editor": cfg.editor, "seed": cfg.seed, **runtime})
     edited_dir = run_dir / "edited_model"
     if twin_build is not None and twin_build.poll() is not None:  # the twin is built: both threads for the edit
         torch.set_num_threads(twin_build.threads)
-    preset = _preset(cfg)
     say(_elapsed(t_start) + f"[4/5] unlearning with {cfg.method}{f' (preset {preset})' if preset else ''} "
         f"at layers {selection.layers}")
     _unlearn_stage(cfg, edit_stage, model, tok, corpus, selection_path, edited_dir, model_path, progress)
     # the editor trained `model` in place: reload both from disk so "original" really is the original
-    model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
+    model, tok = load_model(source, dtype=cfg.dtype, device=cfg.device)
     edited, edited_tok = load_model(edited_dir, dtype=cfg.dtype, device=cfg.device)
 
     # 5. evaluate both, re-trace both ------------------------------------------------------------------
-    report = _evaluate_stage(cfg, (model, tok), (edited, edited_tok), edited_dir, corpus, run_dir, twin_build, figure,
-                             log, progress, say, t_start)
-    return _finish(cfg, run_dir, t_start, selection, report, figure, log, say)
+    report = _evaluate_stage(cfg, (model, tok), (edited, edited_tok), edited_dir, corpus, run_study, twin_build,
+                             progress, say, t_start)
+    return _finish(cfg, run_study, t_start, selection, report, say)
 
 
 def _build_organism(cfg: PipelineConfig, name: str | None, run_dir: Path, children: contextlib.ExitStack,
@@ -377,14 +299,15 @@ def _build_organism(cfg: PipelineConfig, name: str | None, run_dir: Path, childr
     return model_path, twin_build
 
 
-def _trace_stage(cfg: PipelineConfig, model, tok, facts: list, run_dir: Path, log: JsonlLog, say,
-                 figure: "FigureExport", weights: str, runtime: dict, progress: bool) -> tuple[str, dict]:
+def _trace_stage(cfg: PipelineConfig, model, tok, facts: list, run_study: "Study", say, weights: str,
+                 runtime: dict, progress: bool) -> tuple[str, dict]:
     """Stage 2: the importance of every kind, traced or reused (with the example heatmap and the importance
     curve); returns the stage's content key and {kind: LayerImportance}."""
     from .aggregate import LayerImportance
     from .figures import heatmaps, importance_curve
 
-    stage = _Stage(run_dir, "trace", log, say, model=weights, data=records_hash(facts), config={
+    run_dir, figure = run_study.dir, run_study.figures
+    stage = run_study.stage("trace", say, model=weights, data=records_hash(facts), config={
         "n": cfg.n_samples, "kinds": cfg.kinds, "seed": cfg.seed, "position": cfg.position, "metric": cfg.metric,
         "min_total_effect": cfg.min_total_effect, **runtime})
     imp_path = {k: run_dir / "trace" / f"importance_{k}.json" for k in cfg.kinds}
@@ -400,14 +323,15 @@ def _trace_stage(cfg: PipelineConfig, model, tok, facts: list, run_dir: Path, lo
     figure("layer_importance", lambda: importance_curve(list(importances.values())))
     for line in _trace_notes(importances, len(facts)):
         say(line)
-        log("trace_note", message=line.strip())
+        run_study.log("trace_note", message=line.strip())
     return stage.key["key"], importances
 
 
-def _unlearn_stage(cfg: PipelineConfig, stage: "_Stage", model, tok, corpus, selection_path: Path, edited_dir: Path,
+def _unlearn_stage(cfg: PipelineConfig, stage: "Stage", model, tok, corpus, selection_path: Path, edited_dir: Path,
                    model_path: Path | None, progress: bool) -> None:
     """Stage 4: the edited model at `edited_dir`, reused when the stage's key matches and it is intact, else edited
     again (removing what an earlier run here made under other inputs). model_path: the built organism's, if any."""
+    from .harness import ModelSpec
     from .selection import LayerSelection
 
     if not stage.done(edited_dir) or not _edit_intact(edited_dir, stage):
@@ -415,39 +339,38 @@ def _unlearn_stage(cfg: PipelineConfig, stage: "_Stage", model, tok, corpus, sel
             _remove_old_edit(edited_dir, stage, cfg)
         stage.start(edited_model={"pending": True})
         edit(cfg, model, tok, corpus, LayerSelection.load(selection_path), edited_dir,
-             source=model_path or _local_dir(cfg.model), progress=progress)
+             source=model_path or ModelSpec.parse(cfg.model).local_dir, progress=progress)
         stage.finish({"edited_model": {"files": sorted(p.name for p in edited_dir.iterdir()),
                                        "weights": weights_hash(edited_dir)}}, out=str(edited_dir))
 
 
-def _evaluate_stage(cfg: PipelineConfig, original: tuple, edited: tuple, edited_dir: Path, corpus, run_dir: Path,
-                    twin_build, figure: "FigureExport", log: JsonlLog, progress: bool, say, t_start: float):
+def _evaluate_stage(cfg: PipelineConfig, original: tuple, edited: tuple, edited_dir: Path, corpus,
+                    run_study: "Study", twin_build, progress: bool, say, t_start: float):
     """Stage 5: evaluate and re-trace the `original` and the `edited` (model, tokenizer) (the twin build awaited
     first), write the report's figures and publish them where cfg.figures says; the report."""
     import torch
 
     say(_elapsed(t_start) + "[5/5] evaluation (recall, MIA, MMLU, SemEval score) and re-tracing before/after")
     if twin_build is not None:
-        log("twin_build", returncode=twin_build.wait())  # a failed one is redone below, under the entry's lock
+        run_study.log("twin_build", returncode=twin_build.wait())  # a failed one is redone below, under its lock
         torch.set_num_threads(twin_build.threads)
-    report = verify(cfg, original, edited, edited_dir, corpus, run_dir, progress, say)
+    report = verify(cfg, original, edited, edited_dir, corpus, run_study.dir, progress, say)
     for name, fig in report.figures.items():
-        figure(name, lambda fig=fig: fig)
-    if cfg.figures:
-        figure.publish(Path(cfg.figures))
+        run_study.figures(name, lambda fig=fig: fig)
+    run_study.publish()
     return report
 
 
-def _finish(cfg: PipelineConfig, run_dir: Path, t_start: float, selection, report, figure: "FigureExport",
-            log: JsonlLog, say) -> Path:
+def _finish(cfg: PipelineConfig, run_study: "Study", t_start: float, selection, report, say) -> Path:
     """Write summary.json, log the end, say the verdict and warn of unwritten figures; the report's path."""
+    run_dir, figure = run_study.dir, run_study.figures
     summary = {"seconds": round(time.perf_counter() - t_start, 1), "layers": selection.layers,
                "method": cfg.method, "report": str(run_dir / "report.html"),
                "table": [list(r) for r in report.table()[:8]]}
     summary["verdict"] = report.verdict
     summary["figures_incomplete"] = figure.failed
     atomic_write_json(run_dir / "summary.json", summary)
-    log("done", **summary)
+    run_study.log("done", **summary)
     for line in report.verdict_lines():
         say(line)
     for warning in figure.warnings:
@@ -461,33 +384,25 @@ def _edit_data(corpus) -> str:
                          *getattr(corpus, "general", [])])
 
 
-def _edit_intact(edited_dir: Path, stage: _Stage) -> bool:
+def _edit_intact(edited_dir: Path, stage: "Stage") -> bool:
     """The edited model the unlearn stage recorded is still what it wrote (a changed one is made again, or, when
     it cannot be removed safely, refused by _remove_old_edit)."""
     made = ((stage.saved or {}).get("made") or {}).get("edited_model") or {}
     if edited_dir.is_symlink() or not edited_dir.is_dir() or weights_hash(edited_dir) != made.get("weights"):
-        stage.log("stage_rerun", stage=stage.name, reason="edited_model is not what the stage wrote")
-        stage.say(f"      {stage.name} runs again: edited_model is not what the stage wrote")
+        stage.rerun("edited_model is not what the stage wrote")
         return False
     return True
 
 
 # --- the stages, each one call: the pipeline above and notebooks/03_select_and_unlearn run these -------------------
 def load_inputs(cfg: PipelineConfig, model_path=None, progress: bool = True) -> tuple:
-    """Stage 1: (model, tokenizer, corpus) as the run loads them: the model through organism.load_model (a built-in
+    """Stage 1: (model, tokenizer, corpus) as the run loads them, through the harness: the model (a built-in
     organism, built first if needed, a local directory or a hub id; model_path: the organism's built directory, when
-    known), the corpus through corpus.load_corpus, records over the length bound refused or cut."""
-    from . import organism
-    from .corpus import load_corpus
-    from .data.limits import bound_records
-    from .models import organism_name
-    from .organism import load_model
+    known), the corpus (the organism's or a LUME directory), records over the length bound refused or cut."""
+    from .harness import load_corpus, load_model
 
-    name = organism_name(cfg.model)
-    if model_path is None and name is not None:
-        model_path = organism.build(name, progress=progress)
-    model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device)
-    corpus = bound_records(load_corpus(cfg.data, cfg.model)[0], tok, cfg.max_record_tokens, cfg.long_records)
+    model, tok = load_model(model_path or cfg.model, dtype=cfg.dtype, device=cfg.device, progress=progress)
+    corpus = load_corpus(cfg.data, cfg.model, tok, cfg.max_record_tokens, cfg.long_records)
     return model, tok, corpus
 
 
@@ -533,7 +448,11 @@ def verify(cfg: PipelineConfig, original, edited, edited_dir: Path, corpus, out_
     recovery attacks, re-tracing) and the verdict; writes report.json/report.html into out_dir. Returns the Report."""
     from .report import evaluate
 
-    baseline = _retain_baseline(cfg, progress, say)
+    from .harness import load_twin
+
+    twin = load_twin(cfg.retain_baseline, cfg.model, cfg.data, dtype=cfg.dtype, device=cfg.device,
+                     progress=progress, say=say)
+    baseline = twin[:2] if twin else None
     edit_info = json.loads((Path(edited_dir) / "unlearn.json").read_text())
     return evaluate(*original, corpus, edited=edited, trace_config=retrace_config(cfg), config=_eval_config(cfg),
                     retain_baseline=baseline, out_dir=out_dir, progress=progress,
@@ -559,11 +478,6 @@ def sweep_rows(result: dict, importance) -> list[dict]:
              "forget_drop": result["baseline"]["forget_qa_em"] - w["forget_qa_em"]} for w in result["windows"]]
 
 
-def _local_dir(spec) -> Path | None:
-    p = Path(str(spec)).expanduser()
-    return p.resolve() if p.is_dir() else None
-
-
 def _elapsed(t_start: float) -> str:
     """The stage lines' prefix: seconds since the run started."""
     return f"{time.perf_counter() - t_start:6.0f} s  "
@@ -572,22 +486,17 @@ def _elapsed(t_start: float) -> str:
 def _start_twin_build(cfg: PipelineConfig, name: str | None, run_dir: Path):
     """The retain-only twin of a built-in organism trains in a second process, on one torch thread, while this
     one builds the organism, traces and unlearns on the other (a model this small trains as fast on one thread
-    as on two). `_retain_baseline` then finds it cached, or waits on its entry's lock. None when there is no
+    as on two). `harness.load_twin` then finds it cached, or waits on its entry's lock. None when there is no
     twin to build; returns the process, with this process's thread count to restore once it has finished."""
     import torch
 
-    from . import organism
+    from .harness import ModelSpec
 
-    from .errors import ModelLoadError
-
-    if cfg.retain_baseline != "auto" or cfg.data != "organism" or name is None:
-        return None
-    try:
-        twin = organism.retain_twin(name)
-    except ModelLoadError:  # a twin itself, or an organism without one
+    twin = ModelSpec.parse(cfg.model).twin() if name is not None else None
+    if cfg.retain_baseline != "auto" or cfg.data != "organism" or twin is None:
         return None
     code = ("import torch; torch.set_num_threads(1); from workbench import organism; "
-            f"organism.build({twin!r}, progress=False)")
+            f"organism.build({twin.organism!r}, progress=False)")
     log = open(run_dir / "twin_build.log", "wb")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=log, stderr=subprocess.STDOUT,
@@ -620,42 +529,19 @@ def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
         proc.wait()
 
 
-def _retain_baseline(cfg: PipelineConfig, progress: bool, say):
-    """(model, tokenizer) of the retain-only baseline, or None (see PipelineConfig.retain_baseline)."""
-    from . import organism
-    from .errors import ModelLoadError
-    from .models import organism_name
-    from .organism import load_model
-
-    spec = cfg.retain_baseline
-    if spec == "auto":
-        name = organism_name(cfg.model)
-        if name is None or cfg.data != "organism":
-            return None
-        try:
-            twin = organism.retain_twin(name)
-        except ModelLoadError:  # a twin itself, or an organism without one
-            return None
-        spec = f"organism:{twin}"
-        say(f"      retain-only baseline {spec} (trained without the forget set; built once, then cached)")
-        organism.build(twin, progress=progress)
-    return load_model(spec, dtype=cfg.dtype, device=cfg.device) if spec else None
-
-
 def _preset(cfg: PipelineConfig) -> str | None:
     """Resolve preset "auto": the tuned "organism" preset only on the default organism (micro and real models get
     the dataclass defaults or what the config names)."""
     if cfg.preset != "auto":
         return cfg.preset
     from .editors import editor_class
-    from .models import organism_name
+    from .harness import ModelSpec
 
-    on_default = organism_name(cfg.model) == "default"
+    on_default = ModelSpec.parse(cfg.model).organism == "default"
     return "organism" if on_default and "organism" in editor_class(cfg.method).presets else None
 
 
-def _sweep(cfg, model, tok, corpus, importance, run_dir: Path, progress: bool, say, log, weights: str,
-           figure: "FigureExport") -> None:
+def _sweep(cfg, model, tok, corpus, importance, run_study: "Study", progress: bool, say, weights: str) -> None:
     """Unlearning efficacy per window beside the traced importance of the same window. A finished sweep is reused
     when its content key (model, data, method and settings) is this run's; else it runs again, reusing the windows
     whose own keys still match."""
@@ -663,7 +549,7 @@ def _sweep(cfg, model, tok, corpus, importance, run_dir: Path, progress: bool, s
     from .sweep import sweep, sweep_key
 
     say(f"[3b] layer sweep: {cfg.method} at every {cfg.sweep_window}-layer window")
-    out = run_dir / "sweep"
+    out, log, figure = run_study.dir / "sweep", run_study.log, run_study.figures
     config = {"seed": cfg.seed, **cfg.editor}
     key = sweep_key(weights, corpus, cfg.method, config, _preset(cfg), cfg.sweep_window)
     saved = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else None

@@ -205,7 +205,7 @@ _PART_NAMES = {"model": "the model's files (weights, config or tokenizer)", "dat
 
 def model_fingerprint(model) -> str:
     """Hash of parameter names, shapes and leading bytes: tells two checkpoints apart cheaply. A model whose layers
-    are offloaded (meta tensors until a forward, models.load_model with an offload folder) has its offloaded
+    are offloaded (meta tensors until a forward, models.load_pretrained with an offload folder) has its offloaded
     tensors read back one module at a time, so it gets the fingerprint of the same weights loaded in one piece."""
     h = hashlib.sha256()
     for name, p in _tensors(model):

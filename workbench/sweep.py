@@ -28,8 +28,7 @@ from .data.records import questions
 from .errors import ConfigError
 from .generation import qa_accuracy
 from .models import decoder_layers
-from .outputs import check_claimable, check_not_source, check_writable, claim, locked
-from .provenance import (JsonlLog, atomic_write_json, key_change, key_parts, provenance, records_hash, state_hash,
+from .provenance import (atomic_write_json, key_change, key_parts, provenance, records_hash, state_hash,
                          to_jsonable)
 
 
@@ -42,20 +41,16 @@ def windows(n_layers: int, window: int, stride: int = 1) -> list[list[int]]:
     return [list(range(s, s + window)) for s in range(0, n_layers - window + 1, stride)]
 
 
-def check_sweep_out(out_dir: str | Path, sources=()) -> Path:
-    """A sweep writes into a new directory, or resumes an unfinished one of its own (windows whose content key
-    matches are reused); never into or around a source model directory (`sources`). Reads only."""
+def sweep_study(out_dir: str | Path, sources=()):
+    """The sweep's output as a harness Study: a new directory, or an unfinished sweep of its own to resume (windows
+    whose content key matches are reused); never into or around a source model directory (`sources`). Made, it has
+    checked every output; entered, it locks and claims the directory."""
+    from .harness import Study
+
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory; a sweep writes a directory of results")
-    src = check_not_source(out, sources)
-    if src is not None:
-        raise ConfigError(f"--out {out.expanduser().resolve()} overlaps the source model directory {src}; a sweep "
-                          "never writes into its source: choose an out directory outside it")
     if (out / "sweep.json").exists():
         raise ConfigError(f"{out / 'sweep.json'} already exists: that sweep is finished; choose a new --out")
-    check_claimable(out, "sweep", legacy=("sweep.jsonl",))
-    return out
+    return Study(out, "--out", sources=sources, claim="sweep", legacy=("sweep.jsonl",), log="sweep.jsonl")
 
 
 def _model_dir(model) -> Path | None:
@@ -114,11 +109,10 @@ def sweep(model, tok, corpus, method: str, window: int = 3, out_dir: str | Path 
     from .editors import resolve_config
 
     resolve_config(method, preset=preset, overrides=dict(config or {}))  # a bad config fails before any run
-    out = check_sweep_out(out_dir, [_model_dir(model)])
+    study = sweep_study(out_dir, [_model_dir(model)])
     wins = windows(len(decoder_layers(model)), window, stride)
-    with locked(check_writable(out, "sweep output"), "sweep output"):  # one sweep per directory at a time
-        claim(out, "sweep")
-        log = JsonlLog(out / "sweep.jsonl")
+    with study:  # one sweep per directory at a time
+        out, log = study.dir, study.log
         original = copy.deepcopy(model)  # every window starts from the same weights
         parts = _edit_parts(model_key or state_hash(original), corpus, method, config, preset)
         base = score(original, tok, corpus, mia, mmlu, extra_metrics)
@@ -164,7 +158,7 @@ def _edited_window(original, tok, corpus, method: str, layers: list[int], config
     from .editors import unlearn
 
     if saved is not None and key_change(saved.get("edit"), edit) is None and _is_edit(model_dir):
-        from .organism import load_model
+        from .harness import load_model
 
         m, _ = load_model(model_dir)
         return m

@@ -38,7 +38,7 @@ def check_length_args(args) -> None:
 
 
 def add_placement_args(p) -> None:
-    """A model larger than one device: its layers spread over several (models.load_model's max_memory)."""
+    """A model larger than one device: its layers spread over several (models.load_pretrained's max_memory)."""
     p.add_argument("--max-memory", metavar="DEV=SIZE,...",
                    help="spread the model's layers over devices, each given its memory, e.g. '0=20GiB,1=20GiB,"
                         "cpu=64GiB' (GPU index or cpu; sizes in bytes or with a unit); 'auto' lets transformers size "
@@ -92,26 +92,10 @@ def process_device(device: str | None) -> str | None:
     return None if dev is None else str(dev)
 
 
-def source_dirs(*specs) -> list:
-    """The directories models are read from: each local model directory given, and the organism cache for a
-    built-in organism. A command never writes into or around any of them (outputs.check_not_source)."""
-    from ..models import organism_name
-    from ..organism import cache_root
-
-    out = []
-    for spec in specs:
-        if spec is None:
-            continue
-        if organism_name(spec) is not None or spec == "twin":
-            out.append(cache_root())
-        elif Path(str(spec)).expanduser().exists():
-            out.append(Path(str(spec)).expanduser().resolve())
-    return out
-
-
 def check_out(out, what: str, *specs) -> None:
     """`out` (a command's output directory) is clear of every source of `specs` (models), before any work."""
     from ..errors import ConfigError
+    from ..harness import source_dirs
     from ..outputs import check_not_source
 
     src = check_not_source(out, source_dirs(*specs))

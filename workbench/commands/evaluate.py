@@ -50,10 +50,10 @@ def _baseline_spec(spec: str, model_spec: str) -> str:
     if spec != "twin":
         return spec
     from ..errors import ConfigError
-    from ..models import organism_name
+    from ..harness import ModelSpec
     from ..organism import retain_twin
 
-    name = organism_name(model_spec)
+    name = ModelSpec.parse(model_spec).organism
     if name is None:
         raise ConfigError(f"--retain-baseline twin needs --model organism[:name] (got {model_spec!r}); "
                           "for other models give the path of a model trained on the retain set only")
@@ -68,8 +68,8 @@ def check_edit_source(edited: str, model_spec: str, model, allow: bool) -> str |
     from ..configfile import read_json
     from ..errors import ConfigError
     from ..models import weights_key
+    from ..harness import ModelSpec
     from ..provenance import model_fingerprint
-    from .unlearn import model_path
 
     info = Path(edited) / "unlearn.json"
     if not info.is_file():
@@ -82,7 +82,7 @@ def check_edit_source(edited: str, model_spec: str, model, allow: bool) -> str |
         return None
     if theirs_fp and theirs_fp == model_fingerprint(model):
         return None
-    if theirs_weights and theirs_weights == weights_key(model_path(model_spec), model):
+    if theirs_weights and theirs_weights == weights_key(ModelSpec.parse(model_spec).path(), model):
         return None
     made_from = prov.get("source_model") or "another model"
     what = (f"the edited model {edited} was made from {made_from} (fingerprint {theirs_fp}), not from --model "
@@ -108,16 +108,12 @@ def check_same_shape(model, edited, model_spec: str, edited_spec: str) -> None:
 
 
 def run(args) -> int:
-    from ..corpus import load_corpus
+    from .. import distributed
     from ..evaluation.config import EvalConfig
-    from ..report import evaluate
     from ..evaluation.retrace import TraceConfig
     from ..evaluation.semeval import MAX_NEW_TOKENS, ORGANISM_MAX_NEW_TOKENS
-    from .. import distributed
-    from ..organism import load_model
-    from ..outputs import check_writable
-    from ..data.limits import bound_records
-    from . import check_length_args, model_options, process_device
+    from ..harness import Study
+    from . import check_length_args
 
     out = Path(args.out)
     _check_out_and_counts(args, out)
@@ -129,13 +125,26 @@ def run(args) -> int:
                      max_new_tokens=default_tokens if args.max_new_tokens is None else args.max_new_tokens)
     baseline_spec = _baseline_spec(args.retain_baseline, args.model) if args.retain_baseline else None
     check_length_args(args)
-    if distributed.is_main():  # under `accelerate launch` the main process writes, the others score their share
-        check_writable(out, "--out")
-    corpus, _ = load_corpus(args.data, args.model)
+    # under `accelerate launch` the main process writes (and locks --out), the others score their share
+    with Study(out, "evaluation output", distributed=True) as study:
+        report, foreign = _evaluate(args, cfg, tc, baseline_spec, study)
+    if distributed.is_main():
+        _print_report(report, out, foreign)
+    return 0
+
+
+def _evaluate(args, cfg, tc, baseline_spec, study):
+    """The models and corpus loaded through the harness, the report written into the study's directory; (the
+    report, the foreign-edit note or None)."""
+    from .. import distributed
+    from ..harness import load_corpus, load_model
+    from ..report import evaluate
+    from . import model_options, process_device
+
     opts = model_options(args)
     device = process_device(args.device)
     model, tok = load_model(args.model, device=device, **opts)
-    corpus = bound_records(corpus, tok, args.max_record_tokens, args.long_records)
+    corpus = load_corpus(args.data, args.model, tok, args.max_record_tokens, args.long_records)
     foreign = check_edit_source(args.edited, args.model, model, args.allow_foreign_edit) if args.edited else None
     edited = load_model(args.edited, device=device, **opts) if args.edited else None
     if edited is not None:
@@ -144,15 +153,13 @@ def run(args) -> int:
     baseline = load_model(baseline_spec, device=device, **opts) if baseline_spec else None
     edit_path = Path(args.edited) / "unlearn.json" if args.edited else None
     edit_info = json.loads(edit_path.read_text()) if edit_path and edit_path.is_file() else {}
-    with distributed.main_locked(out, "evaluation output"):
-        report = evaluate(model, tok, corpus, edited=edited, trace_config=tc, config=cfg, reference=reference,
-                          retain_baseline=baseline, out_dir=out if distributed.is_main() else None,
-                          progress=args.progress and distributed.is_main(),
-                          edit_log=(edit_info.get("summary") or {}).get("evals"),
-                          trained=edit_info.get("optimises", []), layers=edit_info.get("edited_layers", edit_info.get("layers")))
-    if distributed.is_main():
-        _print_report(report, out, foreign)
-    return 0
+    report = evaluate(model, tok, corpus, edited=edited, trace_config=tc, config=cfg, reference=reference,
+                      retain_baseline=baseline, out_dir=Path(args.out) if study.main else None,
+                      progress=args.progress and distributed.is_main(),
+                      edit_log=(edit_info.get("summary") or {}).get("evals"),
+                      trained=edit_info.get("optimises", []),
+                      layers=edit_info.get("edited_layers", edit_info.get("layers")))
+    return report, foreign
 
 
 def _check_out_and_counts(args, out: Path) -> None:
@@ -160,8 +167,8 @@ def _check_out_and_counts(args, out: Path) -> None:
     range: checked before any work."""
     from ..configfile import MAX_SAMPLES
     from ..errors import ConfigError
+    from ..harness import source_dirs
     from ..outputs import check_not_source
-    from . import source_dirs
 
     # never into or around a model read, or the organism cache
     src = check_not_source(out, source_dirs(args.model, args.edited, args.reference, args.retain_baseline))

@@ -14,7 +14,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from .. import organism
+    from .. import harness, organism
 
     if args.name not in organism.PRESETS:
         from ..errors import ConfigError
@@ -27,7 +27,7 @@ def run(args) -> int:
         from ..evaluation.knowledge import recall
 
         info = organism.info(path)
-        model, tok, corpus = organism.load(args.name)
+        model, tok, corpus = harness.load_organism(args.name)
         print(json.dumps({"path": str(path), **{k: info[k] for k in ("n_parameters", "build_seconds", "train_loss")},
                           "recall": recall(model, tok, corpus)}, indent=2))
     return 0

@@ -83,24 +83,21 @@ def run(args) -> int:
     placement_options(args)  # a bad --max-memory fails here, before anything is loaded
     if args.clean == args.corrupt:
         raise ConfigError(f"--clean and --corrupt are the same prompt {args.clean!r}; patching needs a counterfactual")
+    from ..harness import Study, source_dirs
+
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    from ..outputs import check_writable, locked
-
-    check_writable(out, "--out")
-    with locked(out, "patch output"):
-        return _patch(args, out, sites, formats, metric)
+    with Study(out, "--out", sources=source_dirs(args.model), log="patch.jsonl", formats=formats) as study:
+        return _patch(args, out, sites, metric, study)
 
 
-def _patch(args, out: Path, sites: list[str], formats: list[str], metric: str) -> int:
+def _patch(args, out: Path, sites: list[str], metric: str, study) -> int:
     from .. import patching
     from ..figures import heatmaps
-    from ..organism import load_model
+    from ..harness import load_model
     from . import model_options, placement_options
-    from ..provenance import JsonlLog, atomic_write_json
+    from ..provenance import atomic_write_json
 
-    log = JsonlLog(out / "patch.jsonl")
+    log = study.log
     t0 = time.perf_counter()
     model, tok = load_model(args.model, dtype=args.dtype, **placement_options(args), **model_options(args))
     kw = dict(wrong_answer=args.wrong, sites=tuple(sites), heads=not args.no_heads, metric=metric,
@@ -129,7 +126,7 @@ def _patch(args, out: Path, sites: list[str], formats: list[str], metric: str) -
         figs["attribution"] = heatmaps(attr, normalised=True)
         summary["attribution"] = {"vs_exact": attr.config["vs_exact"],
                                   "peaks": {k: peak(attr, k) for k in attr.effects}}
-    fig_files, fig_warning = write_figures(figs, out / "figures", formats, log, "patch")
+    fig_files, fig_warning = write_figures(figs, study.figures, "patch")
     summary.update(wall_s=round(time.perf_counter() - t0, 2), out=str(out))
     if fig_warning:
         summary["figure_warning"] = fig_warning

@@ -28,19 +28,21 @@ def run(args) -> int:
 
     from ..editors import resolve_config
     from ..errors import ConfigError
-    from ..sweep import check_sweep_out, sweep
+    from ..sweep import sweep, sweep_study
     from ..models import weights_key
-    from . import check_length_args, source_dirs
-    from .unlearn import load_inputs, model_path, overrides
+    from ..harness import source_dirs
+    from . import check_length_args
+    from ..harness import ModelSpec
+    from .unlearn import load_inputs, overrides
 
     cfg = resolve_config(args.method, preset=args.preset, file=args.config, overrides=overrides(args))
     check_length_args(args)
     if args.window < 1 or args.stride < 1:
         raise ConfigError(f"--window and --stride must be >= 1, got {args.window} and {args.stride}")
-    check_sweep_out(args.out, source_dirs(args.model, args.data))  # every output checked before any work
+    sweep_study(args.out, source_dirs(args.model, args.data))  # every output checked before any work
     model, tok, corpus, _ = load_inputs(args)
     res = sweep(model, tok, corpus, args.method, args.window, args.out, config=asdict(cfg), stride=args.stride,
                 keep_models=args.keep_models, mia=not args.no_mia, mmlu=not args.no_mmlu, progress=not args.quiet,
-                model_key=weights_key(model_path(args.model), model))
+                model_key=weights_key(ModelSpec.parse(args.model).path(), model))
     print(json.dumps({"baseline": res["baseline"], "windows": res["windows"]}, indent=1))
     return 0

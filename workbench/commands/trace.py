@@ -132,15 +132,13 @@ def load_facts(spec: str, model_spec: str, data: str | None = None, task: str | 
     """Traceable QA records (with a subject) from a split of the model's corpus or a LUME jsonl file."""
     from ..data.lume import load_lume, read_jsonl
     from ..data.records import questions
-    from ..models import organism_name
+    from ..harness import ModelSpec, load_corpus
 
     if spec in ("forget", "retain"):
         if data:
             corpus = load_lume(data)
-        elif organism_name(model_spec) is not None:
-            from ..corpus import load_corpus
-
-            corpus, _ = load_corpus("organism", model_spec)
+        elif ModelSpec.parse(model_spec).organism is not None:
+            corpus = load_corpus("organism", model_spec)
         elif (Path(model_spec) / "forget.jsonl").is_file():   # an organism directory (or an edited copy of one)
             corpus = load_lume(model_spec)
         else:
@@ -165,12 +163,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:40].strip("_") or "fact"
 
 
-def write_figures(figs: dict, fig_dir: Path, formats: list[str], log, command: str = "trace"):
-    """Save figures (figures.FigureExport); a figure that cannot be written is a warning on stderr and in the log
-    (HTML is still written), not a failed run. Returns (the files written, the last warning or None)."""
-    from ..figures import FigureExport
-
-    export = FigureExport(fig_dir, formats=formats, log=log)
+def write_figures(figs: dict, export, command: str = "trace"):
+    """Save figures with the study's FigureExport; a figure that cannot be written is a warning on stderr and in the
+    log (HTML is still written), not a failed run. Returns (the files written, the last warning or None)."""
     written = [str(p) for p in export.write(figs)]
     for warning in export.warnings:
         print(f"workbench {command}: warning: {warning}", file=sys.stderr)
@@ -178,29 +173,24 @@ def write_figures(figs: dict, fig_dir: Path, formats: list[str], log, command: s
 
 
 def run(args) -> int:
-    from .. import distributed
-    from ..outputs import check_writable
-
-    from . import check_out
+    from ..harness import Study, source_dirs
 
     mode = check_args(args)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    check_out(out, "--out", args.model)
+    # under `accelerate launch` the main process writes (and locks --out), the others trace their share
+    study = Study(out, "--out", sources=source_dirs(args.model), log="trace.jsonl", formats=args.formats_list,
+                  distributed=True)
     records, source = (load_facts(args.facts, args.model, args.data, args.task, args.limit) if mode == "facts"
                        else (None, "command line"))
-    if distributed.is_main():  # under `accelerate launch` the main process writes, the others trace their share
-        check_writable(out, "--out")
-    with distributed.main_locked(out, "trace output"):
-        return _trace(args, mode, out, records, source)
+    with study:
+        return _trace(args, mode, out, records, source, study)
 
 
-def _trace(args, mode: str, out: Path, records, source: str) -> int:
+def _trace(args, mode: str, out: Path, records, source: str, study) -> int:
     from .. import distributed
-    from ..provenance import JsonlLog, atomic_write_json
+    from ..provenance import atomic_write_json
 
-    log = JsonlLog(out / "trace.jsonl") if distributed.is_main() else (lambda event, **fields: None)
+    log = study.log
     t0 = time.perf_counter()
     model, tok, records = _load(args, records, source)
     load_s, t1 = time.perf_counter() - t0, time.perf_counter()
@@ -211,7 +201,7 @@ def _trace(args, mode: str, out: Path, records, source: str) -> int:
 
     files = _save_results(results, out, source, log)
     imps, excluded, figs = _aggregate(args.settings, results, out, source, files, log)
-    fig_files, fig_warning = write_figures(figs, out / "figures", args.formats_list, log)
+    fig_files, fig_warning = write_figures(figs, study.figures)
     summary = _summary(args, source, results, imps, excluded)
     summary.update({"load_s": round(load_s, 2), "trace_s": round(trace_s, 2),
                     "wall_s": round(time.perf_counter() - t0, 2), "out": str(out), "files": files + fig_files})
@@ -229,7 +219,7 @@ def _load(args, records, source: str) -> tuple:
     length the options allow."""
     from ..data.limits import bound_records
     from ..data.records import Corpus
-    from ..organism import load_model
+    from ..harness import load_model
     from . import model_options, placement_options
 
     model, tok = load_model(args.model, dtype=args.dtype, **placement_options(args), **model_options(args))

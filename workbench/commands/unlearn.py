@@ -51,26 +51,17 @@ def overrides(args) -> dict:
 
 
 def load_inputs(args):
-    """(model, tok, corpus, source) from --model / --data."""
-    from ..corpus import load_corpus
-    from ..data.limits import bound_records
-    from ..organism import load_model
+    """(model, tok, corpus, source) from --model / --data, through the harness; source: the directory the model
+    was read from (an organism's cache entry with data "organism"), else its name."""
+    from ..harness import ModelSpec, load_corpus, load_model
     from . import model_options, process_device
 
-    model, tok = load_model(args.model, dtype=getattr(args, "dtype", None), device=process_device(args.device),
+    spec = ModelSpec.parse(args.model)
+    model, tok = load_model(spec, dtype=getattr(args, "dtype", None), device=process_device(args.device),
                             **model_options(args))
-    corpus, source = load_corpus(args.data, args.model)
-    source = source or getattr(model, "name_or_path", None)
-    return model, tok, bound_records(corpus, tok, args.max_record_tokens, args.long_records), source
-
-
-def model_path(spec: str):
-    """The directory a --model spec is read from: an organism's cache entry (built if needed), else the spec."""
-    from ..models import organism_name
-    from ..organism import build
-
-    name = organism_name(spec)
-    return build(name, progress=False) if name is not None else spec
+    corpus = load_corpus(args.data, spec, tok, args.max_record_tokens, args.long_records)
+    source = spec.path() if str(args.data) == "organism" else getattr(model, "name_or_path", None)
+    return model, tok, corpus, source
 
 
 def saved_depth(source) -> int | None:

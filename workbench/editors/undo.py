@@ -132,9 +132,9 @@ class Undo(Editor):
         """The teacher's outputs are cached (the loop's Reference, before this call); now the damage."""
         super().setup(ref, data)
         self.setup_data(data)
-        from ..models import load_model
+        from ..models import load_pretrained
 
-        base, _ = load_model(base_path(self.model, self.cfg.base), dtype=next(self.model.parameters()).dtype)
+        base, _ = load_pretrained(base_path(self.model, self.cfg.base), dtype=next(self.model.parameters()).dtype)
         mine, theirs = dict(self.model.named_parameters()), dict(base.named_parameters())
         bad = [n for n, p in mine.items() if n not in theirs or theirs[n].shape != p.shape]
         if bad:
