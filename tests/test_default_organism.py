@@ -5,9 +5,11 @@
   forget facts and >= 0.95 of the retain ones;
 - tracing its Task2 forget facts finds a clear peak: the MLP layer-importance interval of the peak layer lies above
   every other layer's interval;
-- the pipeline's default edit (its method and "organism" preset at the selected layers) passes every line of the
-  verdict against the twin, every attack at its default worst-case grid, with SemEval final at least the twin's
-  - 0.03 and the Unlearning Depth Score at least its threshold.
+- the pipeline's default edit (its method and "organism" preset, chosen on the validation people, at the selected
+  layers) against the twin, every attack at its default worst-case grid: every line of the verdict passes but
+  utility, which fails by the cloze MMLU alone (every retain term passes; the drop is over the 0.05 allowed and
+  under 0.1), as the README states; SemEval final at least the twin's - 0.03, the Unlearning Depth Score at least
+  its threshold, every held-out membership attack within 0.05 AUC of the twin's.
 """
 from __future__ import annotations
 
@@ -100,7 +102,7 @@ def test_tracing_finds_a_clear_peak(traced):
     assert imp.lo[peak] > max(imp.hi[l] for l in others), (imp.mean, imp.lo, imp.hi)
 
 
-def test_the_default_edit_passes_every_line(default, traced, tmp_path):
+def test_the_default_edit_fails_only_where_the_readme_says(default, traced, tmp_path):
     """The pipeline's method and preset at its selection, judged as `workbench run` judges it."""
     from workbench.editors import unlearn
 
@@ -119,7 +121,15 @@ def test_the_default_edit_passes_every_line(default, traced, tmp_path):
                       config=EvalConfig(attacks="all", trace=False), trained=info["optimises"],
                       layers=info["edited_layers"])
     lines = {c["name"]: c for c in report.verdict["criteria"]}
-    assert report.verdict["passed"] is True, "\n".join(f"{n}: {c['passed']} {c['detail']}" for n, c in lines.items())
+    shown = "\n".join(f"{n}: {c['passed']} {c['detail']}" for n, c in lines.items())
     assert set(lines) == {"forgetting", "privacy", "utility", "relearn", "quantize", "lens", "depth"}
+    assert {n for n, c in lines.items() if not c["passed"]} == {"utility"}, shown
+    assert lines["utility"]["detail"].startswith("7 of 8"), shown        # every retain term passes
+    mmlu = report.edited["mmlu"]["accuracy"]
+    floor = min(report.original["mmlu"]["accuracy"], report.baseline["mmlu"]["accuracy"])
+    assert floor - 0.1 <= mmlu < floor - 0.05, (mmlu, floor)
+    aucs, twin_aucs = report.edited["mia"]["auc"], report.baseline["mia"]["auc"]
+    held_out = [a for a in aucs if a not in info["optimises"]]   # the twin is the reference attack's reference: 0.5
+    assert held_out and all(abs(aucs[a] - twin_aucs.get(a, 0.5)) <= 0.05 for a in held_out), (aucs, twin_aucs)
     assert report.edited["semeval"]["final"] >= report.baseline["semeval"]["final"] - 0.03
     assert report.attacks["depth"]["per_model"]["edited"]["uds"] >= report.attacks["depth"]["config"]["threshold"]
