@@ -58,8 +58,9 @@ class PipelineConfig:
     k: int = 3
     threshold: float = 0.5
     # unlearning
-    # the default edit: the one editor whose "organism" preset passes every line of the verdict on the default
-    # organism (README, "Deep forgetting"); "joint" is the calibrated joint loss the verdict shows to be shallow
+    # the default edit: undo, the editor whose "organism" preset (chosen on the validation people) fails the fewest
+    # lines of the verdict on the default organism, utility alone (README, "The default edit"); "joint" is the
+    # calibrated joint loss the verdict shows to be shallow
     method: str = "undo"
     # named editor preset (the method's `presets`, workbench/editors/<method>.py); "auto": the method's "organism"
     # preset on the built-in default organism (where it has one), else the dataclass defaults; None: those defaults
