@@ -143,8 +143,7 @@ def load_twin(twin, model_spec, data="organism", *, dtype=None, device=None, pro
             say(f"      retain-only baseline {spec.text} (trained without the forget set; built once, then cached)")
     else:
         spec = ModelSpec.parse(twin)
-    spec.path(progress)   # built first (with its own progress bar), then loaded
-    return (*load_model(spec, dtype=dtype, device=device), spec)
+    return (*load_model(spec, dtype=dtype, device=device, progress=progress), spec)
 
 
 # ---------------------------------------------------------------- where results go

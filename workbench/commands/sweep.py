@@ -28,11 +28,10 @@ def run(args) -> int:
 
     from ..editors import resolve_config
     from ..errors import ConfigError
-    from ..sweep import sweep, sweep_study
+    from ..harness import ModelSpec, source_dirs
     from ..models import weights_key
-    from ..harness import source_dirs
+    from ..sweep import sweep, sweep_study
     from . import check_length_args
-    from ..harness import ModelSpec
     from .unlearn import load_inputs, overrides
 
     cfg = resolve_config(args.method, preset=args.preset, file=args.config, overrides=overrides(args))
