@@ -8,6 +8,10 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
+# no test reads weights or data from a hub: every model is a built organism or a directory made here, and a hub
+# request fails at once instead of waiting on a network that CI does not have
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # the real LUME benchmark files, beside the repository: <parent of the repo>/shared/data/lume
 LUME = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lume"
