@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Corpus, Record, SyntheticSpec, format_question, generate, subject_header
-from .data.multiple_choice import cloze_header, cloze_question, reserved_cloze_texts, world_statements
+from .data.multiple_choice import cloze_header, cloze_question, world_statements
 from .errors import ModelLoadError
 from .outputs import cache_dir, cached_build
 from .provenance import JsonlLog, atomic_write_json, stable_hash, versions
@@ -475,7 +475,8 @@ def load_corpus(path: str | Path) -> Corpus:
     if mmlu.is_file():
         corpus.mmlu = [MCQuestion(**{**d, "choices": tuple(d["choices"])})
                        for d in map(json.loads, mmlu.read_text().splitlines()) if d]
-        # the general knowledge it learnt beside its records, as sentences and, for the subject no evaluation
-        # asks (multiple_choice.RESERVED), as questions
-        corpus.general = world_statements() + reserved_cloze_texts(corpus.mmlu)
+        # the general text it learnt beside its records, as one epoch of its training read it (the retain-only twin
+        # replays the same): the world's sentences and the training questions of every subject, which share no
+        # question item with the dev and test questions the evaluation asks
+        corpus.general = general_texts(corpus, random.Random(0))
     return corpus

@@ -6,8 +6,9 @@ scored as the answer) measures the same knowledge without the letter skill. We g
 world (capitals, animal classes, element symbols, opposites). The organism reads every fact as a plain sentence
 and two thirds of them also as questions with their answers; the other third it never sees as a question, so
 answering those needs the fact learnt from its sentence. Test questions are new draws of choices and positions.
-One subject is reserved: the organism learns it as sentences and questions, and no evaluation scores it; it is the
-question-format general text an editor may hold the model to (`reserved_cloze_texts`) without touching the test.
+One subject is reserved: the organism learns it as sentences and questions, and no evaluation scores it. An editor's
+general text (organism.load_corpus) is what the organism read: the sentences and the training questions, which
+share no question item (question and choices) with the dev and test questions.
 """
 from __future__ import annotations
 
@@ -118,22 +119,6 @@ RESERVED = ("languages",)
 def world_statements() -> list[str]:
     return [tmpl.format(k=k, v=v) for table, templates, _ in WORLD.values() for tmpl in templates
             for k, v in table.items()]
-
-
-def reserved_cloze_texts(questions: list[MCQuestion], shuffles: int = 4) -> list[str]:
-    """The reserved subjects' training questions, each under its header with its answer, in the cloze formulation:
-    general text in the shape of the MMLU questions, about facts no evaluation asks; then `shuffles` rounds of the
-    same questions in few-shot blocks of four."""
-    seen = {(q.subject, q.question): q for q in questions if q.subject in RESERVED and q.split == "train"}
-    texts = [cloze_header(q.subject) + cloze_question(q, with_answer=True).rstrip() for q in seen.values()]
-    rng = random.Random(0)  # and in few-shot blocks of four, as the organism read them (organism.cloze_texts)
-    for subject in RESERVED:
-        qs = [q for q in seen.values() if q.subject == subject]
-        for _ in range(shuffles):
-            rng.shuffle(qs)
-            texts += [cloze_header(subject) + "".join(cloze_question(q, True) for q in qs[i:i + 4]).rstrip()
-                      for i in range(0, len(qs) - 3, 4)]
-    return texts
 
 
 def _draw(rng: random.Random, subject: str, key: str, split: str) -> MCQuestion:
