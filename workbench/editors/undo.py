@@ -97,14 +97,17 @@ class Undo(Editor):
     defaults = {}
     # organism: chosen on the validation people, whom the report never scores (python -m benchmarks.editors_table
     # --split validation --rows 0, each candidate's fields given with --set): a reset to the base, then the twin's
-    # organism: the twin's fine-tuning schedule (28 passes at lr 2e-3) on the kept records by their own tokens, and
-    # the general text (the world's sentences and training questions, as the twin replays them) by its own tokens at
-    # weight 1. Chosen on the validation people (benchmarks/editors_table.py --split validation) by the most verdict
-    # lines passed, then the higher SemEval final: 6 of 7 (lens fails by one probe readout, +0.070), final 0.831
-    # against the validation twin's 0.844; at weight 0.3, 5 of 7 (relearn, lens), final 0.817. The rule cannot ask
-    # for every line there: two retrained twins of other seeds, judged as edits on that split, fail one line
-    # each (benchmarks/null_edit.py), and on the forget split both pass all seven.
-    presets = {"organism": dict(lr=2e-3, epochs=28, alpha=1.0, kept_loss="ce", general_loss="ce", general_weight=1.0),
+    # organism: the twin's fine-tune, as far as an editor can follow it. The twin takes the original's number of steps
+    # (28 passes over every fine-tuned record, 31 batches each) with the forget records left out, so it makes 46
+    # passes over the kept records (19 batches each) at lr 2e-3; the editor trains them by their own tokens for as
+    # many, and the general text (the world's sentences and training questions, which the twin replays) by its own
+    # tokens at weight 0.3 (the twin replays 0.3 of a pass per epoch). Chosen on the validation people
+    # (benchmarks/editors_table.py --split validation) by the most verdict lines passed, then the higher SemEval
+    # final: it passes all 7, final 0.830 against the validation twin's 0.844. The others: 46 passes with the general
+    # text at weight 1, 6 of 7 (relearn), 0.840; 28 passes at weight 1, 6 of 7 (lens), 0.831; 28 passes at weight 0.3,
+    # 5 of 7 (relearn, lens), 0.817. On that split two retrained twins of other seeds, judged as edits, fail one line
+    # each (benchmarks/null_edit.py): its 43 QA records and 20 MMLU questions move a line by one answer.
+    presets = {"organism": dict(lr=2e-3, epochs=46, alpha=1.0, kept_loss="ce", general_loss="ce", general_weight=0.3),
                # the paper's recipe on an unlearned teacher: partial shrink, noise, full distillation
                "paper": dict(alpha=0.6, sigma=0.5, kept_loss="kl", general_weight=1.0, epochs=20, lr=1e-3)}
     uses = ("kept", "general")
