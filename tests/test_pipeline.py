@@ -59,7 +59,7 @@ def test_config_errors(tmp_path):
         PipelineConfig.from_file(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("name", ["organism.yaml", "organism-utility.yaml", "olmo-1b-lume.yaml", "sweep.yaml"])
+@pytest.mark.parametrize("name", ["organism.yaml", "olmo-1b-lume.yaml", "sweep.yaml"])
 def test_example_configs_parse(name):
     from pathlib import Path
 
