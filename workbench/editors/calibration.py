@@ -18,7 +18,7 @@ every `refresh` optimizer steps: the attacks compare with non-members under the 
                                                                    documents' standard deviation of s
   + anchor * KL(p_frozen || p) over every token of a batch of anchor documents: the calibration documents and
              the general text the model learnt besides forget and retain (a sample of its pretraining data; the
-             organism's general-knowledge sentences), if given
+             organism's general-knowledge sentences and training questions), if given
 
 pulls a document's statistics to their targets from either side: the edit stops at never-seen, never above. The
 anchor's batches (`anchor_batch` documents, drawn by the step) come from the wrapper, not the loop. The
