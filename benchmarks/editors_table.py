@@ -80,6 +80,15 @@ def _score(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def write_table(out: Path, title: str, head: list[str], lines_md: list[str], rows: list[dict]) -> None:
+    """Print the markdown table (title, header, one line per row) and write it to `out`, the rows' JSON beside it."""
+    text = f"{title}\n\n| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "\n".join(lines_md) + "\n"
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -146,15 +155,9 @@ def main(argv=None) -> None:
         lines_md.append(f"| {label} | {row['forget']:.2f} / {row['retain']:.2f} | "
                         + " | ".join(detail(verdict[n]) for n in names)
                         + f" | {_score(row['final'])} | {row['seconds']} |")
-    head = ["editor", "forget / retain recall", *names, "SemEval final", "edit s"]
-    text = (f"### Every editor against the verdict ({args.split} split of the {args.organism} organism, "
-            f"layers {layers_edited} ({args.layers}))\n\n"
-            f"Twin SemEval final {_score(rows[0]['twin_final'])}.\n\n| " + " | ".join(head) + " |\n|"
-            + "---|" * len(head) + "\n" + "\n".join(lines_md) + "\n")
-    print(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+    write_table(out, f"### Every editor against the verdict ({args.split} split of the {args.organism} organism, "
+                     f"layers {layers_edited} ({args.layers}))\n\nTwin SemEval final {_score(rows[0]['twin_final'])}.",
+                ["editor", "forget / retain recall", *names, "SemEval final", "edit s"], lines_md, rows)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 def main(argv=None) -> None:
     import torch
 
-    from benchmarks.editors_table import _score, detail
+    from benchmarks.editors_table import _score, detail, write_table
     from workbench import harness, organism
     from workbench.data.records import validation_view
     from workbench.evaluation.config import EvalConfig
@@ -61,15 +61,9 @@ def main(argv=None) -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "lines"}), flush=True)
         lines_md.append(f"| twin of seed {seed} | {row['forget']:.2f} / {row['retain']:.2f} | "
                         + " | ".join(detail(verdict[n]) for n in names) + f" | {_score(row['final'])} |")
-    head = ["judged as the edit", "forget / retain recall", *names, "SemEval final"]
-    text = (f"### The verdict on a perfect edit ({args.split} split): twins of other seeds judged against the seed-0 "
-            f"twin\n\nSeed-0 twin SemEval final {_score(rows[0]['twin_final'])}.\n\n| " + " | ".join(head) + " |\n|"
-            + "---|" * len(head) + "\n" + "\n".join(lines_md) + "\n")
-    print(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
-
+    write_table(out, f"### The verdict on a perfect edit ({args.split} split): twins of other seeds judged against "
+                     f"the seed-0 twin\n\nSeed-0 twin SemEval final {_score(rows[0]['twin_final'])}.",
+                ["judged as the edit", "forget / retain recall", *names, "SemEval final"], lines_md, rows)
 
 if __name__ == "__main__":
     main()
