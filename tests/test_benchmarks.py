@@ -135,3 +135,20 @@ def test_editors_table_layers_are_planted_listed_or_refused():
     assert edit_layers("default", "0,2") == [0, 2]
     with pytest.raises(SystemExit, match="'default' is not a planted organism; expected one of"):
         edit_layers("default", "planted")
+
+
+def test_benchmark_tables_are_written_as_markdown_with_their_rows_beside(tmp_path, capsys):
+    """editors_table and null_edit write one markdown table (title, header, a separator per column, one line per
+    row) and the rows' JSON beside it, making the output's folder."""
+    import json
+
+    from benchmarks.editors_table import write_table
+
+    out = tmp_path / "new" / "table.md"
+    rows = [{"label": "undo", "lines": {"relearn": {"passed": True}}}, {"label": "rmu", "lines": {}}]
+    write_table(out, "### Title\n\nTwin final 0.8.", ["editor", "relearn"], ["| undo | PASS |", "| rmu | FAIL |"], rows)
+    text = out.read_text()
+    assert text.splitlines() == ["### Title", "", "Twin final 0.8.", "", "| editor | relearn |", "|---|---|",
+                                 "| undo | PASS |", "| rmu | FAIL |"]
+    assert json.loads(out.with_suffix(".json").read_text()) == rows
+    assert "| rmu | FAIL |" in capsys.readouterr().out
